@@ -1,0 +1,1 @@
+"""Example taskd tasks: machinery's example set, plus sum, sleep and fail."""

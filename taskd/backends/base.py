@@ -1,0 +1,60 @@
+"""The result backend interface: task states and group metadata, stored as machinery's JSON."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar, Self
+
+from taskd.config import Config
+from taskd.errors import NotSupported
+from taskd.wire import GroupMeta, TaskState
+
+
+class ResultBackend(ABC):
+    """Where task states live, each kept ``results_expire_in`` seconds after its last write.
+
+    A state is stored exactly as given: the worker applies machinery's merge rule (TaskName and
+    CreatedAt kept from PENDING) before writing, so every driver stores the same records.
+    """
+
+    driver: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        """A driver for ``url``; connecting may be lazy. Raises ConfigError for a bad URL."""
+
+    @abstractmethod
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        """Store several states, each replacing its task's record, in few round trips."""
+
+    @abstractmethod
+    def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        """The stored state of each task, in order; None where there is none (or it expired)."""
+
+    @abstractmethod
+    def init_group(self, group: GroupMeta) -> None:
+        """Store a group's metadata; senders call this before publishing any member."""
+
+    @abstractmethod
+    def get_group(self, group_id: str) -> GroupMeta | None:
+        """A group's metadata, or None."""
+
+    @abstractmethod
+    def claim_chord(self, group_id: str) -> bool:
+        """Mark the group's chord as triggered: True for exactly one caller, atomically."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def set_state(self, state: TaskState) -> None:
+        self.set_states([state])
+
+    def get_state(self, task_id: str) -> TaskState | None:
+        return self.get_states([task_id])[0]
+
+    def purge(self, task_id: str) -> None:
+        """Forget a task's state."""
+        raise NotSupported(self.driver, "purge")

@@ -1,0 +1,154 @@
+"""The embedded result backend: task states and group metadata in a SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Self
+
+from taskd.backends.base import ResultBackend
+from taskd.config import Config
+from taskd.errors import BackendError, BackendUnavailable, DecodeError
+from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
+from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taskd_states (
+    task_id TEXT PRIMARY KEY,
+    state BLOB NOT NULL,            -- machinery's TaskState JSON
+    expires_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS taskd_groups (
+    group_id TEXT PRIMARY KEY,
+    meta BLOB NOT NULL,             -- machinery's GroupMeta JSON
+    expires_ns INTEGER NOT NULL
+);
+"""
+
+SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records
+
+
+class SQLiteBackend(ResultBackend):
+    driver = "sqlite"
+
+    def __init__(self, path: Path, synchronous: str, *, expire_s: int) -> None:
+        self._path = path
+        self._expire_ns = expire_s * 1_000_000_000
+        try:
+            self._conn = connect(path, synchronous)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendError(self.driver, f"cannot open {path}: {exc}") from exc
+        with self._guard():
+            self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(
+            sqlite_path(url, "result_backend", config.source),
+            synchronous_mode(url, "result_backend", config.source),
+            expire_s=config.results_expire_in_s,
+        )
+
+    @contextmanager
+    def _guard(self, task_id: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(self.driver, str(exc), task_id) from exc
+        except sqlite3.Error as exc:
+            raise BackendError(self.driver, str(exc), task_id) from exc
+
+    def _state(self, raw: bytes, task_id: str) -> TaskState:
+        try:
+            return decode_state(raw)
+        except DecodeError as exc:
+            raise BackendError(self.driver, f"stored state is not valid: {exc}", task_id) from exc
+
+    def _group(self, raw: bytes, group_id: str) -> GroupMeta:
+        try:
+            return decode_group(raw)
+        except DecodeError as exc:
+            raise BackendError(self.driver, f"stored group is not valid: {exc}", group_id) from exc
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        expires_ns = time.time_ns() + self._expire_ns
+        rows = [(state.task_uuid, state.encode(), expires_ns) for state in states]
+        with self._guard(states[0].task_uuid if states else None), self._lock:
+            with write_transaction(self._conn):
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns)"
+                    " VALUES (?, ?, ?)",
+                    rows,
+                )
+            self._sweep()
+
+    def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        if not task_ids:
+            return []
+        marks = ",".join("?" * len(task_ids))
+        with self._guard(task_ids[0]), self._lock:
+            rows = self._conn.execute(
+                f"SELECT task_id, state FROM taskd_states WHERE task_id IN ({marks})"
+                " AND expires_ns > ?",
+                (*task_ids, time.time_ns()),
+            ).fetchall()
+        found = {task_id: raw for task_id, raw in rows}
+        return [
+            self._state(found[task_id], task_id) if task_id in found else None
+            for task_id in task_ids
+        ]
+
+    def init_group(self, group: GroupMeta) -> None:
+        with self._guard(group.group_uuid), self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO taskd_groups (group_id, meta, expires_ns) VALUES (?, ?, ?)",
+                (group.group_uuid, group.encode(), time.time_ns() + self._expire_ns),
+            )
+
+    def get_group(self, group_id: str) -> GroupMeta | None:
+        with self._guard(group_id), self._lock:
+            row = self._conn.execute(
+                "SELECT meta FROM taskd_groups WHERE group_id = ? AND expires_ns > ?",
+                (group_id, time.time_ns()),
+            ).fetchone()
+        return None if row is None else self._group(row[0], group_id)
+
+    def claim_chord(self, group_id: str) -> bool:
+        with self._guard(group_id), self._lock, write_transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT meta FROM taskd_groups WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            if row is None:
+                raise BackendError(self.driver, "group metadata is missing or expired", group_id)
+            group = self._group(row[0], group_id)
+            if group.chord_triggered:
+                return False
+            self._conn.execute(
+                "UPDATE taskd_groups SET meta = ? WHERE group_id = ?",
+                (replace(group, chord_triggered=True).encode(), group_id),
+            )
+            return True
+
+    def purge(self, task_id: str) -> None:
+        with self._guard(task_id), self._lock:
+            self._conn.execute("DELETE FROM taskd_states WHERE task_id = ?", (task_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _sweep(self) -> None:
+        """Delete expired records now and then, so the file does not grow forever."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        now = time.time_ns()
+        self._conn.execute("DELETE FROM taskd_states WHERE expires_ns <= ?", (now,))
+        self._conn.execute("DELETE FROM taskd_groups WHERE expires_ns <= ?", (now,))

@@ -1,0 +1,81 @@
+"""Consumer liveness for brokers that hold taken messages for a consumer (SQLite, Redis).
+
+Each consuming broker instance has an id and beats from a background thread, so a task that
+runs for an hour keeps its messages while a consumer that died loses them within
+``consumer_timeout``. The thread, not the task loop, beats: a long task never looks dead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from taskd.errors import DriverError
+
+log = structlog.get_logger("taskd.lease")
+
+HOSTNAME = socket.gethostname()
+
+
+def new_consumer_id() -> str:
+    """``host:pid:random``: unique per consumer, and says where it ran."""
+    return f"{HOSTNAME}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host exists (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+class Heartbeat:
+    """Runs ``beat`` every ``interval_s`` on a daemon thread until ``stop``."""
+
+    def __init__(self, beat: Callable[[], None], interval_s: float, driver: str) -> None:
+        self._beat, self._interval_s, self._driver = beat, interval_s, driver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"taskd-{self._driver}-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._beat()
+            except DriverError as exc:
+                if not failing:  # once per outage; the main loop reports the outage too
+                    log.warning("heartbeat_failed", driver=self._driver, error=str(exc))
+                failing = True
+                continue
+            except Exception:
+                log.exception("heartbeat_crashed", driver=self._driver)
+                failing = True
+                continue
+            if failing:
+                log.info("heartbeat_recovered", driver=self._driver)
+            failing = False

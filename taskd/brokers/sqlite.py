@@ -1,0 +1,283 @@
+"""The embedded broker: a durable queue in one SQLite file, for a machine with no server.
+
+Many processes share the file (WAL mode). A fetch leases messages to the consumer in one
+transaction; a consumer whose process is gone, or that stopped beating, loses its leases and
+the messages are delivered again. An ETA is just a later ``due_ns``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
+from taskd.brokers.lease import HOSTNAME, Heartbeat, new_consumer_id, process_alive
+from taskd.config import Config
+from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
+from taskd.wire import GoTime
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taskd_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    due_ns INTEGER NOT NULL,        -- not before: the ETA, or when it was published
+    consumer TEXT,                  -- the lease holder; NULL while waiting
+    deliveries INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS taskd_messages_waiting ON taskd_messages (queue, consumer, due_ns, id);
+CREATE INDEX IF NOT EXISTS taskd_messages_leased ON taskd_messages (consumer);
+CREATE TABLE IF NOT EXISTS taskd_consumers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    beat_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS taskd_dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    rejected_ns INTEGER NOT NULL
+);
+"""
+
+IDLE_CHECK_S = 0.005  # how often an idle fetch looks for new commits (a cheap PRAGMA)
+
+
+class SQLiteBroker(Broker):
+    driver = "sqlite"
+
+    def __init__(
+        self, path: Path, synchronous: str, *, heartbeat_s: float, consumer_timeout_s: float
+    ) -> None:
+        self._path, self._synchronous = path, synchronous
+        self._heartbeat_s, self._consumer_timeout_s = heartbeat_s, consumer_timeout_s
+        self._conn = self._connect()
+        with self._guard():
+            self._conn.executescript(_SCHEMA)
+        self._consumer_id: str | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
+        self._data_version = -1
+        self._lock = threading.Lock()  # the main connection is used from one thread at a time
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(
+            sqlite_path(url, "broker", config.source),
+            synchronous_mode(url, "broker", config.source),
+            heartbeat_s=config.worker.heartbeat_interval,
+            consumer_timeout_s=config.worker.consumer_timeout,
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return connect(self._path, self._synchronous)
+        except (OSError, sqlite3.Error) as exc:
+            raise BrokerError(self.driver, f"cannot open {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _guard(self, queue: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O: may pass
+            raise BrokerUnavailable(self.driver, str(exc), queue) from exc
+        except sqlite3.Error as exc:
+            raise BrokerError(self.driver, str(exc), queue) from exc
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish(
+        self, queue: str, body: bytes, *, eta: GoTime | None = None, priority: int = 0
+    ) -> None:
+        self.publish_many([Message(queue, body, eta, priority)])
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        now = time.time_ns()
+        rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
+        with self._guard(), self._lock, write_transaction(self._conn):
+            self._conn.executemany(
+                "INSERT INTO taskd_messages (queue, body, due_ns) VALUES (?, ?, ?)", rows
+            )
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def _register(self) -> str:
+        if self._consumer_id is None:
+            self._consumer_id = new_consumer_id()
+            self._beat(self._conn)
+            self._reclaim(self._conn)
+            self._heartbeat = Heartbeat(self._beat_and_reclaim, self._heartbeat_s, self.driver)
+            self._heartbeat.start()
+        return self._consumer_id
+
+    def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
+        consumer = self._register()
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._guard(queue), self._lock:
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version or self._due_now(queue):
+                    taken = self._take(queue, consumer, max_messages)
+                    if taken:
+                        return taken
+                    self._data_version = version
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            time.sleep(min(IDLE_CHECK_S, remaining))
+
+    def _due_now(self, queue: str) -> bool:
+        """Whether a delayed message fell due (commits by others are seen via data_version)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM taskd_messages WHERE queue = ? AND consumer IS NULL AND due_ns <= ?"
+            " LIMIT 1",
+            (queue, time.time_ns()),
+        ).fetchone()
+        return row is not None
+
+    def _take(self, queue: str, consumer: str, limit: int) -> list[Delivery]:
+        with write_transaction(self._conn):
+            rows = self._conn.execute(
+                "UPDATE taskd_messages SET consumer = ?, deliveries = deliveries + 1"
+                " WHERE id IN (SELECT id FROM taskd_messages"
+                "   WHERE queue = ? AND consumer IS NULL AND due_ns <= ?"
+                "   ORDER BY due_ns, id LIMIT ?)"
+                " RETURNING id, body, deliveries, due_ns",
+                (consumer, queue, time.time_ns(), limit),
+            ).fetchall()
+        rows.sort(key=lambda row: (row[3], row[0]))
+        return [
+            Delivery(queue, bytes(body), deliveries > 1, msg_id)
+            for msg_id, body, deliveries, _ in rows
+        ]
+
+    def ack(self, delivery: Delivery) -> None:
+        with self._guard(delivery.queue), self._lock:
+            self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
+
+    def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
+        due_ns = time.time_ns() + int(delay_s * 1e9)
+        with self._guard(delivery.queue), self._lock:
+            self._conn.execute(
+                "UPDATE taskd_messages SET consumer = NULL, due_ns = max(due_ns, ?)"
+                " WHERE id = ? AND consumer = ?",
+                (due_ns if delay_s > 0 else 0, delivery.handle, self._consumer_id),
+            )
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        with self._guard(delivery.queue), self._lock, write_transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO taskd_dead_letters (queue, body, reason, rejected_ns)"
+                " VALUES (?, ?, ?, ?)",
+                (delivery.queue, delivery.body, reason, time.time_ns()),
+            )
+            self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._heartbeat_conn is not None:
+            self._heartbeat_conn.close()
+        with self._lock:
+            if self._consumer_id is not None:
+                try:
+                    with write_transaction(self._conn):
+                        self._release_consumer(self._conn, [self._consumer_id])
+                except sqlite3.Error:
+                    pass  # the next reclaim by another consumer does the same
+            self._conn.close()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _beat_and_reclaim(self) -> None:
+        if self._heartbeat_conn is None:
+            self._heartbeat_conn = self._connect()
+        with self._guard():
+            self._beat(self._heartbeat_conn)
+            self._reclaim(self._heartbeat_conn)
+
+    def _beat(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO taskd_consumers (id, host, pid, beat_ns) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET beat_ns = excluded.beat_ns",
+            (self._consumer_id, HOSTNAME, os.getpid(), time.time_ns()),
+        )
+
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        """Give the messages of consumers that are gone back to their queues."""
+        stale_ns = time.time_ns() - int(self._consumer_timeout_s * 1e9)
+        rows = conn.execute("SELECT id, host, pid, beat_ns FROM taskd_consumers").fetchall()
+        gone = [
+            consumer_id
+            for consumer_id, host, pid, beat_ns in rows
+            if beat_ns < stale_ns or (host == HOSTNAME and not process_alive(pid))
+        ]
+        orphaned = conn.execute(
+            "SELECT 1 FROM taskd_messages WHERE consumer IS NOT NULL"
+            " AND consumer NOT IN (SELECT id FROM taskd_consumers) LIMIT 1"
+        ).fetchone()
+        if gone or orphaned:
+            with write_transaction(conn):
+                self._release_consumer(conn, gone)
+
+    @staticmethod
+    def _release_consumer(conn: sqlite3.Connection, consumer_ids: Sequence[str]) -> None:
+        conn.executemany("DELETE FROM taskd_consumers WHERE id = ?", [(c,) for c in consumer_ids])
+        conn.execute(
+            "UPDATE taskd_messages SET consumer = NULL WHERE consumer IS NOT NULL"
+            " AND consumer NOT IN (SELECT id FROM taskd_consumers)"
+        )
+
+    # -- taskctl --------------------------------------------------------------------------
+
+    def _scalar(self, sql: str, params: tuple[object, ...]) -> int:
+        with self._guard(), self._lock:
+            return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def size(self, queue: str) -> int:
+        return self._scalar(
+            "SELECT count(*) FROM taskd_messages WHERE queue = ? AND consumer IS NULL"
+            " AND due_ns <= ?",
+            (queue, time.time_ns()),
+        )
+
+    def delayed(self, queue: str) -> int:
+        return self._scalar(
+            "SELECT count(*) FROM taskd_messages WHERE queue = ? AND consumer IS NULL"
+            " AND due_ns > ?",
+            (queue, time.time_ns()),
+        )
+
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        with self._guard(queue), self._lock:
+            rows = self._conn.execute(
+                "SELECT body FROM taskd_messages WHERE queue = ? AND consumer IS NULL"
+                " AND due_ns <= ? ORDER BY due_ns, id LIMIT ?",
+                (queue, time.time_ns(), limit),
+            ).fetchall()
+        return [bytes(body) for (body,) in rows]
+
+    def purge(self, queue: str) -> int:
+        with self._guard(queue), self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM taskd_messages WHERE queue = ? AND consumer IS NULL", (queue,)
+            )
+            return cursor.rowcount
+
+    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        with self._guard(queue), self._lock:
+            rows = self._conn.execute(
+                "SELECT body, reason, rejected_ns FROM taskd_dead_letters WHERE queue = ?"
+                " ORDER BY id DESC LIMIT ?",
+                (queue, limit),
+            ).fetchall()
+        return [DeadLetter(queue, bytes(body), reason, GoTime(ns)) for body, reason, ns in rows]

@@ -1,0 +1,1 @@
+"""Command lines: ``taskd`` (the daemon) and ``taskctl`` (talk to a queue)."""

@@ -1,0 +1,80 @@
+"""``taskd``: the daemon. ``taskd start`` runs in the foreground, as systemd expects."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import structlog
+
+from taskd import __version__, logs
+from taskd.cli.params import config_option, load
+from taskd.config import LOG_LEVELS, dump
+from taskd.errors import PluginError
+from taskd.exitcodes import EXIT_FAILURE
+from taskd.registry import load_registry
+from taskd.worker.heartbeat import MAX_CHILDREN
+from taskd.worker.supervisor import Supervisor
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taskd")
+def main() -> None:
+    """taskd: run task workers for a machinery-compatible queue."""
+
+
+@main.command()
+@config_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CHILDREN),
+    help="Worker processes (default: worker.concurrency, else one per CPU).",
+)
+@click.option("--queue", help="Queue to consume (default: default_queue).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Override log_level.")
+def start(
+    config_path: str | None, concurrency: int | None, queue: str | None, log_level: str | None
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    config = load(config_path)
+    logs.configure(log_level or config.log_level)
+    log = structlog.get_logger("taskd")
+    try:
+        registry = load_registry(config.imports)
+    except PluginError as exc:
+        log.critical("plugin_failed", plugin=exc.plugin, error=str(exc))
+        sys.exit(EXIT_FAILURE)
+    if not registry.names():
+        log.warning("no_tasks_registered", hint="install a task plugin or set imports:")
+    supervisor = Supervisor(
+        config, registry, queue=queue, concurrency=concurrency, config_path=config_path
+    )
+    sys.exit(supervisor.run())
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the configuration and print it, with secrets redacted."""
+    click.echo(dump(load(config_path)), nl=False)
+
+
+@main.command()
+@config_option
+def tasks(config_path: str | None) -> None:
+    """List the tasks the installed plugins and imports: provide."""
+    config = load(config_path)
+    try:
+        registry = load_registry(config.imports)
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, task in sorted(registry.tasks().items()):
+        params = [f"{p.name}: {p.expected}" for p in task.params]
+        if task.variadic is not None:
+            params.append(f"*{task.variadic.name}: {task.variadic.expected}")
+        returns = ", ".join(t or "?" for t in task.returns) or "nothing"
+        click.echo(f"{name}({', '.join(params)}) -> {returns}    [{task.source}]")
+
+
+if __name__ == "__main__":
+    main()

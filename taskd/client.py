@@ -1,0 +1,205 @@
+"""Sending tasks and reading their results, from applications and from the worker itself.
+
+``Client.send`` does what machinery's ``SendTask`` does: fill in the id, routing key and
+headers, record PENDING (TaskName, CreatedAt), then publish. Callbacks, chain links and
+retries sent by the worker go through the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Self
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.brokers import Broker, Message, open_broker
+from taskd.config import Config, load_config
+from taskd.errors import ResultTimeout, TaskFailed
+from taskd.wire import Arg, GoTime, Signature, State, TaskState, new_id
+
+POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
+POLL_GROWTH = 1.5
+POLL_MAX_S = 0.05  # ...and backs off to this
+
+
+def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None) -> GoTime | None:
+    """An ETA from an absolute time or a delay in seconds (not both)."""
+    if eta is not None and countdown_s is not None:
+        raise ValueError("give an ETA or a countdown, not both")
+    if countdown_s is not None:
+        return GoTime(time.time_ns() + round(countdown_s * 1e9))
+    if isinstance(eta, datetime):
+        return GoTime.from_datetime(eta)
+    return eta
+
+
+def signature(
+    name: str,
+    *args: Any,
+    eta: datetime | GoTime | None = None,
+    countdown: float | None = None,
+    retry_count: int = 0,
+    retry_timeout: int = 0,
+    immutable: bool = False,
+    priority: int = 0,
+    queue: str = "",
+    on_success: Sequence[Signature] | None = None,
+    on_error: Sequence[Signature] | None = None,
+    task_id: str = "",
+) -> Signature:
+    """A task signature; plain Python args are typed after their values (int -> int64...).
+
+    Pass ``Arg`` objects (``Arg.of("uint8", 5)``, ``Arg.parse("[]int64:[1,2]")``) for any
+    other machinery type.
+    """
+    return Signature(
+        name=name,
+        uuid=task_id or new_id("task"),
+        routing_key=queue,
+        eta=when(eta, countdown),
+        args=tuple(Arg.infer(arg) for arg in args),
+        retry_count=retry_count,
+        retry_timeout=retry_timeout,
+        immutable=immutable,
+        priority=priority,
+        on_success=tuple(on_success) if on_success else None,
+        on_error=tuple(on_error) if on_error else None,
+    )
+
+
+class Client:
+    """Sends signatures and looks up results; opens the configured drivers on first use."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        broker: Broker | None = None,
+        backend: ResultBackend | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self._broker, self._backend = broker, backend
+        self._owns_drivers = broker is None and backend is None
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = open_broker(self.config)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            self._backend = open_backend(self.config)
+        return self._backend
+
+    def close(self) -> None:
+        if self._owns_drivers:
+            for driver in (self._broker, self._backend):
+                if driver is not None:
+                    driver.close()
+            self._broker = self._backend = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, task: str | Signature, *args: Any, **options: Any) -> AsyncResult:
+        """Send a task by name with args (see ``signature``), or a ready Signature."""
+        if isinstance(task, Signature):
+            if args or options:
+                raise TypeError("pass args and options to signature(), not with a Signature")
+            sig = task
+        else:
+            sig = signature(task, *args, **options)
+        (sent,) = self.publish([sig])
+        return AsyncResult(self, sent.uuid)
+
+    def prepare(self, sig: Signature) -> Signature:
+        """What machinery's SendTask fills in: the id, the routing key, empty headers."""
+        changes: dict[str, Any] = {}
+        if not sig.uuid:
+            changes["uuid"] = new_id("task")
+        if not sig.routing_key:
+            changes["routing_key"] = self.config.default_queue
+        if sig.headers is None:
+            changes["headers"] = {}
+        return replace(sig, **changes) if changes else sig
+
+    def publish(
+        self, signatures: Sequence[Signature], *, states: Sequence[TaskState] | None = None
+    ) -> list[Signature]:
+        """Record each task's state (PENDING unless ``states`` says otherwise), then publish.
+
+        The states are written first so a fast worker's RECEIVED is never overwritten by a
+        late PENDING; one round trip for the states, one for the messages where the drivers
+        batch.
+        """
+        prepared = [self.prepare(sig) for sig in signatures]
+        if states is None:
+            now = GoTime.now()
+            states = [pending_state(sig, now) for sig in prepared]
+        if states:
+            self.backend.set_states(states)
+        self.broker.publish_many(
+            [Message(sig.routing_key, sig.encode(), sig.eta, sig.priority) for sig in prepared]
+        )
+        return prepared
+
+    # -- results --------------------------------------------------------------------------
+
+    def result(self, task_id: str) -> AsyncResult:
+        return AsyncResult(self, task_id)
+
+
+def pending_state(sig: Signature, created_at: GoTime) -> TaskState:
+    """machinery's NewPendingTaskState."""
+    return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncResult:
+    """A handle on one task's state and results."""
+
+    client: Client
+    task_id: str
+
+    def state(self) -> TaskState | None:
+        return self.client.backend.get_state(self.task_id)
+
+    def wait(self, timeout: float | None = None) -> TaskState:
+        """Poll until the task is SUCCESS or FAILURE; ResultTimeout after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = POLL_FIRST_S
+        while True:
+            state = self.state()
+            if state is not None and state.is_completed:
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(self.task_id, timeout or 0.0, state.state if state else None)
+            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(pause, 0.0))
+            interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The task's return value: one result as is, several as a tuple, none as None.
+
+        Raises TaskFailed when the task failed, ResultTimeout when it did not finish in time.
+        """
+        return python_value(self.wait(timeout))
+
+
+def python_value(state: TaskState) -> Any:
+    """A finished state's results as the task returned them; TaskFailed for FAILURE."""
+    if state.state is State.FAILURE:
+        raise TaskFailed(state.task_uuid, state.error)
+    values = state.python_results()
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)

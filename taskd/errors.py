@@ -1,0 +1,129 @@
+"""Every exception taskd raises, and nothing else.
+
+The class says whether a failure is transient (``*Unavailable``: retry later, lose nothing)
+or permanent; the message says what, where and which, and the context stays on attributes so
+logs can carry it as keys.
+"""
+
+from __future__ import annotations
+
+
+class TaskdError(Exception):
+    """Base of every error taskd raises on purpose."""
+
+
+class ConfigError(TaskdError):
+    """A configuration value is missing, unknown or invalid."""
+
+    def __init__(self, key: str, reason: str, file: str | None = None) -> None:
+        self.key, self.reason, self.file = key, reason, file
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+
+
+class PluginError(TaskdError):
+    """A task plugin or module could not be loaded."""
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        self.plugin, self.reason = plugin, reason
+        super().__init__(f"task plugin {plugin!r} failed to load: {reason}")
+
+
+class WireError(TaskdError):
+    """A value does not fit machinery's wire format."""
+
+
+class DecodeError(WireError):
+    """A message or stored record is not valid machinery JSON."""
+
+    def __init__(self, reason: str, raw: bytes | None = None) -> None:
+        self.reason, self.raw = reason, raw
+        super().__init__(reason)
+
+
+class ArgumentError(WireError):
+    """A typed argument does not fit its declared type or the task's parameter."""
+
+    def __init__(self, reason: str, *, task: str | None = None, index: int | None = None) -> None:
+        self.reason, self.task, self.index = reason, task, index
+        where = []
+        if index is not None:
+            where.append(f"argument {index + 1}")
+        if task is not None:
+            where.append(f"of task {task!r}")
+        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+
+
+class TaskNotFound(TaskdError):
+    """No task is registered under a name."""
+
+    def __init__(self, name: str, queue: str | None = None) -> None:
+        self.name, self.queue = name, queue
+        where = f" (queue {queue!r})" if queue else ""
+        super().__init__(f"task {name!r} is not registered{where}")
+
+
+class DriverError(TaskdError):
+    """A broker or result backend operation failed."""
+
+    def __init__(self, driver: str, reason: str) -> None:
+        self.driver, self.reason = driver, reason
+        super().__init__(f"{driver}: {reason}")
+
+
+class BrokerError(DriverError):
+    """A broker operation failed for good."""
+
+    def __init__(self, driver: str, reason: str, queue: str | None = None) -> None:
+        self.queue = queue
+        super().__init__(driver, f"queue {queue!r}: {reason}" if queue else reason)
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached now; the operation may succeed later."""
+
+
+class BackendError(DriverError):
+    """A result backend operation failed for good."""
+
+    def __init__(self, driver: str, reason: str, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(driver, f"{task_id}: {reason}" if task_id else reason)
+
+
+class BackendUnavailable(BackendError):
+    """The result backend cannot be reached now; the operation may succeed later."""
+
+
+class NotSupported(DriverError):
+    """The driver does not offer an optional operation."""
+
+    def __init__(self, driver: str, operation: str) -> None:
+        self.operation = operation
+        super().__init__(driver, f"{operation} is not supported by this driver")
+
+
+class TaskFailed(TaskdError):
+    """A task ended in FAILURE; raised by ``AsyncResult.get``."""
+
+    def __init__(self, task_id: str, error: str) -> None:
+        self.task_id, self.error = task_id, error
+        super().__init__(f"task {task_id} failed: {error}")
+
+
+class ResultTimeout(TaskdError):
+    """A task did not finish within the time a caller waited."""
+
+    def __init__(self, task_id: str, timeout_s: float, state: str | None) -> None:
+        self.task_id, self.timeout_s, self.state = task_id, timeout_s, state
+        super().__init__(
+            f"task {task_id} not finished after {timeout_s:g}s (state {state or 'unknown'})"
+        )
+
+
+class Retry(Exception):  # control flow, not an error: machinery's ErrRetryTaskLater
+    """Raised by a task to run again after ``countdown_s``; honours the signature's RetryCount."""
+
+    def __init__(self, countdown_s: float = 0.0, reason: str = "retry requested") -> None:
+        self.countdown_s, self.reason = countdown_s, reason
+        super().__init__(reason)

@@ -1,0 +1,56 @@
+"""SQLite plumbing shared by the embedded broker and result backend (one file serves both).
+
+URL: ``sqlite:///absolute/path.db`` or ``sqlite://relative.db``; ``?synchronous=normal`` trades
+durability on power loss for speed (the default, ``full``, syncs every commit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from taskd.errors import ConfigError
+
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
+_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+
+
+def sqlite_path(url: str, key: str, source: str | None = None) -> Path:
+    """The database file of ``sqlite:///abs/path.db`` or ``sqlite://relative.db``."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    if not rest or rest == "/":
+        raise ConfigError(key, f"{url!r} names no database file", source)
+    return Path(rest)
+
+
+def synchronous_mode(url: str, key: str, source: str | None = None) -> str:
+    mode = parse_qs(url.partition("?")[2]).get("synchronous", ["full"])[0].upper()
+    if mode not in _SYNCHRONOUS:
+        raise ConfigError(key, f"synchronous={mode.lower()} is not full, normal or extra", source)
+    return mode
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; raises OSError or sqlite3.Error."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: one writer at a time, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

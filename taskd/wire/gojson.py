@@ -1,0 +1,152 @@
+"""JSON exactly as Go's ``encoding/json`` writes it, and tolerant decoding as Go reads it.
+
+machinery producers and workers compare bytes (and Go decoders are picky about numbers), so
+taskd's encoder copies Go's choices: compact separators, ``<`` ``>`` ``&`` U+2028 U+2029
+escaped, non-ASCII as raw UTF-8, integral floats without ``.0``, exponent form only outside
+[1e-6, 1e21), map keys sorted, ``[]byte`` as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from taskd.errors import DecodeError
+
+_HTML_UNSAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_UNSAFE_CHARS = frozenset("<>&\u2028\u2029")
+
+
+def encode_str(text: str) -> str:
+    """A JSON string literal with Go's escaping."""
+    try:
+        out = orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:  # lone surrogates: Go writes U+FFFD for invalid UTF-8
+        out = orjson.dumps(text.encode("utf-8", "replace").decode("utf-8")).decode()
+    if _UNSAFE_CHARS.isdisjoint(text):
+        return out
+    return out.translate(_HTML_UNSAFE)
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+# Go compares a float32 against the constants converted to float32.
+_FLOAT32_1E_6 = _to_float32(1e-6)
+_FLOAT32_1E21 = _to_float32(1e21)
+
+
+def _shortest_float32(value: float) -> str:
+    """The fewest significant digits that read back as the same float32 (Go's bitSize 32)."""
+    target = struct.pack("<f", value)
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if struct.pack("<f", float(text)) == target:
+            return text
+    return repr(value)
+
+
+def encode_float(value: float, bits: int = 64) -> str:
+    """A float as Go's ``strconv.AppendFloat(f, 'f' or 'e', -1, bits)`` plus json's cleanup."""
+    if not math.isfinite(value):
+        raise ValueError(f"json: unsupported value: {value!r}")
+    if bits == 32:
+        value = _to_float32(value)
+        shortest, low, high = _shortest_float32(value), _FLOAT32_1E_6, _FLOAT32_1E21
+    else:
+        shortest, low, high = repr(value), 1e-6, 1e21
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < low or magnitude >= high):
+        # Go's 'e' format: at least two exponent digits, then json trims "e-07" to "e-7".
+        mantissa, _, exponent = f"{Decimal(shortest):e}".partition("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        sign = "-" if exponent.startswith("-") else "+"
+        digits = exponent.lstrip("+-").lstrip("0") or "0"
+        if sign == "+" and len(digits) < 2:
+            digits = digits.rjust(2, "0")
+        return f"{mantissa}e{sign}{digits}"
+    text = format(Decimal(shortest), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def encode_value(value: Any) -> str:
+    """Any JSON-able Python value, the way Go encodes the matching ``interface{}`` value."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return encode_float(value)
+    if isinstance(value, str):
+        return encode_str(value)
+    if isinstance(value, bytes | bytearray):
+        return '"' + base64.b64encode(value).decode() + '"'
+    if isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{encode_str(k)}:{encode_value(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(encode_value(item) for item in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON; integers stay exact, ``2.0`` stays a float (Go's UseNumber keeps both apart)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    # The stdlib accepts what orjson refuses but Go reads (lone surrogates, huge integers).
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(
+            f"not valid JSON: {exc}", raw if isinstance(raw, bytes) else None
+        ) from exc
+
+
+def fold_keys(obj: Mapping[str, Any], fields: Mapping[str, str], what: str) -> dict[str, Any]:
+    """Map a decoded JSON object's keys onto canonical field names, Go-style.
+
+    ``fields`` maps lower-cased JSON names to canonical ones. Exact names match first, then any
+    case; unknown keys are ignored; a later key wins over an earlier one, as in Go.
+    """
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{what} must be a JSON object, got {json_type(obj)}")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = fields.get(key.lower())
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

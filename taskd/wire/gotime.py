@@ -1,0 +1,98 @@
+"""Go's ``time.Time`` on the wire: RFC 3339 with up to nine fractional digits.
+
+Python's ``datetime`` stops at microseconds, and a TaskState's ``CreatedAt`` must survive a
+round trip through taskd byte for byte, so times are kept as Unix nanoseconds plus the zone
+offset they were written with.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+from taskd.errors import DecodeError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_PER_S = 1_000_000_000
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class GoTime:
+    """An instant with nanosecond precision and the UTC offset it is shown in."""
+
+    unix_ns: int
+    offset_s: int = 0
+
+    @classmethod
+    def now(cls) -> GoTime:
+        return cls(time.time_ns())
+
+    @classmethod
+    def from_unix(cls, seconds: float) -> GoTime:
+        return cls(round(seconds * _NS_PER_S))
+
+    @classmethod
+    def from_datetime(cls, moment: datetime) -> GoTime:
+        if moment.tzinfo is None:
+            raise ValueError("a naive datetime is ambiguous; give it a timezone")
+        offset = moment.utcoffset() or timedelta(0)
+        delta = moment - _EPOCH
+        unix_ns = (delta.days * 86_400 + delta.seconds) * _NS_PER_S + delta.microseconds * 1000
+        return cls(unix_ns, int(offset.total_seconds()))
+
+    @classmethod
+    def parse(cls, text: str) -> GoTime:
+        match = _RFC3339.fullmatch(text)
+        if match is None:
+            raise DecodeError(f"time {text!r} is not RFC 3339")
+        year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+        offset_s = 0 if zulu else (int(off_h) * 3600 + int(off_m) * 60) * (1 if sign == "+" else -1)
+        try:
+            local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        except ValueError as exc:
+            raise DecodeError(f"time {text!r} is not a valid date: {exc}") from None
+        delta = local - _EPOCH.replace(tzinfo=None)
+        seconds = delta.days * 86_400 + delta.seconds - offset_s
+        nanos = int((fraction or "").ljust(9, "0"))
+        return cls(seconds * _NS_PER_S + nanos, offset_s)
+
+    def format(self) -> str:
+        """RFC 3339 as Go's ``time.RFC3339Nano`` (trailing zero digits trimmed)."""
+        seconds, nanos = divmod(self.unix_ns + self.offset_s * _NS_PER_S, _NS_PER_S)
+        local = _EPOCH.replace(tzinfo=None) + timedelta(seconds=seconds)
+        text = (
+            f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+            f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+        )
+        if nanos:
+            text += "." + f"{nanos:09d}".rstrip("0")
+        if self.offset_s == 0:
+            return text + "Z"
+        sign = "+" if self.offset_s > 0 else "-"
+        hours, minutes = divmod(abs(self.offset_s) // 60, 60)
+        return f"{text}{sign}{hours:02d}:{minutes:02d}"
+
+    def to_datetime(self) -> datetime:
+        """An aware datetime (sub-microsecond digits dropped)."""
+        zone = UTC if self.offset_s == 0 else timezone(timedelta(seconds=self.offset_s))
+        return (_EPOCH + timedelta(microseconds=self.unix_ns // 1000)).astimezone(zone)
+
+    def to_unix(self) -> float:
+        return self.unix_ns / _NS_PER_S
+
+    @property
+    def is_zero(self) -> bool:
+        return self == ZERO_TIME
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+# Go's zero time.Time, written for a CreatedAt nobody set.
+ZERO_TIME = GoTime.from_datetime(datetime(1, 1, 1, tzinfo=UTC))

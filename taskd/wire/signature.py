@@ -1,0 +1,214 @@
+"""machinery's task message: ``Signature`` and ``Arg``, encoded exactly as Go encodes them.
+
+Go's ``encoding/json`` writes a ``tasks.Signature`` with its Go field names, in declaration
+order, every field present and nil as ``null`` (it has no json tags). Decoding is as tolerant
+as Go's (unknown keys ignored, key case ignored) and as strict about value types.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from taskd.errors import DecodeError
+from taskd.wire import args as typed
+from taskd.wire import gojson
+from taskd.wire.fields import want_bool, want_int, want_str, want_time
+from taskd.wire.gotime import GoTime
+
+
+def new_id(prefix: str = "task") -> str:
+    """A machinery id: ``task_<uuid4>``, ``group_<uuid4>`` or ``chord_<uuid4>``."""
+    return f"{prefix}_{uuid.uuid4()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One positional argument: a machinery type name and its value as JSON carries it.
+
+    ``value`` is the wire value (``[]byte`` as a base64 string); ``python_value()`` checks it
+    against the type and converts it. Decoding never checks values, so a message whose
+    argument does not fit its type still yields a Signature the worker can fail cleanly.
+    """
+
+    type: str
+    value: Any
+    name: str = ""
+
+    @classmethod
+    def of(cls, type_name: str, value: Any, name: str = "") -> Arg:
+        """A checked argument from a Python value: ``Arg.of("[]int64", [1, 2])``."""
+        return cls(type_name, typed.to_wire(type_name, typed.check(type_name, value)), name)
+
+    @classmethod
+    def infer(cls, value: Any) -> Arg:
+        """An argument typed after its Python value (int -> int64, list[str] -> []string)."""
+        if isinstance(value, Arg):
+            return value
+        return cls.of(typed.infer(value), value)
+
+    @classmethod
+    def parse(cls, text: str) -> Arg:
+        """An argument from ``TYPE:VALUE`` text (``[]int64:[1,2,3]``, ``string:hello``)."""
+        return cls.of(*typed.parse_typed(text))
+
+    def python_value(self) -> Any:
+        """The value as Python sees it; raises ArgumentError when it does not fit the type."""
+        return typed.check(self.type, self.value)
+
+    def encode(self) -> str:
+        return (
+            f'{{"Name":{gojson.encode_str(self.name)},"Type":{gojson.encode_str(self.type)},'
+            f'"Value":{typed.encode(self.type, self.value)}}}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task invocation, field for field machinery's ``tasks.Signature``."""
+
+    name: str
+    uuid: str = ""
+    routing_key: str = ""
+    eta: GoTime | None = None
+    group_uuid: str = ""
+    group_task_count: int = 0
+    args: tuple[Arg, ...] | None = None
+    headers: Mapping[str, Any] | None = None
+    priority: int = 0
+    immutable: bool = False
+    retry_count: int = 0
+    retry_timeout: int = 0
+    on_success: tuple[Signature, ...] | None = None
+    on_error: tuple[Signature, ...] | None = None
+    chord_callback: Signature | None = None
+    broker_message_group_id: str = ""
+    sqs_receipt_handle: str = ""
+    stop_task_deletion_on_error: bool = False
+    ignore_when_task_not_registered: bool = False
+
+    def with_changes(self, **changes: Any) -> Signature:
+        return replace(self, **changes)
+
+    def encode(self) -> bytes:
+        return _encode_signature(self).encode()
+
+
+def _encode_list(items: tuple[Any, ...] | None, encode_item: Callable[[Any], str]) -> str:
+    if items is None:
+        return "null"
+    return "[" + ",".join(encode_item(item) for item in items) + "]"
+
+
+def _encode_signature(sig: Signature) -> str:
+    s = gojson.encode_str
+    return (
+        f'{{"UUID":{s(sig.uuid)},"Name":{s(sig.name)},"RoutingKey":{s(sig.routing_key)},'
+        f'"ETA":{"null" if sig.eta is None else s(sig.eta.format())},'
+        f'"GroupUUID":{s(sig.group_uuid)},"GroupTaskCount":{sig.group_task_count},'
+        f'"Args":{_encode_list(sig.args, Arg.encode)},'
+        f'"Headers":{gojson.encode_value(sig.headers)},"Priority":{sig.priority},'
+        f'"Immutable":{_bool(sig.immutable)},"RetryCount":{sig.retry_count},'
+        f'"RetryTimeout":{sig.retry_timeout},'
+        f'"OnSuccess":{_encode_list(sig.on_success, _encode_signature)},'
+        f'"OnError":{_encode_list(sig.on_error, _encode_signature)},'
+        f'"ChordCallback":'
+        f"{'null' if sig.chord_callback is None else _encode_signature(sig.chord_callback)},"
+        f'"BrokerMessageGroupId":{s(sig.broker_message_group_id)},'
+        f'"SQSReceiptHandle":{s(sig.sqs_receipt_handle)},'
+        f'"StopTaskDeletionOnError":{_bool(sig.stop_task_deletion_on_error)},'
+        f'"IgnoreWhenTaskNotRegistered":{_bool(sig.ignore_when_task_not_registered)}}}'
+    )
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+_ARG_FIELDS = {"name": "Name", "type": "Type", "value": "Value"}
+
+
+def _decode_arg(obj: Any, index: int) -> Arg:
+    fields = gojson.fold_keys(obj, _ARG_FIELDS, f"Args[{index}]")
+    return Arg(
+        want_str(fields.get("Type"), f"Args[{index}].Type"),
+        fields.get("Value"),
+        want_str(fields.get("Name"), f"Args[{index}].Name"),
+    )
+
+
+_SIGNATURE_FIELDS = {
+    name.lower(): name
+    for name in (
+        "UUID Name RoutingKey ETA GroupUUID GroupTaskCount Args Headers Priority Immutable "
+        "RetryCount RetryTimeout OnSuccess OnError ChordCallback BrokerMessageGroupId "
+        "SQSReceiptHandle StopTaskDeletionOnError IgnoreWhenTaskNotRegistered"
+    ).split()
+}
+
+
+def _decode_signatures(value: Any, key: str) -> tuple[Signature, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DecodeError(f"{key} must be an array, got {gojson.json_type(value)}")
+    return tuple(decode_signature_object(item, f"{key}[{i}]") for i, item in enumerate(value))
+
+
+def decode_signature_object(obj: Any, what: str = "signature") -> Signature:
+    """A Signature from decoded JSON; raises DecodeError naming the offending field."""
+    f = gojson.fold_keys(obj, _SIGNATURE_FIELDS, what)
+    raw_args = f.get("Args")
+    args: tuple[Arg, ...] | None = None
+    if raw_args is not None:
+        if not isinstance(raw_args, list):
+            raise DecodeError(f"{what}.Args must be an array, got {gojson.json_type(raw_args)}")
+        args = tuple(_decode_arg(item, i) for i, item in enumerate(raw_args))
+    headers = f.get("Headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise DecodeError(f"{what}.Headers must be an object, got {gojson.json_type(headers)}")
+    chord = f.get("ChordCallback")
+    return Signature(
+        uuid=want_str(f.get("UUID"), "UUID"),
+        name=want_str(f.get("Name"), "Name"),
+        routing_key=want_str(f.get("RoutingKey"), "RoutingKey"),
+        eta=want_time(f.get("ETA"), "ETA"),
+        group_uuid=want_str(f.get("GroupUUID"), "GroupUUID"),
+        group_task_count=want_int(f.get("GroupTaskCount"), "GroupTaskCount"),
+        args=args,
+        headers=headers,
+        priority=want_int(f.get("Priority"), "Priority", 0, 255),
+        immutable=want_bool(f.get("Immutable"), "Immutable"),
+        retry_count=want_int(f.get("RetryCount"), "RetryCount"),
+        retry_timeout=want_int(f.get("RetryTimeout"), "RetryTimeout"),
+        on_success=_decode_signatures(f.get("OnSuccess"), "OnSuccess"),
+        on_error=_decode_signatures(f.get("OnError"), "OnError"),
+        chord_callback=None if chord is None else decode_signature_object(chord, "ChordCallback"),
+        broker_message_group_id=want_str(f.get("BrokerMessageGroupId"), "BrokerMessageGroupId"),
+        sqs_receipt_handle=want_str(f.get("SQSReceiptHandle"), "SQSReceiptHandle"),
+        stop_task_deletion_on_error=want_bool(
+            f.get("StopTaskDeletionOnError"), "StopTaskDeletionOnError"
+        ),
+        ignore_when_task_not_registered=want_bool(
+            f.get("IgnoreWhenTaskNotRegistered"), "IgnoreWhenTaskNotRegistered"
+        ),
+    )
+
+
+def decode_signature(body: bytes) -> Signature:
+    """A Signature from a message body; raises DecodeError naming the offending field."""
+    return decode_signature_object(gojson.loads(body))
+
+
+def peek_routing_key(body: bytes) -> str | None:
+    """The RoutingKey of a message body, or None when the body is not a machinery message."""
+    try:
+        obj = gojson.loads(body)
+        fields = gojson.fold_keys(obj, _SIGNATURE_FIELDS, "signature")
+        return want_str(fields.get("RoutingKey"), "RoutingKey") or None
+    except DecodeError:
+        return None

@@ -1,0 +1,201 @@
+"""machinery's stored records: ``TaskState`` (with ``TaskResult``s) and ``GroupMeta``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from taskd.errors import ArgumentError, DecodeError
+from taskd.wire import args as typed
+from taskd.wire import gojson
+from taskd.wire.fields import want_int, want_str, want_time
+from taskd.wire.gotime import ZERO_TIME, GoTime
+
+
+class State(StrEnum):
+    PENDING = "PENDING"  # written by the sender before publishing
+    RECEIVED = "RECEIVED"  # a worker took the message
+    STARTED = "STARTED"  # arguments decoded, the function is about to run
+    RETRY = "RETRY"  # failed, scheduled to run again
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+    @property
+    def is_completed(self) -> bool:
+        return self in (State.SUCCESS, State.FAILURE)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """One return value: a machinery type name and its wire value (``{"Type","Value"}``)."""
+
+    type: str
+    value: Any
+
+    @classmethod
+    def of(cls, type_name: str, value: Any) -> TaskResult:
+        """A checked result from a Python value: ``TaskResult.of("uint8", 5)``."""
+        return cls(type_name, typed.to_wire(type_name, typed.check(type_name, value)))
+
+    @classmethod
+    def infer(cls, value: Any) -> TaskResult:
+        if isinstance(value, TaskResult):
+            return value
+        return cls.of(typed.infer(value), value)
+
+    def python_value(self) -> Any:
+        return typed.check(self.type, self.value)
+
+    def encode(self) -> str:
+        value = typed.encode(self.type, self.value)
+        return f'{{"Type":{gojson.encode_str(self.type)},"Value":{value}}}'
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """What a result backend stores for a task, field for field machinery's ``TaskState``."""
+
+    task_uuid: str
+    state: State
+    task_name: str = ""
+    results: tuple[TaskResult, ...] | None = None
+    error: str = ""
+    created_at: GoTime = ZERO_TIME
+    ttl: int = 0
+
+    @property
+    def is_completed(self) -> bool:
+        return self.state.is_completed
+
+    def with_changes(self, **changes: Any) -> TaskState:
+        return replace(self, **changes)
+
+    def python_results(self) -> list[Any]:
+        return [result.python_value() for result in self.results or ()]
+
+    def human_readable(self) -> str:
+        return typed.human_readable(self.python_results())
+
+    def encode(self) -> bytes:
+        results = (
+            "null"
+            if self.results is None
+            else "[" + ",".join(result.encode() for result in self.results) + "]"
+        )
+        s = gojson.encode_str
+        return (
+            f'{{"TaskUUID":{s(self.task_uuid)},"TaskName":{s(self.task_name)},'
+            f'"State":{s(self.state.value)},"Results":{results},"Error":{s(self.error)},'
+            f'"CreatedAt":{s(self.created_at.format())},"TTL":{self.ttl}}}'
+        ).encode()
+
+
+_STATE_FIELDS = {
+    name.lower(): name
+    for name in ("TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL")
+}
+_RESULT_FIELDS = {"type": "Type", "value": "Value"}
+
+
+def _decode_result(obj: Any, index: int) -> TaskResult:
+    fields = gojson.fold_keys(obj, _RESULT_FIELDS, f"Results[{index}]")
+    return TaskResult(want_str(fields.get("Type"), f"Results[{index}].Type"), fields.get("Value"))
+
+
+def decode_state(raw: bytes | str) -> TaskState:
+    f = gojson.fold_keys(gojson.loads(raw), _STATE_FIELDS, "TaskState")
+    state_name = want_str(f.get("State"), "State")
+    try:
+        state = State(state_name)
+    except ValueError:
+        raise DecodeError(f"State {state_name!r} is not a machinery task state") from None
+    raw_results = f.get("Results")
+    if raw_results is not None and not isinstance(raw_results, list):
+        raise DecodeError(f"Results must be an array, got {gojson.json_type(raw_results)}")
+    return TaskState(
+        task_uuid=want_str(f.get("TaskUUID"), "TaskUUID"),
+        task_name=want_str(f.get("TaskName"), "TaskName"),
+        state=state,
+        results=None
+        if raw_results is None
+        else tuple(_decode_result(item, i) for i, item in enumerate(raw_results)),
+        error=want_str(f.get("Error"), "Error"),
+        created_at=want_time(f.get("CreatedAt"), "CreatedAt") or ZERO_TIME,
+        ttl=want_int(f.get("TTL"), "TTL"),
+    )
+
+
+def results_from_return(value: Any, declared: Sequence[str | None] = ()) -> tuple[TaskResult, ...]:
+    """A task's return value as TaskResults: a tuple gives several, None gives none.
+
+    ``declared`` holds a machinery type per result where the task's return annotation says
+    one; other results are typed after their values. Raises ArgumentError for a value that
+    machinery's wire format cannot carry (a dict, a NaN...).
+    """
+    if value is None:
+        return ()
+    values = value if isinstance(value, tuple) else (value,)
+    results = []
+    for index, item in enumerate(values):
+        type_name = declared[index] if index < len(declared) else None
+        try:
+            if isinstance(item, TaskResult):
+                result = item
+            elif type_name is not None:
+                result = TaskResult.of(type_name, item)
+            else:
+                result = TaskResult.infer(item)
+            result.encode()  # NaN and infinities have no JSON form: fail the task, not the write
+        except (ArgumentError, ValueError) as exc:
+            raise ArgumentError(f"return value {index + 1} cannot be stored: {exc}") from None
+        results.append(result)
+    return tuple(results)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMeta:
+    """A group's members in order, and whether its chord callback was triggered."""
+
+    group_uuid: str
+    task_uuids: tuple[str, ...]
+    chord_triggered: bool = False
+    lock: bool = False
+    created_at: GoTime = ZERO_TIME
+    ttl: int = 0
+
+    def encode(self) -> bytes:
+        s = gojson.encode_str
+        return (
+            f'{{"GroupUUID":{s(self.group_uuid)},'
+            f'"TaskUUIDs":[{",".join(s(task_id) for task_id in self.task_uuids)}],'
+            f'"ChordTriggered":{gojson.encode_value(self.chord_triggered)},'
+            f'"Lock":{gojson.encode_value(self.lock)},'
+            f'"CreatedAt":{s(self.created_at.format())},"TTL":{self.ttl}}}'
+        ).encode()
+
+
+_GROUP_FIELDS = {
+    name.lower(): name
+    for name in ("GroupUUID", "TaskUUIDs", "ChordTriggered", "Lock", "CreatedAt", "TTL")
+}
+
+
+def decode_group(raw: bytes | str) -> GroupMeta:
+    f = gojson.fold_keys(gojson.loads(raw), _GROUP_FIELDS, "GroupMeta")
+    task_ids = f.get("TaskUUIDs") or []
+    if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+        raise DecodeError("TaskUUIDs must be an array of strings")
+    chord_triggered, lock = f.get("ChordTriggered"), f.get("Lock")
+    for key, value in (("ChordTriggered", chord_triggered), ("Lock", lock)):
+        if value is not None and not isinstance(value, bool):
+            raise DecodeError(f"{key} must be a boolean")
+    return GroupMeta(
+        group_uuid=want_str(f.get("GroupUUID"), "GroupUUID"),
+        task_uuids=tuple(task_ids),
+        chord_triggered=bool(chord_triggered),
+        lock=bool(lock),
+        created_at=want_time(f.get("CreatedAt"), "CreatedAt") or ZERO_TIME,
+        ttl=want_int(f.get("TTL"), "TTL"),
+    )

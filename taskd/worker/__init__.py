@@ -1,0 +1,1 @@
+"""The daemon's workers: a prefork supervisor and the children that run tasks."""

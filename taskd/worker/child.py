@@ -1,0 +1,328 @@
+"""A worker child: fetch, decode, execute, record, acknowledge; until told to stop.
+
+Round trips per batch of N messages: one fetch, one read of the stored states (for
+machinery's merge rule), one write of RECEIVED/STARTED; then per task one write (its final
+state together with the next task's STARTED) and one ack. Transient driver errors never lose
+a message: the call is retried with capped backoff while the message stays leased, and if
+the child dies meanwhile the broker delivers the message again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.brokers import Broker, Delivery, open_broker
+from taskd.client import Client
+from taskd.config import Config
+from taskd.errors import (
+    BackendError,
+    BackendUnavailable,
+    BrokerUnavailable,
+    DecodeError,
+    DriverError,
+    TaskNotFound,
+)
+from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
+from taskd.registry import Registry, Task
+from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
+from taskd.worker import workflow
+from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute
+from taskd.worker.heartbeat import Heartbeats
+
+log = structlog.get_logger("taskd.worker")
+
+T = TypeVar("T")
+
+BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
+BACKOFF_MAX_S = 5.0  # ...doubling up to this
+
+
+@dataclass(slots=True)
+class Job:
+    delivery: Delivery
+    sig: Signature
+    task: Task | None  # None: not registered here
+    task_name: str = ""  # TaskName and CreatedAt carried into every state (machinery's merge)
+    created_at: GoTime | None = None
+
+    def state(self, state: State, **fields: Any) -> TaskState:
+        return TaskState(
+            self.sig.uuid,
+            state,
+            task_name=self.task_name,
+            created_at=self.created_at or GoTime.now(),
+            **fields,
+        )
+
+
+class Child:
+    def __init__(
+        self, config: Config, registry: Registry, queue: str, slot: int, heartbeats: Heartbeats
+    ) -> None:
+        self.config, self.registry, self.queue = config, registry, queue
+        self.slot, self.heartbeats = slot, heartbeats
+        self.policy = RetryPolicy(config.worker.retry_jitter, config.worker.retry_max_delay)
+        self.stopping = False
+        self._outages: dict[str, tuple[float, int]] = {}  # driver kind -> (since, attempts)
+        self.broker: Broker
+        self.backend: ResultBackend
+        self.sender: Client
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The child's whole life; returns its exit status."""
+        self._install_signals()
+        structlog.contextvars.bind_contextvars(pid=os.getpid(), child=self.slot)
+        try:
+            self.broker = open_broker(self.config)
+            self.backend = open_backend(self.config)
+        except DriverError as exc:
+            log.critical("child_boot_failed", error=str(exc))
+            return EXIT_CHILD_BOOT_FAILURE
+        self.sender = Client(self.config, broker=self.broker, backend=self.backend)
+        log.info("child_ready", queue=self.queue)
+        try:
+            while not self.stopping:
+                self.heartbeats.beat(self.slot, busy=False)
+                deliveries = self._fetch()
+                if deliveries:
+                    self.heartbeats.beat(self.slot, busy=True)
+                    self._process(deliveries)
+        except Exception:
+            log.exception("child_crashed")
+            return EXIT_FAILURE
+        finally:
+            self._close()
+        log.info("child_stopped")
+        return EXIT_OK
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGQUIT, _on_quit)
+        for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(ignored, signal.SIG_IGN)  # the supervisor decides what these mean
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+    def _on_term(self, _signum: int, _frame: object) -> None:
+        self.stopping = True  # finish the running task, hand the rest back, exit
+
+    def _close(self) -> None:
+        for driver in (getattr(self, "broker", None), getattr(self, "backend", None)):
+            if driver is not None:
+                try:
+                    driver.close()
+                except DriverError as exc:
+                    log.warning("driver_close_failed", error=str(exc))
+
+    # -- fetching and decoding ------------------------------------------------------------
+
+    def _fetch(self) -> list[Delivery]:
+        worker = self.config.worker
+        try:
+            deliveries = self.broker.fetch(
+                self.queue, max_messages=worker.prefetch, wait_s=worker.poll_interval
+            )
+        except BrokerUnavailable as exc:
+            self._pause_for_outage("broker", exc)
+            return []
+        self._recovered("broker")
+        return deliveries
+
+    def _decode(self, delivery: Delivery) -> Job | None:
+        """A Job, or None after setting aside a message that can never run."""
+        try:
+            sig = decode_signature(delivery.body)
+            if not sig.uuid or not sig.name:
+                raise DecodeError("UUID and Name must not be empty")
+        except DecodeError as exc:
+            reason = f"malformed message: {exc.reason}"
+            log.error(
+                "message_rejected",
+                queue=delivery.queue,
+                reason=reason,
+                body=_preview(delivery.body),
+            )
+            self._retrying("broker", self.broker.reject, delivery, reason)
+            return None
+        try:
+            task: Task | None = self.registry.get(sig.name, delivery.queue)
+        except TaskNotFound:
+            task = None
+            if sig.ignore_when_task_not_registered:
+                log.warning(
+                    "task_dropped", task_id=sig.uuid, task=sig.name, reason="not registered"
+                )
+                self._retrying("broker", self.broker.ack, delivery)
+                return None
+        return Job(delivery, sig, task)
+
+    def _process(self, deliveries: Sequence[Delivery]) -> None:
+        jobs = [job for job in map(self._decode, deliveries) if job is not None]
+        if not jobs:
+            return
+        stored = self._retrying("backend", self.backend.get_states, [job.sig.uuid for job in jobs])
+        now = GoTime.now()
+        for job, previous in zip(jobs, stored, strict=True):
+            # machinery's merge rule: later states keep the PENDING record's name and time.
+            job.task_name = (previous.task_name if previous else "") or job.sig.name
+            job.created_at = (
+                previous.created_at if previous and not previous.created_at.is_zero else now
+            )
+        runnable = [job for job in jobs if job.task is not None]
+        if runnable:
+            first = [runnable[0].state(State.STARTED)]
+            self._write_states(first + [job.state(State.RECEIVED) for job in runnable[1:]])
+        for index, job in enumerate(jobs):
+            if self.stopping:
+                self._hand_back(jobs[index:])
+                return
+            later = [j for j in jobs[index + 1 :] if j.task is not None][:1]
+            self._run(job, later[0] if later else None)
+
+    def _hand_back(self, jobs: Sequence[Job]) -> None:
+        """Stopping: the jobs not started go back to the head of the queue, in order."""
+        self._write_states([job.state(State.PENDING) for job in jobs if job.task is not None])
+        for job in reversed(jobs):
+            self._retrying("broker", self.broker.release, job.delivery)
+        log.info("messages_released", count=len(jobs), queue=self.queue)
+
+    # -- running and settling -------------------------------------------------------------
+
+    def _run(self, job: Job, next_job: Job | None) -> None:
+        sig = job.sig
+        structlog.contextvars.bind_contextvars(
+            task_id=sig.uuid, task=sig.name, queue=job.delivery.queue
+        )
+        try:
+            started = time.perf_counter()
+            if job.task is None:
+                outcome = Outcome(Kind.FAILED, error=str(TaskNotFound(sig.name)))
+            else:
+                outcome = execute(job.task, sig, job.delivery.queue, self.policy)
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            self._settle(job, outcome, next_job)
+            self._log_outcome(job, outcome, duration_ms)
+        finally:
+            structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
+
+    def _settle(self, job: Job, outcome: Outcome, next_job: Job | None) -> None:
+        """Record the outcome, send what it sets off, then ack (or dead-letter) the message."""
+        sig, now = job.sig, GoTime.now()
+        follow = workflow.FollowUp()
+        started_next = [next_job.state(State.STARTED)] if next_job and not self.stopping else []
+        if outcome.kind is Kind.SUCCEEDED:
+            self._write_states([job.state(State.SUCCESS, results=outcome.results), *started_next])
+            callbacks = workflow.on_success(sig, outcome.results)
+            follow = self._chord(workflow.chord_after_success, sig)
+            self._send(callbacks + list(follow.send))
+        elif outcome.kind is Kind.RETRY:
+            assert outcome.retry is not None
+            self._write_states([job.state(State.RETRY, error=outcome.error), *started_next])
+            retry = outcome.retry
+            if not retry.routing_key:
+                retry = retry.with_changes(routing_key=job.delivery.queue)
+            self._retrying("broker", self.sender.publish, [retry], states=())
+        else:
+            self._write_states([job.state(State.FAILURE, error=outcome.error), *started_next])
+            follow = self._chord(workflow.chord_after_failure, sig, outcome.error, now)
+            if follow.record:
+                self._write_states(list(follow.record))
+            self._send(workflow.on_error(sig.on_error or (), outcome.error) + list(follow.send))
+        if outcome.kind is Kind.FAILED and (job.task is None or sig.stop_task_deletion_on_error):
+            # Kept where an operator can replay it once the task exists (or, as on SQS,
+            # for a dead-letter queue to take) instead of being lost.
+            self._retrying("broker", self.broker.reject, job.delivery, outcome.error)
+        else:
+            self._retrying("broker", self.broker.ack, job.delivery)
+
+    def _chord(
+        self, step: Callable[..., workflow.FollowUp], sig: Signature, *args: Any
+    ) -> workflow.FollowUp:
+        try:
+            return self._retrying("backend", step, self.backend, sig, *args)
+        except BackendError as exc:  # group metadata expired or unreadable
+            log.error("chord_failed", group=sig.group_uuid, error=str(exc))
+            return workflow.FollowUp()
+
+    def _send(self, signatures: Sequence[Signature]) -> None:
+        if signatures:
+            self._retrying("broker", self.sender.publish, signatures)
+
+    def _write_states(self, states: Sequence[TaskState]) -> None:
+        if states:
+            self._retrying("backend", self.backend.set_states, states)
+
+    def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
+        attempt = attempt_of(job.sig)
+        if outcome.kind is Kind.SUCCEEDED:
+            log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)
+        elif outcome.kind is Kind.RETRY:
+            log.warning(
+                "task_retrying",
+                attempt=attempt,
+                duration_ms=duration_ms,
+                error=outcome.error,
+                retry_in_s=round(outcome.retry_in_s, 3),
+                retries_left=job.sig.retry_count - 1,
+            )
+        else:
+            log.error(
+                "task_failed",
+                attempt=attempt,
+                duration_ms=duration_ms,
+                error=outcome.error,
+                traceback=outcome.traceback or None,
+            )
+
+    # -- riding out outages ---------------------------------------------------------------
+
+    def _retrying(self, kind: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a driver until it answers: transient errors wait with capped backoff.
+
+        The message being settled stays leased meanwhile; if this child is stopped or killed
+        before the driver comes back, the broker delivers the message again.
+        """
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except (BrokerUnavailable, BackendUnavailable) as exc:
+                self._pause_for_outage(kind, exc)
+                continue
+            self._recovered(kind)
+            return result
+
+    def _pause_for_outage(self, kind: str, exc: Exception) -> None:
+        """Log an outage once, then wait a little longer each time (with jitter)."""
+        since, attempts = self._outages.get(kind, (time.monotonic(), 0))
+        if attempts == 0:
+            log.warning(f"{kind}_unavailable", error=str(exc))
+        self._outages[kind] = (since, attempts + 1)
+        pause = min(BACKOFF_FIRST_S * 2 ** min(attempts, 10), BACKOFF_MAX_S)
+        self.heartbeats.beat(self.slot, busy=True)  # alive, just waiting
+        time.sleep(pause * random.uniform(0.5, 1.0))
+
+    def _recovered(self, kind: str) -> None:
+        outage = self._outages.pop(kind, None)
+        if outage is not None:
+            log.info(f"{kind}_recovered", outage_s=round(time.monotonic() - outage[0], 3))
+
+
+def _on_quit(_signum: int, _frame: object) -> None:
+    os._exit(EXIT_OK)  # exit now; whatever this child held is delivered again
+
+
+def _preview(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(body) > limit else "")

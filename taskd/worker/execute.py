@@ -1,0 +1,102 @@
+"""Running one task: check its arguments, call it, and say what should happen next.
+
+``execute`` never raises for a failing task or bad arguments; it returns an ``Outcome`` and
+leaves recording and acknowledging to the caller.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+
+from taskd.errors import ArgumentError, Retry
+from taskd.registry import Task, TaskContext
+from taskd.retry import fibonacci_next, with_jitter
+from taskd.wire import GoTime, Signature, TaskResult
+from taskd.wire.state import results_from_return
+
+ATTEMPT_HEADER = "taskd_attempt"  # rides in Headers; Go workers ignore non-string headers
+
+
+class Kind(Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Kind
+    results: tuple[TaskResult, ...] = ()
+    error: str = ""
+    traceback: str = ""
+    retry: Signature | None = None  # the message to send again, with its ETA
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    jitter: float = 0.0
+    max_delay_s: float = 0.0
+
+
+def attempt_of(sig: Signature) -> int:
+    value = (sig.headers or {}).get(ATTEMPT_HEADER, 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def error_text(exc: BaseException) -> str:
+    """What goes in TaskState.Error: the message, as Go's err.Error() would give it."""
+    return str(exc) or type(exc).__name__
+
+
+def execute(task: Task, sig: Signature, queue: str, policy: RetryPolicy) -> Outcome:
+    """Run ``task`` for ``sig``: SUCCEEDED with results, RETRY with the message to resend, or
+    FAILED with the error. Bad arguments fail at once, without retries, as in machinery."""
+    try:
+        args = task.bind(sig.args or ())
+    except ArgumentError as exc:
+        return Outcome(Kind.FAILED, error=str(exc))
+    if task.wants_context:
+        args.insert(0, TaskContext(sig, attempt_of(sig), queue))
+    try:
+        value = task.fn(*args)
+    except Retry as request:
+        return _retry_or_fail(sig, request.reason, request.countdown_s, policy, "")
+    except Exception as exc:
+        trace = traceback.format_exc()
+        if sig.retry_count > 0:
+            return _retry_or_fail(sig, error_text(exc), None, policy, trace)
+        return Outcome(Kind.FAILED, error=error_text(exc), traceback=trace)
+    try:
+        results = results_from_return(value, task.returns)
+    except ArgumentError as exc:
+        return Outcome(Kind.FAILED, error=f"task {task.name!r}: {exc}")
+    return Outcome(Kind.SUCCEEDED, results=results)
+
+
+def _retry_or_fail(
+    sig: Signature, error: str, countdown_s: float | None, policy: RetryPolicy, trace: str
+) -> Outcome:
+    """machinery's retry: RetryCount left -> decrement and send again after a delay.
+
+    The delay is the next Fibonacci number after RetryTimeout, or the countdown a task asked
+    for with Retry (which, unlike machinery's ErrRetryTaskLater, also spends RetryCount).
+    """
+    if sig.retry_count <= 0:
+        return Outcome(Kind.FAILED, error=error, traceback=trace)
+    retry_timeout = sig.retry_timeout
+    if countdown_s is None:
+        retry_timeout = fibonacci_next(sig.retry_timeout)
+        countdown_s = float(retry_timeout)
+    delay_s = with_jitter(countdown_s, policy.jitter, policy.max_delay_s)
+    headers = {**(sig.headers or {}), ATTEMPT_HEADER: attempt_of(sig) + 1}
+    again = sig.with_changes(
+        retry_count=sig.retry_count - 1,
+        retry_timeout=retry_timeout,
+        eta=GoTime(time.time_ns() + round(delay_s * 1e9)),
+        headers=headers,
+    )
+    return Outcome(Kind.RETRY, error=error, traceback=trace, retry=again, retry_in_s=delay_s)

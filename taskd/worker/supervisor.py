@@ -1,0 +1,313 @@
+"""The prefork supervisor: keeps N children running and turns signals into orderly stops.
+
+Signal handlers only record (the wakeup fd carries the signal number to the main loop); all
+work (reaping, respawning, forwarding) happens in the loop.
+
+| signal      | supervisor                                                         |
+| ----------- | ------------------------------------------------------------------ |
+| TERM, INT   | drain: TERM children, wait ``shutdown_timeout``, KILL stragglers   |
+| second one  | fast stop: QUIT children (they exit at once), KILL after a moment  |
+| QUIT        | fast stop                                                          |
+| HUP         | reload the config; if valid, new children replace the old ones     |
+| TTIN / TTOU | one more / one fewer child (never below one)                       |
+| CHLD        | reap; replace a child that died unasked, with capped backoff       |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from taskd import __version__
+from taskd.config import Config, load_config, redact_url
+from taskd.errors import TaskdError
+from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
+from taskd.registry import Registry, load_registry
+from taskd.worker.child import Child
+from taskd.worker.heartbeat import MAX_CHILDREN, Heartbeats
+
+log = structlog.get_logger("taskd.supervisor")
+
+HANDLED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+LOOP_TICK_S = 1.0  # how often the loop looks at heartbeats when no signal wakes it
+FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
+CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
+HEALTHY_AFTER_S = 10.0  # a child that lived this long resets the respawn backoff
+RESPAWN_MAX_DELAY_S = 30.0
+
+
+@dataclass(slots=True)
+class ChildProcess:
+    pid: int
+    slot: int
+    started_at: float
+    generation: int
+    asked_to_stop: bool = False
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        *,
+        queue: str | None = None,
+        concurrency: int | None = None,
+        config_path: str | None = None,
+    ) -> None:
+        self.config, self.registry, self.config_path = config, registry, config_path
+        self.queue_override, self.concurrency_override = queue, concurrency
+        self.heartbeats = Heartbeats()
+        self.children: dict[int, ChildProcess] = {}
+        self.generation = 0
+        self.draining = False
+        self.fast = False
+        self.deadline: float | None = None
+        self.exit_code = EXIT_OK
+        self.early_deaths = 0
+        self.respawn_at = 0.0
+        self.desired = self._concurrency(config)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._handlers = {
+            signal.SIGTERM: self._drain,
+            signal.SIGINT: self._drain,
+            signal.SIGQUIT: self._fast_stop,
+            signal.SIGHUP: self._reload,
+            signal.SIGTTIN: self._grow,
+            signal.SIGTTOU: self._shrink,
+        }
+
+    @property
+    def queue(self) -> str:
+        return self.queue_override or self.config.default_queue
+
+    def _concurrency(self, config: Config) -> int:
+        wanted = self.concurrency_override or config.worker.concurrency or os.cpu_count() or 1
+        return min(wanted, MAX_CHILDREN)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in HANDLED:
+            signal.signal(signum, _record_only)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        log.info(
+            "taskd_started",
+            version=__version__,
+            pid=os.getpid(),
+            broker=redact_url(self.config.broker),
+            result_backend=redact_url(self.config.result_backend),
+            queue=self.queue,
+            concurrency=self.desired,
+            prefetch=self.config.worker.prefetch,
+            tasks=self.registry.names(),
+            config=self.config.source,
+        )
+        try:
+            self._spawn_missing()
+            while self.children or not self.draining:
+                for signum in self._wait(LOOP_TICK_S):
+                    handler = self._handlers.get(signum)
+                    if handler is not None:
+                        handler(signum)
+                self._reap()
+                self._tend()
+        finally:
+            signal.set_wakeup_fd(-1)
+        log.info("taskd_stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _wait(self, timeout_s: float) -> list[int]:
+        """Block until a signal arrives or the tick passes; the signals that arrived."""
+        signals: list[int] = []
+        if self._selector.select(timeout_s):
+            with contextlib.suppress(BlockingIOError):
+                signals.extend(os.read(self._wake_r, 4096))
+        return signals
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        if self.draining:
+            if self.deadline is not None and now >= self.deadline and self.children:
+                log.warning("children_killed", count=len(self.children), reason="stop timeout")
+                self._signal_children(signal.SIGKILL)
+                self.deadline = None
+            return
+        self._check_heartbeats(now)
+        self._spawn_missing()
+
+    # -- children -------------------------------------------------------------------------
+
+    def _current(self) -> list[ChildProcess]:
+        return [c for c in self.children.values() if not c.asked_to_stop]
+
+    def _spawn_missing(self) -> None:
+        while len(self._current()) < self.desired and time.monotonic() >= self.respawn_at:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        used = {child.slot for child in self.children.values()}
+        slot = next(i for i in range(MAX_CHILDREN) if i not in used)
+        self.heartbeats.beat(slot, busy=False)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # no parent handler runs in the child
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_child(slot)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        self.children[pid] = ChildProcess(pid, slot, time.monotonic(), self.generation)
+        log.debug("child_spawned", child=slot, child_pid=pid)
+
+    def _become_child(self, slot: int) -> None:
+        code = EXIT_FAILURE
+        try:
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            code = Child(self.config, self.registry, self.queue, slot, self.heartbeats).run()
+        except BaseException:  # never return into the supervisor's stack
+            log.exception("child_crashed", child=slot)
+        finally:
+            os._exit(code)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._child_exited(child, status)
+
+    def _child_exited(self, child: ChildProcess, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        lived_s = round(time.monotonic() - child.started_at, 3)
+        expected = child.asked_to_stop or self.draining
+        fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s}
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if -code == signal.SIGKILL and not expected else ""
+            (log.info if expected else log.error)("child_exited", signal=name + hint, **fields)
+        else:
+            (log.info if expected and code == EXIT_OK else log.error)(
+                "child_exited", exit_code=code, **fields
+            )
+        if code == EXIT_CHILD_BOOT_FAILURE and not self.draining:
+            log.critical("taskd_cannot_start_children")
+            self.exit_code = EXIT_FAILURE
+            self._drain(signal.SIGTERM)
+            return
+        if expected:
+            return
+        if lived_s < HEALTHY_AFTER_S:
+            self.early_deaths += 1
+            delay = min(0.5 * 2 ** min(self.early_deaths, 8), RESPAWN_MAX_DELAY_S)
+            self.respawn_at = time.monotonic() + delay
+            log.warning("child_respawn_delayed", delay_s=delay, early_deaths=self.early_deaths)
+        else:
+            self.early_deaths = 0
+
+    def _check_heartbeats(self, now: float) -> None:
+        for child in self._current():
+            last, busy = self.heartbeats.read(child.slot)
+            if not busy and now - last > CHILD_STALL_S:
+                log.error(
+                    "child_stalled",
+                    child=child.slot,
+                    child_pid=child.pid,
+                    silent_s=round(now - last),
+                )
+                child.asked_to_stop = True
+                self._kill(child.pid, signal.SIGKILL)
+
+    def _signal_children(self, signum: int) -> None:
+        for child in list(self.children.values()):
+            child.asked_to_stop = True
+            self._kill(child.pid, signum)
+
+    @staticmethod
+    def _kill(pid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone: the reaper hears of it
+            os.kill(pid, signum)
+
+    # -- signal actions -------------------------------------------------------------------
+
+    def _drain(self, signum: int) -> None:
+        if self.draining:
+            self._fast_stop(signum)
+            return
+        self.draining = True
+        self.deadline = time.monotonic() + self.config.worker.shutdown_timeout
+        log.info(
+            "taskd_draining",
+            signal=signal.Signals(signum).name,
+            running=len(self.children),
+            timeout_s=self.config.worker.shutdown_timeout,
+        )
+        self._signal_children(signal.SIGTERM)
+
+    def _fast_stop(self, signum: int) -> None:
+        if self.fast:
+            return
+        self.draining = self.fast = True
+        self.deadline = time.monotonic() + FAST_STOP_S
+        log.warning("taskd_stopping_now", signal=signal.Signals(signum).name)
+        self._signal_children(signal.SIGQUIT)
+
+    def _reload(self, _signum: int) -> None:
+        if self.draining:
+            return
+        try:
+            config = load_config(self.config_path)
+            registry = load_registry(config.imports)
+        except TaskdError as exc:
+            log.error("reload_failed", error=str(exc))
+            return
+        old = self._current()
+        self.config, self.registry = config, registry
+        self.desired = self._concurrency(config)
+        self.generation += 1
+        for child in old:
+            child.asked_to_stop = True
+            self._kill(child.pid, signal.SIGTERM)
+        log.info("config_reloaded", concurrency=self.desired, replacing=len(old))
+        self._spawn_missing()
+
+    def _grow(self, _signum: int) -> None:
+        if not self.draining and self.desired < MAX_CHILDREN:
+            self.desired += 1
+            log.info("pool_resized", concurrency=self.desired)
+
+    def _shrink(self, _signum: int) -> None:
+        current = self._current()
+        if self.draining or self.desired <= 1 or not current:
+            return
+        self.desired -= 1
+        newest = max(current, key=lambda child: child.started_at)
+        newest.asked_to_stop = True
+        self._kill(newest.pid, signal.SIGTERM)
+        log.info("pool_resized", concurrency=self.desired)
+
+
+def _record_only(_signum: int, _frame: object) -> None:
+    """The wakeup fd already told the loop; nothing else may happen in a handler."""

@@ -1,0 +1,76 @@
+"""What a finished task sets off: OnSuccess/OnError callbacks and chord callbacks.
+
+machinery's rules: results are appended to each OnSuccess callback's args unless the finished
+task is Immutable; the error is prepended to each OnError callback after the last retry; a
+chord's callback runs once all members succeeded, with their results in member order unless
+the callback is Immutable. Beyond machinery, a chord whose member finally fails runs the
+callback's OnError signatures (the chord's error callback) once, and records the callback as
+FAILURE with the member's error, instead of never finishing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from taskd.backends import ResultBackend
+from taskd.wire import Arg, GoTime, Signature, State, TaskResult, TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """Signatures to send, and states to record for tasks that will never run."""
+
+    send: tuple[Signature, ...] = ()
+    record: tuple[TaskState, ...] = ()
+
+
+def _as_args(results: Sequence[TaskResult]) -> tuple[Arg, ...]:
+    return tuple(Arg(result.type, result.value) for result in results)
+
+
+def on_success(sig: Signature, results: Sequence[TaskResult]) -> list[Signature]:
+    """The OnSuccess callbacks, with the results appended unless ``sig`` is Immutable."""
+    extra = () if sig.immutable else _as_args(results)
+    return [cb.with_changes(args=(*(cb.args or ()), *extra)) for cb in sig.on_success or ()]
+
+
+def on_error(callbacks: Sequence[Signature], error: str) -> list[Signature]:
+    """OnError callbacks with the error prepended as a string argument."""
+    return [cb.with_changes(args=(Arg("string", error), *(cb.args or ()))) for cb in callbacks]
+
+
+def chord_after_success(backend: ResultBackend, sig: Signature) -> FollowUp:
+    """A member succeeded: when every member has, the first to claim sends the callback."""
+    callback = sig.chord_callback
+    if callback is None or not sig.group_uuid:
+        return FollowUp()
+    group = backend.get_group(sig.group_uuid)
+    if group is None:
+        return FollowUp()
+    states = backend.get_states(group.task_uuids)
+    if not all(state is not None and state.state is State.SUCCESS for state in states):
+        return FollowUp()  # not finished yet, or a member failed and has fired the error path
+    if not backend.claim_chord(sig.group_uuid):
+        return FollowUp()
+    if not callback.immutable:
+        results = [result for state in states if state for result in state.results or ()]
+        callback = callback.with_changes(args=(*(callback.args or ()), *_as_args(results)))
+    return FollowUp(send=(callback,))
+
+
+def chord_after_failure(
+    backend: ResultBackend, sig: Signature, error: str, now: GoTime
+) -> FollowUp:
+    """A member failed for good: the chord fails once, running its error callbacks."""
+    callback = sig.chord_callback
+    if callback is None or not sig.group_uuid or not backend.claim_chord(sig.group_uuid):
+        return FollowUp()
+    failed = TaskState(
+        callback.uuid,
+        State.FAILURE,
+        task_name=callback.name,
+        error=f"chord member {sig.uuid} failed: {error}",
+        created_at=now,
+    )
+    return FollowUp(send=tuple(on_error(callback.on_error or (), error)), record=(failed,))
