@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -300,16 +299,20 @@ _SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """A URL with its password replaced by ``***`` (machinery's RedactURL)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    """A URL with its password replaced by ``***`` (machinery's RedactURL).
+
+    For Redis URLs a userinfo without a colon is a password, as machinery reads it.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not sep or not at or not userinfo:
         return url
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        return f"{scheme}://{user}:***@{location}"
+    if scheme.startswith("redis"):
+        return f"{scheme}://***@{location}"
+    return url
 
 
 def to_mapping(obj: Any, *, redact: bool = True) -> dict[str, Any]:

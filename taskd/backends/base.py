@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import ClassVar, Self
 
 from taskd.config import Config
-from taskd.errors import NotSupported
-from taskd.wire import GroupMeta, TaskState
+from taskd.errors import BackendError, DecodeError, NotSupported
+from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
 
 class ResultBackend(ABC):
@@ -58,3 +58,17 @@ class ResultBackend(ABC):
     def purge(self, task_id: str) -> None:
         """Forget a task's state."""
         raise NotSupported(self.driver, "purge")
+
+    # -- for drivers that store machinery's JSON ------------------------------------------
+
+    def _load_state(self, raw: bytes | str, task_id: str) -> TaskState:
+        try:
+            return decode_state(raw)
+        except DecodeError as exc:
+            raise BackendError(self.driver, f"stored state is not valid: {exc}", task_id) from exc
+
+    def _load_group(self, raw: bytes | str, group_id: str) -> GroupMeta:
+        try:
+            return decode_group(raw)
+        except DecodeError as exc:
+            raise BackendError(self.driver, f"stored group is not valid: {exc}", group_id) from exc

@@ -13,9 +13,9 @@ from typing import Self
 
 from taskd.backends.base import ResultBackend
 from taskd.config import Config
-from taskd.errors import BackendError, BackendUnavailable, DecodeError
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
-from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
+from taskd.wire import GroupMeta, TaskState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskd_states (
@@ -65,18 +65,6 @@ class SQLiteBackend(ResultBackend):
         except sqlite3.Error as exc:
             raise BackendError(self.driver, str(exc), task_id) from exc
 
-    def _state(self, raw: bytes, task_id: str) -> TaskState:
-        try:
-            return decode_state(raw)
-        except DecodeError as exc:
-            raise BackendError(self.driver, f"stored state is not valid: {exc}", task_id) from exc
-
-    def _group(self, raw: bytes, group_id: str) -> GroupMeta:
-        try:
-            return decode_group(raw)
-        except DecodeError as exc:
-            raise BackendError(self.driver, f"stored group is not valid: {exc}", group_id) from exc
-
     def set_states(self, states: Sequence[TaskState]) -> None:
         expires_ns = time.time_ns() + self._expire_ns
         rows = [(state.task_uuid, state.encode(), expires_ns) for state in states]
@@ -101,7 +89,7 @@ class SQLiteBackend(ResultBackend):
             ).fetchall()
         found = {task_id: raw for task_id, raw in rows}
         return [
-            self._state(found[task_id], task_id) if task_id in found else None
+            self._load_state(found[task_id], task_id) if task_id in found else None
             for task_id in task_ids
         ]
 
@@ -118,7 +106,7 @@ class SQLiteBackend(ResultBackend):
                 "SELECT meta FROM taskd_groups WHERE group_id = ? AND expires_ns > ?",
                 (group_id, time.time_ns()),
             ).fetchone()
-        return None if row is None else self._group(row[0], group_id)
+        return None if row is None else self._load_group(row[0], group_id)
 
     def claim_chord(self, group_id: str) -> bool:
         with self._guard(group_id), self._lock, write_transaction(self._conn):
@@ -127,7 +115,7 @@ class SQLiteBackend(ResultBackend):
             ).fetchone()
             if row is None:
                 raise BackendError(self.driver, "group metadata is missing or expired", group_id)
-            group = self._group(row[0], group_id)
+            group = self._load_group(row[0], group_id)
             if group.chord_triggered:
                 return False
             self._conn.execute(

@@ -1,0 +1,393 @@
+"""The Redis broker: machinery's key layout, with acknowledgements machinery never had.
+
+Layout shared with machinery: the ready queue is a list named by the routing key (producers
+``RPUSH``); ETA messages wait in one sorted set (``delayed_tasks``) scored by ETA in Unix
+nanoseconds. taskd adds, under ``redis.key_prefix``:
+
+- ``processing:<consumer>``: a taken message moves atomically from the queue into the
+  processing list of the consumer that took it, and leaves it on ack;
+- ``consumers`` (sorted set, score = last beat in ms, Redis clock) and ``consumer_queues``
+  (hash): each consumer beats from a thread; when one falls silent for ``consumer_timeout``,
+  any other consumer moves its processing list back to the head of its queue;
+- ``dead:<queue>``: messages set aside by ``reject``, as JSON with the reason.
+
+A long task never looks dead (the thread beats while it runs); a dead consumer's messages
+come back within seconds; a message is never in no list at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Self
+
+import orjson
+
+from taskd import redisdb
+from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
+from taskd.brokers.lease import Heartbeat, new_consumer_id
+from taskd.config import Config
+from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.wire import GoTime
+from taskd.wire.signature import peek_routing_key
+
+MOVE_BATCH = 1000  # due ETA messages moved per script call
+MOVE_BUDGET_S = 0.5  # longest a fetch spends moving due messages before taking its own
+RECLAIM_BATCH = 100  # dead consumers handled per reclaim call
+
+# Take up to ARGV[1] messages. With ARGV[2] == "1" the consumer holds nothing, so anything left
+# in its processing list is a stray from a fetch whose reply was lost: put it back first.
+_FETCH = """
+if ARGV[2] == '1' then
+  while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do end
+end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items > 0 then
+  redis.call('LTRIM', KEYS[1], #items, -1)
+  redis.call('RPUSH', KEYS[2], unpack(items))
+end
+return items
+"""
+
+# Hand a message back: to the head of its queue, or to the delayed set (ARGV[2] = score).
+_RELEASE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  if ARGV[2] == '' then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+  end
+  return 1
+end
+return 0
+"""
+
+# Set a message aside with its reason.
+_REJECT = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Move due ETA messages to their queues. The queue is the message's RoutingKey (machinery's
+# layout keeps one delayed set for every queue), read with cjson; a member that is not a
+# machinery message goes to the default queue, whose worker sets it aside with a reason.
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, body in ipairs(due) do
+  local queue = nil
+  local ok, msg = pcall(cjson.decode, body)
+  if ok and type(msg) == 'table' then
+    queue = msg['RoutingKey']
+    if type(queue) ~= 'string' then
+      for key, value in pairs(msg) do
+        if type(key) == 'string' and string.lower(key) == 'routingkey' then queue = value end
+      end
+    end
+  end
+  if type(queue) ~= 'string' or queue == '' then queue = ARGV[3] end
+  redis.call('ZREM', KEYS[1], body)
+  redis.call('RPUSH', queue, body)
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, first[2] or false}
+"""
+
+# Beat for each consumer id in ARGV (queue in the following ARGV), on Redis's clock.
+_BEAT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ms, ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return ms
+"""
+
+_REQUEUE = """
+local function requeue(id, fallback)
+  local queue = redis.call('HGET', KEYS[2], id) or fallback
+  local proc = ARGV[1] .. id
+  local moved = 0
+  while redis.call('LMOVE', proc, queue, 'RIGHT', 'LEFT') do moved = moved + 1 end
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  return moved
+end
+"""
+
+# Give the messages of consumers silent for ARGV[2] ms back to the head of their queues.
+_RECLAIM = (
+    _REQUEUE
+    + """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[2]),
+                        'LIMIT', 0, tonumber(ARGV[3]))
+local moved = 0
+for _, id in ipairs(dead) do moved = moved + requeue(id, ARGV[4]) end
+return {#dead, moved}
+"""
+)
+
+# A consumer leaving: its own messages go back, now.
+_LEAVE = (
+    _REQUEUE
+    + """
+local moved = 0
+for i = 3, #ARGV do moved = moved + requeue(ARGV[i], ARGV[2]) end
+return moved
+"""
+)
+
+
+def _dead_letter_entry(queue: str, body: bytes, reason: str) -> bytes:
+    entry: dict[str, Any] = {"queue": queue, "reason": reason, "rejected_at": GoTime.now().format()}
+    try:
+        entry["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["body_base64"] = base64.b64encode(body).decode()
+    return orjson.dumps(entry)
+
+
+class RedisBroker(Broker):
+    driver = "redis"
+
+    def __init__(self, url: str, config: Config) -> None:
+        settings = config.redis
+        self._redis = redisdb.connect(
+            url, config, "broker", longest_block_s=config.worker.poll_interval
+        )
+        self._prefix = settings.key_prefix
+        self._delayed_key = settings.delayed_tasks_key
+        self._default_queue = config.default_queue
+        self._poll_period_s = settings.delayed_tasks_poll_period / 1000
+        self._heartbeat_s = config.worker.heartbeat_interval
+        self._timeout_ms = int(config.worker.consumer_timeout * 1000)
+        self._consumers_key = f"{self._prefix}consumers"
+        self._queues_key = f"{self._prefix}consumer_queues"
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in {
+                "fetch": _FETCH,
+                "release": _RELEASE,
+                "reject": _REJECT,
+                "promote": _PROMOTE,
+                "beat": _BEAT,
+                "reclaim": _RECLAIM,
+                "leave": _LEAVE,
+            }.items()
+        }
+        self._consumers: dict[str, str] = {}  # queue -> this instance's consumer id there
+        self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
+        self._heartbeat: Heartbeat | None = None
+        self._next_promote = 0.0  # monotonic time of the next look at the delayed set
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(url, config)
+
+    def _translated(self, queue: str | None = None) -> Any:
+        return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
+
+    def _processing_key(self, consumer_id: str) -> str:
+        return f"{self._prefix}processing:{consumer_id}"
+
+    def _dead_key(self, queue: str) -> str:
+        return f"{self._prefix}dead:{queue}"
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish(
+        self, queue: str, body: bytes, *, eta: GoTime | None = None, priority: int = 0
+    ) -> None:
+        """RPUSH to the queue, or ZADD to the delayed set (machinery's layout).
+
+        A delayed message goes back to the queue its RoutingKey names when it falls due, as
+        machinery's workers expect; taskd's senders always set RoutingKey to ``queue``.
+        """
+        self.publish_many([Message(queue, body, eta, priority)])
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        now_ns = time.time_ns()
+        pipe = self._redis.pipeline(transaction=False)
+        for message in messages:
+            if message.eta is not None and message.eta.unix_ns > now_ns:
+                pipe.zadd(self._delayed_key, {message.body: message.eta.unix_ns})
+            else:
+                pipe.rpush(message.queue, message.body)
+        with self._translated(messages[0].queue):
+            pipe.execute()
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def _consumer(self, queue: str) -> str:
+        consumer_id = self._consumers.get(queue)
+        if consumer_id is None:
+            consumer_id = new_consumer_id()
+            self._consumers[queue] = consumer_id
+            try:
+                self._beat()  # registered before its first message can be taken
+            except Exception:
+                del self._consumers[queue]
+                raise
+            self._in_flight[queue] = 0
+            if self._heartbeat is None:
+                self._heartbeat = Heartbeat(self._beat_and_reclaim, self._heartbeat_s, self.driver)
+                self._heartbeat.start()
+        return consumer_id
+
+    def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
+        with self._translated(queue):
+            consumer_id = self._consumer(queue)
+            processing = self._processing_key(consumer_id)
+            self._promote_due()
+            holding_nothing = self._in_flight[queue] == 0
+            bodies = self._scripts["fetch"](
+                keys=[queue, processing], args=[max_messages, "1" if holding_nothing else "0"]
+            )
+            if not bodies and wait_s > 0:
+                block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
+                body = self._redis.blmove(queue, processing, block_s, "LEFT", "RIGHT")
+                bodies = [body] if body is not None else []
+        self._in_flight[queue] += len(bodies)
+        return [Delivery(queue, bytes(body), False, processing) for body in bodies]
+
+    def _promote_due(self) -> None:
+        """Move due ETA messages to their queues, in batches, at most every poll period.
+
+        Every consumer may do this; the script is atomic, so a message moves exactly once.
+        """
+        now = time.monotonic()
+        if now < self._next_promote:
+            return
+        deadline = now + MOVE_BUDGET_S
+        while True:
+            moved, first_score = self._scripts["promote"](
+                keys=[self._delayed_key], args=[time.time_ns(), MOVE_BATCH, self._default_queue]
+            )
+            if moved < MOVE_BATCH or time.monotonic() >= deadline:
+                break
+        next_check = time.monotonic() + self._poll_period_s
+        if first_score is not None:
+            due_in_s = (float(first_score) - time.time_ns()) / 1e9
+            next_check = min(next_check, time.monotonic() + max(due_in_s, 0.0))
+        self._next_promote = 0.0 if moved >= MOVE_BATCH else next_check
+
+    def _settled(self, delivery: Delivery) -> None:
+        self._in_flight[delivery.queue] = max(self._in_flight.get(delivery.queue, 0) - 1, 0)
+
+    def ack(self, delivery: Delivery) -> None:
+        with self._translated(delivery.queue):
+            self._redis.lrem(delivery.handle, 1, delivery.body)
+        self._settled(delivery)
+
+    def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
+        score = "" if delay_s <= 0 else str(time.time_ns() + math.ceil(delay_s * 1e9))
+        with self._translated(delivery.queue):
+            self._scripts["release"](
+                keys=[delivery.handle, delivery.queue, self._delayed_key],
+                args=[delivery.body, score],
+            )
+        self._settled(delivery)
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        entry = _dead_letter_entry(delivery.queue, delivery.body, reason)
+        with self._translated(delivery.queue):
+            self._scripts["reject"](
+                keys=[delivery.handle, self._dead_key(delivery.queue)], args=[delivery.body, entry]
+            )
+        self._settled(delivery)
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._consumers:
+            try:
+                with self._translated():
+                    self._scripts["leave"](
+                        keys=[self._consumers_key, self._queues_key],
+                        args=[
+                            self._processing_key(""),
+                            self._default_queue,
+                            *self._consumers.values(),
+                        ],
+                    )
+            except BrokerError:
+                pass  # unreachable: the others reclaim these once this consumer falls silent
+        self._redis.close()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        args = [item for queue, cid in self._consumers.items() for item in (cid, queue)]
+        self._scripts["beat"](keys=[self._consumers_key, self._queues_key], args=args)
+
+    def _beat_and_reclaim(self) -> None:
+        with self._translated():
+            self._beat()
+            self._scripts["reclaim"](
+                keys=[self._consumers_key, self._queues_key],
+                args=[
+                    self._processing_key(""),
+                    self._timeout_ms,
+                    RECLAIM_BATCH,
+                    self._default_queue,
+                ],
+            )
+
+    # -- taskctl --------------------------------------------------------------------------
+
+    def size(self, queue: str) -> int:
+        with self._translated(queue):
+            return int(self._redis.llen(queue))
+
+    def _delayed_members(self, queue: str) -> list[bytes]:
+        with self._translated(queue):
+            return [
+                member
+                for member, _score in self._redis.zscan_iter(self._delayed_key, count=1000)
+                if (peek_routing_key(member) or self._default_queue) == queue
+            ]
+
+    def delayed(self, queue: str) -> int:
+        return len(self._delayed_members(queue))
+
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        with self._translated(queue):
+            return [bytes(body) for body in self._redis.lrange(queue, 0, limit - 1)]
+
+    def purge(self, queue: str) -> int:
+        delayed = self._delayed_members(queue)
+        with self._translated(queue):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.llen(queue)
+            pipe.delete(queue)
+            if delayed:
+                pipe.zrem(self._delayed_key, *delayed)
+            ready = pipe.execute()[0]
+        return int(ready) + len(delayed)
+
+    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        with self._translated(queue):
+            entries = self._redis.lrange(self._dead_key(queue), -limit, -1)
+        letters = []
+        for raw in reversed(entries):
+            entry = orjson.loads(raw)
+            body = (
+                base64.b64decode(entry["body_base64"])
+                if "body_base64" in entry
+                else entry["body"].encode()
+            )
+            letters.append(
+                DeadLetter(
+                    entry["queue"], body, entry["reason"], GoTime.parse(entry["rejected_at"])
+                )
+            )
+        return letters

@@ -1,0 +1,106 @@
+"""Redis plumbing shared by the Redis broker and result backend.
+
+URL forms are machinery's: ``redis://[[user]:password@]host:port/db`` (a bare userinfo is the
+password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[:/db]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from taskd.config import Config
+from taskd.errors import ConfigError, DriverError
+
+DEFAULT_PORT = 6379
+
+
+def connection_kwargs(url: str, key: str, source: str | None = None) -> dict[str, Any]:
+    """redis-py connection arguments for a machinery Redis URL."""
+    scheme, _, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    username, colon, password = userinfo.partition(":")
+    if not colon:  # machinery: redis://password@host
+        username, password = "", userinfo
+    kwargs: dict[str, Any] = {
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+    }
+    if scheme == "redis+socket":
+        path, _, db = location.partition(":")
+        if not path:
+            raise ConfigError(key, f"{url!r} names no socket path", source)
+        kwargs["unix_socket_path"] = path
+        kwargs["db"] = _db(db.lstrip("/"), url, key, source)
+        return kwargs
+    parts = urlsplit(f"redis://{location}")
+    if not parts.hostname:
+        raise ConfigError(key, f"{url!r} names no host", source)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ConfigError(key, f"{url!r} has an invalid port", source) from None
+    kwargs.update(
+        host=parts.hostname,
+        port=port,
+        db=_db(parts.path.lstrip("/"), url, key, source),
+        ssl=scheme == "rediss",
+    )
+    return kwargs
+
+
+def _db(text: str, url: str, key: str, source: str | None) -> int:
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ConfigError(key, f"{url!r}: database {text!r} is not a number", source)
+    return int(text)
+
+
+def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0) -> Any:
+    """A redis-py client; connections open lazily, from a pool of ``redis.max_active``.
+
+    redis-py's own retries are off: a command whose reply is lost must not run twice behind
+    taskd's back (a fetch would strand messages); the worker retries explicitly instead.
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError as exc:
+        raise ConfigError(
+            key,
+            f"the Redis driver needs redis-py: pip install 'taskd[redis]' ({exc})",
+            config.source,
+        ) from None
+    settings = config.redis
+    socket_timeout = max(settings.read_timeout, settings.write_timeout, longest_block_s + 5.0)
+    return redis.Redis(
+        **connection_kwargs(url, key, config.source),
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_keepalive=True,
+        max_connections=settings.max_active,
+        client_name=settings.client_name or None,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+@contextmanager
+def translated(
+    unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
+) -> Iterator[None]:
+    """redis-py errors as taskd's: connection trouble is transient, the rest is not."""
+    import redis
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unavailable(driver, f"{type(exc).__name__}: {exc}", **context) from exc
+    except redis.RedisError as exc:
+        raise permanent(driver, f"{type(exc).__name__}: {exc}", **context) from exc

@@ -1,0 +1,125 @@
+"""The ResultBackend contract, run against every driver."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.errors import BackendError
+from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState, new_id
+from tests.support.harness import wait_until
+
+
+@pytest.fixture
+def open_driver(
+    driver_kind: str, make_config: Callable[..., Any]
+) -> Iterator[Callable[..., ResultBackend]]:
+    opened: list[ResultBackend] = []
+
+    def open_one(**overrides: Any) -> ResultBackend:
+        backend = open_backend(make_config(driver_kind, **overrides))
+        opened.append(backend)
+        return backend
+
+    yield open_one
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def backend(open_driver: Callable[..., ResultBackend]) -> ResultBackend:
+    return open_driver()
+
+
+def state(task_id: str, name: State = State.SUCCESS, **fields: Any) -> TaskState:
+    return TaskState(
+        task_id, name, task_name="sum", created_at=GoTime(1_700_000_000_123_456_789), **fields
+    )
+
+
+def test_states_round_trip_in_order(backend: ResultBackend) -> None:
+    ids = [new_id() for _ in range(3)]
+    stored = [
+        state(ids[0], results=(TaskResult("int64", 6),)),
+        state(ids[1], State.FAILURE, error="boom"),
+        state(ids[2], State.STARTED),
+    ]
+    backend.set_states(stored)
+    missing = new_id()
+    assert backend.get_states([ids[2], missing, ids[0], ids[1]]) == [
+        stored[2],
+        None,
+        stored[0],
+        stored[1],
+    ]
+    assert backend.get_state(missing) is None
+
+
+def test_a_write_replaces_the_record(backend: ResultBackend) -> None:
+    task_id = new_id()
+    backend.set_state(state(task_id, State.PENDING))
+    backend.set_state(state(task_id, State.SUCCESS, results=(TaskResult("string", "done"),)))
+    got = backend.get_state(task_id)
+    assert got is not None
+    assert got.state is State.SUCCESS
+    assert got.python_results() == ["done"]
+    backend.purge(task_id)
+    assert backend.get_state(task_id) is None
+
+
+def test_states_expire(open_driver: Callable[..., ResultBackend]) -> None:
+    backend = open_driver(results_expire_in=1)
+    task_id = new_id()
+    backend.set_state(state(task_id))
+    assert backend.get_state(task_id) is not None
+    wait_until(lambda: backend.get_state(task_id) is None, 5, 0.1, "the state to expire")
+
+
+def test_groups_and_chord_claims(backend: ResultBackend) -> None:
+    group_id = new_id("group")
+    members = (new_id(), new_id())
+    backend.init_group(GroupMeta(group_id, members, created_at=GoTime.now()))
+    meta = backend.get_group(group_id)
+    assert meta is not None
+    assert meta.task_uuids == members
+    assert not meta.chord_triggered
+    assert backend.claim_chord(group_id) is True
+    assert backend.claim_chord(group_id) is False
+    claimed = backend.get_group(group_id)
+    assert claimed is not None and claimed.chord_triggered
+    assert backend.get_group(new_id("group")) is None
+
+
+def test_claiming_an_unknown_group_is_an_error(backend: ResultBackend) -> None:
+    with pytest.raises(BackendError, match="missing or expired"):
+        backend.claim_chord(new_id("group"))
+
+
+def test_a_chord_is_claimed_once_across_processes(
+    driver_kind: str, make_config: Callable[..., Any], backend: ResultBackend
+) -> None:
+    group_id = new_id("group")
+    backend.init_group(GroupMeta(group_id, (new_id(),), created_at=GoTime.now()))
+    config = make_config(driver_kind)
+    read_end, write_end = os.pipe()
+    pids = []
+    for _ in range(8):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                own = open_backend(config)
+                os.write(write_end, b"1" if own.claim_chord(group_id) else b"0")
+                own.close()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(write_end)
+    answers = os.read(read_end, 64)
+    os.close(read_end)
+    assert sorted(answers) == sorted(b"10000000")

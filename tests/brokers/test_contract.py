@@ -1,0 +1,173 @@
+"""The Broker contract, run against every driver on a real server (or file)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskd.brokers import Broker, Message, open_broker
+from taskd.wire import GoTime
+from tests.support.harness import wait_until
+
+FAST_LIVENESS = {"worker": {"heartbeat_interval": 0.2, "consumer_timeout": 1.5}}
+
+
+@pytest.fixture
+def open_driver(
+    driver_kind: str, make_config: Callable[..., Any]
+) -> Iterator[Callable[[], Broker]]:
+    opened: list[Broker] = []
+
+    def open_one() -> Broker:
+        broker = open_broker(make_config(driver_kind, **FAST_LIVENESS))
+        opened.append(broker)
+        return broker
+
+    yield open_one
+    for broker in opened:
+        broker.close()
+
+
+@pytest.fixture
+def broker(open_driver: Callable[[], Broker]) -> Broker:
+    return open_driver()
+
+
+def bodies(deliveries: list[Any]) -> list[bytes]:
+    return [delivery.body for delivery in deliveries]
+
+
+def test_fifo_and_batches(broker: Broker, namespace: str) -> None:
+    broker.publish_many([Message(namespace, f"m{i}".encode()) for i in range(5)])
+    first = broker.fetch(namespace, max_messages=3, wait_s=1)
+    second = broker.fetch(namespace, max_messages=3, wait_s=1)
+    assert bodies(first) == [b"m0", b"m1", b"m2"]
+    assert bodies(second) == [b"m3", b"m4"]
+    assert all(d.queue == namespace for d in first + second)
+
+
+def test_empty_fetch_waits_then_returns_nothing(broker: Broker, namespace: str) -> None:
+    started = time.monotonic()
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.3) == []
+    assert time.monotonic() - started >= 0.25  # it did block, it did not spin back at once
+
+
+def test_ack_removes(broker: Broker, namespace: str, open_driver: Callable[[], Broker]) -> None:
+    broker.publish(namespace, b"once")
+    (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    broker.ack(delivery)
+    broker.close()
+    other = open_driver()
+    assert other.fetch(namespace, max_messages=1, wait_s=0.2) == []
+    assert other.size(namespace) == 0
+
+
+def test_release_goes_back_to_the_head(broker: Broker, namespace: str) -> None:
+    broker.publish_many([Message(namespace, b"a"), Message(namespace, b"b")])
+    (a,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    broker.release(a)
+    assert bodies(broker.fetch(namespace, max_messages=2, wait_s=1)) == [b"a", b"b"]
+
+
+def test_release_with_delay(broker: Broker, namespace: str) -> None:
+    broker.publish(namespace, b"later")
+    (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    broker.release(delivery, delay_s=0.5)
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.05) == []
+    again = wait_until(lambda: broker.fetch(namespace, max_messages=1, wait_s=0.1), 5)
+    assert bodies(again) == [b"later"]
+
+
+def test_reject_keeps_the_message_with_its_reason(broker: Broker, namespace: str) -> None:
+    broker.publish(namespace, b"\xffnot json")
+    (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    broker.reject(delivery, "malformed message: not valid JSON")
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.1) == []
+    (letter,) = broker.dead_letters(namespace, 10)
+    assert letter.body == b"\xffnot json"
+    assert letter.reason == "malformed message: not valid JSON"
+    assert letter.queue == namespace
+
+
+def test_eta_waits_in_the_broker(broker: Broker, namespace: str) -> None:
+    eta = GoTime(time.time_ns() + 700_000_000)
+    broker.publish(namespace, b'{"RoutingKey":"%s"}' % namespace.encode(), eta=eta)
+    assert broker.delayed(namespace) == 1
+    assert broker.size(namespace) == 0
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.1) == []
+    delivered = wait_until(lambda: broker.fetch(namespace, max_messages=1, wait_s=0.2), 5)
+    assert time.time_ns() >= eta.unix_ns
+    assert len(delivered) == 1
+    assert broker.delayed(namespace) == 0
+
+
+def test_admin_size_peek_purge(broker: Broker, namespace: str) -> None:
+    broker.publish_many([Message(namespace, b"1"), Message(namespace, b"2")])
+    broker.publish(
+        namespace,
+        b'{"RoutingKey":"%s"}' % namespace.encode(),
+        eta=GoTime(time.time_ns() + 60 * 10**9),
+    )
+    assert broker.size(namespace) == 2
+    assert broker.peek(namespace, 1) == [b"1"]
+    assert broker.size(namespace) == 2  # peeking takes nothing
+    assert broker.purge(namespace) == 3
+    assert broker.size(namespace) == 0
+    assert broker.delayed(namespace) == 0
+
+
+def _take_and_die(broker_factory: Callable[[], Broker], queue: str) -> int:
+    """Fork a consumer that takes one message and dies without settling it."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            consumer = broker_factory()
+            taken = consumer.fetch(queue, max_messages=1, wait_s=2)
+            os._exit(0 if taken else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_messages_of_a_dead_consumer_come_back(
+    driver_kind: str,
+    make_config: Callable[..., Any],
+    namespace: str,
+    open_driver: Callable[[], Broker],
+) -> None:
+    config = make_config(driver_kind, **FAST_LIVENESS)
+    producer = open_driver()
+    producer.publish(namespace, b"survivor")
+    assert _take_and_die(lambda: open_broker(config), namespace) == 0
+    assert producer.size(namespace) == 0  # the dead consumer holds it
+    survivor = open_driver()
+    delivered = wait_until(lambda: survivor.fetch(namespace, max_messages=1, wait_s=0.2), 10)
+    assert bodies(delivered) == [b"survivor"]
+
+
+def test_a_live_consumer_keeps_its_message_past_the_timeout(
+    open_driver: Callable[[], Broker], namespace: str
+) -> None:
+    holder, other = open_driver(), open_driver()
+    holder.publish(namespace, b"long task")
+    assert bodies(holder.fetch(namespace, max_messages=1, wait_s=1)) == [b"long task"]
+    # consumer_timeout is 1.5 s: hold the message (the heartbeat thread beats) for longer.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert other.fetch(namespace, max_messages=1, wait_s=0.25) == []
+
+
+def test_close_hands_back_what_was_not_settled(
+    open_driver: Callable[[], Broker], namespace: str
+) -> None:
+    first = open_driver()
+    first.publish(namespace, b"unsettled")
+    assert len(first.fetch(namespace, max_messages=1, wait_s=1)) == 1
+    first.close()
+    second = open_driver()
+    assert bodies(second.fetch(namespace, max_messages=1, wait_s=1)) == [b"unsettled"]

@@ -1,0 +1,85 @@
+"""Shared fixtures: namespaces, real servers on loopback, real taskd processes.
+
+Every test works in its own namespace (``taskd-t-`` + 8 hex digits): queue names, Redis key
+prefixes and SQLite files (in ``tmp_path``). Teardown deletes exactly that namespace. Task
+state keys follow machinery's layout (``task_<uuid>``, no prefix); tests write them with a
+short ``results_expire_in`` so whatever a test leaves behind expires on its own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import (
+    REDIS_URL,
+    Daemon,
+    config_data,
+    delete_namespace,
+    process_env,
+    write_config,
+)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"taskd-t-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    """A client of the real Redis on loopback; the run fails if it is not there."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis must run on {REDIS_URL} for the tests (.ci/run starts it): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_namespace(redis_server: Any, namespace: str) -> Iterator[str]:
+    yield namespace
+    delete_namespace(redis_server, namespace)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def driver_kind(request: pytest.FixtureRequest) -> str:
+    """Runs a test once per broker/backend pair."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_namespace")
+    return str(request.param)
+
+
+@pytest.fixture
+def make_config(namespace: str, tmp_path: Path) -> Callable[..., Any]:
+    """``make_config(kind, **overrides)`` -> a loaded Config for this test's namespace."""
+    from taskd.config import load_config
+
+    def make(kind: str, **overrides: Any) -> Any:
+        path = write_config(tmp_path, config_data(kind, namespace, tmp_path, **overrides))
+        return load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")})
+
+    return make
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """``daemon(config_path, "--concurrency", "2")`` starts taskd; teardown kills its group."""
+    started: list[Daemon] = []
+
+    def start(config: Path | None, *args: str, **env: str) -> Daemon:
+        process = Daemon(config, tmp_path, list(args), process_env(tmp_path, **env))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,162 @@
+"""Test helpers: polling, per-test configs, and real taskd processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BIN = Path(sys.executable).parent
+REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback only, ever
+TEST_RESULTS_EXPIRE_S = 300
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+def delete_namespace(client: Any, namespace: str) -> None:
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A config for one test: its own queue, key prefix and database file."""
+    if kind == "sqlite":
+        url = f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal"
+        data: dict[str, Any] = {"broker": url, "result_backend": url}
+    elif kind == "redis":
+        data = {
+            "broker": REDIS_URL,
+            "result_backend": REDIS_URL,
+            "redis": {"key_prefix": f"{namespace}:", "delayed_tasks_key": f"{namespace}:delayed"},
+        }
+    else:
+        raise ValueError(kind)
+    data.update(default_queue=namespace, results_expire_in=TEST_RESULTS_EXPIRE_S)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def write_config(tmp_path: Path, data: dict[str, Any], name: str = "taskd.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a taskd/taskctl process under test: no stray TASKD_* settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TASKD_")}
+    env.update(
+        TASKD_STATE_DIR=str(tmp_path / "state"),
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Daemon:
+    """A real ``taskd start`` in its own process group, its JSON log in a file."""
+
+    def __init__(
+        self, config: Path | None, tmp_path: Path, args: list[str], env: dict[str, str]
+    ) -> None:
+        self.log_path = tmp_path / f"taskd-{secrets.token_hex(3)}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "taskd"), "start", *(["-c", str(config)] if config else []), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    def wait_ready(self, children: int, timeout_s: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"taskd exited early ({self.process.returncode}):\n{self.log()}"
+                )
+            return len(self.events("child_ready")) >= children
+
+        wait_until(ready, timeout_s, what=f"{children} children ready")
+
+    def child_pids(self) -> set[int]:
+        """Pids of the children alive now (spawned and not yet exited)."""
+        ready = {event["pid"] for event in self.events("child_ready")}
+        gone = {event["child_pid"] for event in self.events("child_exited")}
+        return ready - gone
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Kill the whole group: children of a supervisor that died may still run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+
+def run_cli(
+    tmp_path: Path, command: str, *args: str, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``taskd``/``taskctl`` as a user would, from the venv, with this test's environment."""
+    return subprocess.run(
+        [str(BIN / command), *args],
+        capture_output=True,
+        text=True,
+        env=process_env(tmp_path),
+        timeout=timeout_s,
+        check=False,
+    )

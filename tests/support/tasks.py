@@ -1,0 +1,70 @@
+"""Tasks for tests: they leave traces in files so a test can count runs across processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from taskd import Retry, TaskContext, task
+
+
+def _append(path: str, line: str) -> None:
+    # O_APPEND writes of one short line are atomic, so concurrent children never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def runs(path: str | Path) -> list[str]:
+    """The tokens recorded in a trace file, one per run."""
+    try:
+        return Path(path).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+@task
+def record(path: str, token: str) -> str:
+    """Note one run of ``token``."""
+    _append(path, token)
+    return token
+
+
+@task
+def slow_record(path: str, token: str, seconds: float) -> str:
+    """Note the start of a run, work for ``seconds``, note the end."""
+    _append(path, f"start:{token}")
+    time.sleep(seconds)
+    _append(path, f"end:{token}")
+    return token
+
+
+@task
+def flaky(path: str, failures: int) -> int:
+    """Fail the first ``failures`` runs, then succeed with the number of runs."""
+    _append(path, f"{time.time():.6f}")
+    count = len(runs(path))
+    if count <= failures:
+        raise RuntimeError(f"failure {count} of {failures}")
+    return count
+
+
+@task
+def always_retry(path: str) -> None:
+    """Ask to run again, forever (RetryCount must end it)."""
+    _append(path, f"{time.time():.6f}")
+    raise Retry(0.1, "not yet")
+
+
+@task
+def attempt(ctx: TaskContext) -> int:
+    """The attempt number the task sees."""
+    return ctx.attempt
+
+
+@task
+def noop() -> None:
+    """Nothing, fast: for throughput."""

@@ -1,0 +1,195 @@
+"""A real ``taskd start``: machinery messages, signals, crashes and bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.client import Client, signature
+from taskd.wire import State, decode_signature, decode_state
+from tests.support.harness import config_data, run_cli, wait_until, write_config
+from tests.support.tasks import runs
+
+TEST_TASKS = {"imports": ["tests.support.tasks"]}
+
+# A message exactly as machinery's Go producer writes it: all 19 fields, Go's encoding.
+GO_MESSAGE = (
+    '{"UUID":"%(id)s","Name":"add","RoutingKey":"%(queue)s","ETA":null,"GroupUUID":"",'
+    '"GroupTaskCount":0,"Args":[{"Name":"","Type":"int64","Value":1},'
+    '{"Name":"","Type":"int64","Value":1}],"Headers":{},"Priority":0,"Immutable":false,'
+    '"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":null,'
+    '"BrokerMessageGroupId":"","SQSReceiptHandle":"","StopTaskDeletionOnError":false,'
+    '"IgnoreWhenTaskNotRegistered":false}'
+)
+GO_PENDING = (
+    '{"TaskUUID":"%(id)s","TaskName":"add","State":"PENDING","Results":null,"Error":"",'
+    '"CreatedAt":"2026-11-27T10:00:00.123456789Z","TTL":0}'
+)
+GO_SUCCESS = (
+    '{"TaskUUID":"%(id)s","TaskName":"add","State":"SUCCESS",'
+    '"Results":[{"Type":"int64","Value":2}],"Error":"",'
+    '"CreatedAt":"2026-11-27T10:00:00.123456789Z","TTL":0}'
+)
+
+
+def setup(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Client]:
+    data = config_data(kind, namespace, tmp_path, **{**TEST_TASKS, **overrides})
+    path = write_config(tmp_path, data)
+    from taskd.config import load_config
+
+    return path, Client(load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
+
+
+def stored_json(client: Client, task_id: str) -> bytes | None:
+    state = client.backend.get_state(task_id)
+    return None if state is None else state.encode()
+
+
+def test_a_machinery_message_runs_and_its_state_is_machinerys(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_server: Any
+) -> None:
+    config, client = setup(driver_kind, namespace, tmp_path)
+    task_id = "task_6f0c2a4e-1d8b-4e8f-9a51-3c2b7d9e0f11"
+    values = {"id": task_id, "queue": namespace}
+    if driver_kind == "redis":  # byte for byte what Go writes, straight into Redis
+        redis_server.set(task_id, GO_PENDING % values, ex=300)
+        redis_server.rpush(namespace, GO_MESSAGE % values)
+    else:
+        client.backend.set_state(decode_state(GO_PENDING % values))
+        client.broker.publish(namespace, (GO_MESSAGE % values).encode())
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    wait_until(lambda: (s := client.backend.get_state(task_id)) and s.is_completed, 20)
+    expected = (GO_SUCCESS % values).encode()
+    if driver_kind == "redis":
+        assert redis_server.get(task_id) == expected
+    else:
+        assert stored_json(client, task_id) == expected
+    client.close()
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_sigterm_finishes_running_tasks_and_keeps_the_rest(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], prefetch: int
+) -> None:
+    config, client = setup(
+        driver_kind, namespace, tmp_path, worker={"shutdown_timeout": 20, "prefetch": prefetch}
+    )
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    results = [client.send("sleep", 3.0) for _ in range(5)]
+
+    def started() -> list[Any]:
+        states = [r.state() for r in results]
+        return [s for s in states if s and s.state is State.STARTED]
+
+    running = wait_until(lambda: len(started()) == 2 and started(), 15, what="two tasks running")
+    process.signal(signal.SIGTERM)
+    assert process.wait(25) == 0
+    finished = {s.task_uuid for s in running}
+    for result in results:
+        state = result.state()
+        assert state is not None
+        if result.task_id in finished:
+            assert state.state is State.SUCCESS
+        else:
+            assert state.state is State.PENDING, f"{result.task_id} should still wait"
+    assert client.broker.size(namespace) == 3  # handed back, nothing lost
+    assert process.events("child_stopped"), process.log()
+
+    again = daemon(config, "--concurrency", "2")
+    again.wait_ready(2)
+    for result in results:
+        assert result.get(timeout=30) == 3.0
+    client.close()
+
+
+def test_a_killed_child_is_replaced_and_its_task_runs_again(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup(
+        driver_kind, namespace, tmp_path, worker={"heartbeat_interval": 0.5, "consumer_timeout": 3}
+    )
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    result = client.send("slow_record", str(trace), "t1", 2.0)
+    wait_until(lambda: "start:t1" in runs(trace), 15, what="the task to start")
+    (child,) = process.child_pids()
+    os.kill(child, signal.SIGKILL)
+    assert result.get(timeout=45) == "t1"
+    assert runs(trace) == ["start:t1", "start:t1", "end:t1"]
+    (exited,) = process.events("child_exited")
+    assert exited["child_pid"] == child
+    assert exited["signal"].startswith("SIGKILL")
+    assert len(process.events("child_ready")) == 2  # the replacement
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_bad_input_never_stops_the_daemon(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup(driver_kind, namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    unknown = client.send("no_such_task")
+    (ignored,) = client.publish(
+        [signature("also_missing").with_changes(ignore_when_task_not_registered=True)]
+    )
+    wrong = client.send("sum", "not a list")
+    client.broker.publish(namespace, b"{not json at all")
+    after = client.send("sum", [1, 2, 3])
+
+    assert after.get(timeout=20) == 6  # the queue kept moving
+    failed = unknown.wait(5)
+    assert failed.state is State.FAILURE
+    assert failed.error == "task 'no_such_task' is not registered"
+    bad_args = wrong.wait(5)
+    assert bad_args.state is State.FAILURE
+    assert re.fullmatch(
+        r"argument 1 of task 'sum': numbers must be \[\]int64, got string", bad_args.error
+    )
+    assert client.backend.get_state(ignored.uuid).state is State.PENDING  # dropped, never run
+
+    letters = sorted(client.broker.dead_letters(namespace, 10), key=lambda letter: letter.reason)
+    assert [letter.reason.split(":")[0] for letter in letters] == [
+        "malformed message",
+        "task 'no_such_task' is not registered",
+    ]
+    assert letters[0].reason.startswith("malformed message: not valid JSON")
+    assert letters[0].body == b"{not json at all"
+    assert decode_signature(letters[1].body).uuid == unknown.task_id  # kept whole, replayable
+    assert len(process.events("message_rejected")) == 1  # set aside once, no hot loop
+    assert client.broker.size(namespace) == 0
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"worker": {"concurency": 2}}, "bad.yml")
+    done = run_cli(tmp_path, "taskd", "start", "-c", str(path))
+    assert done.returncode == 2
+    assert str(path) in done.stderr
+    assert "worker.concurency: unknown key (did you mean 'concurrency'?)" in done.stderr
+    assert "Traceback" not in done.stderr
+    wrong_type = write_config(tmp_path, {"worker": {"shutdown_timeout": "soon"}}, "worse.yml")
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(wrong_type))
+    assert done.returncode == 2
+    assert "worker.shutdown_timeout: must be a number" in done.stderr
+
+
+def test_a_plugin_that_fails_to_import_stops_the_start(tmp_path: Path, namespace: str) -> None:
+    data = config_data("sqlite", namespace, tmp_path, imports=["tests.support.no_such_module"])
+    done = run_cli(
+        tmp_path, "taskd", "start", "-c", str(write_config(tmp_path, data)), timeout_s=30
+    )
+    assert done.returncode == 1
+    assert "tests.support.no_such_module" in done.stderr
+    assert "plugin_failed" in done.stderr
