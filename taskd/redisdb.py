@@ -6,7 +6,7 @@ password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -104,3 +104,25 @@ def translated(
         raise unavailable(driver, f"{type(exc).__name__}: {exc}", **context) from exc
     except redis.RedisError as exc:
         raise permanent(driver, f"{type(exc).__name__}: {exc}", **context) from exc
+
+
+class Script:
+    """A Lua script run with one EVALSHA, loading it on NOSCRIPT (after a Redis restart).
+
+    Cheaper per call than redis-py's pipelines: a batch of N writes in one script costs the
+    client one command instead of N packed ones.
+    """
+
+    def __init__(self, source: str) -> None:
+        import hashlib
+
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1
+
+    def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        import redis
+
+        try:
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)

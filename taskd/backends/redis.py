@@ -16,9 +16,17 @@ from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, TaskState
 
+# SET each key to its value with the same expiry (ARGV[#ARGV] seconds): one command for a
+# batch, far cheaper for the client than a pipeline of SETs.
+_SET_ALL = redisdb.Script("""
+local ttl = ARGV[#ARGV]
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'EX', ttl) end
+return #KEYS
+""")
+
 # 1: claimed now; 0: claimed before; -1: no such group. The JSON is edited in place so the
 # record keeps Go's exact bytes.
-_CLAIM_CHORD = """
+_CLAIM_CHORD = redisdb.Script("""
 local meta = redis.call('GET', KEYS[1])
 if not meta then return -1 end
 local s, e = string.find(meta, '"ChordTriggered"%s*:%s*false')
@@ -26,7 +34,7 @@ if not s then return 0 end
 redis.call('SET', KEYS[1], string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' ..
            string.sub(meta, e + 1), 'KEEPTTL')
 return 1
-"""
+""")
 
 
 class RedisBackend(ResultBackend):
@@ -35,7 +43,6 @@ class RedisBackend(ResultBackend):
     def __init__(self, url: str, config: Config) -> None:
         self._redis = redisdb.connect(url, config, "result_backend")
         self._expire_s = config.results_expire_in_s
-        self._claim = self._redis.register_script(_CLAIM_CHORD)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -47,20 +54,19 @@ class RedisBackend(ResultBackend):
     def set_states(self, states: Sequence[TaskState]) -> None:
         if not states:
             return
-        with self._translated(states[0].task_uuid):
+        keys = [state.task_uuid for state in states]
+        values = [state.encode() for state in states]
+        with self._translated(keys[0]):
             if len(states) == 1:
-                self._redis.set(states[0].task_uuid, states[0].encode(), ex=self._expire_s)
-                return
-            pipe = self._redis.pipeline(transaction=False)
-            for state in states:
-                pipe.set(state.task_uuid, state.encode(), ex=self._expire_s)
-            pipe.execute()
+                self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
+            else:
+                _SET_ALL(self._redis, keys, [*values, self._expire_s])
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
             return []
         with self._translated(task_ids[0]):
-            raws = self._redis.mget(task_ids)
+            raws = self._redis.execute_command("MGET", *task_ids)
         return [
             None if raw is None else self._load_state(raw, task_id)
             for task_id, raw in zip(task_ids, raws, strict=True)
@@ -77,7 +83,7 @@ class RedisBackend(ResultBackend):
 
     def claim_chord(self, group_id: str) -> bool:
         with self._translated(group_id):
-            claimed = self._claim(keys=[group_id])
+            claimed = _CLAIM_CHORD(self._redis, [group_id], [])
         if claimed == -1:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
         return claimed == 1

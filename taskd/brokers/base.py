@@ -83,6 +83,11 @@ class Broker(ABC):
     def ack(self, delivery: Delivery) -> None:
         """The message is done: remove it for good. Idempotent."""
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several messages; drivers batch this into as few round trips as they can."""
+        for delivery in deliveries:
+            self.ack(delivery)
+
     @abstractmethod
     def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
         """Hand the message back unprocessed, to the head of its queue (or after ``delay_s``)."""

@@ -51,6 +51,12 @@ end
 return items
 """
 
+# Remove settled messages from a processing list.
+_ACK = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return #ARGV
+"""
+
 # Hand a message back: to the head of its queue, or to the delayed set (ARGV[2] = score).
 _RELEASE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -145,6 +151,21 @@ return moved
 )
 
 
+_SCRIPTS = {
+    name: redisdb.Script(source)
+    for name, source in {
+        "fetch": _FETCH,
+        "ack": _ACK,
+        "release": _RELEASE,
+        "reject": _REJECT,
+        "promote": _PROMOTE,
+        "beat": _BEAT,
+        "reclaim": _RECLAIM,
+        "leave": _LEAVE,
+    }.items()
+}
+
+
 def _dead_letter_entry(queue: str, body: bytes, reason: str) -> bytes:
     entry: dict[str, Any] = {"queue": queue, "reason": reason, "rejected_at": GoTime.now().format()}
     try:
@@ -170,18 +191,6 @@ class RedisBroker(Broker):
         self._timeout_ms = int(config.worker.consumer_timeout * 1000)
         self._consumers_key = f"{self._prefix}consumers"
         self._queues_key = f"{self._prefix}consumer_queues"
-        self._scripts = {
-            name: self._redis.register_script(source)
-            for name, source in {
-                "fetch": _FETCH,
-                "release": _RELEASE,
-                "reject": _REJECT,
-                "promote": _PROMOTE,
-                "beat": _BEAT,
-                "reclaim": _RECLAIM,
-                "leave": _LEAVE,
-            }.items()
-        }
         self._consumers: dict[str, str] = {}  # queue -> this instance's consumer id there
         self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
         self._heartbeat: Heartbeat | None = None
@@ -213,16 +222,27 @@ class RedisBroker(Broker):
         self.publish_many([Message(queue, body, eta, priority)])
 
     def publish_many(self, messages: Sequence[Message]) -> None:
+        """One variadic RPUSH per queue and one ZADD for the delayed ones, in one round trip."""
         if not messages:
             return
         now_ns = time.time_ns()
-        pipe = self._redis.pipeline(transaction=False)
+        ready: dict[str, list[bytes]] = {}
+        delayed: list[Any] = []
         for message in messages:
             if message.eta is not None and message.eta.unix_ns > now_ns:
-                pipe.zadd(self._delayed_key, {message.body: message.eta.unix_ns})
+                delayed.extend((message.eta.unix_ns, message.body))
             else:
-                pipe.rpush(message.queue, message.body)
+                ready.setdefault(message.queue, []).append(message.body)
         with self._translated(messages[0].queue):
+            if len(ready) == 1 and not delayed:
+                ((queue, bodies),) = ready.items()
+                self._redis.execute_command("RPUSH", queue, *bodies)
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for queue, bodies in ready.items():
+                pipe.execute_command("RPUSH", queue, *bodies)
+            if delayed:
+                pipe.execute_command("ZADD", self._delayed_key, *delayed)
             pipe.execute()
 
     # -- consuming ------------------------------------------------------------------------
@@ -249,8 +269,10 @@ class RedisBroker(Broker):
             processing = self._processing_key(consumer_id)
             self._promote_due()
             holding_nothing = self._in_flight[queue] == 0
-            bodies = self._scripts["fetch"](
-                keys=[queue, processing], args=[max_messages, "1" if holding_nothing else "0"]
+            bodies = _SCRIPTS["fetch"](
+                self._redis,
+                keys=[queue, processing],
+                args=[max_messages, "1" if holding_nothing else "0"],
             )
             if not bodies and wait_s > 0:
                 block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
@@ -269,8 +291,10 @@ class RedisBroker(Broker):
             return
         deadline = now + MOVE_BUDGET_S
         while True:
-            moved, first_score = self._scripts["promote"](
-                keys=[self._delayed_key], args=[time.time_ns(), MOVE_BATCH, self._default_queue]
+            moved, first_score = _SCRIPTS["promote"](
+                self._redis,
+                keys=[self._delayed_key],
+                args=[time.time_ns(), MOVE_BATCH, self._default_queue],
             )
             if moved < MOVE_BATCH or time.monotonic() >= deadline:
                 break
@@ -284,14 +308,23 @@ class RedisBroker(Broker):
         self._in_flight[delivery.queue] = max(self._in_flight.get(delivery.queue, 0) - 1, 0)
 
     def ack(self, delivery: Delivery) -> None:
-        with self._translated(delivery.queue):
-            self._redis.lrem(delivery.handle, 1, delivery.body)
-        self._settled(delivery)
+        self.ack_many([delivery])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        by_list: dict[str, list[bytes]] = {}
+        for delivery in deliveries:
+            by_list.setdefault(delivery.handle, []).append(delivery.body)
+        with self._translated(deliveries[0].queue if deliveries else None):
+            for processing, bodies in by_list.items():
+                _SCRIPTS["ack"](self._redis, keys=[processing], args=bodies)
+        for delivery in deliveries:
+            self._settled(delivery)
 
     def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
         score = "" if delay_s <= 0 else str(time.time_ns() + math.ceil(delay_s * 1e9))
         with self._translated(delivery.queue):
-            self._scripts["release"](
+            _SCRIPTS["release"](
+                self._redis,
                 keys=[delivery.handle, delivery.queue, self._delayed_key],
                 args=[delivery.body, score],
             )
@@ -300,8 +333,10 @@ class RedisBroker(Broker):
     def reject(self, delivery: Delivery, reason: str) -> None:
         entry = _dead_letter_entry(delivery.queue, delivery.body, reason)
         with self._translated(delivery.queue):
-            self._scripts["reject"](
-                keys=[delivery.handle, self._dead_key(delivery.queue)], args=[delivery.body, entry]
+            _SCRIPTS["reject"](
+                self._redis,
+                keys=[delivery.handle, self._dead_key(delivery.queue)],
+                args=[delivery.body, entry],
             )
         self._settled(delivery)
 
@@ -311,7 +346,8 @@ class RedisBroker(Broker):
         if self._consumers:
             try:
                 with self._translated():
-                    self._scripts["leave"](
+                    _SCRIPTS["leave"](
+                        self._redis,
                         keys=[self._consumers_key, self._queues_key],
                         args=[
                             self._processing_key(""),
@@ -327,12 +363,13 @@ class RedisBroker(Broker):
 
     def _beat(self) -> None:
         args = [item for queue, cid in self._consumers.items() for item in (cid, queue)]
-        self._scripts["beat"](keys=[self._consumers_key, self._queues_key], args=args)
+        _SCRIPTS["beat"](self._redis, keys=[self._consumers_key, self._queues_key], args=args)
 
     def _beat_and_reclaim(self) -> None:
         with self._translated():
             self._beat()
-            self._scripts["reclaim"](
+            _SCRIPTS["reclaim"](
+                self._redis,
                 keys=[self._consumers_key, self._queues_key],
                 args=[
                     self._processing_key(""),

@@ -161,8 +161,13 @@ class SQLiteBroker(Broker):
         ]
 
     def ack(self, delivery: Delivery) -> None:
-        with self._guard(delivery.queue), self._lock:
-            self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
+        self.ack_many([delivery])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [(delivery.handle,) for delivery in deliveries]
+        queue = deliveries[0].queue if deliveries else None
+        with self._guard(queue), self._lock, write_transaction(self._conn):
+            self._conn.executemany("DELETE FROM taskd_messages WHERE id = ?", ids)
 
     def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
         due_ns = time.time_ns() + int(delay_s * 1e9)

@@ -44,6 +44,9 @@ T = TypeVar("T")
 
 BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
 BACKOFF_MAX_S = 5.0  # ...doubling up to this
+FAST_TASK_S = 0.002  # a task averaging under this writes no STARTED and shares its writes...
+COALESCE_S = 0.005  # ...waiting at most this long for others to share them with
+DURATION_WEIGHT = 0.3  # weight of the newest run in a task's running average duration
 
 
 @dataclass(slots=True)
@@ -73,6 +76,10 @@ class Child:
         self.policy = RetryPolicy(config.worker.retry_jitter, config.worker.retry_max_delay)
         self.stopping = False
         self._outages: dict[str, tuple[float, int]] = {}  # driver kind -> (since, attempts)
+        self._unwritten: dict[str, TaskState] = {}  # task id -> newest state not yet written
+        self._unwritten_since: float | None = None
+        self._unacked: list[Delivery] = []  # settled; acked once their states are written
+        self._durations: dict[str, float] = {}  # task name -> running average of run time
         self.broker: Broker
         self.backend: ResultBackend
         self.sender: Client
@@ -180,67 +187,118 @@ class Child:
             job.created_at = (
                 previous.created_at if previous and not previous.created_at.is_zero else now
             )
-        runnable = [job for job in jobs if job.task is not None]
-        if runnable:
-            first = [runnable[0].state(State.STARTED)]
-            self._write_states(first + [job.state(State.RECEIVED) for job in runnable[1:]])
+        for job in jobs[1:]:
+            if job.task is not None:
+                self._queue_state(job.state(State.RECEIVED))
         for index, job in enumerate(jobs):
             if self.stopping:
                 self._hand_back(jobs[index:])
                 return
-            later = [j for j in jobs[index + 1 :] if j.task is not None][:1]
-            self._run(job, later[0] if later else None)
+            self._run(job)
+        self._flush()
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Stopping: the jobs not started go back to the head of the queue, in order."""
-        self._write_states([job.state(State.PENDING) for job in jobs if job.task is not None])
+        for job in jobs:
+            if job.task is not None:
+                self._queue_state(job.state(State.PENDING))
+        self._flush()
         for job in reversed(jobs):
             self._retrying("broker", self.broker.release, job.delivery)
         log.info("messages_released", count=len(jobs), queue=self.queue)
 
+    # -- writing states and acks in groups --------------------------------------------------
+
+    def _queue_state(self, state: TaskState) -> None:
+        """Write this state with the next flush; a newer state of the same task replaces it."""
+        self._unwritten.pop(state.task_uuid, None)
+        self._unwritten[state.task_uuid] = state
+        if self._unwritten_since is None:
+            self._unwritten_since = time.monotonic()
+
+    def _flush(self) -> None:
+        """Write the queued states, then ack the messages they settle (never the reverse)."""
+        if self._unwritten:
+            self._retrying("backend", self.backend.set_states, list(self._unwritten.values()))
+            self._unwritten.clear()
+        if self._unacked:
+            self._retrying("broker", self.broker.ack_many, self._unacked)
+            self._unacked = []
+        self._unwritten_since = None
+
+    def _is_fast(self, job: Job) -> bool:
+        return self._durations.get(job.sig.name, FAST_TASK_S) < FAST_TASK_S
+
+    def _note_duration(self, name: str, seconds: float) -> None:
+        average = self._durations.get(name)
+        self._durations[name] = (
+            seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
+        )
+
     # -- running and settling -------------------------------------------------------------
 
-    def _run(self, job: Job, next_job: Job | None) -> None:
+    def _run(self, job: Job) -> None:
         sig = job.sig
         structlog.contextvars.bind_contextvars(
             task_id=sig.uuid, task=sig.name, queue=job.delivery.queue
         )
         try:
+            fast = self._is_fast(job)
+            if job.task is not None and not fast:
+                # Visible before a task that may take a while; a task that takes well under a
+                # millisecond would only have STARTED overwritten before anyone could see it.
+                self._queue_state(job.state(State.STARTED))
+                self._flush()
             started = time.perf_counter()
             if job.task is None:
                 outcome = Outcome(Kind.FAILED, error=str(TaskNotFound(sig.name)))
             else:
                 outcome = execute(job.task, sig, job.delivery.queue, self.policy)
-            duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            self._settle(job, outcome, next_job)
-            self._log_outcome(job, outcome, duration_ms)
+            elapsed_s = time.perf_counter() - started
+            if job.task is not None:
+                self._note_duration(sig.name, elapsed_s)
+            self._settle(job, outcome, quick=fast and elapsed_s < FAST_TASK_S)
+            self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
         finally:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
 
-    def _settle(self, job: Job, outcome: Outcome, next_job: Job | None) -> None:
-        """Record the outcome, send what it sets off, then ack (or dead-letter) the message."""
-        sig, now = job.sig, GoTime.now()
-        follow = workflow.FollowUp()
-        started_next = [next_job.state(State.STARTED)] if next_job and not self.stopping else []
+    def _settle(self, job: Job, outcome: Outcome, *, quick: bool) -> None:
+        """Record the outcome, send what it sets off, then ack (or dead-letter) the message.
+
+        A quick task with nothing to set off has its state and ack written with others, at
+        most COALESCE_S later; anything else is written before the next step.
+        """
+        sig = job.sig
         if outcome.kind is Kind.SUCCEEDED:
-            self._write_states([job.state(State.SUCCESS, results=outcome.results), *started_next])
-            callbacks = workflow.on_success(sig, outcome.results)
+            self._queue_state(job.state(State.SUCCESS, results=outcome.results))
+        elif outcome.kind is Kind.RETRY:
+            self._queue_state(job.state(State.RETRY, error=outcome.error))
+        else:
+            self._queue_state(job.state(State.FAILURE, error=outcome.error))
+        dead_letter = outcome.kind is Kind.FAILED and (
+            job.task is None or sig.stop_task_deletion_on_error
+        )
+        if not dead_letter and not _sets_off(sig, outcome):
+            self._unacked.append(job.delivery)
+            if not quick or time.monotonic() - (self._unwritten_since or 0) >= COALESCE_S:
+                self._flush()
+            return
+        self._flush()  # the final state is stored before anything it sets off
+        if outcome.kind is Kind.SUCCEEDED:
             follow = self._chord(workflow.chord_after_success, sig)
-            self._send(callbacks + list(follow.send))
+            self._send(workflow.on_success(sig, outcome.results) + list(follow.send))
         elif outcome.kind is Kind.RETRY:
             assert outcome.retry is not None
-            self._write_states([job.state(State.RETRY, error=outcome.error), *started_next])
             retry = outcome.retry
             if not retry.routing_key:
                 retry = retry.with_changes(routing_key=job.delivery.queue)
             self._retrying("broker", self.sender.publish, [retry], states=())
         else:
-            self._write_states([job.state(State.FAILURE, error=outcome.error), *started_next])
-            follow = self._chord(workflow.chord_after_failure, sig, outcome.error, now)
+            follow = self._chord(workflow.chord_after_failure, sig, outcome.error, GoTime.now())
             if follow.record:
-                self._write_states(list(follow.record))
+                self._retrying("backend", self.backend.set_states, list(follow.record))
             self._send(workflow.on_error(sig.on_error or (), outcome.error) + list(follow.send))
-        if outcome.kind is Kind.FAILED and (job.task is None or sig.stop_task_deletion_on_error):
+        if dead_letter:
             # Kept where an operator can replay it once the task exists (or, as on SQS,
             # for a dead-letter queue to take) instead of being lost.
             self._retrying("broker", self.broker.reject, job.delivery, outcome.error)
@@ -259,10 +317,6 @@ class Child:
     def _send(self, signatures: Sequence[Signature]) -> None:
         if signatures:
             self._retrying("broker", self.sender.publish, signatures)
-
-    def _write_states(self, states: Sequence[TaskState]) -> None:
-        if states:
-            self._retrying("backend", self.backend.set_states, states)
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
         attempt = attempt_of(job.sig)
@@ -317,6 +371,15 @@ class Child:
         outage = self._outages.pop(kind, None)
         if outage is not None:
             log.info(f"{kind}_recovered", outage_s=round(time.monotonic() - outage[0], 3))
+
+
+def _sets_off(sig: Signature, outcome: Outcome) -> bool:
+    """Whether an outcome sends more messages (callbacks, chord, retry)."""
+    if outcome.kind is Kind.RETRY:
+        return True
+    if sig.chord_callback is not None and sig.group_uuid:
+        return True
+    return bool(sig.on_success if outcome.kind is Kind.SUCCEEDED else sig.on_error)
 
 
 def _on_quit(_signum: int, _frame: object) -> None:

@@ -1,0 +1,239 @@
+"""Throughput and latency of taskd against a bare redis-py loop, measured side by side.
+
+    .venv/bin/python benchmarks/bench.py [--broker URL] [--backend URL] [--tasks 10000]
+
+Prints, for the chosen broker and backend:
+- end-to-end tasks/s: N no-op tasks through `taskd start` with 2 children, from the first
+  enqueue until the last result is stored (results stored, at-least-once);
+- enqueue rate of the client;
+- round-trip latency p50/p99 of one task at a time (send, run, result read back);
+- Redis round trips and commands per task, from Redis's own counters (Redis only);
+- the bare loop: one producer RPUSHing small JSON messages, 2 consumer processes BLPOPing,
+  decoding and INCRing a counter, one message per round trip; and taskd's ratio to it.
+
+Figures only: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from taskd.client import Client, signature  # noqa: E402
+from taskd.config import load_config  # noqa: E402
+from taskd.wire import State  # noqa: E402
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+# -- the baseline ---------------------------------------------------------------------------
+
+
+def _bare_consumer(url: str, queue: str, counter: str, total: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    while True:
+        item = client.blpop([queue], timeout=1)
+        if item is None:
+            if int(client.get(counter) or 0) >= total:
+                return
+            continue
+        json.loads(item[1])
+        if client.incr(counter) >= total:
+            return
+
+
+def bare_loop(url: str, total: int, consumers: int) -> float:
+    """Messages per second of the plain redis-py loop."""
+    import redis
+
+    ns = f"taskd-bench-bare-{secrets.token_hex(4)}"
+    queue, counter = f"{ns}:queue", f"{ns}:done"
+    client = redis.Redis.from_url(url)
+    pids = []
+    for _ in range(consumers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _bare_consumer(url, queue, counter, total)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    time.sleep(0.3)  # consumers connected and blocking
+    started = time.perf_counter()
+    for i in range(total):
+        client.rpush(queue, json.dumps({"id": i, "name": "noop", "args": []}))
+    while int(client.get(counter) or 0) < total:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    for pid in pids:
+        os.waitpid(pid, 0)
+    client.delete(queue, counter)
+    return total / elapsed
+
+
+# -- taskd ----------------------------------------------------------------------------------
+
+
+class Stats:
+    """Redis's counters of commands and read events (about one per round trip)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+
+    def snapshot(self) -> tuple[int, int]:
+        info = self.client.info("stats")
+        return int(info["total_commands_processed"]), int(info["total_reads_processed"])
+
+
+def start_daemon(client: Client, config: Path, children: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start taskd and return once it has run a few tasks (warm, all children up)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "taskd"), "start", "-c", str(config), "--concurrency", str(children)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env=env,
+        start_new_session=True,
+    )
+    warmup = [client.send("noop") for _ in range(10 * children)]
+    try:
+        for result in warmup:
+            result.get(timeout=30)
+    except Exception as exc:
+        process.kill()
+        raise SystemExit(f"taskd did not start ({exc}):\n{log.read_text()}") from None
+    return process
+
+
+def wait_all_done(client: Client, ids: list[str], timeout_s: float) -> int:
+    """Poll until every task is SUCCESS; returns how many backend reads that took."""
+    cursor, reads = 0, 0
+    deadline = time.monotonic() + timeout_s
+    while cursor < len(ids):
+        window = ids[cursor : cursor + 500]
+        states = client.backend.get_states(window)
+        reads += 1
+        for state in states:
+            if state is None or state.state is not State.SUCCESS:
+                if state is not None and state.is_completed:
+                    raise SystemExit(f"task {state.task_uuid} ended {state.state}: {state.error}")
+                break
+            cursor += 1
+        else:
+            continue
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {cursor}/{len(ids)} tasks done after {timeout_s}s")
+        time.sleep(0.005)
+    return reads
+
+
+def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
+    ns = f"taskd-bench-{secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data = {
+            "broker": args.broker,
+            "result_backend": args.backend,
+            "default_queue": ns,
+            "results_expire_in": 600,
+            "imports": ["benchmarks.tasks"],
+            "log_level": args.log_level,
+            "redis": {"key_prefix": f"{ns}:", "delayed_tasks_key": f"{ns}:delayed"},
+            "worker": {"prefetch": args.prefetch},
+        }
+        for key in ("broker", "result_backend"):
+            if data[key].startswith("sqlite"):
+                data[key] = f"sqlite://{tmp_path}/bench.db?synchronous=normal"
+        config_path = tmp_path / "bench.yml"
+        config_path.write_text(yaml.safe_dump(data))
+        client = Client(load_config(config_path))
+        redis_stats = Stats(args.broker) if args.broker.startswith("redis") else None
+        process = start_daemon(client, config_path, args.children, tmp_path / "taskd.log")
+        try:
+            before = redis_stats.snapshot() if redis_stats else None
+            sigs = [signature("noop") for _ in range(args.tasks)]
+            started = time.perf_counter()
+            for i in range(0, len(sigs), args.batch):
+                client.publish(sigs[i : i + args.batch])
+            enqueued = time.perf_counter()
+            polls = wait_all_done(client, [s.uuid for s in sigs], timeout_s=600)
+            finished = time.perf_counter()
+            after = redis_stats.snapshot() if redis_stats else None
+
+            latencies = []
+            for _ in range(args.latency_samples):
+                t0 = time.perf_counter()
+                client.send("noop").get(timeout=10)
+                latencies.append((time.perf_counter() - t0) * 1000)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+            if redis_stats:
+                keys = list(redis_stats.client.scan_iter(match=f"{ns}*", count=1000))
+                ids = [s.uuid for s in sigs]
+                for chunk in (keys, *(ids[i : i + 1000] for i in range(0, len(ids), 1000))):
+                    if chunk:
+                        redis_stats.client.delete(*chunk)
+            client.close()
+    result: dict[str, Any] = {
+        "tasks_per_s": args.tasks / (finished - started),
+        "enqueue_per_s": args.tasks / (enqueued - started),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": statistics.quantiles(latencies, n=100)[98],
+    }
+    if before and after:
+        producer_rts = 2 * -(-args.tasks // args.batch)
+        result["redis_commands_per_task"] = (after[0] - before[0]) / args.tasks
+        result["worker_round_trips_per_task"] = (after[1] - before[1] - producer_rts - polls) / args.tasks
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", default=DEFAULT_URL)
+    parser.add_argument("--backend", default=None, help="default: the broker URL")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--children", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, default=32, help="worker.prefetch of the daemon")
+    parser.add_argument("--batch", type=int, default=100, help="tasks the producer sends per publish")
+    parser.add_argument("--log-level", default="warning", help="the daemon's log_level")
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    args.backend = args.backend or args.broker
+
+    print(f"broker {args.broker}  backend {args.backend}  tasks {args.tasks}  children {args.children}"
+          f"  prefetch {args.prefetch}  batch {args.batch}  log_level {args.log_level}")
+    taskd = run_taskd(args)
+    print(f"taskd end-to-end        {taskd['tasks_per_s']:8.0f} tasks/s (results stored, at-least-once)")
+    print(f"taskd enqueue           {taskd['enqueue_per_s']:8.0f} tasks/s")
+    print(f"taskd round trip        p50 {taskd['p50_ms']:.2f} ms   p99 {taskd['p99_ms']:.2f} ms")
+    if "worker_round_trips_per_task" in taskd:
+        print(f"redis per task          {taskd['worker_round_trips_per_task']:.2f} worker round trips,"
+              f" {taskd['redis_commands_per_task']:.2f} commands (all clients)")
+    if not args.skip_baseline and args.broker.startswith("redis"):
+        bare = bare_loop(args.broker, args.tasks, args.children)
+        print(f"bare redis-py loop      {bare:8.0f} msgs/s (RPUSH / BLPOP + json + INCR)")
+        print(f"taskd / bare loop       {taskd['tasks_per_s'] / bare:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
