@@ -7,6 +7,7 @@ lives here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import types
@@ -266,9 +267,11 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
             continue
         text = env[name]
         hint = _hint_at(path)
-        if hint is str:
-            value: Any = text
-        else:
+        value: Any = text
+        if hint is int or hint is float:
+            with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e3" as a string
+                value = hint(text)
+        elif hint is not str:
             try:
                 value = yaml.safe_load(text) if text.strip() else None
             except yaml.YAMLError:
@@ -304,7 +307,12 @@ def redact_url(url: str) -> str:
     For Redis URLs a userinfo without a colon is a password, as machinery reads it.
     """
     scheme, sep, rest = url.partition("://")
-    userinfo, at, location = rest.rpartition("@")
+    if scheme == "redis+socket":  # machinery: redis+socket://password@/path.sock:/db
+        authority_end = rest.find("@/") + 1
+    else:
+        authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:authority_end].rpartition("@")
+    location = host + rest[authority_end:]
     if not sep or not at or not userinfo:
         return url
     user, colon, _password = userinfo.partition(":")

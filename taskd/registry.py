@@ -114,10 +114,12 @@ class Param:
             value = arg.python_value()
         except ArgumentError as exc:
             raise ArgumentError(exc.reason, task=task_name, index=index) from None
-        if self.expected == "[]int64" and isinstance(value, bytes):
-            return list(value)
-        if self.expected in ("float64", "[]float64"):
-            return [float(v) for v in value] if isinstance(value, list) else float(value)
+        if isinstance(value, bytes) and self.expected != "[]uint8":
+            value = list(value)  # []byte given where a list of numbers is wanted
+        if self.expected == "float64":
+            return float(value)
+        if self.expected == "[]float64":
+            return [float(item) for item in value]
         return value
 
 
@@ -196,8 +198,9 @@ def _declared_results(annotation: Any) -> tuple[str | None, ...]:
         return ()
     if typing.get_origin(annotation) is tuple:
         items = typing.get_args(annotation)
-        if not (len(items) == 2 and items[1] is Ellipsis):
-            return tuple(_declared_result(item) for item in items)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return ()  # as many results as returned, each typed after its value
+        return tuple(_declared_result(item) for item in items)
     return (_declared_result(annotation),)
 
 

@@ -91,12 +91,15 @@ def _check_scalar(type_name: str, value: Any) -> Any:
                 raise ArgumentError(f"{value} is out of range for {type_name}")
             return value
     elif isinstance(value, int | float):  # float
+        number = float(value) if abs(value) < 2**1024 else math.inf
+        if not math.isfinite(number):  # 1e400 parses to inf; Go's Float64() says out of range
+            raise ArgumentError(f"{value} is out of range for {type_name}")
         if bits == 32:
             try:
-                return struct.unpack("<f", struct.pack("<f", value))[0]
+                return struct.unpack("<f", struct.pack("<f", number))[0]
             except OverflowError:
                 raise ArgumentError(f"{value} is out of range for float32") from None
-        return float(value)
+        return number
     raise ArgumentError(f"{_show(value)} is not {type_name}")
 
 
@@ -115,6 +118,8 @@ def check(type_name: str, value: Any) -> Any:
         return []
     if isinstance(value, str) and kind_of(element) == "uint":
         value = list(_b64decode(type_name, value))
+    if isinstance(value, tuple):
+        value = list(value)
     if not isinstance(value, list):
         raise ArgumentError(f"{_show(value)} is not {type_name}")
     try:
@@ -155,6 +160,8 @@ def _check_bytes(type_name: str, value: Any) -> bytes:
 def _encode_int(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)  # "2.0" stays "2.0": a bad value is not quietly made good
     return gojson.encode_value(value)
 
 
@@ -277,13 +284,14 @@ def parse_typed(text: str) -> tuple[str, Any]:
 # -- Go's %v, as HumanReadableResults prints results ----------------------------------------
 
 
-def _format_go_float(value: float) -> str:
-    """Go's ``%v`` for a float64: shortest digits, exponent form outside [1e-4, 1e6)."""
+def _format_go_float(value: float, bits: int = 64) -> str:
+    """Go's ``%v`` for a float: shortest digits, exponent form outside [1e-4, 1e6)."""
     if math.isnan(value):
         return "NaN"
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"
-    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    shortest = gojson.shortest_float32(value) if bits == 32 else repr(value)
+    sign, digits, exponent = Decimal(shortest).normalize().as_tuple()
     if not digits or digits == (0,):
         return "-0" if sign else "0"
     decimal_exponent = len(digits) + int(exponent) - 1
@@ -292,25 +300,30 @@ def _format_go_float(value: float) -> str:
         exp_sign = "-" if decimal_exponent < 0 else "+"
         text = f"{mantissa}e{exp_sign}{abs(decimal_exponent):02d}"
     else:
-        text = format(Decimal(repr(abs(value))), "f")
+        text = format(abs(Decimal(shortest)), "f")
         if "." in text:
             text = text.rstrip("0").rstrip(".")
     return ("-" if sign else "") + text
 
 
-def go_format(value: Any) -> str:
+def go_format(value: Any, float_bits: int = 64) -> str:
     """A Python value of a machinery type as Go's ``fmt`` ``%v`` shows it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return _format_go_float(value)
+        return _format_go_float(value, float_bits)
     if isinstance(value, bytes | bytearray | list | tuple):
-        return "[" + " ".join(go_format(item) for item in value) + "]"
+        return "[" + " ".join(go_format(item, float_bits) for item in value) + "]"
     return str(value)
 
 
-def human_readable(values: Sequence[Any]) -> str:
-    """machinery's ``HumanReadableResults``: ``6``; ``[1 2 3]``; ``[a, b]`` for two results."""
-    if len(values) == 1:
-        return go_format(values[0])
-    return "[" + ", ".join(go_format(value) for value in values) + "]"
+def human_readable(values: Sequence[Any], types: Sequence[str] = ()) -> str:
+    """machinery's ``HumanReadableResults``: ``6``; ``[1 2 3]``; ``[a, b]`` for two results.
+
+    ``types`` (one per value) lets a float32 print with float32's shortest digits, as Go does.
+    """
+    shown = [
+        go_format(value, 32 if index < len(types) and types[index].endswith("float32") else 64)
+        for index, value in enumerate(values)
+    ]
+    return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"

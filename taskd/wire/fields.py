@@ -35,7 +35,8 @@ def want_int(value: Any, key: str, low: int = -_GO_INT_MAX - 1, high: int = _GO_
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DecodeError(f"{key} must be an integer, got {gojson.encode_value(value)}")
+        shown = repr(value) if isinstance(value, float) else gojson.encode_value(value)
+        raise DecodeError(f"{key} must be an integer, got {shown}")
     if not low <= value <= high:
         raise DecodeError(f"{key} {value} is out of range [{low}, {high}]")
     return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from decimal import Decimal
@@ -24,6 +25,9 @@ _HTML_UNSAFE = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 _UNSAFE_CHARS = frozenset("<>&\u2028\u2029")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# orjson turns integers wider than 64 bits into floats; such a body goes to the stdlib parser.
+_LONG_NUMBER = re.compile(rb"\d{20}")
 
 
 def encode_str(text: str) -> str:
@@ -31,7 +35,8 @@ def encode_str(text: str) -> str:
     try:
         out = orjson.dumps(text).decode()
     except orjson.JSONEncodeError:  # lone surrogates: Go writes U+FFFD for invalid UTF-8
-        out = orjson.dumps(text.encode("utf-8", "replace").decode("utf-8")).decode()
+        text = _SURROGATE.sub("\ufffd", text)
+        out = orjson.dumps(text).decode()
     if _UNSAFE_CHARS.isdisjoint(text):
         return out
     return out.translate(_HTML_UNSAFE)
@@ -46,13 +51,16 @@ _FLOAT32_1E_6 = _to_float32(1e-6)
 _FLOAT32_1E21 = _to_float32(1e21)
 
 
-def _shortest_float32(value: float) -> str:
+def shortest_float32(value: float) -> str:
     """The fewest significant digits that read back as the same float32 (Go's bitSize 32)."""
     target = struct.pack("<f", value)
     for digits in range(1, 10):
         text = f"{value:.{digits}g}"
-        if struct.pack("<f", float(text)) == target:
-            return text
+        try:
+            if struct.pack("<f", float(text)) == target:
+                return text
+        except OverflowError:  # rounded up past float32's largest value
+            continue
     return repr(value)
 
 
@@ -62,7 +70,7 @@ def encode_float(value: float, bits: int = 64) -> str:
         raise ValueError(f"json: unsupported value: {value!r}")
     if bits == 32:
         value = _to_float32(value)
-        shortest, low, high = _shortest_float32(value), _FLOAT32_1E_6, _FLOAT32_1E21
+        shortest, low, high = shortest_float32(value), _FLOAT32_1E_6, _FLOAT32_1E21
     else:
         shortest, low, high = repr(value), 1e-6, 1e21
     magnitude = abs(value)
@@ -106,19 +114,26 @@ def encode_value(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON; integers stay exact, ``2.0`` stays a float (Go's UseNumber keeps both apart)."""
+    """Parse JSON; integers stay exact, ``2.0`` stays a float (Go's UseNumber keeps both apart).
+
+    Like Go's decoder, invalid UTF-8 becomes U+FFFD, and NaN or Infinity are refused.
+    """
+    data = raw.encode() if isinstance(raw, str) else raw
+    if not _LONG_NUMBER.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    # The stdlib parses what orjson refuses but Go reads: lone surrogates, huge integers.
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    # The stdlib accepts what orjson refuses but Go reads (lone surrogates, huge integers).
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(
-            f"not valid JSON: {exc}", raw if isinstance(raw, bytes) else None
-        ) from exc
+        return json.loads(data.decode("utf-8", "replace"), parse_constant=_not_json)
+    except ValueError as exc:
+        raise DecodeError(f"not valid JSON: {exc}", data) from exc
 
 
 def fold_keys(obj: Mapping[str, Any], fields: Mapping[str, str], what: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ offset they were written with.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from taskd.errors import DecodeError
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NS_PER_S = 1_000_000_000
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:(Z)|([+-])([01]\d|2[0-3]):([0-5]\d))"
 )
 
 
@@ -59,24 +60,12 @@ class GoTime:
             raise DecodeError(f"time {text!r} is not a valid date: {exc}") from None
         delta = local - _EPOCH.replace(tzinfo=None)
         seconds = delta.days * 86_400 + delta.seconds - offset_s
-        nanos = int((fraction or "").ljust(9, "0"))
+        nanos = int((fraction or "")[:9].ljust(9, "0"))  # Go keeps nanoseconds, drops the rest
         return cls(seconds * _NS_PER_S + nanos, offset_s)
 
     def format(self) -> str:
         """RFC 3339 as Go's ``time.RFC3339Nano`` (trailing zero digits trimmed)."""
-        seconds, nanos = divmod(self.unix_ns + self.offset_s * _NS_PER_S, _NS_PER_S)
-        local = _EPOCH.replace(tzinfo=None) + timedelta(seconds=seconds)
-        text = (
-            f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
-            f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
-        )
-        if nanos:
-            text += "." + f"{nanos:09d}".rstrip("0")
-        if self.offset_s == 0:
-            return text + "Z"
-        sign = "+" if self.offset_s > 0 else "-"
-        hours, minutes = divmod(abs(self.offset_s) // 60, 60)
-        return f"{text}{sign}{hours:02d}:{minutes:02d}"
+        return _format(self.unix_ns, self.offset_s)
 
     def to_datetime(self) -> datetime:
         """An aware datetime (sub-microsecond digits dropped)."""
@@ -92,6 +81,23 @@ class GoTime:
 
     def __str__(self) -> str:
         return self.format()
+
+
+@functools.lru_cache(maxsize=4096)  # a task's CreatedAt is written with each of its states
+def _format(unix_ns: int, offset_s: int) -> str:
+    seconds, nanos = divmod(unix_ns + offset_s * _NS_PER_S, _NS_PER_S)
+    local = _EPOCH.replace(tzinfo=None) + timedelta(seconds=seconds)
+    text = (
+        f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+        f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+    )
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    if offset_s == 0:
+        return text + "Z"
+    sign = "+" if offset_s > 0 else "-"
+    hours, minutes = divmod(abs(offset_s) // 60, 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}"
 
 
 # Go's zero time.Time, written for a CreatedAt nobody set.

@@ -76,7 +76,8 @@ class TaskState:
         return [result.python_value() for result in self.results or ()]
 
     def human_readable(self) -> str:
-        return typed.human_readable(self.python_results())
+        types = [result.type for result in self.results or ()]
+        return typed.human_readable(self.python_results(), types)
 
     def encode(self) -> bytes:
         results = (

@@ -1,0 +1,444 @@
+"""execute(): one task run -> SUCCEEDED with typed results, FAILED, or RETRY with the message.
+
+Pure: no broker, no backend, no processes. Times are checked against bounds taken around the
+call, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from taskd import Retry
+from taskd.registry import Task, TaskContext, describe
+from taskd.wire import Arg, GoTime, Signature, TaskResult, decode_signature
+from taskd.worker.execute import (
+    ATTEMPT_HEADER,
+    Kind,
+    Outcome,
+    RetryPolicy,
+    attempt_of,
+    error_text,
+    execute,
+)
+from taskd.worker.workflow import on_error, on_success
+
+NO_JITTER = RetryPolicy()
+QUEUE = "machinery_tasks"
+
+
+def _task(fn: Any, name: str | None = None) -> Task:
+    return describe(fn, name or fn.__name__, "tests")
+
+
+def _sig(name: str, *args: Arg, **fields: Any) -> Signature:
+    return Signature(name=name, uuid=f"task_{name}", args=args, **fields)
+
+
+def _run(fn: Any, sig: Signature, policy: RetryPolicy = NO_JITTER) -> tuple[Outcome, int, int]:
+    before = time.time_ns()
+    outcome = execute(_task(fn, sig.name), sig, QUEUE, policy)
+    after = time.time_ns()
+    return outcome, before, after
+
+
+def _assert_eta(outcome: Outcome, before: int, after: int, delay_s: float) -> None:
+    assert outcome.retry is not None
+    eta = outcome.retry.eta
+    assert eta is not None
+    assert eta.offset_s == 0
+    delay_ns = round(delay_s * 1_000_000_000)
+    assert before + delay_ns <= eta.unix_ns <= after + delay_ns
+
+
+# -- tasks used below --------------------------------------------------------------------------
+
+
+def add(*numbers: int) -> int:
+    return sum(numbers)
+
+
+def halve(x: int) -> float:
+    return x // 2  # an int, declared float: stored as float64
+
+
+def stats(numbers: list[int]) -> tuple[int, float]:
+    return len(numbers), sum(numbers) / len(numbers)
+
+
+def nothing() -> None:
+    return None
+
+
+def untyped_result(x):  # type: ignore[no-untyped-def]
+    return [x, x]
+
+
+def returns_dict() -> Any:
+    return {"a": 1}
+
+
+def returns_nan() -> float:
+    return float("nan")
+
+
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def fail_silently() -> None:
+    raise ValueError
+
+
+def sum_floats(numbers: list[float]) -> float:
+    return sum(numbers)
+
+
+# -- success ---------------------------------------------------------------------------------
+
+
+def test_success_with_typed_results() -> None:
+    outcome, _, _ = _run(add, _sig("add", Arg("int64", 1), Arg("int64", 2)))
+    assert outcome == Outcome(Kind.SUCCEEDED, results=(TaskResult("int64", 3),))
+
+
+def test_success_with_declared_float_result() -> None:
+    outcome, _, _ = _run(halve, _sig("halve", Arg("int64", 4)))
+    assert outcome.kind is Kind.SUCCEEDED
+    assert outcome.results == (TaskResult("float64", 2.0),)
+    assert type(outcome.results[0].value) is float
+    assert outcome.results[0].encode() == '{"Type":"float64","Value":2}'
+
+
+def test_success_with_several_results() -> None:
+    outcome, _, _ = _run(stats, _sig("stats", Arg("[]int64", [1, 2])))
+    assert outcome.results == (TaskResult("int64", 2), TaskResult("float64", 1.5))
+
+
+def test_success_without_results() -> None:
+    outcome, _, _ = _run(nothing, _sig("nothing"))
+    assert outcome == Outcome(Kind.SUCCEEDED, results=())
+
+
+def test_success_with_inferred_result_type() -> None:
+    outcome, _, _ = _run(untyped_result, _sig("untyped_result", Arg("string", "a")))
+    assert outcome.results == (TaskResult("[]string", ["a", "a"]),)
+
+
+def test_args_none_means_no_arguments() -> None:
+    outcome, _, _ = _run(add, Signature(name="add", args=None))
+    assert outcome.results == (TaskResult("int64", 0),)
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [(returns_dict, "dict has no machinery type"), (returns_nan, "cannot be stored")],
+)
+def test_unstorable_result_fails_without_retry(fn: Any, message: str) -> None:
+    outcome, _, _ = _run(fn, _sig(fn.__name__, retry_count=3))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.retry is None
+    assert outcome.error.startswith(f"task '{fn.__name__}': return value 1 cannot be stored")
+    assert message in outcome.error
+
+
+# -- failure ---------------------------------------------------------------------------------
+
+
+def test_failure_with_error_text() -> None:
+    outcome, _, _ = _run(fail, _sig("fail", Arg("string", "boom")))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.error == "boom"
+    assert outcome.retry is None
+    assert outcome.results == ()
+    assert "RuntimeError: boom" in outcome.traceback
+    assert "in fail" in outcome.traceback
+
+
+def test_failure_without_a_message_uses_the_exception_type() -> None:
+    outcome, _, _ = _run(fail_silently, _sig("fail_silently"))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.error == "ValueError"
+
+
+def test_error_text() -> None:
+    assert error_text(RuntimeError("x y")) == "x y"
+    assert error_text(KeyError("k")) == "'k'"
+    assert error_text(RuntimeError()) == "RuntimeError"
+
+
+# -- automatic retry (RetryCount) --------------------------------------------------------------
+
+
+def test_retry_count_gives_a_retry() -> None:
+    sig = _sig("fail", Arg("string", "boom"), retry_count=3, headers={"trace": "t1"})
+    outcome, before, after = _run(fail, sig)
+    assert outcome.kind is Kind.RETRY
+    assert outcome.error == "boom"
+    assert "RuntimeError: boom" in outcome.traceback
+    assert outcome.retry_in_s == 1.0
+    again = outcome.retry
+    assert again is not None
+    assert again.retry_count == 2
+    assert again.retry_timeout == 1
+    assert again.uuid == sig.uuid
+    assert again.name == sig.name
+    assert again.args == sig.args
+    assert again.headers == {"trace": "t1", ATTEMPT_HEADER: 2}
+    _assert_eta(outcome, before, after, 1.0)
+    assert sig.headers == {"trace": "t1"}  # the original is untouched
+    assert sig.retry_count == 3
+
+
+def test_retry_delays_follow_fibonacci_until_retries_run_out() -> None:
+    sig = _sig("fail", Arg("string", "boom"), retry_count=5)
+    timeouts, counts, attempts = [], [], []
+    for _ in range(5):
+        outcome, before, after = _run(fail, sig)
+        assert outcome.kind is Kind.RETRY
+        assert outcome.retry is not None
+        _assert_eta(outcome, before, after, outcome.retry_in_s)
+        sig = outcome.retry
+        timeouts.append(sig.retry_timeout)
+        counts.append(sig.retry_count)
+        attempts.append(attempt_of(sig))
+        assert outcome.retry_in_s == float(sig.retry_timeout)
+    assert timeouts == [1, 2, 3, 5, 8]
+    assert counts == [4, 3, 2, 1, 0]
+    assert attempts == [2, 3, 4, 5, 6]
+    final, _, _ = _run(fail, sig)
+    assert final.kind is Kind.FAILED
+    assert final.retry is None
+    assert final.error == "boom"
+
+
+def test_retry_timeout_is_a_starting_point() -> None:
+    outcome, before, after = _run(
+        fail, _sig("fail", Arg("string", "x"), retry_count=1, retry_timeout=10)
+    )
+    assert outcome.retry is not None
+    assert outcome.retry.retry_timeout == 13
+    assert outcome.retry_in_s == 13.0
+    _assert_eta(outcome, before, after, 13.0)
+
+
+def test_retry_replaces_an_existing_eta() -> None:
+    past = GoTime.parse("2001-01-01T00:00:00Z")
+    outcome, before, after = _run(fail, _sig("fail", Arg("string", "x"), retry_count=1, eta=past))
+    _assert_eta(outcome, before, after, 1.0)
+
+
+def test_retry_message_survives_the_wire() -> None:
+    outcome, _, _ = _run(fail, _sig("fail", Arg("string", "x"), retry_count=2, headers={}))
+    assert outcome.retry is not None
+    encoded = outcome.retry.encode()
+    assert b'"Headers":{"taskd_attempt":2},' in encoded
+    assert b'"RetryCount":1,"RetryTimeout":1,' in encoded
+    decoded = decode_signature(encoded)
+    assert decoded.encode() == encoded
+    assert attempt_of(decoded) == 2
+    assert decoded.eta == outcome.retry.eta
+
+
+def test_jitter_spreads_the_delay_but_not_the_backoff() -> None:
+    policy = RetryPolicy(jitter=0.5)
+    for _ in range(20):
+        sig = _sig("fail", Arg("string", "x"), retry_count=1, retry_timeout=3)
+        outcome, before, after = _run(fail, sig, policy)
+        assert outcome.retry is not None
+        assert outcome.retry.retry_timeout == 5
+        assert 2.5 <= outcome.retry_in_s <= 7.5
+        _assert_eta(outcome, before, after, outcome.retry_in_s)
+
+
+def test_max_delay_caps_the_delay_but_not_the_backoff() -> None:
+    sig = _sig("fail", Arg("string", "x"), retry_count=1, retry_timeout=5)
+    outcome, before, after = _run(fail, sig, RetryPolicy(max_delay_s=2.0))
+    assert outcome.retry is not None
+    assert outcome.retry.retry_timeout == 8
+    assert outcome.retry_in_s == 2.0
+    _assert_eta(outcome, before, after, 2.0)
+
+
+# -- taskd.Retry -------------------------------------------------------------------------------
+
+
+def make_retrier(countdown_s: float, reason: str | None = None) -> Any:
+    def retrier() -> None:
+        if reason is None:
+            raise Retry(countdown_s)
+        raise Retry(countdown_s, reason)
+
+    return retrier
+
+
+def test_retry_request_honours_retry_count() -> None:
+    sig = _sig("retrier", retry_count=2, retry_timeout=3)
+    outcome, before, after = _run(make_retrier(7.5, "not yet"), sig)
+    assert outcome.kind is Kind.RETRY
+    assert outcome.error == "not yet"
+    assert outcome.retry_in_s == 7.5
+    assert outcome.retry is not None
+    assert outcome.retry.retry_count == 1
+    assert outcome.retry.retry_timeout == 3  # a countdown does not advance the backoff
+    assert attempt_of(outcome.retry) == 2
+    _assert_eta(outcome, before, after, 7.5)
+
+
+def test_retry_request_without_retries_left_fails() -> None:
+    outcome, _, _ = _run(make_retrier(1.0, "not yet"), _sig("retrier", retry_count=0))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.error == "not yet"
+    assert outcome.retry is None
+
+
+def test_retry_request_default_reason() -> None:
+    outcome, _, _ = _run(make_retrier(0.0), _sig("retrier", retry_count=1))
+    assert outcome.kind is Kind.RETRY
+    assert outcome.error == "retry requested"
+    assert outcome.retry_in_s == 0.0
+
+
+def test_retry_request_countdown_is_capped_too() -> None:
+    outcome, _, _ = _run(
+        make_retrier(60.0), _sig("retrier", retry_count=1), RetryPolicy(max_delay_s=5)
+    )
+    assert outcome.retry_in_s == 5.0
+
+
+def test_retry_requests_run_out() -> None:
+    sig = _sig("retrier", retry_count=3)
+    kinds = []
+    for _ in range(4):
+        outcome, _, _ = _run(make_retrier(0.5), sig)
+        kinds.append(outcome.kind)
+        if outcome.retry is not None:
+            sig = outcome.retry
+    assert kinds == [Kind.RETRY, Kind.RETRY, Kind.RETRY, Kind.FAILED]
+
+
+# -- bad arguments -----------------------------------------------------------------------------
+
+
+def test_bad_args_fail_without_retry_and_without_calling_the_task() -> None:
+    calls: list[Any] = []
+
+    def add_tracked(*numbers: int) -> int:
+        calls.append(numbers)
+        return sum(numbers)
+
+    sig = _sig("add", Arg("int64", 1), Arg("string", "2"), retry_count=5)
+    outcome = execute(_task(add_tracked, "add"), sig, QUEUE, NO_JITTER)
+    assert outcome.kind is Kind.FAILED
+    assert outcome.retry is None
+    assert outcome.error == "argument 2 of task 'add': numbers must be int64, got string"
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "of task 'stats': takes 1 argument(s), got 0"),
+        ((Arg("[]int64", [1]), Arg("int64", 1)), "takes 1 argument(s), got 2"),
+        ((Arg("[]int64", [1.5]),), "argument 1 of task 'stats': []int64 element: 1.5 is not int64"),
+        ((Arg("[]int64", "x"),), "argument 1 of task 'stats'"),
+        ((Arg("complex64", 1),), "argument 1 of task 'stats'"),
+    ],
+)
+def test_bad_args_messages(args: tuple[Arg, ...], message: str) -> None:
+    outcome, _, _ = _run(stats, _sig("stats", *args, retry_count=2))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.retry is None
+    assert message in outcome.error
+
+
+def test_execute_never_raises_for_byte_slice_into_list_of_float() -> None:
+    outcome, _, _ = _run(sum_floats, _sig("sum_floats", Arg("[]uint8", "AQI="), retry_count=1))
+    assert outcome == Outcome(Kind.SUCCEEDED, results=(TaskResult("float64", 3.0),))
+
+
+# -- attempts and TaskContext ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "attempt"),
+    [
+        (None, 1),
+        ({}, 1),
+        ({ATTEMPT_HEADER: 1}, 1),
+        ({ATTEMPT_HEADER: 4}, 4),
+        ({ATTEMPT_HEADER: "4"}, 1),
+        ({ATTEMPT_HEADER: True}, 1),
+        ({ATTEMPT_HEADER: 0}, 1),
+        ({ATTEMPT_HEADER: -3}, 1),
+        ({ATTEMPT_HEADER: 2.5}, 1),
+    ],
+)
+def test_attempt_of(headers: dict[str, Any] | None, attempt: int) -> None:
+    assert attempt_of(Signature(name="x", headers=headers)) == attempt
+
+
+def test_attempt_header_increments_from_any_start() -> None:
+    sig = _sig("fail", Arg("string", "x"), retry_count=1, headers={ATTEMPT_HEADER: 7, "k": "v"})
+    outcome, _, _ = _run(fail, sig)
+    assert outcome.retry is not None
+    assert outcome.retry.headers == {ATTEMPT_HEADER: 8, "k": "v"}
+
+
+def test_task_context_is_injected_first() -> None:
+    seen: list[TaskContext] = []
+
+    def with_context(ctx: TaskContext, x: int) -> int:
+        seen.append(ctx)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt}")
+        return x * 10
+
+    task = _task(with_context)
+    sig = _sig("with_context", Arg("int64", 4), retry_count=5)
+    outcomes = []
+    for _ in range(3):
+        outcome = execute(task, sig, "q1", NO_JITTER)
+        outcomes.append(outcome)
+        if outcome.retry is not None:
+            sig = outcome.retry
+    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.RETRY, Kind.SUCCEEDED]
+    assert [o.error for o in outcomes] == ["attempt 1", "attempt 2", ""]
+    assert outcomes[-1].results == (TaskResult("int64", 40),)
+    assert [ctx.attempt for ctx in seen] == [1, 2, 3]
+    assert [ctx.retries_left for ctx in seen] == [5, 4, 3]
+    assert all(ctx.queue == "q1" for ctx in seen)
+    assert all(ctx.task_id == "task_with_context" for ctx in seen)
+    assert seen[-1].signature is sig
+
+
+# -- what follows a run (workflow's pure helpers fed with execute's results) --------------------
+
+
+def test_results_are_appended_to_on_success_callbacks() -> None:
+    callback = Signature(name="multiply", uuid="task_m", args=(Arg("int64", 4),))
+    sig = _sig("add", Arg("int64", 1), Arg("int64", 2), on_success=(callback,))
+    outcome, _, _ = _run(add, sig)
+    (follow,) = on_success(sig, outcome.results)
+    assert follow.args == (Arg("int64", 4), Arg("int64", 3))
+    assert (
+        b'"Args":[{"Name":"","Type":"int64","Value":4},{"Name":"","Type":"int64","Value":3}],'
+        in (follow.encode())
+    )
+
+
+def test_immutable_task_does_not_pass_its_results_on() -> None:
+    callback = Signature(name="multiply", uuid="task_m", args=(Arg("int64", 4),))
+    sig = _sig("add", Arg("int64", 1), on_success=(callback,), immutable=True)
+    outcome, _, _ = _run(add, sig)
+    assert on_success(sig, outcome.results) == [callback]
+
+
+def test_error_is_prepended_to_on_error_callbacks() -> None:
+    callback = Signature(name="report", uuid="task_r", args=(Arg("int64", 9),))
+    sig = _sig("fail", Arg("string", "boom"), on_error=(callback,))
+    outcome, _, _ = _run(fail, sig)
+    (follow,) = on_error(sig.on_error or (), outcome.error)
+    assert follow.args == (Arg("string", "boom"), Arg("int64", 9))
