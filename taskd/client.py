@@ -20,7 +20,7 @@ from taskd.errors import ResultTimeout, TaskFailed
 from taskd.wire import Arg, GoTime, Signature, State, TaskState, new_id
 
 POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
-POLL_GROWTH = 1.5
+POLL_GROWTH = 1.15
 POLL_MAX_S = 0.05  # ...and backs off to this
 
 

@@ -12,11 +12,7 @@ from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
 
 class ResultBackend(ABC):
-    """Where task states live, each kept ``results_expire_in`` seconds after its last write.
-
-    A state is stored exactly as given: the worker applies machinery's merge rule (TaskName and
-    CreatedAt kept from PENDING) before writing, so every driver stores the same records.
-    """
+    """Where task states live, each kept ``results_expire_in`` seconds after its last write."""
 
     driver: ClassVar[str]
 
@@ -27,7 +23,12 @@ class ResultBackend(ABC):
 
     @abstractmethod
     def set_states(self, states: Sequence[TaskState]) -> None:
-        """Store several states, each replacing its task's record, in few round trips."""
+        """Store several states in few round trips, by machinery's merge rule.
+
+        A PENDING state replaces its task's record; any later state keeps the stored record's
+        TaskName and CreatedAt (``wire.state.merged``), as machinery's Redis backend does, so
+        a worker need not read a record before writing it.
+        """
 
     @abstractmethod
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:

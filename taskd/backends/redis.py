@@ -14,13 +14,41 @@ from taskd import redisdb
 from taskd.backends.base import ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
-from taskd.wire import GroupMeta, TaskState
+from taskd.wire import GroupMeta, State, TaskState
 
-# SET each key to its value with the same expiry (ARGV[#ARGV] seconds): one command for a
-# batch, far cheaper for the client than a pipeline of SETs.
-_SET_ALL = redisdb.Script("""
+# SET each task's state with the same expiry (ARGV[#ARGV] seconds): one command for a batch,
+# far cheaper for the client than a pipeline. Where ARGV[#ARGV - 1] has "1" for a key, the
+# stored record's TaskName and CreatedAt are kept (machinery's merge rule). Both records are
+# Go-ordered JSON, so each value is spliced between its key and the next one.
+_SET_STATES = redisdb.Script("""
 local ttl = ARGV[#ARGV]
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'EX', ttl) end
+local merge = ARGV[#ARGV - 1]
+local function span(json, key, after)
+  local s = string.find(json, '"' .. key .. '":', 1, true)
+  if not s then return nil end
+  local from = s + #key + 3
+  local e = string.find(json, ',"' .. after .. '":', from, true)
+  if not e then return nil end
+  return from, e - 1
+end
+local function keep(new, old, key, after, unset)
+  local os, oe = span(old, key, after)
+  if not os or string.sub(old, os, oe) == unset then return new end
+  local ns, ne = span(new, key, after)
+  if not ns then return new end
+  return string.sub(new, 1, ns - 1) .. string.sub(old, os, oe) .. string.sub(new, ne + 1)
+end
+for i = 1, #KEYS do
+  local state = ARGV[i]
+  if string.sub(merge, i, i) == '1' then
+    local old = redis.call('GET', KEYS[i])
+    if old then
+      state = keep(state, old, 'TaskName', 'State', '""')
+      state = keep(state, old, 'CreatedAt', 'TTL', '"0001-01-01T00:00:00Z"')
+    end
+  end
+  redis.call('SET', KEYS[i], state, 'EX', ttl)
+end
 return #KEYS
 """)
 
@@ -56,11 +84,12 @@ class RedisBackend(ResultBackend):
             return
         keys = [state.task_uuid for state in states]
         values = [state.encode() for state in states]
+        merge = "".join("0" if state.state is State.PENDING else "1" for state in states)
         with self._translated(keys[0]):
-            if len(states) == 1:
+            if merge == "0":
                 self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
             else:
-                _SET_ALL(self._redis, keys, [*values, self._expire_s])
+                _SET_STATES(self._redis, keys, [*values, merge, self._expire_s])
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:

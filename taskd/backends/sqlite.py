@@ -15,7 +15,8 @@ from taskd.backends.base import ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
-from taskd.wire import GroupMeta, TaskState
+from taskd.wire import GroupMeta, State, TaskState
+from taskd.wire.state import merged
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskd_states (
@@ -66,10 +67,21 @@ class SQLiteBackend(ResultBackend):
             raise BackendError(self.driver, str(exc), task_id) from exc
 
     def set_states(self, states: Sequence[TaskState]) -> None:
-        expires_ns = time.time_ns() + self._expire_ns
-        rows = [(state.task_uuid, state.encode(), expires_ns) for state in states]
-        with self._guard(states[0].task_uuid if states else None), self._lock:
+        if not states:
+            return
+        with self._guard(states[0].task_uuid), self._lock:
             with write_transaction(self._conn):
+                later = [state.task_uuid for state in states if state.state is not State.PENDING]
+                stored = dict(zip(later, self._read_states(later), strict=True))
+                expires_ns = time.time_ns() + self._expire_ns
+                rows = [
+                    (
+                        state.task_uuid,
+                        merged(state, stored.get(state.task_uuid)).encode(),
+                        expires_ns,
+                    )
+                    for state in states
+                ]
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns)"
                     " VALUES (?, ?, ?)",
@@ -80,13 +92,18 @@ class SQLiteBackend(ResultBackend):
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
             return []
-        marks = ",".join("?" * len(task_ids))
         with self._guard(task_ids[0]), self._lock:
-            rows = self._conn.execute(
-                f"SELECT task_id, state FROM taskd_states WHERE task_id IN ({marks})"
-                " AND expires_ns > ?",
-                (*task_ids, time.time_ns()),
-            ).fetchall()
+            return self._read_states(task_ids)
+
+    def _read_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        if not task_ids:
+            return []
+        marks = ",".join("?" * len(task_ids))
+        rows = self._conn.execute(
+            f"SELECT task_id, state FROM taskd_states WHERE task_id IN ({marks})"
+            " AND expires_ns > ?",
+            (*task_ids, time.time_ns()),
+        ).fetchall()
         found = {task_id: raw for task_id, raw in rows}
         return [
             self._load_state(found[task_id], task_id) if task_id in found else None

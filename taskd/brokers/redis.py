@@ -193,6 +193,8 @@ class RedisBroker(Broker):
         self._queues_key = f"{self._prefix}consumer_queues"
         self._consumers: dict[str, str] = {}  # queue -> this instance's consumer id there
         self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
+        self._backlog: dict[str, int] = {}  # queue -> messages known to wait (0: block next time)
+        self._stray_risk: dict[str, bool] = {}  # queue -> a fetch reply may have been lost
         self._heartbeat: Heartbeat | None = None
         self._next_promote = 0.0  # monotonic time of the next look at the delayed set
 
@@ -264,22 +266,42 @@ class RedisBroker(Broker):
         return consumer_id
 
     def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
-        with self._translated(queue):
-            consumer_id = self._consumer(queue)
-            processing = self._processing_key(consumer_id)
-            self._promote_due()
-            holding_nothing = self._in_flight[queue] == 0
-            bodies = _SCRIPTS["fetch"](
-                self._redis,
-                keys=[queue, processing],
-                args=[max_messages, "1" if holding_nothing else "0"],
-            )
-            if not bodies and wait_s > 0:
-                block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
-                body = self._redis.blmove(queue, processing, block_s, "LEFT", "RIGHT")
-                bodies = [body] if body is not None else []
+        """Take a batch with one script; on an empty queue, block in BLMOVE instead.
+
+        Usually one round trip: a batch while a backlog is known, else one blocking move that
+        also reports the backlog behind it (so batching resumes as soon as one builds up).
+        """
+        try:
+            with self._translated(queue):
+                bodies = self._take(queue, max_messages, wait_s)
+        except BrokerUnavailable:
+            # The reply may be lost after Redis moved messages to our processing list.
+            self._stray_risk[queue] = True
+            raise
         self._in_flight[queue] += len(bodies)
+        processing = self._processing_key(self._consumers[queue])
         return [Delivery(queue, bytes(body), False, processing) for body in bodies]
+
+    def _take(self, queue: str, max_messages: int, wait_s: float) -> list[bytes]:
+        processing = self._processing_key(self._consumer(queue))
+        self._promote_due()
+        recover = self._stray_risk.get(queue, False) and self._in_flight[queue] == 0
+        if self._backlog.get(queue, 1) > 0 or recover or wait_s <= 0:
+            bodies: list[bytes] = _SCRIPTS["fetch"](
+                self._redis, keys=[queue, processing], args=[max_messages, "1" if recover else "0"]
+            )
+            if recover:
+                self._stray_risk[queue] = False
+            self._backlog[queue] = 1 if len(bodies) == max_messages else 0
+            if bodies or wait_s <= 0:
+                return bodies
+        block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.blmove(queue, processing, block_s, "LEFT", "RIGHT")
+        pipe.llen(queue)
+        body, backlog = pipe.execute()
+        self._backlog[queue] = int(backlog)
+        return [] if body is None else [body]
 
     def _promote_due(self) -> None:
         """Move due ETA messages to their queues, in batches, at most every poll period.

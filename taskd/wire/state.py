@@ -93,6 +93,21 @@ class TaskState:
         ).encode()
 
 
+def merged(new: TaskState, stored: TaskState | None) -> TaskState:
+    """machinery's merge rule: a state after PENDING keeps the stored TaskName and CreatedAt.
+
+    PENDING (written by a sender) replaces the record as given. Where the stored record has
+    no name or a zero time, the new state's are kept.
+    """
+    if stored is None or new.state is State.PENDING:
+        return new
+    return replace(
+        new,
+        task_name=stored.task_name or new.task_name,
+        created_at=new.created_at if stored.created_at.is_zero else stored.created_at,
+    )
+
+
 _STATE_FIELDS = {
     name.lower(): name
     for name in ("TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL")

@@ -54,16 +54,13 @@ class Job:
     delivery: Delivery
     sig: Signature
     task: Task | None  # None: not registered here
-    task_name: str = ""  # TaskName and CreatedAt carried into every state (machinery's merge)
-    created_at: GoTime | None = None
+    received_at: GoTime
 
     def state(self, state: State, **fields: Any) -> TaskState:
+        # The backend keeps the stored PENDING record's TaskName and CreatedAt (machinery's
+        # merge rule); these are what a task without such a record gets.
         return TaskState(
-            self.sig.uuid,
-            state,
-            task_name=self.task_name,
-            created_at=self.created_at or GoTime.now(),
-            **fields,
+            self.sig.uuid, state, task_name=self.sig.name, created_at=self.received_at, **fields
         )
 
 
@@ -147,7 +144,7 @@ class Child:
         self._recovered("broker")
         return deliveries
 
-    def _decode(self, delivery: Delivery) -> Job | None:
+    def _decode(self, delivery: Delivery, received_at: GoTime) -> Job | None:
         """A Job, or None after setting aside a message that can never run."""
         try:
             sig = decode_signature(delivery.body)
@@ -173,20 +170,11 @@ class Child:
                 )
                 self._retrying("broker", self.broker.ack, delivery)
                 return None
-        return Job(delivery, sig, task)
+        return Job(delivery, sig, task, received_at)
 
     def _process(self, deliveries: Sequence[Delivery]) -> None:
-        jobs = [job for job in map(self._decode, deliveries) if job is not None]
-        if not jobs:
-            return
-        stored = self._retrying("backend", self.backend.get_states, [job.sig.uuid for job in jobs])
-        now = GoTime.now()
-        for job, previous in zip(jobs, stored, strict=True):
-            # machinery's merge rule: later states keep the PENDING record's name and time.
-            job.task_name = (previous.task_name if previous else "") or job.sig.name
-            job.created_at = (
-                previous.created_at if previous and not previous.created_at.is_zero else now
-            )
+        received_at = GoTime.now()
+        jobs = [job for d in deliveries if (job := self._decode(d, received_at)) is not None]
         for job in jobs[1:]:
             if job.task is not None:
                 self._queue_state(job.state(State.RECEIVED))
@@ -199,10 +187,20 @@ class Child:
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Stopping: the jobs not started go back to the head of the queue, in order."""
-        for job in jobs:
-            if job.task is not None:
-                self._queue_state(job.state(State.PENDING))
         self._flush()
+        runnable = [job for job in jobs if job.task is not None]
+        ids = [job.sig.uuid for job in runnable]
+        stored = self._retrying("backend", self.backend.get_states, ids) if ids else []
+        waiting = [  # PENDING again, as the sender wrote it (PENDING is stored as given)
+            job.state(State.PENDING).with_changes(
+                task_name=previous.task_name, created_at=previous.created_at
+            )
+            if previous
+            else job.state(State.PENDING)
+            for job, previous in zip(runnable, stored, strict=True)
+        ]
+        if waiting:
+            self._retrying("backend", self.backend.set_states, waiting)
         for job in reversed(jobs):
             self._retrying("broker", self.broker.release, job.delivery)
         log.info("messages_released", count=len(jobs), queue=self.queue)

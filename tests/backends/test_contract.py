@@ -123,3 +123,43 @@ def test_a_chord_is_claimed_once_across_processes(
     answers = os.read(read_end, 64)
     os.close(read_end)
     assert sorted(answers) == sorted(b"10000000")
+
+
+def test_later_states_keep_the_pending_name_and_time(backend: ResultBackend) -> None:
+    """machinery's merge rule, applied by every backend so workers write without reading."""
+    task_id, created = new_id(), GoTime.parse("2026-11-27T10:00:00.123456789Z")
+    backend.set_state(TaskState(task_id, State.PENDING, task_name="add", created_at=created))
+    backend.set_states(
+        [
+            TaskState(task_id, State.STARTED, task_name="other", created_at=GoTime.now()),
+            TaskState(
+                task_id,
+                State.SUCCESS,
+                task_name="other",
+                created_at=GoTime.now(),
+                results=(TaskResult("int64", 2),),
+            ),
+        ]
+    )
+    got = backend.get_state(task_id)
+    assert got == TaskState(
+        task_id,
+        State.SUCCESS,
+        task_name="add",
+        created_at=created,
+        results=(TaskResult("int64", 2),),
+    )
+    # A new PENDING (the task sent again) replaces the record as given.
+    again = GoTime.now()
+    backend.set_state(TaskState(task_id, State.PENDING, task_name="add", created_at=again))
+    assert backend.get_state(task_id) == TaskState(
+        task_id, State.PENDING, task_name="add", created_at=again
+    )
+
+
+def test_a_state_without_a_record_is_stored_as_given(backend: ResultBackend) -> None:
+    task_id, now = new_id(), GoTime.now()
+    backend.set_state(TaskState(task_id, State.FAILURE, task_name="x", created_at=now, error="e"))
+    assert backend.get_state(task_id) == TaskState(
+        task_id, State.FAILURE, task_name="x", created_at=now, error="e"
+    )
