@@ -18,6 +18,7 @@ import pytest
 from tests.support.harness import (
     REDIS_URL,
     Daemon,
+    PrivateRedis,
     config_data,
     delete_namespace,
     process_env,
@@ -83,3 +84,14 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, which the test may stop and start again."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory)
+    server.start()
+    yield server
+    server.stop()

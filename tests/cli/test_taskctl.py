@@ -17,9 +17,9 @@ TASK_ID = re.compile(r"task_([0-9a-f-]{36})")
 
 
 @pytest.fixture
-def served(tmp_path: Path, namespace: str, daemon: Callable[..., Any]) -> Path:
-    """A config file and a daemon serving it (embedded SQLite)."""
-    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+def served(driver_kind: str, tmp_path: Path, namespace: str, daemon: Callable[..., Any]) -> Path:
+    """A config file and a daemon serving it, on each broker/backend pair."""
+    config = write_config(tmp_path, config_data(driver_kind, namespace, tmp_path))
     daemon(config, "--concurrency", "2").wait_ready(2)
     return config
 

@@ -68,3 +68,9 @@ def attempt(ctx: TaskContext) -> int:
 @task
 def noop() -> None:
     """Nothing, fast: for throughput."""
+
+
+@task
+def stamp(path: str) -> None:
+    """Note when it ran (Unix seconds)."""
+    _append(path, f"{time.time():.6f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from taskd.client import Client, signature
-from taskd.wire import State, decode_signature, decode_state
+from taskd.wire import GoTime, State, decode_signature, decode_state
 from tests.support.harness import config_data, run_cli, wait_until, write_config
 from tests.support.tasks import runs
 
@@ -57,9 +58,15 @@ def test_a_machinery_message_runs_and_its_state_is_machinerys(
     config, client = setup(driver_kind, namespace, tmp_path)
     task_id = "task_6f0c2a4e-1d8b-4e8f-9a51-3c2b7d9e0f11"
     values = {"id": task_id, "queue": namespace}
+    delayed_id = "task_0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    delayed = {"id": delayed_id, "queue": namespace}
+    eta_ns = time.time_ns() + 500_000_000
     if driver_kind == "redis":  # byte for byte what Go writes, straight into Redis
         redis_server.set(task_id, GO_PENDING % values, ex=300)
         redis_server.rpush(namespace, GO_MESSAGE % values)
+        # machinery's delayed path: ZADD delayed_tasks <ETA in Unix ns> <message with its ETA>
+        message = (GO_MESSAGE % delayed).replace('"ETA":null', f'"ETA":"{GoTime(eta_ns)}"')
+        redis_server.zadd(f"{namespace}:delayed", {message: eta_ns})
     else:
         client.backend.set_state(decode_state(GO_PENDING % values))
         client.broker.publish(namespace, (GO_MESSAGE % values).encode())
@@ -69,6 +76,11 @@ def test_a_machinery_message_runs_and_its_state_is_machinerys(
     expected = (GO_SUCCESS % values).encode()
     if driver_kind == "redis":
         assert redis_server.get(task_id) == expected
+        late = wait_until(
+            lambda: (s := client.backend.get_state(delayed_id)).is_completed and s, 20
+        )
+        assert late.state is State.SUCCESS
+        assert late.python_results() == [2]
     else:
         assert stored_json(client, task_id) == expected
     client.close()

@@ -1,0 +1,131 @@
+"""Redis specifics: machinery's layout on the wire, batching, and recovery paths."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from taskd.brokers import Message, open_broker
+from taskd.brokers.redis import RedisBroker
+from taskd.client import Client, signature
+from taskd.wire import GoTime
+
+GO_FIELDS = [
+    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
+    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
+    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
+    "IgnoreWhenTaskNotRegistered",
+]  # fmt: skip
+
+
+@pytest.fixture
+def client(redis_namespace: str, make_config: Callable[..., Any]) -> Any:
+    with Client(make_config("redis")) as client:
+        yield client
+
+
+def test_what_the_client_puts_on_redis_is_what_machinery_expects(
+    client: Client, redis_server: Any, namespace: str
+) -> None:
+    sent = client.send("add", 1, 2)
+    (raw,) = redis_server.lrange(namespace, 0, -1)
+    message = json.loads(raw)
+    assert list(message) == GO_FIELDS
+    assert message["UUID"] == sent.task_id
+    assert message["RoutingKey"] == namespace
+    assert message["Headers"] == {}
+    assert (
+        b'"Args":[{"Name":"","Type":"int64","Value":1},{"Name":"","Type":"int64","Value":2}]' in raw
+    )
+    assert b'"GroupTaskCount":0,' in raw and b'"Priority":0,' in raw and b'"RetryCount":0,' in raw
+    assert b" " not in raw  # compact, as json.Marshal writes it
+    pending = json.loads(redis_server.get(sent.task_id))
+    assert list(pending) == [
+        "TaskUUID",
+        "TaskName",
+        "State",
+        "Results",
+        "Error",
+        "CreatedAt",
+        "TTL",
+    ]
+    assert (pending["State"], pending["TaskName"], pending["Results"]) == ("PENDING", "add", None)
+
+
+def test_eta_messages_go_to_the_shared_delayed_set_scored_in_nanoseconds(
+    client: Client, redis_server: Any, namespace: str
+) -> None:
+    eta_ns = time.time_ns() + 3600 * 10**9
+    (sent,) = client.publish([signature("add", 1, eta=GoTime(eta_ns))])
+    delayed_key = f"{namespace}:delayed"
+    ((member, score),) = redis_server.zrange(delayed_key, 0, -1, withscores=True)
+    assert abs(score - eta_ns) < 1024  # a double holds nanoseconds to ~256 ns, as in machinery
+    message = json.loads(member)
+    assert message["UUID"] == sent.uuid
+    assert message["RoutingKey"] == namespace  # filled in before it is stored, as machinery does
+    assert message["ETA"] == GoTime(eta_ns).format()
+    assert redis_server.llen(namespace) == 0
+
+
+def test_ten_thousand_due_messages_move_in_a_few_calls(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    namespace = redis_namespace
+    config = make_config("redis")
+    broker = open_broker(config)
+    body = json.dumps({"RoutingKey": namespace}).encode()
+    past = time.time_ns() - 10**9
+    members = {body[:-1] + b', "n": %d}' % i: past for i in range(10_000)}
+    redis_server.zadd(f"{namespace}:delayed", members)
+
+    def script_calls() -> int:
+        stats = redis_server.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+    calls_before = script_calls()
+    deliveries = broker.fetch(namespace, max_messages=1, wait_s=0)
+    calls = script_calls() - calls_before
+    assert len(deliveries) == 1
+    assert redis_server.llen(namespace) == 9_999  # all moved, atomically, in one fetch
+    assert redis_server.zcard(f"{namespace}:delayed") == 0
+    assert calls <= 20  # batches of 1000 (and the fetch itself), not a call per message
+    broker.close()
+
+
+def test_a_lost_fetch_reply_strands_nothing(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    """A reply lost after Redis moved messages leaves them in the processing list; the next
+    fetch (holding nothing) puts them back first."""
+    namespace = redis_namespace
+    broker = open_broker(make_config("redis"))
+    assert isinstance(broker, RedisBroker)
+    broker.publish_many([Message(namespace, b"a"), Message(namespace, b"b")])
+    (first,) = broker.fetch(namespace, max_messages=1, wait_s=0)
+    broker.ack(first)
+    processing = first.handle
+    redis_server.lmove(namespace, processing, "LEFT", "RIGHT")  # as if the reply was lost
+    broker._stray_risk[namespace] = True
+    assert redis_server.llen(namespace) == 0
+    (again,) = broker.fetch(namespace, max_messages=5, wait_s=0)
+    assert again.body == b"b"
+    assert redis_server.lrange(processing, 0, -1) == [b"b"]
+    broker.close()
+
+
+def test_a_malformed_delayed_member_reaches_the_default_queue_to_be_set_aside(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    namespace = redis_namespace
+    broker = open_broker(make_config("redis"))
+    redis_server.zadd(f"{namespace}:delayed", {b"not json": time.time_ns() - 1})
+    (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    assert delivery.body == b"not json"
+    broker.reject(delivery, "malformed message: not valid JSON")
+    (letter,) = broker.dead_letters(namespace, 5)
+    assert letter.body == b"not json"
+    broker.close()
