@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from taskd.client import Client, signature  # noqa: E402
 from taskd.config import load_config  # noqa: E402
-from taskd.wire import State  # noqa: E402
+from taskd.wire import State, new_id  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -107,7 +107,14 @@ def start_daemon(client: Client, config: Path, children: int, log: Path) -> subp
     """Start taskd and return once it has run a few tasks (warm, all children up)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "taskd"), "start", "-c", str(config), "--concurrency", str(children)],
+        [
+            str(Path(sys.executable).parent / "taskd"),
+            "start",
+            "-c",
+            str(config),
+            "--concurrency",
+            str(children),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
         env=env,
@@ -169,7 +176,7 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
         process = start_daemon(client, config_path, args.children, tmp_path / "taskd.log")
         try:
             before = redis_stats.snapshot() if redis_stats else None
-            sigs = [signature("noop") for _ in range(args.tasks)]
+            sigs = [signature("noop", task_id=new_id()) for _ in range(args.tasks)]
             started = time.perf_counter()
             for i in range(0, len(sigs), args.batch):
                 client.publish(sigs[i : i + args.batch])
@@ -202,33 +209,47 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
     if before and after:
         producer_rts = 2 * -(-args.tasks // args.batch)
         result["redis_commands_per_task"] = (after[0] - before[0]) / args.tasks
-        result["worker_round_trips_per_task"] = (after[1] - before[1] - producer_rts - polls) / args.tasks
+        result["worker_round_trips_per_task"] = (
+            after[1] - before[1] - producer_rts - polls
+        ) / args.tasks
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--broker", default=DEFAULT_URL)
     parser.add_argument("--backend", default=None, help="default: the broker URL")
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=32, help="worker.prefetch of the daemon")
-    parser.add_argument("--batch", type=int, default=100, help="tasks the producer sends per publish")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="tasks the producer sends per publish"
+    )
     parser.add_argument("--log-level", default="warning", help="the daemon's log_level")
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     args.backend = args.backend or args.broker
 
-    print(f"broker {args.broker}  backend {args.backend}  tasks {args.tasks}  children {args.children}"
-          f"  prefetch {args.prefetch}  batch {args.batch}  log_level {args.log_level}")
+    print(
+        f"broker {args.broker}  backend {args.backend}  tasks {args.tasks}"
+        f"  children {args.children}  prefetch {args.prefetch}  batch {args.batch}"
+        f"  log_level {args.log_level}"
+    )
     taskd = run_taskd(args)
-    print(f"taskd end-to-end        {taskd['tasks_per_s']:8.0f} tasks/s (results stored, at-least-once)")
+    print(
+        f"taskd end-to-end        {taskd['tasks_per_s']:8.0f} tasks/s"
+        " (results stored, at-least-once)"
+    )
     print(f"taskd enqueue           {taskd['enqueue_per_s']:8.0f} tasks/s")
     print(f"taskd round trip        p50 {taskd['p50_ms']:.2f} ms   p99 {taskd['p99_ms']:.2f} ms")
     if "worker_round_trips_per_task" in taskd:
-        print(f"redis per task          {taskd['worker_round_trips_per_task']:.2f} worker round trips,"
-              f" {taskd['redis_commands_per_task']:.2f} commands (all clients)")
+        print(
+            f"redis per task          {taskd['worker_round_trips_per_task']:.2f}"
+            f" worker round trips, {taskd['redis_commands_per_task']:.2f} commands (all clients)"
+        )
     if not args.skip_baseline and args.broker.startswith("redis"):
         bare = bare_loop(args.broker, args.tasks, args.children)
         print(f"bare redis-py loop      {bare:8.0f} msgs/s (RPUSH / BLPOP + json + INCR)")

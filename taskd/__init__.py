@@ -7,6 +7,7 @@ from taskd.client import AsyncResult, Client, signature
 from taskd.errors import Retry, TaskFailed
 from taskd.registry import TaskContext, task
 from taskd.wire import Arg, Signature, TaskResult
+from taskd.workflows import chain, chord, group
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,9 @@ __all__ = [
     "TaskFailed",
     "TaskResult",
     "__version__",
+    "chain",
+    "chord",
+    "group",
     "signature",
     "task",
 ]

@@ -8,7 +8,7 @@ retries sent by the worker go through the same code.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Self
@@ -17,7 +17,8 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.errors import ResultTimeout, TaskFailed
-from taskd.wire import Arg, GoTime, Signature, State, TaskState, new_id
+from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
+from taskd.workflows import Chain, Chord, Group
 
 POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
 POLL_GROWTH = 1.15
@@ -51,12 +52,15 @@ def signature(
 ) -> Signature:
     """A task signature; plain Python args are typed after their values (int -> int64...).
 
+    The id is ``task_id`` if given, else one is assigned when the signature is sent or built
+    into a workflow (a chord's callback gets ``chord_<uuid4>``).
+
     Pass ``Arg`` objects (``Arg.of("uint8", 5)``, ``Arg.parse("[]int64:[1,2]")``) for any
     other machinery type.
     """
     return Signature(
         name=name,
-        uuid=task_id or new_id("task"),
+        uuid=task_id,  # empty: given when sent (or when a workflow is built)
         routing_key=queue,
         eta=when(eta, countdown),
         args=tuple(Arg.infer(arg) for arg in args),
@@ -152,15 +156,77 @@ class Client:
         )
         return prepared
 
+    def send_chain(self, workflow: Chain) -> ChainResult:
+        """Send a chain: its head, with the other links nested inside (machinery's SendChain)."""
+        self.publish([workflow.head])
+        return ChainResult(self, workflow.link_ids)
+
+    def send_group(self, workflow: Group, send_concurrency: int = 0) -> GroupResult:
+        """Store the group's metadata, then send its members, ``send_concurrency`` per batch
+        (0: all in one batch)."""
+        self.backend.init_group(
+            GroupMeta(workflow.group_uuid, workflow.member_ids, created_at=GoTime.now())
+        )
+        size = send_concurrency or len(workflow.members)
+        for start in range(0, len(workflow.members), size):
+            self.publish(workflow.members[start : start + size])
+        return GroupResult(self, workflow.group_uuid, workflow.member_ids)
+
+    def send_chord(self, workflow: Chord, send_concurrency: int = 0) -> ChordResult:
+        """Send a chord's group; its callback is recorded PENDING now and sent by a worker."""
+        callback = self.prepare(workflow.callback)
+        self.backend.set_state(pending_state(callback, GoTime.now()))
+        group_result = self.send_group(workflow.group, send_concurrency)
+        return ChordResult(group_result, AsyncResult(self, callback.uuid))
+
     # -- results --------------------------------------------------------------------------
 
     def result(self, task_id: str) -> AsyncResult:
         return AsyncResult(self, task_id)
 
+    def group_result(self, group_id: str) -> GroupResult | None:
+        """The members of a stored group, or None when there is no such group."""
+        meta = self.backend.get_group(group_id)
+        return None if meta is None else GroupResult(self, group_id, meta.task_uuids)
+
 
 def pending_state(sig: Signature, created_at: GoTime) -> TaskState:
     """machinery's NewPendingTaskState."""
     return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=created_at)
+
+
+Progress = Callable[[int, int], None]  # (members finished, members in all)
+
+
+def wait_for_states(
+    client: Client,
+    task_ids: Sequence[str],
+    timeout: float | None = None,
+    progress: Progress | None = None,
+) -> list[TaskState]:
+    """Poll until every task is SUCCESS or FAILURE; their states, in order.
+
+    Raises ResultTimeout (naming the first unfinished task) after ``timeout`` seconds. Only
+    the unfinished tasks are read again, with a short pause that grows (a no-op task takes
+    about a millisecond, a long one should not be polled hot).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: dict[str, TaskState] = {}
+    interval = POLL_FIRST_S
+    while True:
+        waiting = [task_id for task_id in task_ids if task_id not in finished]
+        for task_id, state in zip(waiting, client.backend.get_states(waiting), strict=True):
+            if state is not None and state.is_completed:
+                finished[task_id] = state
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(task_id, timeout or 0.0, state.state if state else None)
+        if progress is not None:
+            progress(len(finished), len(task_ids))
+        if len(finished) == len(task_ids):
+            return [finished[task_id] for task_id in task_ids]
+        pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+        time.sleep(max(pause, 0.0))
+        interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,24 +240,91 @@ class AsyncResult:
         return self.client.backend.get_state(self.task_id)
 
     def wait(self, timeout: float | None = None) -> TaskState:
-        """Poll until the task is SUCCESS or FAILURE; ResultTimeout after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = POLL_FIRST_S
-        while True:
-            state = self.state()
-            if state is not None and state.is_completed:
-                return state
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(self.task_id, timeout or 0.0, state.state if state else None)
-            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
-            time.sleep(max(pause, 0.0))
-            interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+        """The task's final state (SUCCESS or FAILURE); ResultTimeout after ``timeout`` s."""
+        return wait_for_states(self.client, [self.task_id], timeout)[0]
 
     def get(self, timeout: float | None = None) -> Any:
         """The task's return value: one result as is, several as a tuple, none as None.
 
         Raises TaskFailed when the task failed, ResultTimeout when it did not finish in time.
         """
+        return python_value(self.wait(timeout))
+
+
+@dataclass(frozen=True, slots=True)
+class ChainResult:
+    """A chain's links; its result is the last link's."""
+
+    client: Client
+    link_ids: tuple[str, ...]
+
+    @property
+    def task_id(self) -> str:
+        return self.link_ids[-1]
+
+    def wait(self, timeout: float | None = None) -> TaskState:
+        """The last link's final state, or the state of the link that failed and stopped it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = None
+        for link_id in self.link_ids:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            state = AsyncResult(self.client, link_id).wait(left)
+            if state.state is State.FAILURE:
+                break
+        assert state is not None
+        return state
+
+    def get(self, timeout: float | None = None) -> Any:
+        return python_value(self.wait(timeout))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    """A group's members, in order."""
+
+    client: Client
+    group_id: str
+    member_ids: tuple[str, ...]
+
+    def states(self) -> list[TaskState | None]:
+        return self.client.backend.get_states(self.member_ids)
+
+    def wait(
+        self, timeout: float | None = None, progress: Progress | None = None
+    ) -> list[TaskState]:
+        return wait_for_states(self.client, self.member_ids, timeout, progress)
+
+    def get(self, timeout: float | None = None) -> list[Any]:
+        """Each member's return value, in member order; TaskFailed if a member failed."""
+        return [python_value(state) for state in self.wait(timeout)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChordResult:
+    """A chord: its group, then its callback, whose result is the chord's."""
+
+    group: GroupResult
+    callback: AsyncResult
+
+    @property
+    def task_id(self) -> str:
+        return self.callback.task_id
+
+    def wait(self, timeout: float | None = None, progress: Progress | None = None) -> TaskState:
+        """The callback's final state: FAILURE with the member's error if a member failed.
+
+        ``progress`` hears how many members have finished while the chord runs.
+        """
+        if progress is None:
+            return self.callback.wait(timeout)
+
+        def report(_done: int, _total: int) -> None:
+            states = self.group.states()
+            progress(sum(1 for s in states if s is not None and s.is_completed), len(states))
+
+        return wait_for_states(self.group.client, [self.callback.task_id], timeout, report)
+
+    def get(self, timeout: float | None = None) -> Any:
         return python_value(self.wait(timeout))
 
 

@@ -46,12 +46,10 @@ class ArgumentError(WireError):
 
     def __init__(self, reason: str, *, task: str | None = None, index: int | None = None) -> None:
         self.reason, self.task, self.index = reason, task, index
-        where = []
-        if index is not None:
-            where.append(f"argument {index + 1}")
-        if task is not None:
-            where.append(f"of task {task!r}")
-        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+        argument = "" if index is None else f"argument {index + 1}"
+        owner = "" if task is None else f"task {task!r}"
+        where = f"{argument} of {owner}" if argument and owner else argument or owner
+        super().__init__(f"{where}: {reason}" if where else reason)
 
 
 class TaskNotFound(TaskdError):

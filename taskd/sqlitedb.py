@@ -7,6 +7,7 @@ durability on power loss for speed (the default, ``full``, syncs every commit).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +34,28 @@ def synchronous_mode(url: str, key: str, source: str | None = None) -> str:
     return mode
 
 
-def connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode; raises OSError or sqlite3.Error."""
+def connect(path: Path, synchronous: str, schema: str) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode with ``schema`` created; raises OSError or
+    sqlite3.Error.
+
+    Switching a new file to WAL takes an exclusive lock that SQLite does not wait for, so
+    processes opening the same new file at once retry that step until the busy timeout.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
-    conn.execute("PRAGMA journal_mode=WAL")
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(schema)
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 

@@ -41,11 +41,11 @@ class SQLiteBackend(ResultBackend):
         self._path = path
         self._expire_ns = expire_s * 1_000_000_000
         try:
-            self._conn = connect(path, synchronous)
+            self._conn = connect(path, synchronous, _SCHEMA)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+            raise BackendUnavailable(self.driver, f"cannot open {path}: {exc}") from exc
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(self.driver, f"cannot open {path}: {exc}") from exc
-        with self._guard():
-            self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 

@@ -61,8 +61,6 @@ class SQLiteBroker(Broker):
         self._path, self._synchronous = path, synchronous
         self._heartbeat_s, self._consumer_timeout_s = heartbeat_s, consumer_timeout_s
         self._conn = self._connect()
-        with self._guard():
-            self._conn.executescript(_SCHEMA)
         self._consumer_id: str | None = None
         self._heartbeat: Heartbeat | None = None
         self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
@@ -80,7 +78,9 @@ class SQLiteBroker(Broker):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            return connect(self._path, self._synchronous)
+            return connect(self._path, self._synchronous, _SCHEMA)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+            raise BrokerUnavailable(self.driver, f"cannot open {self._path}: {exc}") from exc
         except (OSError, sqlite3.Error) as exc:
             raise BrokerError(self.driver, f"cannot open {self._path}: {exc}") from exc
 

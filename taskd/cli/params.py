@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -69,3 +70,25 @@ class TypedArg(click.ParamType):
 
 
 TYPED_ARG = TypedArg()
+
+
+class IsoTime(click.ParamType):
+    """An ISO 8601 time with its zone: ``2026-11-27T10:00:00Z``, ``...T11:00:00+01:00``."""
+
+    name = "ISO8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{value!r} needs a timezone (Z or +hh:mm)", param, ctx)
+        return moment
+
+
+ISO_TIME = IsoTime()

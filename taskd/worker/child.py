@@ -27,6 +27,7 @@ from taskd.errors import (
     BackendError,
     BackendUnavailable,
     BrokerUnavailable,
+    ConfigError,
     DecodeError,
     DriverError,
     TaskNotFound,
@@ -88,9 +89,9 @@ class Child:
         self._install_signals()
         structlog.contextvars.bind_contextvars(pid=os.getpid(), child=self.slot)
         try:
-            self.broker = open_broker(self.config)
-            self.backend = open_backend(self.config)
-        except DriverError as exc:
+            self.broker = self._retrying("broker", open_broker, self.config)
+            self.backend = self._retrying("backend", open_backend, self.config)
+        except (DriverError, ConfigError) as exc:  # will not go away by waiting
             log.critical("child_boot_failed", error=str(exc))
             return EXIT_CHILD_BOOT_FAILURE
         self.sender = Client(self.config, broker=self.broker, backend=self.backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -74,3 +75,22 @@ def noop() -> None:
 def stamp(path: str) -> None:
     """Note when it ran (Unix seconds)."""
     _append(path, f"{time.time():.6f}")
+
+
+@task
+def total_once(path: str, *numbers: int) -> int:
+    """Sum its arguments, noting each run (a chord callback must run exactly once)."""
+    _append(path, str(sum(numbers)))
+    return sum(numbers)
+
+
+@task
+def collect(path: str, *values: object) -> None:
+    """Note the arguments it got, as JSON (what a callback was given)."""
+    _append(path, json.dumps(list(values)))
+
+
+@task
+def collect_error(error: str, path: str) -> None:
+    """An OnError callback: the error comes first."""
+    _append(path, json.dumps(error))

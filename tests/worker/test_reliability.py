@@ -12,7 +12,7 @@ from typing import Any
 
 from taskd.client import AsyncResult, Client, signature
 from taskd.config import load_config
-from taskd.wire import GoTime, State
+from taskd.wire import GoTime, State, new_id
 from tests.support.harness import PrivateRedis, config_data, wait_until, write_config
 from tests.support.tasks import runs
 
@@ -29,8 +29,7 @@ def setup(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> tuple[
 
 def send_slow(client: Client, trace: Path, count: int, seconds: float) -> list[AsyncResult]:
     sigs = [signature("slow_record", str(trace), f"t{i}", seconds) for i in range(count)]
-    client.publish(sigs)
-    return [client.result(sig.uuid) for sig in sigs]
+    return [client.result(sig.uuid) for sig in client.publish(sigs)]
 
 
 def in_flight(trace: Path) -> set[str]:
@@ -95,7 +94,7 @@ def test_a_redis_restart_mid_run_loses_nothing(
         "redis", namespace, tmp_path, broker=private_redis.url, worker=QUICK_RECOVERY
     )
     trace = tmp_path / "trace"
-    sigs = [signature("record", str(trace), f"r{i}") for i in range(2000)]
+    sigs = [signature("record", str(trace), f"r{i}", task_id=new_id()) for i in range(2000)]
     for start in range(0, len(sigs), 250):
         client.publish(sigs[start : start + 250])
     process = daemon(config, "--concurrency", "2")

@@ -1,0 +1,168 @@
+"""taskctl's workflow commands and send options, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import BIN, config_data, process_env, run_cli, wait_until, write_config
+from tests.support.tasks import runs
+
+
+@pytest.fixture
+def served(driver_kind: str, tmp_path: Path, namespace: str, daemon: Callable[..., Any]) -> Path:
+    data = config_data(driver_kind, namespace, tmp_path, imports=["tests.support.tasks"])
+    config = write_config(tmp_path, data)
+    daemon(config, "--concurrency", "2").wait_ready(2)
+    return config
+
+
+def taskctl(tmp_path: Path, config: Path, *args: str) -> Any:
+    return run_cli(tmp_path, "taskctl", "-c", str(config), *args)
+
+
+def test_chain_file_prints_ids_then_the_result(tmp_path: Path, served: Path) -> None:
+    document = tmp_path / "chain.yml"
+    document.write_text('- add int64:1 int64:2\n- {name: multiply, args: ["int64:3"]}\n')
+    done = taskctl(tmp_path, served, "chain", str(document), "--wait", "30")
+    assert done.returncode == 0, done.stderr
+    *ids, result = done.stdout.splitlines()
+    assert result == "9"
+    assert len(ids) == 2 and all(re.fullmatch(r"task_[0-9a-f-]{36}", i) for i in ids)
+
+
+def test_chord_file_prints_the_callbacks_result_last(tmp_path: Path, served: Path) -> None:
+    document = tmp_path / "wf.yml"
+    document.write_text(
+        "group:\n"
+        "  - add int64:1 int64:1\n"
+        "  - {name: add, args: [int64:2, int64:2]}\n"
+        '  - {"Name": "add", "Args": [{"Type": "int64", "Value": 5},'
+        ' {"Type": "int64", "Value": 6}]}\n'
+        "callback: multiply\n"
+    )
+    done = taskctl(tmp_path, served, "chord", str(document), "--wait", "30")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "88"  # (1+1) * (2+2) * (5+6)
+    assert lines[0].startswith("group_") and lines[-2].startswith("chord_")
+
+
+def test_a_failed_chord_member_exits_1_with_its_error(tmp_path: Path, served: Path) -> None:
+    document = tmp_path / "wf.json"
+    document.write_text(json.dumps({
+        "group": ["add int64:1", {"name": "fail", "args": ["string:member broke"]}],
+        "callback": "multiply",
+    }))  # fmt: skip
+    done = taskctl(tmp_path, served, "chord", str(document), "--wait", "30")
+    assert done.returncode == 1
+    assert "member broke" in done.stderr
+
+
+def test_group_from_stdin_and_result_of_the_group_id(tmp_path: Path, served: Path) -> None:
+    document = "- \"sum '[]int64:[1,2]'\"\n- \"sum '[]int64:[3,4]'\"\n- fail string:nope\n"
+    done = subprocess.run(
+        [str(BIN / "taskctl"), "-c", str(served), "group", "-"],
+        input=document,
+        capture_output=True,
+        text=True,
+        env=process_env(tmp_path),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    group_id, *members = done.stdout.splitlines()
+    assert group_id.startswith("group_") and len(members) == 3
+    listed = taskctl(tmp_path, served, "result", group_id, "--wait", "30")
+    assert listed.returncode == 1  # one member failed
+    assert listed.stdout.splitlines() == [
+        f"{members[0]} SUCCESS 3",
+        f"{members[1]} SUCCESS 7",
+        f"{members[2]} FAILURE",
+    ]
+    assert f"{members[2]} failed: nope" in listed.stderr
+
+
+def test_send_countdown_retry_and_callbacks(tmp_path: Path, served: Path) -> None:
+    trace, collected = tmp_path / "stamps", tmp_path / "collected"
+    sent_at = time.time()
+    done = taskctl(
+        tmp_path,
+        served,
+        "send",
+        "stamp",
+        "--arg",
+        f"string:{trace}",
+        "--countdown",
+        "2",
+        "--wait",
+        "30",
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(runs(trace)[0]) >= sent_at + 2
+
+    attempts = tmp_path / "attempts"
+    callback = f"collect 'string:{collected}' string:after"
+    done = taskctl(
+        tmp_path, served, "send", "flaky", "--arg", f"string:{attempts}", "--arg", "int64:1",
+        "--retry-count", "2", "--on-success", callback, "--wait", "30",
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+    assert len(runs(attempts)) == 2
+
+    def collected_lines() -> list[Any]:
+        return (
+            [json.loads(line) for line in collected.read_text().splitlines()]
+            if collected.exists()
+            else []
+        )
+
+    wait_until(collected_lines, 15, what="the --on-success task")
+    assert collected_lines() == [["after", 2]]
+
+
+def test_eta_in_the_past_runs_now_and_bad_eta_is_a_usage_error(
+    tmp_path: Path, served: Path
+) -> None:
+    done = taskctl(
+        tmp_path,
+        served,
+        "send",
+        "sum",
+        "--arg",
+        "[]int64:[2]",
+        "--eta",
+        "2020-01-01T00:00:00Z",
+        "--wait",
+        "30",
+    )
+    assert (done.returncode, done.stdout) == (0, "2\n")
+    bad = taskctl(tmp_path, served, "send", "sum", "--eta", "tomorrow")
+    assert bad.returncode == 2 and "is not an ISO 8601 time" in bad.stderr
+    naive = taskctl(tmp_path, served, "send", "sum", "--eta", "2030-01-01T00:00:00")
+    assert naive.returncode == 2 and "needs a timezone" in naive.stderr
+
+
+def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str) -> None:
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    cases = {
+        "not: [a list": "not valid YAML",
+        "[]": "expected a non-empty list",
+        "- {name: sum, args: ['int64:1.5']}": "1.5 is not int64",
+        "- {name: sum, retry_count: many}": "retry_count",
+        '- {"Name": "sum", "Priority": 300}': "Priority 300 is out of range",
+    }
+    for text, message in cases.items():
+        document = tmp_path / "bad.yml"
+        document.write_text(text)
+        done = taskctl(tmp_path, config, "group", str(document))
+        assert done.returncode == 2, (text, done.stderr)
+        assert message in done.stderr, (text, done.stderr)
+        assert "Traceback" not in done.stderr
