@@ -19,12 +19,32 @@ from taskd.errors import DriverError
 
 log = structlog.get_logger("taskd.lease")
 
-HOSTNAME = socket.gethostname()
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").rstrip("]")
+    except OSError:
+        return "0"
+
+
+# Where a pid names one process: this host, this PID namespace (containers share hostnames).
+MACHINE = f"{socket.gethostname()}/{_pid_namespace()}"
 
 
 def new_consumer_id() -> str:
-    """``host:pid:random``: unique per consumer, and says where it ran."""
-    return f"{HOSTNAME}:{os.getpid()}:{secrets.token_hex(4)}"
+    """``host/pidns:pid:random``: unique per consumer, and says where it ran."""
+    return f"{MACHINE}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def gone_here(consumer_id: str) -> bool:
+    """Whether a consumer ran on this machine and its process is gone.
+
+    Such a consumer's messages can come back at once instead of after consumer_timeout:
+    a killed child's task is redelivered within a heartbeat.
+    """
+    machine, _, rest = consumer_id.partition(":")
+    pid, _, _random = rest.partition(":")
+    return machine == MACHINE and pid.isdigit() and not process_alive(int(pid))
 
 
 def process_alive(pid: int) -> bool:

@@ -27,7 +27,7 @@ import orjson
 
 from taskd import redisdb
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
-from taskd.brokers.lease import Heartbeat, new_consumer_id
+from taskd.brokers.lease import Heartbeat, gone_here, new_consumer_id
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime
@@ -260,6 +260,7 @@ class RedisBroker(Broker):
                 del self._consumers[queue]
                 raise
             self._in_flight[queue] = 0
+            self._beat_and_reclaim()  # what a dead consumer here held comes back now
             if self._heartbeat is None:
                 self._heartbeat = Heartbeat(self._beat_and_reclaim, self._heartbeat_s, self.driver)
                 self._heartbeat.start()
@@ -390,6 +391,14 @@ class RedisBroker(Broker):
     def _beat_and_reclaim(self) -> None:
         with self._translated():
             self._beat()
+            known = self._redis.zrange(self._consumers_key, 0, -1)
+            gone = [cid for cid in (c.decode() for c in known) if gone_here(cid)]
+            if gone:  # died on this machine: no need to wait for them to fall silent
+                _SCRIPTS["leave"](
+                    self._redis,
+                    keys=[self._consumers_key, self._queues_key],
+                    args=[self._processing_key(""), self._default_queue, *gone],
+                )
             _SCRIPTS["reclaim"](
                 self._redis,
                 keys=[self._consumers_key, self._queues_key],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Self
 
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
-from taskd.brokers.lease import HOSTNAME, Heartbeat, new_consumer_id, process_alive
+from taskd.brokers.lease import MACHINE, Heartbeat, new_consumer_id, process_alive
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
@@ -214,7 +214,7 @@ class SQLiteBroker(Broker):
         conn.execute(
             "INSERT INTO taskd_consumers (id, host, pid, beat_ns) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET beat_ns = excluded.beat_ns",
-            (self._consumer_id, HOSTNAME, os.getpid(), time.time_ns()),
+            (self._consumer_id, MACHINE, os.getpid(), time.time_ns()),
         )
 
     def _reclaim(self, conn: sqlite3.Connection) -> None:
@@ -224,7 +224,7 @@ class SQLiteBroker(Broker):
         gone = [
             consumer_id
             for consumer_id, host, pid, beat_ns in rows
-            if beat_ns < stale_ns or (host == HOSTNAME and not process_alive(pid))
+            if beat_ns < stale_ns or (host == MACHINE and not process_alive(pid))
         ]
         orphaned = conn.execute(
             "SELECT 1 FROM taskd_messages WHERE consumer IS NOT NULL"

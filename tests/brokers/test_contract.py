@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from taskd.brokers import Broker, Message, open_broker
+from taskd.brokers import Broker, Message, lease, open_broker
+from taskd.brokers import sqlite as sqlite_broker
 from taskd.wire import GoTime
 from tests.support.harness import wait_until
 
@@ -120,11 +121,14 @@ def test_admin_size_peek_purge(broker: Broker, namespace: str) -> None:
     assert broker.delayed(namespace) == 0
 
 
-def _take_and_die(broker_factory: Callable[[], Broker], queue: str) -> int:
-    """Fork a consumer that takes one message and dies without settling it."""
+def _take_and_die(broker_factory: Callable[[], Broker], queue: str, elsewhere: bool = False) -> int:
+    """Fork a consumer that takes one message and dies without settling it (posing as one on
+    another machine if ``elsewhere``, whose death can only be told from its silence)."""
     pid = os.fork()
     if pid == 0:
         try:
+            if elsewhere:
+                lease.MACHINE = sqlite_broker.MACHINE = "elsewhere/1"
             consumer = broker_factory()
             taken = consumer.fetch(queue, max_messages=1, wait_s=2)
             os._exit(0 if taken else 3)
@@ -148,6 +152,23 @@ def test_messages_of_a_dead_consumer_come_back(
     survivor = open_driver()
     delivered = wait_until(lambda: survivor.fetch(namespace, max_messages=1, wait_s=0.2), 10)
     assert bodies(delivered) == [b"survivor"]
+
+
+def test_messages_of_a_silent_remote_consumer_come_back_after_the_timeout(
+    driver_kind: str,
+    make_config: Callable[..., Any],
+    namespace: str,
+    open_driver: Callable[[], Broker],
+) -> None:
+    config = make_config(driver_kind, **FAST_LIVENESS)
+    producer = open_driver()
+    producer.publish(namespace, b"held elsewhere")
+    taken_at = time.monotonic()
+    assert _take_and_die(lambda: open_broker(config), namespace, elsewhere=True) == 0
+    survivor = open_driver()
+    delivered = wait_until(lambda: survivor.fetch(namespace, max_messages=1, wait_s=0.2), 15)
+    assert bodies(delivered) == [b"held elsewhere"]
+    assert time.monotonic() - taken_at >= 1.5  # consumer_timeout: silence, not a dead pid here
 
 
 def test_a_live_consumer_keeps_its_message_past_the_timeout(
