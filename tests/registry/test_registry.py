@@ -342,9 +342,9 @@ def test_bind_value_that_does_not_fit_its_type_names_the_argument() -> None:
 @pytest.mark.parametrize(
     ("count", "message"),
     [
-        (1, "of task 't': takes 2 argument(s), got 1"),
-        (3, "of task 't': takes 2 argument(s), got 3"),
-        (0, "of task 't': takes 2 argument(s), got 0"),
+        (1, "task 't': takes 2 argument(s), got 1"),
+        (3, "task 't': takes 2 argument(s), got 3"),
+        (0, "task 't': takes 2 argument(s), got 0"),
     ],
 )
 def test_bind_wrong_number_of_arguments(count: int, message: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from taskd.client import Client, signature
-from taskd.wire import GoTime, State, decode_signature, decode_state
+from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
 from tests.support.harness import config_data, run_cli, wait_until, write_config
 from tests.support.tasks import runs
 
@@ -56,9 +56,9 @@ def test_a_machinery_message_runs_and_its_state_is_machinerys(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_server: Any
 ) -> None:
     config, client = setup(driver_kind, namespace, tmp_path)
-    task_id = "task_6f0c2a4e-1d8b-4e8f-9a51-3c2b7d9e0f11"
+    task_id = new_id()  # fresh ids: a state left by an earlier run must not pass for this one
     values = {"id": task_id, "queue": namespace}
-    delayed_id = "task_0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    delayed_id = new_id()
     delayed = {"id": delayed_id, "queue": namespace}
     eta_ns = time.time_ns() + 500_000_000
     if driver_kind == "redis":  # byte for byte what Go writes, straight into Redis
@@ -77,7 +77,7 @@ def test_a_machinery_message_runs_and_its_state_is_machinerys(
     if driver_kind == "redis":
         assert redis_server.get(task_id) == expected
         late = wait_until(
-            lambda: (s := client.backend.get_state(delayed_id)).is_completed and s, 20
+            lambda: (s := client.backend.get_state(delayed_id)) and s.is_completed and s, 20
         )
         assert late.state is State.SUCCESS
         assert late.python_results() == [2]

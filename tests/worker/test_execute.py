@@ -340,7 +340,7 @@ def test_bad_args_fail_without_retry_and_without_calling_the_task() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "of task 'stats': takes 1 argument(s), got 0"),
+        ((), "task 'stats': takes 1 argument(s), got 0"),
         ((Arg("[]int64", [1]), Arg("int64", 1)), "takes 1 argument(s), got 2"),
         ((Arg("[]int64", [1.5]),), "argument 1 of task 'stats': []int64 element: 1.5 is not int64"),
         ((Arg("[]int64", "x"),), "argument 1 of task 'stats'"),
