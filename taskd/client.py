@@ -322,7 +322,7 @@ class ChordResult:
             states = self.group.states()
             progress(sum(1 for s in states if s is not None and s.is_completed), len(states))
 
-        return wait_for_states(self.group.client, [self.callback.task_id], timeout, report)
+        return wait_for_states(self.group.client, [self.callback.task_id], timeout, report)[0]
 
     def get(self, timeout: float | None = None) -> Any:
         return python_value(self.wait(timeout))

@@ -166,3 +166,39 @@ def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str)
         assert done.returncode == 2, (text, done.stderr)
         assert message in done.stderr, (text, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_waiting_on_a_chord_shows_progress_on_a_terminal_only(tmp_path: Path, served: Path) -> None:
+    import os
+    import pty
+
+    document = tmp_path / "wf.yml"
+    document.write_text("group: ['sleep float64:0.3', 'sleep float64:0.3']\ncallback: count\n")
+    command = [str(BIN / "taskctl"), "-c", str(served), "chord", str(document), "--wait", "30"]
+    controller, terminal = pty.openpty()
+    done = subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env=process_env(tmp_path),
+        timeout=60,
+        check=False,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert done.returncode == 0, shown
+    assert done.stdout.decode().splitlines()[-1] == "2"  # the callback got both results
+    assert b"finished" in shown
+    assert b"100%" in shown
+    piped = taskctl(tmp_path, served, "chord", str(document), "--wait", "30")
+    assert piped.returncode == 0
+    assert "finished" not in piped.stderr  # plain output when piped

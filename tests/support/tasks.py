@@ -94,3 +94,9 @@ def collect(path: str, *values: object) -> None:
 def collect_error(error: str, path: str) -> None:
     """An OnError callback: the error comes first."""
     _append(path, json.dumps(error))
+
+
+@task
+def count(*values: object) -> int:
+    """How many arguments it got (a chord callback that takes any results)."""
+    return len(values)

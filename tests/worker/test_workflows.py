@@ -14,7 +14,7 @@ from taskd import chain, chord, group
 from taskd.client import Client, signature
 from taskd.config import load_config
 from taskd.errors import TaskFailed
-from taskd.wire import Arg, State
+from taskd.wire import Arg, State, new_id
 from tests.support.harness import config_data, wait_until, write_config
 from tests.support.tasks import runs
 
@@ -163,7 +163,7 @@ def test_callbacks_get_results_or_the_error(client: Client, tmp_path: Path) -> N
 def test_callbacks_are_recorded_pending_before_they_are_sent(
     client: Client, tmp_path: Path
 ) -> None:
-    callback = signature("collect", str(tmp_path / "cb"), task_id="task_cb-" + tmp_path.name)
+    callback = signature("collect", str(tmp_path / "cb"), task_id=new_id())
     client.send(signature("add", 1, on_success=[callback])).get(30)
     state = client.result(callback.uuid).wait(15)
     assert state.task_name == "collect"
