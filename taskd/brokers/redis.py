@@ -369,20 +369,20 @@ class RedisBroker(Broker):
         if self._consumers:
             try:
                 with self._translated():
-                    _SCRIPTS["leave"](
-                        self._redis,
-                        keys=[self._consumers_key, self._queues_key],
-                        args=[
-                            self._processing_key(""),
-                            self._default_queue,
-                            *self._consumers.values(),
-                        ],
-                    )
+                    self._requeue(list(self._consumers.values()))
             except BrokerError:
                 pass  # unreachable: the others reclaim these once this consumer falls silent
         self._redis.close()
 
     # -- liveness -------------------------------------------------------------------------
+
+    def _requeue(self, consumer_ids: Sequence[str]) -> None:
+        """Put these consumers' messages back at the head of their queues and forget them."""
+        _SCRIPTS["leave"](
+            self._redis,
+            keys=[self._consumers_key, self._queues_key],
+            args=[self._processing_key(""), self._default_queue, *consumer_ids],
+        )
 
     def _beat(self) -> None:
         args = [item for queue, cid in self._consumers.items() for item in (cid, queue)]
@@ -394,11 +394,7 @@ class RedisBroker(Broker):
             known = self._redis.zrange(self._consumers_key, 0, -1)
             gone = [cid for cid in (c.decode() for c in known) if gone_here(cid)]
             if gone:  # died on this machine: no need to wait for them to fall silent
-                _SCRIPTS["leave"](
-                    self._redis,
-                    keys=[self._consumers_key, self._queues_key],
-                    args=[self._processing_key(""), self._default_queue, *gone],
-                )
+                self._requeue(gone)
             _SCRIPTS["reclaim"](
                 self._redis,
                 keys=[self._consumers_key, self._queues_key],

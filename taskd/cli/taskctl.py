@@ -316,6 +316,14 @@ WORKFLOW_OPTIONS = [
 ]
 
 
+SEND_CONCURRENCY = click.option(
+    "--send-concurrency",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Members per send batch (0: all).",
+)
+
+
 def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(WORKFLOW_OPTIONS):
         fn = option(fn)
@@ -342,12 +350,7 @@ def chain(
 
 @main.command()
 @workflow_options
-@click.option(
-    "--send-concurrency",
-    default=0,
-    type=click.IntRange(min=0),
-    help="Members per send batch (0: all).",
-)
+@SEND_CONCURRENCY
 @pass_session
 def group(
     session: Session,
@@ -371,12 +374,7 @@ def group(
 
 @main.command()
 @workflow_options
-@click.option(
-    "--send-concurrency",
-    default=0,
-    type=click.IntRange(min=0),
-    help="Members per send batch (0: all).",
-)
+@SEND_CONCURRENCY
 @pass_session
 def chord(
     session: Session,

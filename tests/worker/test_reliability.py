@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from taskd.client import AsyncResult, Client, signature
 from taskd.config import load_config
 from taskd.wire import GoTime, State, new_id
@@ -50,42 +52,29 @@ def assert_each_ran_once_except(trace: Path, tokens: int, allowed_twice: set[str
         assert starts == 1 or (starts == 2 and token in allowed_twice), (token, starts)
 
 
-def test_killing_a_child_mid_run_loses_nothing(
-    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+@pytest.mark.parametrize("victim", ["a child", "the whole daemon"])
+def test_a_kill_9_mid_run_loses_nothing(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], victim: str
 ) -> None:
+    """Every task ends SUCCESS; only those running at the kill run twice."""
     config, client = setup(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
     trace = tmp_path / "trace"
     results = send_slow(client, trace, 24, 0.5)
-    process = daemon(config, "--concurrency", "2")
-    process.wait_ready(2)
+    serving = daemon(config, "--concurrency", "2")
+    serving.wait_ready(2)
     wait_until(lambda: runs(trace).count("end:t3") or None, 30, what="a few tasks done")
-    victim = min(process.child_pids())
-    running = in_flight(trace)
-    os.kill(victim, signal.SIGKILL)
+    if victim == "a child":
+        running = in_flight(trace)
+        os.kill(min(serving.child_pids()), signal.SIGKILL)
+    else:
+        os.killpg(serving.pid, signal.SIGKILL)  # supervisor and children, no goodbyes
+        serving.process.wait(10)
+        running = in_flight(trace)
+        serving = daemon(config, "--concurrency", "2")
     for result in results:
         assert result.wait(90).state is State.SUCCESS
     assert_each_ran_once_except(trace, 24, running)
-    assert process.process.poll() is None
-    client.close()
-
-
-def test_killing_the_whole_daemon_mid_run_loses_nothing(
-    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
-) -> None:
-    config, client = setup(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
-    trace = tmp_path / "trace"
-    results = send_slow(client, trace, 24, 0.5)
-    first = daemon(config, "--concurrency", "2")
-    first.wait_ready(2)
-    wait_until(lambda: runs(trace).count("end:t3") or None, 30, what="a few tasks done")
-    os.killpg(first.pid, signal.SIGKILL)  # supervisor and children, no goodbyes
-    first.process.wait(10)
-    running = in_flight(trace)
-    second = daemon(config, "--concurrency", "2")
-    for result in results:
-        assert result.wait(90).state is State.SUCCESS
-    assert_each_ran_once_except(trace, 24, running)
-    assert second.process.poll() is None
+    assert serving.process.poll() is None
     client.close()
 
 
