@@ -205,3 +205,38 @@ def test_a_plugin_that_fails_to_import_stops_the_start(tmp_path: Path, namespace
     assert done.returncode == 1
     assert "tests.support.no_such_module" in done.stderr
     assert "plugin_failed" in done.stderr
+
+
+def test_ttin_ttou_resize_and_hup_reloads(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    process.signal(signal.SIGTTIN)
+    wait_until(lambda: len(process.child_pids()) == 2, 15, what="a second child")
+    process.signal(signal.SIGTTOU)
+    wait_until(lambda: len(process.child_pids()) == 1, 15, what="back to one child")
+    before = process.child_pids()
+
+    # The same file, changed: reloaded, and fresh children replace the old ones (still one:
+    # --concurrency on the command line outranks the file).
+    write_config(
+        tmp_path, config_data("sqlite", namespace, tmp_path, **TEST_TASKS, log_level="debug")
+    )
+    process.signal(signal.SIGHUP)
+    wait_until(lambda: process.events("config_reloaded"), 15, what="the reload")
+
+    def replaced() -> bool:
+        now = process.child_pids()
+        return len(now) == 1 and not now & before
+
+    wait_until(replaced, 15, what="fresh children")
+    assert client.send("sum", [2, 3]).get(timeout=30) == 5
+    assert process.process.poll() is None
+
+    write_config(tmp_path, {"worker": {"concurrency": "many"}})  # a broken config is refused
+    process.signal(signal.SIGHUP)
+    wait_until(lambda: process.events("reload_failed"), 15, what="the refused reload")
+    assert client.send("sum", [1]).get(timeout=30) == 1
+    client.close()
