@@ -223,7 +223,12 @@ def main() -> None:
     parser.add_argument("--backend", default=None, help="default: the broker URL")
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--children", type=int, default=2)
-    parser.add_argument("--prefetch", type=int, default=32, help="worker.prefetch of the daemon")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="worker.prefetch of the daemon (0: its default, auto)",
+    )
     parser.add_argument(
         "--batch", type=int, default=100, help="tasks the producer sends per publish"
     )

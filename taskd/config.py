@@ -76,7 +76,9 @@ class SQSConfig:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     concurrency: int = _opt(0, "child processes; 0 means one per CPU", min=0)
-    prefetch: int = _opt(1, "messages each child takes per fetch", min=1)
+    prefetch: int = _opt(
+        0, "messages a child takes per fetch; 0: up to 32 while its tasks are quick, else 1", min=0
+    )
     shutdown_timeout: float = _opt(30.0, "seconds running tasks get to finish on SIGTERM", min=0)
     poll_interval: float = _opt(1.0, "longest blocking wait for a message, seconds", min=0.01)
     heartbeat_interval: float = _opt(2.0, "seconds between consumer liveness beats", min=0.1)

@@ -92,6 +92,11 @@ class Broker(ABC):
     def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
         """Hand the message back unprocessed, to the head of its queue (or after ``delay_s``)."""
 
+    def release_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand several messages back to the head of their queue, keeping their order."""
+        for delivery in reversed(deliveries):
+            self.release(delivery)
+
     @abstractmethod
     def reject(self, delivery: Delivery, reason: str) -> None:
         """Set a message that can never succeed aside, with the reason, where it is kept."""

@@ -70,6 +70,14 @@ end
 return 0
 """
 
+# Hand messages back to the head of their queue (KEYS[2]), last first so the order holds.
+_RELEASE_ALL = """
+for i = #ARGV, 1, -1 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[i]) end
+end
+return #ARGV
+"""
+
 # Set a message aside with its reason.
 _REJECT = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -157,6 +165,7 @@ _SCRIPTS = {
         "fetch": _FETCH,
         "ack": _ACK,
         "release": _RELEASE,
+        "release_all": _RELEASE_ALL,
         "reject": _REJECT,
         "promote": _PROMOTE,
         "beat": _BEAT,
@@ -352,6 +361,16 @@ class RedisBroker(Broker):
                 args=[delivery.body, score],
             )
         self._settled(delivery)
+
+    def release_many(self, deliveries: Sequence[Delivery]) -> None:
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        for delivery in deliveries:
+            groups.setdefault((delivery.handle, delivery.queue), []).append(delivery.body)
+        with self._translated(deliveries[0].queue if deliveries else None):
+            for (processing, queue), bodies in groups.items():
+                _SCRIPTS["release_all"](self._redis, keys=[processing, queue], args=bodies)
+        for delivery in deliveries:
+            self._settled(delivery)
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         entry = _dead_letter_entry(delivery.queue, delivery.body, reason)

@@ -178,6 +178,15 @@ class SQLiteBroker(Broker):
                 (due_ns if delay_s > 0 else 0, delivery.handle, self._consumer_id),
             )
 
+    def release_many(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [(delivery.handle, self._consumer_id) for delivery in deliveries]
+        queue = deliveries[0].queue if deliveries else None
+        with self._guard(queue), self._lock, write_transaction(self._conn):
+            # due_ns is kept: each goes back to its place at the head of the queue
+            self._conn.executemany(
+                "UPDATE taskd_messages SET consumer = NULL WHERE id = ? AND consumer = ?", ids
+            )
+
     def reject(self, delivery: Delivery, reason: str) -> None:
         with self._guard(delivery.queue), self._lock, write_transaction(self._conn):
             self._conn.execute(

@@ -48,6 +48,7 @@ BACKOFF_MAX_S = 5.0  # ...doubling up to this
 FAST_TASK_S = 0.002  # a task averaging under this writes no STARTED and shares its writes...
 COALESCE_S = 0.005  # ...waiting at most this long for others to share them with
 DURATION_WEIGHT = 0.3  # weight of the newest run in a task's running average duration
+AUTO_PREFETCH = 32  # messages per fetch while tasks are quick, with worker.prefetch 0
 
 
 @dataclass(slots=True)
@@ -78,6 +79,7 @@ class Child:
         self._unwritten_since: float | None = None
         self._unacked: list[Delivery] = []  # settled; acked once their states are written
         self._durations: dict[str, float] = {}  # task name -> running average of run time
+        self._recent_s = 1.0  # running average of every task's run time (capped at 1 s)
         self.broker: Broker
         self.backend: ResultBackend
         self.sender: Client
@@ -133,11 +135,19 @@ class Child:
 
     # -- fetching and decoding ------------------------------------------------------------
 
+    def _batch_size(self) -> int:
+        """``worker.prefetch``, or with 0 (auto): many while this child's tasks are quick,
+        one when they take time (a long task must not hold others back from idle children)."""
+        if self.config.worker.prefetch:
+            return self.config.worker.prefetch
+        return AUTO_PREFETCH if self._recent_s < FAST_TASK_S else 1
+
     def _fetch(self) -> list[Delivery]:
-        worker = self.config.worker
         try:
             deliveries = self.broker.fetch(
-                self.queue, max_messages=worker.prefetch, wait_s=worker.poll_interval
+                self.queue,
+                max_messages=self._batch_size(),
+                wait_s=self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
             self._pause_for_outage("broker", exc)
@@ -179,17 +189,25 @@ class Child:
         for job in jobs[1:]:
             if job.task is not None:
                 self._queue_state(job.state(State.RECEIVED))
+        auto = not self.config.worker.prefetch
         for index, job in enumerate(jobs):
             if self.stopping:
                 self._hand_back(jobs[index:])
                 return
+            later = jobs[index + 1 :]
+            if auto and later and job.task is not None and not self._is_fast(job):
+                self._hand_back(later)  # others can run them while this one takes its time
+                self._run(job)
+                break
             self._run(job)
         self._flush()
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
-        """Stopping: the jobs not started go back to the head of the queue, in order."""
+        """Jobs not started go back to the head of the queue, in order, as PENDING again."""
+        unannounced = {job.sig.uuid for job in jobs if self._unwritten.pop(job.sig.uuid, None)}
         self._flush()
-        runnable = [job for job in jobs if job.task is not None]
+        # A RECEIVED already written is undone; one still queued is just not written.
+        runnable = [j for j in jobs if j.task is not None and j.sig.uuid not in unannounced]
         ids = [job.sig.uuid for job in runnable]
         stored = self._retrying("backend", self.backend.get_states, ids) if ids else []
         waiting = [  # PENDING again, as the sender wrote it (PENDING is stored as given)
@@ -202,8 +220,7 @@ class Child:
         ]
         if waiting:
             self._retrying("backend", self.backend.set_states, waiting)
-        for job in reversed(jobs):
-            self._retrying("broker", self.broker.release, job.delivery)
+        self._retrying("broker", self.broker.release_many, [job.delivery for job in jobs])
         log.info("messages_released", count=len(jobs), queue=self.queue)
 
     # -- writing states and acks in groups --------------------------------------------------
@@ -233,6 +250,7 @@ class Child:
         self._durations[name] = (
             seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
         )
+        self._recent_s += DURATION_WEIGHT * (min(seconds, 1.0) - self._recent_s)
 
     # -- running and settling -------------------------------------------------------------
 

@@ -74,6 +74,14 @@ def test_release_goes_back_to_the_head(broker: Broker, namespace: str) -> None:
     assert bodies(broker.fetch(namespace, max_messages=2, wait_s=1)) == [b"a", b"b"]
 
 
+def test_release_many_keeps_the_order_at_the_head(broker: Broker, namespace: str) -> None:
+    broker.publish_many([Message(namespace, body) for body in (b"a", b"b", b"c", b"d")])
+    taken = broker.fetch(namespace, max_messages=3, wait_s=1)
+    broker.ack(taken[0])
+    broker.release_many(taken[1:])
+    assert bodies(broker.fetch(namespace, max_messages=5, wait_s=1)) == [b"b", b"c", b"d"]
+
+
 def test_release_with_delay(broker: Broker, namespace: str) -> None:
     broker.publish(namespace, b"later")
     (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)

@@ -297,7 +297,7 @@ def test_env_names_cover_every_key() -> None:
         ("TASKD_WORKER_CONCURRENCY", "four", "must be a whole number, got 'four'"),
         ("TASKD_WORKER_CONCURRENCY", "2.5", "must be a whole number"),
         ("TASKD_WORKER_CONCURRENCY", "-1", "must be at least 0, got -1"),
-        ("TASKD_WORKER_PREFETCH", "0", "must be at least 1"),
+        ("TASKD_WORKER_PREFETCH", "-1", "must be at least 0"),
         ("TASKD_WORKER_SHUTDOWN_TIMEOUT", "soon", "must be a number"),
         ("TASKD_SQS_VISIBILITY_HEARTBEAT", "0", "must be true or false"),
         ("TASKD_DEFAULT_QUEUE", "", "must not be empty"),
@@ -380,7 +380,7 @@ def test_wrong_types_name_the_file_and_key(
 @pytest.mark.parametrize(
     ("text", "key", "reason"),
     [
-        ("worker:\n  prefetch: 0\n", "worker.prefetch", "must be at least 1, got 0"),
+        ("worker:\n  prefetch: -1\n", "worker.prefetch", "must be at least 0, got -1"),
         ("worker:\n  concurrency: -1\n", "worker.concurrency", "must be at least 0, got -1"),
         ("worker:\n  poll_interval: 0\n", "worker.poll_interval", "must be at least 0.01"),
         ("redis:\n  connect_timeout: 0.05\n", "redis.connect_timeout", "must be at least 0.1"),

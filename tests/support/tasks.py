@@ -36,7 +36,9 @@ def record(path: str, token: str) -> str:
 
 @task
 def slow_record(path: str, token: str, seconds: float) -> str:
-    """Note the start of a run, work for ``seconds``, note the end."""
+    """Note the start of a run (and, in ``path``.pids, which process ran it), work for
+    ``seconds``, note the end."""
+    _append(f"{path}.pids", f"{token}:{os.getpid()}")
     _append(path, f"start:{token}")
     time.sleep(seconds)
     _append(path, f"end:{token}")

@@ -240,3 +240,27 @@ def test_ttin_ttou_resize_and_hup_reloads(
     wait_until(lambda: process.events("reload_failed"), 15, what="the refused reload")
     assert client.send("sum", [1]).get(timeout=30) == 1
     client.close()
+
+
+def test_quick_tasks_come_in_batches_but_a_slow_one_holds_nothing_back(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """worker.prefetch 0 (auto): a child warmed up on quick tasks takes many at once; before a
+    task not known to be quick it hands the rest back for the other child to run."""
+    config, client = setup(driver_kind, namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    for result in [client.send("sum", [i]) for i in range(60)]:  # warm both children up
+        result.get(timeout=30)
+    trace = tmp_path / "trace"
+    quick = [signature("record", str(trace), f"q{i}") for i in range(5)]
+    slow = signature("slow_record", str(trace), "slow", 3.0)
+    after = [signature("record", str(trace), f"a{i}") for i in range(20)]
+    sent = client.publish([*quick, slow, *after])
+    for result in (client.result(sig.uuid) for sig in sent):
+        assert result.wait(60).state is State.SUCCESS
+    order = runs(trace)
+    done_before_slow_ended = order[: order.index("end:slow")]
+    assert {f"a{i}" for i in range(20)} <= set(done_before_slow_ended)
+    assert process.events("messages_released")  # handed back, not held
+    client.close()

@@ -52,6 +52,19 @@ def assert_each_ran_once_except(trace: Path, tokens: int, allowed_twice: set[str
         assert starts == 1 or (starts == 2 and token in allowed_twice), (token, starts)
 
 
+def next_start(trace: Path) -> tuple[str, int]:
+    """Wait for a task to start after this call; its token and the pid of the child running it."""
+    seen = len(runs(trace))
+
+    def started() -> str | None:
+        fresh = [line for line in runs(trace)[seen:] if line.startswith("start:")]
+        return fresh[0].split(":", 1)[1] if fresh else None
+
+    token = wait_until(started, 30, 0.005, "a task to start")
+    pids = dict(line.rsplit(":", 1) for line in runs(f"{trace}.pids"))
+    return token, int(pids[token])
+
+
 @pytest.mark.parametrize("victim", ["a child", "the whole daemon"])
 def test_a_kill_9_mid_run_loses_nothing(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], victim: str
@@ -62,14 +75,24 @@ def test_a_kill_9_mid_run_loses_nothing(
     results = send_slow(client, trace, 24, 0.5)
     serving = daemon(config, "--concurrency", "2")
     serving.wait_ready(2)
-    wait_until(lambda: runs(trace).count("end:t3") or None, 30, what="a few tasks done")
+    wait_until(lambda: sum(line.startswith("end:") for line in runs(trace)) >= 4, 30)
+    token, pid = next_start(trace)  # a child has just begun a task: kill it mid-task
     if victim == "a child":
-        running = in_flight(trace)
-        os.kill(min(serving.child_pids()), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        running = {token}  # its previous task was settled before this one started
     else:
         os.killpg(serving.pid, signal.SIGKILL)  # supervisor and children, no goodbyes
         serving.process.wait(10)
-        running = in_flight(trace)
+        # Started and not stored as SUCCESS: still running, or finishing (settling) its run.
+        unfinished = {
+            r.task_id for r in results if (s := r.state()) is None or s.state is not State.SUCCESS
+        }
+        started_tokens = {
+            line.split(":", 1)[1] for line in runs(trace) if line.startswith("start:")
+        }
+        running = in_flight(trace) | {
+            t for t in started_tokens if results[int(t[1:])].task_id in unfinished
+        }
         serving = daemon(config, "--concurrency", "2")
     for result in results:
         assert result.wait(90).state is State.SUCCESS
