@@ -85,6 +85,9 @@ class WorkerConfig:
     consumer_timeout: float = _opt(
         15.0, "seconds of silence before a consumer's messages go back to the queue", min=1
     )
+    max_deliveries: int = _opt(
+        5, "a message whose workers died this many times is set aside; 0: never", min=0
+    )
     retry_jitter: float = _opt(0.0, "spread retry delays by up to this fraction either way", min=0)
     retry_max_delay: float = _opt(0.0, "longest retry delay in seconds; 0 means no cap", min=0)
 

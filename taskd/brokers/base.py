@@ -22,8 +22,12 @@ class Delivery:
 
     queue: str
     body: bytes
-    redelivered: bool = False  # taken before by a consumer that did not settle it
+    deliveries: int = 1  # this one included: more means consumers died holding it before
     handle: Any = None  # only the driver that made it reads this
+
+    @property
+    def redelivered(self) -> bool:
+        return self.deliveries > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,10 @@ class Broker(ABC):
 
     @abstractmethod
     def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
-        """Hand the message back unprocessed, to the head of its queue (or after ``delay_s``)."""
+        """Hand the message back unprocessed, to the head of its queue (or after ``delay_s``).
+
+        A release is not a failed delivery: the message's delivery count does not grow.
+        """
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         """Hand several messages back to the head of their queue, keeping their order."""

@@ -9,7 +9,9 @@ nanoseconds. taskd adds, under ``redis.key_prefix``:
 - ``consumers`` (sorted set, score = last beat in ms, Redis clock) and ``consumer_queues``
   (hash): each consumer beats from a thread; when one falls silent for ``consumer_timeout``,
   any other consumer moves its processing list back to the head of its queue;
-- ``dead:<queue>``: messages set aside by ``reject``, as JSON with the reason.
+- ``dead:<queue>``: messages set aside by ``reject``, as JSON with the reason;
+- ``deliveries``: for a message whose consumer died holding it, how many times that happened
+  (so one that kills every worker that takes it can be set aside).
 
 A long task never looks dead (the thread beats while it runs); a dead consumer's messages
 come back within seconds; a message is never in no list at all.
@@ -18,6 +20,7 @@ come back within seconds; a message is never in no list at all.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -39,21 +42,32 @@ RECLAIM_BATCH = 100  # dead consumers handled per reclaim call
 
 # Take up to ARGV[1] messages. With ARGV[2] == "1" the consumer holds nothing, so anything left
 # in its processing list is a stray from a fetch whose reply was lost: put it back first.
+# Returns the messages and, where consumers died holding them before, how many times.
 _FETCH = """
 if ARGV[2] == '1' then
   while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do end
 end
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local failed = {}
 if #items > 0 then
   redis.call('LTRIM', KEYS[1], #items, -1)
   redis.call('RPUSH', KEYS[2], unpack(items))
+  if redis.call('HLEN', KEYS[3]) > 0 then
+    for i, item in ipairs(items) do
+      failed[i] = tonumber(redis.call('HGET', KEYS[3], redis.sha1hex(item)) or '0')
+    end
+  end
 end
-return items
+return {items, failed}
 """
 
-# Remove settled messages from a processing list.
+# Remove settled messages from a processing list (and their count of failed deliveries).
 _ACK = """
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+local counted = redis.call('HLEN', KEYS[2]) > 0
+for i = 1, #ARGV do
+  redis.call('LREM', KEYS[1], 1, ARGV[i])
+  if counted then redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[i])) end
+end
 return #ARGV
 """
 
@@ -82,6 +96,7 @@ return #ARGV
 _REJECT = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], redis.sha1hex(ARGV[1]))
   return 1
 end
 return 0
@@ -122,12 +137,21 @@ end
 return ms
 """
 
+# A dead consumer's messages go back to the head of their queue, each counted as a failed
+# delivery (KEYS[3], by SHA-1 of the message) so a message that kills every worker that
+# takes it can be set aside instead of looping forever.
 _REQUEUE = """
 local function requeue(id, fallback)
   local queue = redis.call('HGET', KEYS[2], id) or fallback
   local proc = ARGV[1] .. id
   local moved = 0
-  while redis.call('LMOVE', proc, queue, 'RIGHT', 'LEFT') do moved = moved + 1 end
+  while true do
+    local body = redis.call('LMOVE', proc, queue, 'RIGHT', 'LEFT')
+    if not body then break end
+    redis.call('HINCRBY', KEYS[3], redis.sha1hex(body), 1)
+    moved = moved + 1
+  end
+  if moved > 0 then redis.call('EXPIRE', KEYS[3], 604800) end
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   return moved
@@ -200,6 +224,9 @@ class RedisBroker(Broker):
         self._timeout_ms = int(config.worker.consumer_timeout * 1000)
         self._consumers_key = f"{self._prefix}consumers"
         self._queues_key = f"{self._prefix}consumer_queues"
+        self._deliveries_key = (
+            f"{self._prefix}deliveries"  # SHA-1 of a message -> failed deliveries
+        )
         self._consumers: dict[str, str] = {}  # queue -> this instance's consumer id there
         self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
         self._backlog: dict[str, int] = {}  # queue -> messages known to wait (0: block next time)
@@ -283,35 +310,48 @@ class RedisBroker(Broker):
         """
         try:
             with self._translated(queue):
-                bodies = self._take(queue, max_messages, wait_s)
+                taken = self._take(queue, max_messages, wait_s)
         except BrokerUnavailable:
             # The reply may be lost after Redis moved messages to our processing list.
             self._stray_risk[queue] = True
             raise
-        self._in_flight[queue] += len(bodies)
+        self._in_flight[queue] += len(taken)
         processing = self._processing_key(self._consumers[queue])
-        return [Delivery(queue, bytes(body), False, processing) for body in bodies]
+        return [Delivery(queue, bytes(body), 1 + failed, processing) for body, failed in taken]
 
-    def _take(self, queue: str, max_messages: int, wait_s: float) -> list[bytes]:
+    def _take(self, queue: str, max_messages: int, wait_s: float) -> list[tuple[bytes, int]]:
+        """(message, failed deliveries before) pairs."""
         processing = self._processing_key(self._consumer(queue))
         self._promote_due()
         recover = self._stray_risk.get(queue, False) and self._in_flight[queue] == 0
         if self._backlog.get(queue, 1) > 0 or recover or wait_s <= 0:
-            bodies: list[bytes] = _SCRIPTS["fetch"](
-                self._redis, keys=[queue, processing], args=[max_messages, "1" if recover else "0"]
+            bodies, failed = _SCRIPTS["fetch"](
+                self._redis,
+                keys=[queue, processing, self._deliveries_key],
+                args=[max_messages, "1" if recover else "0"],
             )
             if recover:
                 self._stray_risk[queue] = False
             self._backlog[queue] = 1 if len(bodies) == max_messages else 0
             if bodies or wait_s <= 0:
-                return bodies
+                return [
+                    (body, int(failed[i]) if i < len(failed) else 0)
+                    for i, body in enumerate(bodies)
+                ]
         block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
         pipe = self._redis.pipeline(transaction=False)
         pipe.blmove(queue, processing, block_s, "LEFT", "RIGHT")
         pipe.llen(queue)
-        body, backlog = pipe.execute()
+        pipe.hlen(self._deliveries_key)
+        body, backlog, counted = pipe.execute()
         self._backlog[queue] = int(backlog)
-        return [] if body is None else [body]
+        if body is None:
+            return []
+        failed = 0
+        if counted:  # some message somewhere came back from a dead consumer: is it this one?
+            count = self._redis.hget(self._deliveries_key, hashlib.sha1(body).hexdigest())
+            failed = int(count or 0)
+        return [(body, failed)]
 
     def _promote_due(self) -> None:
         """Move due ETA messages to their queues, in batches, at most every poll period.
@@ -348,7 +388,7 @@ class RedisBroker(Broker):
             by_list.setdefault(delivery.handle, []).append(delivery.body)
         with self._translated(deliveries[0].queue if deliveries else None):
             for processing, bodies in by_list.items():
-                _SCRIPTS["ack"](self._redis, keys=[processing], args=bodies)
+                _SCRIPTS["ack"](self._redis, keys=[processing, self._deliveries_key], args=bodies)
         for delivery in deliveries:
             self._settled(delivery)
 
@@ -377,7 +417,7 @@ class RedisBroker(Broker):
         with self._translated(delivery.queue):
             _SCRIPTS["reject"](
                 self._redis,
-                keys=[delivery.handle, self._dead_key(delivery.queue)],
+                keys=[delivery.handle, self._dead_key(delivery.queue), self._deliveries_key],
                 args=[delivery.body, entry],
             )
         self._settled(delivery)
@@ -399,7 +439,7 @@ class RedisBroker(Broker):
         """Put these consumers' messages back at the head of their queues and forget them."""
         _SCRIPTS["leave"](
             self._redis,
-            keys=[self._consumers_key, self._queues_key],
+            keys=[self._consumers_key, self._queues_key, self._deliveries_key],
             args=[self._processing_key(""), self._default_queue, *consumer_ids],
         )
 
@@ -416,7 +456,7 @@ class RedisBroker(Broker):
                 self._requeue(gone)
             _SCRIPTS["reclaim"](
                 self._redis,
-                keys=[self._consumers_key, self._queues_key],
+                keys=[self._consumers_key, self._queues_key, self._deliveries_key],
                 args=[
                     self._processing_key(""),
                     self._timeout_ms,

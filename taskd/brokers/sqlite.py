@@ -156,8 +156,7 @@ class SQLiteBroker(Broker):
             ).fetchall()
         rows.sort(key=lambda row: (row[3], row[0]))
         return [
-            Delivery(queue, bytes(body), deliveries > 1, msg_id)
-            for msg_id, body, deliveries, _ in rows
+            Delivery(queue, bytes(body), deliveries, msg_id) for msg_id, body, deliveries, _ in rows
         ]
 
     def ack(self, delivery: Delivery) -> None:
@@ -173,8 +172,8 @@ class SQLiteBroker(Broker):
         due_ns = time.time_ns() + int(delay_s * 1e9)
         with self._guard(delivery.queue), self._lock:
             self._conn.execute(
-                "UPDATE taskd_messages SET consumer = NULL, due_ns = max(due_ns, ?)"
-                " WHERE id = ? AND consumer = ?",
+                "UPDATE taskd_messages SET consumer = NULL, due_ns = max(due_ns, ?),"
+                " deliveries = deliveries - 1 WHERE id = ? AND consumer = ?",
                 (due_ns if delay_s > 0 else 0, delivery.handle, self._consumer_id),
             )
 
@@ -184,7 +183,9 @@ class SQLiteBroker(Broker):
         with self._guard(queue), self._lock, write_transaction(self._conn):
             # due_ns is kept: each goes back to its place at the head of the queue
             self._conn.executemany(
-                "UPDATE taskd_messages SET consumer = NULL WHERE id = ? AND consumer = ?", ids
+                "UPDATE taskd_messages SET consumer = NULL, deliveries = deliveries - 1"
+                " WHERE id = ? AND consumer = ?",
+                ids,
             )
 
     def reject(self, delivery: Delivery, reason: str) -> None:

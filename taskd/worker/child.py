@@ -57,6 +57,7 @@ class Job:
     sig: Signature
     task: Task | None  # None: not registered here
     received_at: GoTime
+    finished: TaskState | None = None  # stored final state of a redelivered message
 
     def state(self, state: State, **fields: Any) -> TaskState:
         # The backend keeps the stored PENDING record's TaskName and CreatedAt (machinery's
@@ -186,6 +187,7 @@ class Child:
     def _process(self, deliveries: Sequence[Delivery]) -> None:
         received_at = GoTime.now()
         jobs = [job for d in deliveries if (job := self._decode(d, received_at)) is not None]
+        self._look_up_redelivered(jobs)
         for job in jobs[1:]:
             if job.task is not None:
                 self._queue_state(job.state(State.RECEIVED))
@@ -201,6 +203,17 @@ class Child:
                 break
             self._run(job)
         self._flush()
+
+    def _look_up_redelivered(self, jobs: Sequence[Job]) -> None:
+        """A message whose worker died may have finished before it died (its state stored,
+        its ack lost): such a job is settled again without running a second time."""
+        again = [job for job in jobs if job.delivery.redelivered and job.task is not None]
+        if not again:
+            return
+        states = self._retrying("backend", self.backend.get_states, [j.sig.uuid for j in again])
+        for job, state in zip(again, states, strict=True):
+            if state is not None and state.is_completed:
+                job.finished = state
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Jobs not started go back to the head of the queue, in order, as PENDING again."""
@@ -260,24 +273,47 @@ class Child:
             task_id=sig.uuid, task=sig.name, queue=job.delivery.queue
         )
         try:
+            known = self._known_outcome(job)
+            if known is not None:  # nothing runs
+                self._settle(job, known, quick=False)
+                self._log_outcome(job, known, 0.0)
+                return
+            assert job.task is not None
             fast = self._is_fast(job)
-            if job.task is not None and not fast:
+            if not fast:
                 # Visible before a task that may take a while; a task that takes well under a
                 # millisecond would only have STARTED overwritten before anyone could see it.
                 self._queue_state(job.state(State.STARTED))
                 self._flush()
             started = time.perf_counter()
-            if job.task is None:
-                outcome = Outcome(Kind.FAILED, error=str(TaskNotFound(sig.name)))
-            else:
-                outcome = execute(job.task, sig, job.delivery.queue, self.policy)
+            outcome = execute(job.task, sig, job.delivery.queue, self.policy)
             elapsed_s = time.perf_counter() - started
-            if job.task is not None:
-                self._note_duration(sig.name, elapsed_s)
+            self._note_duration(sig.name, elapsed_s)
             self._settle(job, outcome, quick=fast and elapsed_s < FAST_TASK_S)
             self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
         finally:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
+
+    def _known_outcome(self, job: Job) -> Outcome | None:
+        """The outcome of a job that must not run: unknown task, already finished before its
+        worker died, or one whose workers keep dying (worker.max_deliveries)."""
+        limit, deliveries = self.config.worker.max_deliveries, job.delivery.deliveries
+        if job.task is None:
+            return Outcome(Kind.FAILED, error=str(TaskNotFound(job.sig.name)), dead_letter=True)
+        if job.finished is not None:
+            log.warning(
+                "task_already_finished", state=job.finished.state.value, deliveries=deliveries
+            )
+            if job.finished.state is State.SUCCESS:
+                return Outcome(Kind.SUCCEEDED, results=job.finished.results or ())
+            return Outcome(Kind.FAILED, error=job.finished.error)
+        if limit and deliveries > limit:
+            reason = (
+                f"delivered {deliveries} times, and each time its worker died before it"
+                " finished (worker.max_deliveries)"
+            )
+            return Outcome(Kind.FAILED, error=reason, dead_letter=True)
+        return None
 
     def _settle(self, job: Job, outcome: Outcome, *, quick: bool) -> None:
         """Record the outcome, send what it sets off, then ack (or dead-letter) the message.
@@ -292,8 +328,8 @@ class Child:
             self._queue_state(job.state(State.RETRY, error=outcome.error))
         else:
             self._queue_state(job.state(State.FAILURE, error=outcome.error))
-        dead_letter = outcome.kind is Kind.FAILED and (
-            job.task is None or sig.stop_task_deletion_on_error
+        dead_letter = outcome.dead_letter or (
+            outcome.kind is Kind.FAILED and sig.stop_task_deletion_on_error
         )
         if not dead_letter and not _sets_off(sig, outcome):
             self._unacked.append(job.delivery)

@@ -34,6 +34,7 @@ class Outcome:
     traceback: str = ""
     retry: Signature | None = None  # the message to send again, with its ETA
     retry_in_s: float = 0.0
+    dead_letter: bool = False  # the message can never succeed: keep it aside, not acked
 
 
 @dataclass(frozen=True, slots=True)

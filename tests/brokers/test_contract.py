@@ -70,8 +70,11 @@ def test_ack_removes(broker: Broker, namespace: str, open_driver: Callable[[], B
 def test_release_goes_back_to_the_head(broker: Broker, namespace: str) -> None:
     broker.publish_many([Message(namespace, b"a"), Message(namespace, b"b")])
     (a,) = broker.fetch(namespace, max_messages=1, wait_s=1)
+    assert a.deliveries == 1 and not a.redelivered
     broker.release(a)
-    assert bodies(broker.fetch(namespace, max_messages=2, wait_s=1)) == [b"a", b"b"]
+    again = broker.fetch(namespace, max_messages=2, wait_s=1)
+    assert bodies(again) == [b"a", b"b"]
+    assert again[0].deliveries == 1  # handed back unprocessed: not a failed delivery
 
 
 def test_release_many_keeps_the_order_at_the_head(broker: Broker, namespace: str) -> None:
@@ -165,6 +168,7 @@ def test_messages_of_a_dead_consumer_come_back(
     survivor = open_driver()
     delivered = wait_until(lambda: survivor.fetch(namespace, max_messages=1, wait_s=0.2), 15)
     assert bodies(delivered) == [b"survivor"]
+    assert delivered[0].deliveries == 2 and delivered[0].redelivered  # counted as a failure
     if elsewhere:
         assert time.monotonic() - taken_at >= 1.5  # silence, not a dead pid here
 

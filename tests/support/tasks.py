@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -102,3 +103,10 @@ def collect_error(error: str, path: str) -> None:
 def count(*values: object) -> int:
     """How many arguments it got (a chord callback that takes any results)."""
     return len(values)
+
+
+@task
+def crash(path: str) -> None:
+    """Kill the process running it, as a segfault or the OOM killer would."""
+    _append(path, "crashing")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -150,3 +150,56 @@ def test_ten_thousand_eta_tasks_run_after_their_eta(
     assert stamps[0] >= eta.to_unix() - 0.001  # none ran early
     print(f"\n10,000 ETA tasks: last ran {stamps[-1] - eta.to_unix():.2f}s after the ETA")
     client.close()
+
+
+def test_a_message_that_kills_every_worker_is_set_aside(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup(
+        driver_kind, namespace, tmp_path, worker={**QUICK_RECOVERY, "max_deliveries": 2}
+    )
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    trace = tmp_path / "trace"
+    deadly = client.send("crash", str(trace))
+    state = deadly.wait(90)
+    assert state.state is State.FAILURE
+    assert "delivered 3 times, and each time its worker died" in state.error
+    assert runs(trace) == ["crashing", "crashing"]  # it ran twice, not forever
+    (letter,) = client.broker.dead_letters(namespace, 5)
+    assert "worker.max_deliveries" in letter.reason
+    assert client.send("sum", [4]).get(timeout=60) == 4  # the daemon carries on
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_a_redelivered_message_that_had_finished_does_not_run_again(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """Its worker died after storing SUCCESS and before the ack: settled, not run twice."""
+    from taskd.backends import open_backend
+    from taskd.brokers import open_broker
+    from taskd.client import pending_state
+    from taskd.wire import TaskResult
+
+    config, client = setup(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
+    trace = tmp_path / "trace"
+    (sent,) = client.publish([signature("record", str(trace), "once")])
+    pid = os.fork()
+    if pid == 0:  # a worker that takes the message, stores its result, and dies
+        try:
+            consumer = open_broker(client.config)
+            assert consumer.fetch(namespace, max_messages=1, wait_s=5)
+            done = pending_state(sent, GoTime.now()).with_changes(
+                state=State.SUCCESS, results=(TaskResult("string", "once"),)
+            )
+            open_backend(client.config).set_state(done)  # its own connections, after fork
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    process = daemon(config, "--concurrency", "1")
+    wait_until(lambda: process.events("task_already_finished"), 30, what="the redelivery")
+    wait_until(lambda: client.broker.size(namespace) == 0, 10)
+    assert runs(trace) == []  # never ran again
+    assert client.result(sent.uuid).get(timeout=5) == "once"
+    client.close()
