@@ -129,3 +129,53 @@ def test_a_malformed_delayed_member_reaches_the_default_queue_to_be_set_aside(
     (letter,) = broker.dead_letters(namespace, 5)
     assert letter.body == b"not json"
     broker.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis://127.0.0.1:6379/2",
+            {"host": "127.0.0.1", "port": 6379, "db": 2, "password": None},
+        ),
+        (
+            "redis://secret@127.0.0.1",
+            {"host": "127.0.0.1", "port": 6379, "db": 0, "password": "secret"},
+        ),
+        ("redis://:p%40ss@h:7000/1", {"host": "h", "port": 7000, "db": 1, "password": "p@ss"}),
+        ("redis://user:pw@h/0", {"host": "h", "username": "user", "password": "pw"}),
+        ("rediss://h:6380", {"host": "h", "port": 6380, "ssl": True}),
+        ("redis+socket:///run/redis.sock:/3", {"unix_socket_path": "/run/redis.sock", "db": 3}),
+        (
+            "redis+socket://pw@/run/redis.sock",
+            {"unix_socket_path": "/run/redis.sock", "password": "pw"},
+        ),
+    ],
+)
+def test_machinery_url_forms(url: str, expected: dict[str, Any]) -> None:
+    from taskd.redisdb import connection_kwargs
+
+    kwargs = connection_kwargs(url, "broker")
+    assert {key: kwargs.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://", "redis://h:notaport", "redis://h/x", "redis+socket://"]
+)
+def test_bad_redis_urls_name_the_key(url: str) -> None:
+    from taskd.errors import ConfigError
+    from taskd.redisdb import connection_kwargs
+
+    with pytest.raises(ConfigError, match=r"^broker: "):
+        connection_kwargs(url, "broker")
+
+
+def test_a_unix_socket_broker_and_backend_work(
+    private_redis: Any, namespace: str, make_config: Callable[..., Any]
+) -> None:
+    url = f"redis+socket://{private_redis.socket}:/0"
+    with Client(make_config("redis", broker=url, result_backend=url)) as client:
+        sent = client.send("sum", [1, 2])
+        (delivery,) = client.broker.fetch(namespace, max_messages=1, wait_s=1)
+        assert json.loads(delivery.body)["UUID"] == sent.task_id
+        assert sent.state() is not None

@@ -178,6 +178,7 @@ class PrivateRedis:
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.socket = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -188,6 +189,7 @@ class PrivateRedis:
                 "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
                 "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
                 "--save", "", "--logfile", str(self.directory / "redis.log"),
+                "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

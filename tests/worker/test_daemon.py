@@ -264,3 +264,25 @@ def test_quick_tasks_come_in_batches_but_a_slow_one_holds_nothing_back(
     assert {f"a{i}" for i in range(20)} <= set(done_before_slow_ended)
     assert process.events("messages_released")  # handed back, not held
     client.close()
+
+
+def test_a_second_sigterm_stops_at_once_and_the_task_runs_again_later(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup("sqlite", namespace, tmp_path, worker={"shutdown_timeout": 60})
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "long", 30.0)
+    wait_until(lambda: "start:long" in runs(trace), 15, what="the long task to start")
+    process.signal(signal.SIGTERM)
+    wait_until(lambda: process.events("taskd_draining"), 10, what="the drain to begin")
+    process.signal(signal.SIGTERM)  # an operator who will not wait 30 s
+    assert process.wait(15) == 0
+    assert process.events("taskd_stopping_now")
+    assert "end:long" not in runs(trace)  # interrupted, not finished...
+    again = daemon(config, "--concurrency", "1")
+    again.wait_ready(1)
+    wait_until(lambda: runs(trace).count("start:long") == 2, 30, what="...so it runs again")
+    assert sent.state().state is State.STARTED
+    client.close()
