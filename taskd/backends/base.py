@@ -43,8 +43,12 @@ class ResultBackend(ABC):
         """A group's metadata, or None."""
 
     @abstractmethod
-    def claim_chord(self, group_id: str) -> bool:
-        """Mark the group's chord as triggered: True for exactly one caller, atomically."""
+    def claim_chord(self, group_id: str, claimant: str) -> bool:
+        """Mark the group's chord as triggered, atomically: True for one claimant only.
+
+        The same claimant (the member task that claims) gets True again, so a claim whose
+        reply was lost, or whose worker died before sending the callback, is not spent.
+        """
 
     @abstractmethod
     def close(self) -> None:

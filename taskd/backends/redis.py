@@ -52,15 +52,22 @@ end
 return #KEYS
 """)
 
-# 1: claimed now; 0: claimed before; -1: no such group. The JSON is edited in place so the
-# record keeps Go's exact bytes.
+# 1: claimed now (or before, by the same claimant); 0: claimed by another; -1: no such group.
+# The claimant is kept beside the group (KEYS[2]); ChordTriggered is flipped inside the stored
+# GroupMeta too, editing the JSON in place so it keeps Go's exact bytes.
 _CLAIM_CHORD = redisdb.Script("""
+local owner = redis.call('GET', KEYS[2])
+if owner then
+  if owner == ARGV[1] then return 1 end
+  return 0
+end
 local meta = redis.call('GET', KEYS[1])
 if not meta then return -1 end
 local s, e = string.find(meta, '"ChordTriggered"%s*:%s*false')
 if not s then return 0 end
 redis.call('SET', KEYS[1], string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' ..
            string.sub(meta, e + 1), 'KEEPTTL')
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 """)
 
@@ -71,6 +78,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, url: str, config: Config) -> None:
         self._redis = redisdb.connect(url, config, "result_backend")
         self._expire_s = config.results_expire_in_s
+        self._prefix = config.redis.key_prefix
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -110,9 +118,10 @@ class RedisBackend(ResultBackend):
             raw = self._redis.get(group_id)
         return None if raw is None else self._load_group(raw, group_id)
 
-    def claim_chord(self, group_id: str) -> bool:
+    def claim_chord(self, group_id: str, claimant: str) -> bool:
+        claim_key = f"{self._prefix}chord:{group_id}"
         with self._translated(group_id):
-            claimed = _CLAIM_CHORD(self._redis, [group_id], [])
+            claimed = _CLAIM_CHORD(self._redis, [group_id, claim_key], [claimant, self._expire_s])
         if claimed == -1:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
         return claimed == 1

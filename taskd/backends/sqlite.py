@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS taskd_states (
     state BLOB NOT NULL,            -- machinery's TaskState JSON
     expires_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS taskd_chord_claims (
+    group_id TEXT PRIMARY KEY,
+    claimant TEXT NOT NULL,         -- the member task that triggered the chord
+    expires_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS taskd_groups (
     group_id TEXT PRIMARY KEY,
     meta BLOB NOT NULL,             -- machinery's GroupMeta JSON
@@ -125,8 +130,13 @@ class SQLiteBackend(ResultBackend):
             ).fetchone()
         return None if row is None else self._load_group(row[0], group_id)
 
-    def claim_chord(self, group_id: str) -> bool:
+    def claim_chord(self, group_id: str, claimant: str) -> bool:
         with self._guard(group_id), self._lock, write_transaction(self._conn):
+            owner = self._conn.execute(
+                "SELECT claimant FROM taskd_chord_claims WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            if owner is not None:
+                return bool(owner[0] == claimant)
             row = self._conn.execute(
                 "SELECT meta FROM taskd_groups WHERE group_id = ?", (group_id,)
             ).fetchone()
@@ -138,6 +148,10 @@ class SQLiteBackend(ResultBackend):
             self._conn.execute(
                 "UPDATE taskd_groups SET meta = ? WHERE group_id = ?",
                 (replace(group, chord_triggered=True).encode(), group_id),
+            )
+            self._conn.execute(
+                "INSERT INTO taskd_chord_claims (group_id, claimant, expires_ns) VALUES (?, ?, ?)",
+                (group_id, claimant, time.time_ns() + self._expire_ns),
             )
             return True
 
@@ -157,3 +171,4 @@ class SQLiteBackend(ResultBackend):
         now = time.time_ns()
         self._conn.execute("DELETE FROM taskd_states WHERE expires_ns <= ?", (now,))
         self._conn.execute("DELETE FROM taskd_groups WHERE expires_ns <= ?", (now,))
+        self._conn.execute("DELETE FROM taskd_chord_claims WHERE expires_ns <= ?", (now,))

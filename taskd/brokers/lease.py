@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
@@ -20,19 +21,24 @@ from taskd.errors import DriverError
 log = structlog.get_logger("taskd.lease")
 
 
-def _pid_namespace() -> str:
+def _pid_space() -> str:
+    """This boot of this kernel, and this PID namespace: where a pid names one process."""
     try:
-        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").rstrip("]")
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").rstrip("]")
     except OSError:
-        return "0"
+        return secrets.token_hex(8)  # unknown: never take another process's pid for ours
+    return f"{boot_id}/{namespace}"
 
 
-# Where a pid names one process: this host, this PID namespace (containers share hostnames).
-MACHINE = f"{socket.gethostname()}/{_pid_namespace()}"
+# Hostnames repeat (cloned VMs, containers), namespace inodes repeat across hosts; the boot id
+# does not.
+MACHINE = f"{socket.gethostname()}/{_pid_space()}"
 
 
 def new_consumer_id() -> str:
-    """``host/pidns:pid:random``: unique per consumer, and says where it ran."""
+    """``host/boot/pidns:pid:random``: unique per consumer, and says where it ran."""
     return f"{MACHINE}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
@@ -60,6 +66,29 @@ def process_alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return True
+
+
+class SilenceJudge:
+    """Whether this consumer has been in touch long enough to call another one silent.
+
+    After an outage, a suspend or a long pause every consumer's last beat looks old, the
+    live ones' too; reclaiming then would run live tasks twice. So a consumer judges others
+    only after beating without a gap for ``timeout_s`` itself (wall clock: a suspend counts).
+    """
+
+    def __init__(self, timeout_s: float, interval_s: float) -> None:
+        self._timeout_s, self._interval_s = timeout_s, interval_s
+        self._since: float | None = None
+        self._last: float | None = None
+
+    def beat_succeeded(self) -> None:
+        now = time.time()
+        if self._last is None or now - self._last > 2 * self._interval_s:
+            self._since = now  # missed beats: cut off until now, start counting again
+        self._last = now
+
+    def may_judge(self) -> bool:
+        return self._since is not None and time.time() - self._since >= self._timeout_s
 
 
 class Heartbeat:

@@ -30,7 +30,7 @@ import orjson
 
 from taskd import redisdb
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
-from taskd.brokers.lease import Heartbeat, gone_here, new_consumer_id
+from taskd.brokers.lease import Heartbeat, SilenceJudge, gone_here, new_consumer_id
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime
@@ -222,6 +222,7 @@ class RedisBroker(Broker):
         self._poll_period_s = settings.delayed_tasks_poll_period / 1000
         self._heartbeat_s = config.worker.heartbeat_interval
         self._timeout_ms = int(config.worker.consumer_timeout * 1000)
+        self._judge = SilenceJudge(config.worker.consumer_timeout, self._heartbeat_s)
         self._consumers_key = f"{self._prefix}consumers"
         self._queues_key = f"{self._prefix}consumer_queues"
         self._deliveries_key = (
@@ -450,10 +451,13 @@ class RedisBroker(Broker):
     def _beat_and_reclaim(self) -> None:
         with self._translated():
             self._beat()
+            self._judge.beat_succeeded()
             known = self._redis.zrange(self._consumers_key, 0, -1)
             gone = [cid for cid in (c.decode() for c in known) if gone_here(cid)]
             if gone:  # died on this machine: no need to wait for them to fall silent
                 self._requeue(gone)
+            if not self._judge.may_judge():
+                return  # not in touch long enough to tell a silent consumer from a cut-off one
             _SCRIPTS["reclaim"](
                 self._redis,
                 keys=[self._consumers_key, self._queues_key, self._deliveries_key],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Self
 
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
-from taskd.brokers.lease import MACHINE, Heartbeat, new_consumer_id, process_alive
+from taskd.brokers.lease import MACHINE, Heartbeat, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
@@ -60,6 +60,7 @@ class SQLiteBroker(Broker):
     ) -> None:
         self._path, self._synchronous = path, synchronous
         self._heartbeat_s, self._consumer_timeout_s = heartbeat_s, consumer_timeout_s
+        self._judge = SilenceJudge(consumer_timeout_s, heartbeat_s)
         self._conn = self._connect()
         self._consumer_id: str | None = None
         self._heartbeat: Heartbeat | None = None
@@ -218,6 +219,7 @@ class SQLiteBroker(Broker):
             self._heartbeat_conn = self._connect()
         with self._guard():
             self._beat(self._heartbeat_conn)
+            self._judge.beat_succeeded()
             self._reclaim(self._heartbeat_conn)
 
     def _beat(self, conn: sqlite3.Connection) -> None:
@@ -228,13 +230,15 @@ class SQLiteBroker(Broker):
         )
 
     def _reclaim(self, conn: sqlite3.Connection) -> None:
-        """Give the messages of consumers that are gone back to their queues."""
+        """Give the messages of consumers that are gone back to their queues: those whose
+        process is gone from this machine, and (once this one may judge) silent ones."""
         stale_ns = time.time_ns() - int(self._consumer_timeout_s * 1e9)
+        by_silence = self._judge.may_judge()
         rows = conn.execute("SELECT id, host, pid, beat_ns FROM taskd_consumers").fetchall()
         gone = [
             consumer_id
             for consumer_id, host, pid, beat_ns in rows
-            if beat_ns < stale_ns or (host == MACHINE and not process_alive(pid))
+            if (by_silence and beat_ns < stale_ns) or (host == MACHINE and not process_alive(pid))
         ]
         orphaned = conn.execute(
             "SELECT 1 FROM taskd_messages WHERE consumer IS NOT NULL"

@@ -51,7 +51,7 @@ def chord_after_success(backend: ResultBackend, sig: Signature) -> FollowUp:
     states = backend.get_states(group.task_uuids)
     if not all(state is not None and state.state is State.SUCCESS for state in states):
         return FollowUp()  # not finished yet, or a member failed and has fired the error path
-    if not backend.claim_chord(sig.group_uuid):
+    if not backend.claim_chord(sig.group_uuid, sig.uuid):
         return FollowUp()
     if not callback.immutable:
         results = [result for state in states if state for result in state.results or ()]
@@ -64,7 +64,9 @@ def chord_after_failure(
 ) -> FollowUp:
     """A member failed for good: the chord fails once, running its error callbacks."""
     callback = sig.chord_callback
-    if callback is None or not sig.group_uuid or not backend.claim_chord(sig.group_uuid):
+    if callback is None or not sig.group_uuid:
+        return FollowUp()
+    if not backend.claim_chord(sig.group_uuid, sig.uuid):
         return FollowUp()
     failed = TaskState(
         callback.uuid,

@@ -87,8 +87,10 @@ def test_groups_and_chord_claims(backend: ResultBackend) -> None:
     assert meta is not None
     assert meta.task_uuids == members
     assert not meta.chord_triggered
-    assert backend.claim_chord(group_id) is True
-    assert backend.claim_chord(group_id) is False
+    assert backend.claim_chord(group_id, members[0]) is True
+    assert backend.claim_chord(group_id, members[1]) is False
+    # The same claimant again (its reply was lost, or it died before sending): not spent.
+    assert backend.claim_chord(group_id, members[0]) is True
     claimed = backend.get_group(group_id)
     assert claimed is not None and claimed.chord_triggered
     assert backend.get_group(new_id("group")) is None
@@ -96,7 +98,7 @@ def test_groups_and_chord_claims(backend: ResultBackend) -> None:
 
 def test_claiming_an_unknown_group_is_an_error(backend: ResultBackend) -> None:
     with pytest.raises(BackendError, match="missing or expired"):
-        backend.claim_chord(new_id("group"))
+        backend.claim_chord(new_id("group"), new_id())
 
 
 def test_a_chord_is_claimed_once_across_processes(
@@ -112,7 +114,8 @@ def test_a_chord_is_claimed_once_across_processes(
         if pid == 0:
             try:
                 own = open_backend(config)
-                os.write(write_end, b"1" if own.claim_chord(group_id) else b"0")
+                claimed = own.claim_chord(group_id, f"member-{os.getpid()}")
+                os.write(write_end, b"1" if claimed else b"0")
                 own.close()
             finally:
                 os._exit(0)
