@@ -8,6 +8,7 @@ lives here.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import types
@@ -80,7 +81,9 @@ class WorkerConfig:
         0, "messages a child takes per fetch; 0: up to 32 while its tasks are quick, else 1", min=0
     )
     shutdown_timeout: float = _opt(30.0, "seconds running tasks get to finish on SIGTERM", min=0)
-    poll_interval: float = _opt(1.0, "longest blocking wait for a message, seconds", min=0.01)
+    poll_interval: float = _opt(
+        1.0, "longest blocking wait for a message, seconds", min=0.01, max=30
+    )
     heartbeat_interval: float = _opt(2.0, "seconds between consumer liveness beats", min=0.1)
     consumer_timeout: float = _opt(
         15.0, "seconds of silence before a consumer's messages go back to the queue", min=1
@@ -100,7 +103,10 @@ class Config:
     )
     default_queue: str = _opt(DEFAULT_QUEUE, "queue tasks go to and workers read", nonempty=True)
     results_expire_in: int = _opt(
-        DEFAULT_RESULTS_EXPIRE_IN_S, "seconds task states are kept; 0 means 3600", min=0
+        DEFAULT_RESULTS_EXPIRE_IN_S,
+        "seconds task states are kept; 0 means 3600",
+        min=0,
+        max=10 * 365 * 86_400,
     )
     imports: tuple[str, ...] = _opt((), "modules to load tasks from, besides entry points")
     log_level: str = _opt("info", "log level", choices=LOG_LEVELS)
@@ -147,6 +153,14 @@ def load_config(
         data = _read_yaml(source)
     config = _build(Config, data, "", source)
     config = _apply_env(config, env)
+    worker = config.worker
+    if worker.consumer_timeout <= 2 * worker.heartbeat_interval:
+        raise ConfigError(
+            "worker.consumer_timeout",
+            f"must be more than twice worker.heartbeat_interval ({worker.heartbeat_interval}s),"
+            f" or live consumers look dead between beats; got {worker.consumer_timeout}",
+            source,
+        )
     changes: dict[str, Any] = {"source": source}
     if not config.broker:
         changes["broker"] = embedded_url(env)
@@ -243,9 +257,13 @@ def _coerce(hint: Any, value: Any, key: str, source: str | None, spec: Any) -> A
 
 
 def _check_range(value: float, key: str, source: str | None, spec: Any) -> Any:
-    low = spec.metadata.get("min")
+    low, high = spec.metadata.get("min"), spec.metadata.get("max")
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}", source)
     if low is not None and value < low:
         raise ConfigError(key, f"must be at least {low}, got {value!r}", source)
+    if high is not None and value > high:
+        raise ConfigError(key, f"must be at most {high}, got {value!r}", source)
     return value
 
 

@@ -42,3 +42,21 @@ def driver_class(group: str, url: str, key: str, source: str | None = None) -> A
         raise ConfigError(
             key, f"the {scheme} driver cannot load: {exc} (install taskd[{scheme}]?)", source
         ) from None
+
+
+def check_drivers(config: Any) -> None:
+    """Build the configured broker and backend and close them again: a URL that names a
+    driver but cannot be used (bad host or port, a file that cannot be created) fails here,
+    naming its key, before anything depends on it. Unreachable servers are not an error:
+    drivers connect lazily, and the daemon rides out an outage."""
+    from taskd.backends import open_backend
+    from taskd.brokers import open_broker
+    from taskd.errors import BackendUnavailable, BrokerUnavailable, DriverError
+
+    for key, open_driver in (("broker", open_broker), ("result_backend", open_backend)):
+        try:
+            open_driver(config).close()
+        except (BrokerUnavailable, BackendUnavailable):
+            continue
+        except DriverError as exc:
+            raise ConfigError(key, str(exc), config.source) from None

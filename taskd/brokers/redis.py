@@ -104,7 +104,8 @@ return 0
 
 # Move due ETA messages to their queues. The queue is the message's RoutingKey (machinery's
 # layout keeps one delayed set for every queue), read with cjson; a member that is not a
-# machinery message goes to the default queue, whose worker sets it aside with a reason.
+# machinery message, or names a key that is not a list, goes to the default queue, whose
+# worker sets it aside with a reason.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, body in ipairs(due) do
@@ -119,8 +120,10 @@ for _, body in ipairs(due) do
     end
   end
   if type(queue) ~= 'string' or queue == '' then queue = ARGV[3] end
-  redis.call('ZREM', KEYS[1], body)
-  redis.call('RPUSH', queue, body)
+  -- Push first, remove after: a push that fails (the key is not a list) must not lose it.
+  local pushed = pcall(redis.call, 'RPUSH', queue, body)
+  if not pushed and queue ~= ARGV[3] then pushed = pcall(redis.call, 'RPUSH', ARGV[3], body) end
+  if pushed then redis.call('ZREM', KEYS[1], body) end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, first[2] or false}

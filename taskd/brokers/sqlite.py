@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS taskd_dead_letters (
 );
 """
 
-IDLE_CHECK_S = 0.005  # how often an idle fetch looks for new commits (a cheap PRAGMA)
+IDLE_CHECK_S = 0.005  # how often a fetch looks for new commits (a cheap PRAGMA) when busy...
+IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
 
 
 class SQLiteBroker(Broker):
@@ -66,6 +67,7 @@ class SQLiteBroker(Broker):
         self._heartbeat: Heartbeat | None = None
         self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
         self._data_version = -1
+        self._idle_pause_s = IDLE_CHECK_S
         self._lock = threading.Lock()  # the main connection is used from one thread at a time
 
     @classmethod
@@ -129,12 +131,14 @@ class SQLiteBroker(Broker):
                 if version != self._data_version or self._due_now(queue):
                     taken = self._take(queue, consumer, max_messages)
                     if taken:
+                        self._idle_pause_s = IDLE_CHECK_S
                         return taken
                     self._data_version = version
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            time.sleep(min(IDLE_CHECK_S, remaining))
+            time.sleep(min(self._idle_pause_s, remaining))
+            self._idle_pause_s = min(self._idle_pause_s * 2, IDLE_CHECK_MAX_S)
 
     def _due_now(self, queue: str) -> bool:
         """Whether a delayed message fell due (commits by others are seen via data_version)."""

@@ -35,7 +35,7 @@ SHORT_FORM_KEYS = {
 }
 
 
-class DocumentError(ValueError):
+class DocumentError(Exception):
     """A workflow document that cannot be turned into signatures; the message says where."""
 
 
@@ -61,7 +61,7 @@ def parse_signature(item: Any, where: str) -> Signature:
         if not sig.name:
             raise DocumentError(f"{where}: Name is missing")
         return sig
-    except (ArgumentError, DecodeError) as exc:
+    except (ArgumentError, DecodeError, ValueError) as exc:  # ValueError: shlex quoting
         raise DocumentError(f"{where}: {exc}") from None
 
 
@@ -88,23 +88,27 @@ def _from_short_form(item: Mapping[str, Any], where: str) -> Signature:
     if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
         raise DocumentError(f"{where}: args must be a list of TYPE:VALUE strings")
     eta = item.get("eta")
-    if isinstance(eta, str):
+    if eta is not None:
         try:
-            eta = datetime.fromisoformat(eta)
+            eta = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
         except ValueError:
             raise DocumentError(f"{where}: eta {eta!r} is not an ISO 8601 time") from None
-    if isinstance(eta, datetime) and eta.tzinfo is None:
-        raise DocumentError(f"{where}: eta needs a timezone (Z or +hh:mm)")
+        if eta.tzinfo is None:
+            raise DocumentError(f"{where}: eta {eta} needs a timezone (Z or +hh:mm)")
     return signature(
         name,
         *(Arg.parse(arg) for arg in args),
         queue=_typed(item, "queue", str, "", where),
         eta=eta,
         countdown=_typed(item, "countdown", float, None, where),
-        retry_count=_typed(item, "retry_count", int, 0, where),
-        retry_timeout=_typed(item, "retry_timeout", int, 0, where),
+        retry_count=_in_range(
+            _typed(item, "retry_count", int, 0, where), 0, None, "retry_count", where
+        ),
+        retry_timeout=_in_range(
+            _typed(item, "retry_timeout", int, 0, where), 0, None, "retry_timeout", where
+        ),
         immutable=_typed(item, "immutable", bool, False, where),
-        priority=_typed(item, "priority", int, 0, where),
+        priority=_in_range(_typed(item, "priority", int, 0, where), 0, 255, "priority", where),
         on_success=_signatures(item.get("on_success"), f"{where}.on_success"),
         on_error=_signatures(item.get("on_error"), f"{where}.on_error"),
     )
@@ -122,6 +126,13 @@ def _typed(item: Mapping[str, Any], key: str, kind: type, default: Any, where: s
     if kind is float and isinstance(value, float):
         return value
     raise DocumentError(f"{where}.{key}: {SHORT_FORM_KEYS[key]}, got {value!r}")
+
+
+def _in_range(value: int, low: int, high: int | None, key: str, where: str) -> int:
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise DocumentError(f"{where}.{key}: must be {bound}, got {value}")
+    return value
 
 
 def _signatures(value: Any, where: str) -> list[Signature] | None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from taskd.config import Config, load_config
-from taskd.drivers import BACKENDS_GROUP, BROKERS_GROUP, driver_class
+from taskd.drivers import check_drivers
 from taskd.errors import ArgumentError, ConfigError, TaskdError
 from taskd.exitcodes import EXIT_FAILURE, EXIT_USAGE
 from taskd.wire import Arg
@@ -42,8 +42,7 @@ def load(config_path: str | None) -> Config:
     """The effective config with its drivers resolvable, or exit 2 naming file and key."""
     try:
         config = load_config(config_path)
-        driver_class(BROKERS_GROUP, config.broker, "broker", config.source)
-        driver_class(BACKENDS_GROUP, config.result_backend, "result_backend", config.source)
+        check_drivers(config)
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from None
     return config

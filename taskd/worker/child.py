@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
 BACKOFF_MAX_S = 5.0  # ...doubling up to this
+STOP_GRACE_S = 3.0  # asked to stop during an outage: wait this long for the driver, then leave
 FAST_TASK_S = 0.002  # a task averaging under this writes no STARTED and shares its writes...
 COALESCE_S = 0.005  # ...waiting at most this long for others to share them with
 DURATION_WEIGHT = 0.3  # weight of the newest run in a task's running average duration
@@ -97,6 +98,8 @@ class Child:
         except (DriverError, ConfigError) as exc:  # will not go away by waiting
             log.critical("child_boot_failed", error=str(exc))
             return EXIT_CHILD_BOOT_FAILURE
+        except _GiveUp:
+            return EXIT_OK
         self.sender = Client(self.config, broker=self.broker, backend=self.backend)
         log.info("child_ready", queue=self.queue)
         try:
@@ -106,6 +109,8 @@ class Child:
                 if deliveries:
                     self.heartbeats.beat(self.slot, busy=True)
                     self._process(deliveries)
+        except _GiveUp as exc:
+            log.warning("child_left_during_outage", driver=str(exc))
         except Exception:
             log.exception("child_crashed")
             return EXIT_FAILURE
@@ -151,6 +156,10 @@ class Child:
                 wait_s=self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
+            self._pause_for_outage("broker", exc)
+            return []
+        except DriverError as exc:  # a broken queue (WRONGTYPE...): say so, slowly, and go on
+            log.error("fetch_failed", error=str(exc))
             self._pause_for_outage("broker", exc)
             return []
         self._recovered("broker")
@@ -405,6 +414,9 @@ class Child:
             try:
                 result = call(*args, **kwargs)
             except (BrokerUnavailable, BackendUnavailable) as exc:
+                since, _attempts = self._outages.get(kind, (time.monotonic(), 0))
+                if self.stopping and time.monotonic() - since >= STOP_GRACE_S:
+                    raise _GiveUp(kind) from exc  # asked to stop: the lease hands it all back
                 self._pause_for_outage(kind, exc)
                 continue
             self._recovered(kind)
@@ -417,6 +429,8 @@ class Child:
             log.warning(f"{kind}_unavailable", error=str(exc))
         self._outages[kind] = (since, attempts + 1)
         pause = min(BACKOFF_FIRST_S * 2 ** min(attempts, 10), BACKOFF_MAX_S)
+        if self.stopping:
+            pause = min(pause, STOP_GRACE_S / 4)
         self.heartbeats.beat(self.slot, busy=True)  # alive, just waiting
         time.sleep(pause * random.uniform(0.5, 1.0))
 
@@ -424,6 +438,10 @@ class Child:
         outage = self._outages.pop(kind, None)
         if outage is not None:
             log.info(f"{kind}_recovered", outage_s=round(time.monotonic() - outage[0], 3))
+
+
+class _GiveUp(Exception):  # control flow, not an error
+    """Stopping during an outage: leave now; whatever is not acked is delivered again."""
 
 
 def _sets_off(sig: Signature, outcome: Outcome) -> bool:

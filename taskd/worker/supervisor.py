@@ -16,6 +16,8 @@ work (reaping, respawning, forwarding) happens in the loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import math
 import os
 import selectors
 import signal
@@ -26,6 +28,7 @@ import structlog
 
 from taskd import __version__
 from taskd.config import Config, load_config, redact_url
+from taskd.drivers import check_drivers
 from taskd.errors import TaskdError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
@@ -47,6 +50,7 @@ LOOP_TICK_S = 1.0  # how often the loop looks at heartbeats when no signal wakes
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
 CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
 HEALTHY_AFTER_S = 10.0  # a child that lived this long resets the respawn backoff
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESPAWN_MAX_DELAY_S = 30.0
 
 
@@ -56,7 +60,11 @@ class ChildProcess:
     slot: int
     started_at: float
     generation: int
-    asked_to_stop: bool = False
+    stop_by: float | None = None  # asked to stop: KILLed if still running at this time
+
+    @property
+    def asked_to_stop(self) -> bool:
+        return self.stop_by is not None
 
 
 class Supervisor:
@@ -76,11 +84,11 @@ class Supervisor:
         self.generation = 0
         self.draining = False
         self.fast = False
-        self.deadline: float | None = None
         self.exit_code = EXIT_OK
         self.early_deaths = 0
         self.respawn_at = 0.0
         self.desired = self._concurrency(config)
+        self.pid = os.getpid()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
@@ -143,14 +151,15 @@ class Supervisor:
 
     def _tend(self) -> None:
         now = time.monotonic()
-        if self.draining:
-            if self.deadline is not None and now >= self.deadline and self.children:
-                log.warning("children_killed", count=len(self.children), reason="stop timeout")
-                self._signal_children(signal.SIGKILL)
-                self.deadline = None
-            return
-        self._check_heartbeats(now)
-        self._spawn_missing()
+        late = [c for c in self.children.values() if c.stop_by is not None and now >= c.stop_by]
+        if late:
+            log.warning("children_killed", count=len(late), reason="did not stop in time")
+            for child in late:
+                child.stop_by = math.inf  # killed: the reaper takes it from here
+                self._kill(child.pid, signal.SIGKILL)
+        if not self.draining:
+            self._check_heartbeats(now)
+            self._spawn_missing()
 
     # -- children -------------------------------------------------------------------------
 
@@ -178,6 +187,7 @@ class Supervisor:
     def _become_child(self, slot: int) -> None:
         code = EXIT_FAILURE
         try:
+            _stop_with(self.pid)
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -237,13 +247,17 @@ class Supervisor:
                     child_pid=child.pid,
                     silent_s=round(now - last),
                 )
-                child.asked_to_stop = True
-                self._kill(child.pid, signal.SIGKILL)
+                self._stop(child, signal.SIGKILL, within_s=0)
 
-    def _signal_children(self, signum: int) -> None:
+    def _stop(self, child: ChildProcess, signum: int, within_s: float) -> None:
+        """Ask a child to stop with ``signum``; KILL it if it still runs ``within_s`` later."""
+        deadline = time.monotonic() + within_s
+        child.stop_by = deadline if child.stop_by is None else min(child.stop_by, deadline)
+        self._kill(child.pid, signum)
+
+    def _signal_children(self, signum: int, within_s: float) -> None:
         for child in list(self.children.values()):
-            child.asked_to_stop = True
-            self._kill(child.pid, signum)
+            self._stop(child, signum, within_s)
 
     @staticmethod
     def _kill(pid: int, signum: int) -> None:
@@ -257,28 +271,27 @@ class Supervisor:
             self._fast_stop(signum)
             return
         self.draining = True
-        self.deadline = time.monotonic() + self.config.worker.shutdown_timeout
         log.info(
             "taskd_draining",
             signal=signal.Signals(signum).name,
             running=len(self.children),
             timeout_s=self.config.worker.shutdown_timeout,
         )
-        self._signal_children(signal.SIGTERM)
+        self._signal_children(signal.SIGTERM, self.config.worker.shutdown_timeout)
 
     def _fast_stop(self, signum: int) -> None:
         if self.fast:
             return
         self.draining = self.fast = True
-        self.deadline = time.monotonic() + FAST_STOP_S
         log.warning("taskd_stopping_now", signal=signal.Signals(signum).name)
-        self._signal_children(signal.SIGQUIT)
+        self._signal_children(signal.SIGQUIT, FAST_STOP_S)
 
     def _reload(self, _signum: int) -> None:
         if self.draining:
             return
         try:
             config = load_config(self.config_path)
+            check_drivers(config)
             registry = load_registry(config.imports)
         except TaskdError as exc:
             log.error("reload_failed", error=str(exc))
@@ -287,9 +300,8 @@ class Supervisor:
         self.config, self.registry = config, registry
         self.desired = self._concurrency(config)
         self.generation += 1
-        for child in old:
-            child.asked_to_stop = True
-            self._kill(child.pid, signal.SIGTERM)
+        for child in old:  # they finish what they run, as in a drain
+            self._stop(child, signal.SIGTERM, self.config.worker.shutdown_timeout)
         log.info("config_reloaded", concurrency=self.desired, replacing=len(old))
         self._spawn_missing()
 
@@ -304,9 +316,20 @@ class Supervisor:
             return
         self.desired -= 1
         newest = max(current, key=lambda child: child.started_at)
-        newest.asked_to_stop = True
-        self._kill(newest.pid, signal.SIGTERM)
+        self._stop(newest, signal.SIGTERM, self.config.worker.shutdown_timeout)
         log.info("pool_resized", concurrency=self.desired)
+
+
+def _stop_with(supervisor_pid: int) -> None:
+    """Have the kernel TERM this child if the supervisor dies (kill -9, OOM), so children
+    never go on working unsupervised; if it already died, leave now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the heartbeat check below still holds
+        pass
+    if os.getppid() != supervisor_pid:
+        os._exit(EXIT_OK)
 
 
 def _record_only(_signum: int, _frame: object) -> None:

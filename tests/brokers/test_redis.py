@@ -179,3 +179,17 @@ def test_a_unix_socket_broker_and_backend_work(
         (delivery,) = client.broker.fetch(namespace, max_messages=1, wait_s=1)
         assert json.loads(delivery.body)["UUID"] == sent.task_id
         assert sent.state() is not None
+
+
+def test_a_due_message_naming_a_key_that_is_not_a_list_is_not_lost(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    namespace = redis_namespace
+    broker = open_broker(make_config("redis"))
+    redis_server.set(f"{namespace}-string", "not a list")
+    member = json.dumps({"RoutingKey": f"{namespace}-string"}).encode()
+    redis_server.zadd(f"{namespace}:delayed", {member: time.time_ns() - 1})
+    (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)  # the default queue instead
+    assert delivery.body == member
+    assert redis_server.zcard(f"{namespace}:delayed") == 0
+    broker.close()

@@ -158,6 +158,11 @@ def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str)
         "- {name: sum, args: ['int64:1.5']}": "1.5 is not int64",
         "- {name: sum, retry_count: many}": "retry_count",
         '- {"Name": "sum", "Priority": 300}': "Priority 300 is out of range",
+        "- {name: sum, priority: 300}": "priority: must be from 0 to 255",
+        "- {name: sum, retry_count: -1}": "retry_count: must be at least 0",
+        "- {name: sum, eta: 2026-01-01}": "needs a timezone",
+        "- {name: sum, eta: 12345}": "is not an ISO 8601 time",
+        '- "add \'int64:1"': "No closing quotation",
     }
     for text, message in cases.items():
         document = tmp_path / "bad.yml"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from taskd.brokers import lease
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
 from tests.support.harness import config_data, run_cli, wait_until, write_config
@@ -195,6 +196,20 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "taskd", "check-config", "-c", str(wrong_type))
     assert done.returncode == 2
     assert "worker.shutdown_timeout: must be a number" in done.stderr
+    for data, message in [
+        (
+            {"broker": "redis://127.0.0.1:notaport/0"},
+            "broker: 'redis://127.0.0.1:notaport/0' has an invalid port",
+        ),
+        ({"worker": {"shutdown_timeout": float("nan")}}, "must be a finite number"),
+        (
+            {"worker": {"heartbeat_interval": 10}},
+            "must be more than twice worker.heartbeat_interval",
+        ),
+        ({"results_expire_in": 10**10}, "results_expire_in: must be at most"),
+    ]:
+        done = run_cli(tmp_path, "taskd", "start", "-c", str(write_config(tmp_path, data, "x.yml")))
+        assert (done.returncode, message in done.stderr) == (2, True), done.stderr
 
 
 def test_a_plugin_that_fails_to_import_stops_the_start(tmp_path: Path, namespace: str) -> None:
@@ -235,10 +250,12 @@ def test_ttin_ttou_resize_and_hup_reloads(
     assert client.send("sum", [2, 3]).get(timeout=30) == 5
     assert process.process.poll() is None
 
-    write_config(tmp_path, {"worker": {"concurrency": "many"}})  # a broken config is refused
-    process.signal(signal.SIGHUP)
-    wait_until(lambda: process.events("reload_failed"), 15, what="the refused reload")
-    assert client.send("sum", [1]).get(timeout=30) == 1
+    for broken in ({"worker": {"concurrency": "many"}}, {"broker": "redis://127.0.0.1:notaport"}):
+        refused = len(process.events("reload_failed"))
+        write_config(tmp_path, broken)  # a broken config, or drivers that cannot be built
+        process.signal(signal.SIGHUP)
+        wait_until(lambda n=refused: len(process.events("reload_failed")) > n, 15, what="a refusal")
+        assert client.send("sum", [1]).get(timeout=30) == 1  # the old children carry on
     client.close()
 
 
@@ -285,4 +302,21 @@ def test_a_second_sigterm_stops_at_once_and_the_task_runs_again_later(
     again.wait_ready(1)
     wait_until(lambda: runs(trace).count("start:long") == 2, 30, what="...so it runs again")
     assert sent.state().state is State.STARTED
+    client.close()
+
+
+def test_children_stop_when_their_supervisor_is_killed(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    config, client = setup("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    children = process.child_pids()
+    os.kill(process.pid, signal.SIGKILL)  # the supervisor alone, not its group
+    process.process.wait(10)
+
+    def all_gone() -> bool:
+        return not any(lease.process_alive(pid) for pid in children)
+
+    wait_until(all_gone, 15, what="the orphaned children to stop")
     client.close()

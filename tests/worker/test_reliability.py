@@ -203,3 +203,27 @@ def test_a_redelivered_message_that_had_finished_does_not_run_again(
     assert runs(trace) == []  # never ran again
     assert client.result(sent.uuid).get(timeout=5) == "once"
     client.close()
+
+
+def test_sigterm_during_an_outage_stops_without_waiting_for_the_kill(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
+) -> None:
+    config, client = setup(
+        "redis", namespace, tmp_path, broker=private_redis.url,
+        worker={**QUICK_RECOVERY, "shutdown_timeout": 60},
+    )  # fmt: skip
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "t", 2.0)
+    wait_until(lambda: "start:t" in runs(trace), 15, what="the task to start")
+    private_redis.stop()  # its result cannot be stored now
+    process.signal(signal.SIGTERM)
+    assert process.wait(30) == 0  # well before shutdown_timeout's KILL
+    assert process.events("child_left_during_outage")
+    assert not process.events("children_killed")
+    private_redis.start()
+    again = daemon(config, "--concurrency", "1")
+    assert sent.wait(60).state is State.SUCCESS  # run again: nothing was lost
+    assert again.process.poll() is None
+    client.close()
