@@ -194,3 +194,51 @@ def test_close_hands_back_what_was_not_settled(
     first.close()
     second = open_driver()
     assert bodies(second.fetch(namespace, max_messages=1, wait_s=1)) == [b"unsettled"]
+
+
+def test_right_after_losing_touch_a_consumer_does_not_reclaim_by_silence(
+    driver_kind: str,
+    make_config: Callable[..., Any],
+    namespace: str,
+    open_driver: Callable[[], Broker],
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: Any,
+    tmp_path: Any,
+) -> None:
+    """After an outage every last beat is old, a live consumer's too. A consumer that has
+    just (re)gained touch must not take such a consumer's messages; one that has been in
+    touch for consumer_timeout may."""
+    slow_beater = open_broker(
+        make_config(driver_kind, worker={"heartbeat_interval": 30, "consumer_timeout": 61})
+    )
+    slow_beater.publish(namespace, b"held")
+    assert len(slow_beater.fetch(namespace, max_messages=1, wait_s=1)) == 1
+    age_last_beat(driver_kind, slow_beater, namespace, redis_server, seconds=60)
+
+    judge = open_driver()  # consumer_timeout 1.5 s, and in touch only from now on
+    assert judge.fetch(namespace, max_messages=1, wait_s=0.5) == []
+    clock = [lease.time.time()]
+    monkeypatch.setattr(lease.time, "time", lambda: clock[0])
+    for _ in range(10):  # beating steadily for 2 s, longer than its consumer_timeout
+        clock[0] += 0.2
+        judge._beat_and_reclaim()  # type: ignore[attr-defined]
+    assert bodies(judge.fetch(namespace, max_messages=1, wait_s=1)) == [b"held"]
+    slow_beater.close()
+
+
+def age_last_beat(kind: str, broker: Broker, queue: str, redis_server: Any, seconds: float) -> None:
+    """Make a consumer's last beat look ``seconds`` old, as an outage would."""
+    if kind == "redis":
+        consumer_id = broker._consumers[queue]  # type: ignore[attr-defined]
+        key = f"{queue}:consumers"
+        redis_server.zadd(
+            key, {consumer_id: redis_server.zscore(key, consumer_id) - seconds * 1000}
+        )
+    else:
+        import sqlite3
+
+        with sqlite3.connect(broker._path) as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                "UPDATE taskd_consumers SET beat_ns = beat_ns - ? WHERE id = ?",
+                (int(seconds * 1e9), broker._consumer_id),  # type: ignore[attr-defined]
+            )

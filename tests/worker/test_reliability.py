@@ -227,3 +227,25 @@ def test_sigterm_during_an_outage_stops_without_waiting_for_the_kill(
     assert sent.wait(60).state is State.SUCCESS  # run again: nothing was lost
     assert again.process.poll() is None
     client.close()
+
+
+def test_an_outage_longer_than_consumer_timeout_does_not_rerun_live_tasks(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
+) -> None:
+    """After the outage every consumer's last beat is old, the live ones' too: nobody may
+    reclaim by silence until it has been in touch for consumer_timeout itself."""
+    config, client = setup(
+        "redis", namespace, tmp_path, broker=private_redis.url,
+        worker={"heartbeat_interval": 0.5, "consumer_timeout": 2},
+    )  # fmt: skip
+    process = daemon(config, "--concurrency", "4")
+    process.wait_ready(4)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "long", 8.0)
+    wait_until(lambda: "start:long" in runs(trace), 15, what="the task to start")
+    private_redis.stop()
+    time.sleep(4)  # the stimulus: an outage twice consumer_timeout long (not a wait for a result)
+    private_redis.start()
+    assert sent.wait(60).state is State.SUCCESS
+    assert runs(trace) == ["start:long", "end:long"]  # once: never taken while it ran
+    client.close()
