@@ -109,7 +109,7 @@ class SQLiteBackend(ResultBackend):
             " AND expires_ns > ?",
             (*task_ids, time.time_ns()),
         ).fetchall()
-        found = {task_id: raw for task_id, raw in rows}
+        found = dict(rows)
         return [
             self._load_state(found[task_id], task_id) if task_id in found else None
             for task_id in task_ids

@@ -139,9 +139,7 @@ def _waited(wait: Callable[[], Any]) -> Any:
         sys.exit(EXIT_NOT_FINISHED)
 
 
-def _member_states(
-    session: Session, group: GroupResult, wait_s: float | None
-) -> list[TaskState | None]:
+def _member_states(group: GroupResult, wait_s: float | None) -> list[TaskState | None]:
     if wait_s is None:
         return group.states()
     with _progress(True) as progress:
@@ -274,7 +272,7 @@ def result(session: Session, task_id: str, wait_s: float | None, as_json: bool) 
     """
     group = session.client.group_result(task_id) if task_id.startswith("group_") else None
     if group is not None:
-        _finish_group(_member_states(session, group, wait_s), group.member_ids, as_json)
+        _finish_group(_member_states(group, wait_s), group.member_ids, as_json)
     single = session.client.result(task_id)
     if wait_s is None:
         _finish(single.state(), task_id, as_json)
@@ -369,7 +367,7 @@ def group(
     for line in (sent.group_id, *sent.member_ids):
         click.echo(line)
     if wait_s is not None:
-        _finish_group(_member_states(session, sent, wait_s), sent.member_ids, as_json)
+        _finish_group(_member_states(sent, wait_s), sent.member_ids, as_json)
 
 
 @main.command()
