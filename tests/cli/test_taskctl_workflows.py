@@ -111,7 +111,7 @@ def test_send_countdown_retry_and_callbacks(tmp_path: Path, served: Path) -> Non
     attempts = tmp_path / "attempts"
     callback = f"collect 'string:{collected}' string:after"
     done = taskctl(
-        tmp_path, served, "send", "flaky", "--arg", f"string:{attempts}", "--arg", "int64:1",
+        tmp_path, served, "send", "flaky_traced", "--arg", f"string:{attempts}", "--arg", "int64:1",
         "--retry-count", "2", "--on-success", callback, "--wait", "30",
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr

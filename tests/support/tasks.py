@@ -47,7 +47,7 @@ def slow_record(path: str, token: str, seconds: float) -> str:
 
 
 @task
-def flaky(path: str, failures: int) -> int:
+def flaky_traced(path: str, failures: int) -> int:
     """Fail the first ``failures`` runs, then succeed with the number of runs."""
     _append(path, f"{time.time():.6f}")
     count = len(runs(path))

@@ -104,7 +104,7 @@ def test_a_failed_member_fails_the_chord_once_and_never_runs_the_callback(
 
 def test_retries_follow_fibonacci_and_end_in_success(client: Client, tmp_path: Path) -> None:
     trace = tmp_path / "attempts"
-    sent = client.send(signature("flaky", str(trace), 2, retry_count=3))
+    sent = client.send(signature("flaky_traced", str(trace), 2, retry_count=3))
     seen = set()
 
     def finished() -> bool:
@@ -176,3 +176,11 @@ def test_typed_args_keep_their_types_through_callbacks(client: Client, tmp_path:
     client.send(signature("split", Arg.of("string", "ab"), on_success=[callback])).get(30)
     wait_until(lambda: lines(got), 15, what="the callback")
     assert lines(got) == [[["a", "b"]]]
+
+
+def test_the_example_plugins_retry_demos(client: Client) -> None:
+    assert client.send(signature("flaky", 2, retry_count=3)).get(30) == 3
+    with pytest.raises(TaskFailed, match="attempt 2 of 3 fails on purpose"):  # out of retries
+        client.send(signature("flaky", 2, retry_count=1)).get(30)
+    state = client.send(signature("retry_forever", 0.1, retry_count=2)).wait(30)
+    assert (state.state, state.error) == (State.FAILURE, "asked to run again")

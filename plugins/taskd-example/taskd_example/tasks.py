@@ -1,4 +1,5 @@
-"""machinery's example tasks (same names and semantics), plus ``sum``, ``sleep`` and ``fail``.
+"""machinery's example tasks (same names and semantics), plus ``sum``, ``sleep``, ``fail``,
+``flaky`` and ``retry_forever`` for demos and tests.
 
 machinery's example producers send ``add``, ``multiply``, ``sum_ints``, ``sum_floats``,
 ``concat``, ``split``, ``panic_task`` and ``long_running_task``; with this plugin installed
@@ -12,7 +13,7 @@ import time
 
 import structlog
 
-from taskd import task
+from taskd import Retry, TaskContext, task
 
 log = structlog.get_logger("taskd_example")
 
@@ -82,3 +83,18 @@ def sleep(seconds: float) -> float:
 def fail(message: str) -> None:
     """Always fail, with the given message as the error."""
     raise RuntimeError(message)
+
+
+@task
+def flaky(ctx: TaskContext, failures: int) -> int:
+    """Fail the first ``failures`` attempts, then return the attempt number (a retry demo:
+    ``taskctl send flaky --arg int64:2 --retry-count 3 --wait 30`` prints 3)."""
+    if ctx.attempt <= failures:
+        raise RuntimeError(f"attempt {ctx.attempt} of {failures + 1} fails on purpose")
+    return ctx.attempt
+
+
+@task
+def retry_forever(countdown_s: float) -> None:
+    """Ask to run again after ``countdown_s``, forever: RetryCount is what ends it."""
+    raise Retry(countdown_s, "asked to run again")
