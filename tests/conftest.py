@@ -72,6 +72,21 @@ def make_config(namespace: str, tmp_path: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def drivers(driver_kind: str, make_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """``drivers(open_broker, **overrides)``: a driver of this test's kind, closed at teardown."""
+    opened: list[Any] = []
+
+    def open_one(opener: Callable[[Any], Any], **overrides: Any) -> Any:
+        driver = opener(make_config(driver_kind, **overrides))
+        opened.append(driver)
+        return driver
+
+    yield open_one
+    for driver in opened:
+        driver.close()
+
+
+@pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """``daemon(config_path, "--concurrency", "2")`` starts taskd; teardown kills its group."""
     started: list[Daemon] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,19 +15,8 @@ from tests.support.harness import wait_until
 
 
 @pytest.fixture
-def open_driver(
-    driver_kind: str, make_config: Callable[..., Any]
-) -> Iterator[Callable[..., ResultBackend]]:
-    opened: list[ResultBackend] = []
-
-    def open_one(**overrides: Any) -> ResultBackend:
-        backend = open_backend(make_config(driver_kind, **overrides))
-        opened.append(backend)
-        return backend
-
-    yield open_one
-    for backend in opened:
-        backend.close()
+def open_driver(drivers: Callable[..., Any]) -> Callable[..., ResultBackend]:
+    return lambda **overrides: drivers(open_backend, **overrides)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,19 +18,8 @@ FAST_LIVENESS = {"worker": {"heartbeat_interval": 0.2, "consumer_timeout": 1.5}}
 
 
 @pytest.fixture
-def open_driver(
-    driver_kind: str, make_config: Callable[..., Any]
-) -> Iterator[Callable[[], Broker]]:
-    opened: list[Broker] = []
-
-    def open_one() -> Broker:
-        broker = open_broker(make_config(driver_kind, **FAST_LIVENESS))
-        opened.append(broker)
-        return broker
-
-    yield open_one
-    for broker in opened:
-        broker.close()
+def open_driver(drivers: Callable[..., Any]) -> Callable[[], Broker]:
+    return lambda: drivers(open_broker, **FAST_LIVENESS)
 
 
 @pytest.fixture

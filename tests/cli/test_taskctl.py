@@ -11,21 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import config_data, run_cli, write_config
+from tests.support.harness import config_data, run_cli, taskctl, write_config
 
 TASK_ID = re.compile(r"task_([0-9a-f-]{36})")
-
-
-@pytest.fixture
-def served(driver_kind: str, tmp_path: Path, namespace: str, daemon: Callable[..., Any]) -> Path:
-    """A config file and a daemon serving it, on each broker/backend pair."""
-    config = write_config(tmp_path, config_data(driver_kind, namespace, tmp_path))
-    daemon(config, "--concurrency", "2").wait_ready(2)
-    return config
-
-
-def taskctl(tmp_path: Path, config: Path, *args: str) -> Any:
-    return run_cli(tmp_path, "taskctl", "-c", str(config), *args)
 
 
 def test_send_and_wait_prints_the_result(tmp_path: Path, served: Path) -> None:

@@ -6,26 +6,18 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.harness import BIN, config_data, process_env, run_cli, wait_until, write_config
+from tests.support.harness import (
+    BIN,
+    config_data,
+    process_env,
+    taskctl,
+    wait_until,
+    write_config,
+)
 from tests.support.tasks import runs
-
-
-@pytest.fixture
-def served(driver_kind: str, tmp_path: Path, namespace: str, daemon: Callable[..., Any]) -> Path:
-    data = config_data(driver_kind, namespace, tmp_path, imports=["tests.support.tasks"])
-    config = write_config(tmp_path, data)
-    daemon(config, "--concurrency", "2").wait_ready(2)
-    return config
-
-
-def taskctl(tmp_path: Path, config: Path, *args: str) -> Any:
-    return run_cli(tmp_path, "taskctl", "-c", str(config), *args)
 
 
 def test_chain_file_prints_ids_then_the_result(tmp_path: Path, served: Path) -> None:

@@ -66,6 +66,28 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
     return data
 
 
+TEST_TASKS = "tests.support.tasks"
+
+
+def client_for(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Any]:
+    """A config file for this test (with the test tasks imported) and a Client of it.
+
+    A ``broker`` override serves as the result backend too.
+    """
+    from taskd.client import Client
+    from taskd.config import load_config
+
+    data = config_data(kind, namespace, tmp_path, **{"imports": [TEST_TASKS], **overrides})
+    if "broker" in overrides and "result_backend" not in overrides:
+        data["result_backend"] = overrides["broker"]
+    path = write_config(tmp_path, data)
+    return path, Client(load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
+
+
+def taskctl(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(tmp_path, "taskctl", "-c", str(config), *args)
+
+
 def write_config(tmp_path: Path, data: dict[str, Any], name: str = "taskd.yml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))

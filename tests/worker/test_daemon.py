@@ -15,10 +15,15 @@ import pytest
 from taskd.brokers import lease
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
-from tests.support.harness import config_data, run_cli, wait_until, write_config
+from tests.support.harness import (
+    TEST_TASKS,
+    client_for,
+    config_data,
+    run_cli,
+    wait_until,
+    write_config,
+)
 from tests.support.tasks import runs
-
-TEST_TASKS = {"imports": ["tests.support.tasks"]}
 
 # A message exactly as machinery's Go producer writes it: all 19 fields, Go's encoding.
 GO_MESSAGE = (
@@ -40,14 +45,6 @@ GO_SUCCESS = (
 )
 
 
-def setup(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Client]:
-    data = config_data(kind, namespace, tmp_path, **{**TEST_TASKS, **overrides})
-    path = write_config(tmp_path, data)
-    from taskd.config import load_config
-
-    return path, Client(load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
-
-
 def stored_json(client: Client, task_id: str) -> bytes | None:
     state = client.backend.get_state(task_id)
     return None if state is None else state.encode()
@@ -56,7 +53,7 @@ def stored_json(client: Client, task_id: str) -> bytes | None:
 def test_a_machinery_message_runs_and_its_state_is_machinerys(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_server: Any
 ) -> None:
-    config, client = setup(driver_kind, namespace, tmp_path)
+    config, client = client_for(driver_kind, namespace, tmp_path)
     task_id = new_id()  # fresh ids: a state left by an earlier run must not pass for this one
     values = {"id": task_id, "queue": namespace}
     delayed_id = new_id()
@@ -91,7 +88,7 @@ def test_a_machinery_message_runs_and_its_state_is_machinerys(
 def test_sigterm_finishes_running_tasks_and_keeps_the_rest(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], prefetch: int
 ) -> None:
-    config, client = setup(
+    config, client = client_for(
         driver_kind, namespace, tmp_path, worker={"shutdown_timeout": 20, "prefetch": prefetch}
     )
     process = daemon(config, "--concurrency", "2")
@@ -126,7 +123,7 @@ def test_sigterm_finishes_running_tasks_and_keeps_the_rest(
 def test_a_killed_child_is_replaced_and_its_task_runs_again(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup(
+    config, client = client_for(
         driver_kind, namespace, tmp_path, worker={"heartbeat_interval": 0.5, "consumer_timeout": 3}
     )
     process = daemon(config, "--concurrency", "1")
@@ -149,7 +146,7 @@ def test_a_killed_child_is_replaced_and_its_task_runs_again(
 def test_bad_input_never_stops_the_daemon(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup(driver_kind, namespace, tmp_path)
+    config, client = client_for(driver_kind, namespace, tmp_path)
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     unknown = client.send("no_such_task")
@@ -225,7 +222,7 @@ def test_a_plugin_that_fails_to_import_stops_the_start(tmp_path: Path, namespace
 def test_ttin_ttou_resize_and_hup_reloads(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup("sqlite", namespace, tmp_path)
+    config, client = client_for("sqlite", namespace, tmp_path)
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     process.signal(signal.SIGTTIN)
@@ -237,7 +234,8 @@ def test_ttin_ttou_resize_and_hup_reloads(
     # The same file, changed: reloaded, and fresh children replace the old ones (still one:
     # --concurrency on the command line outranks the file).
     write_config(
-        tmp_path, config_data("sqlite", namespace, tmp_path, **TEST_TASKS, log_level="debug")
+        tmp_path,
+        config_data("sqlite", namespace, tmp_path, imports=[TEST_TASKS], log_level="debug"),
     )
     process.signal(signal.SIGHUP)
     wait_until(lambda: process.events("config_reloaded"), 15, what="the reload")
@@ -264,7 +262,7 @@ def test_quick_tasks_come_in_batches_but_a_slow_one_holds_nothing_back(
 ) -> None:
     """worker.prefetch 0 (auto): a child warmed up on quick tasks takes many at once; before a
     task not known to be quick it hands the rest back for the other child to run."""
-    config, client = setup(driver_kind, namespace, tmp_path)
+    config, client = client_for(driver_kind, namespace, tmp_path)
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     for result in [client.send("sum", [i]) for i in range(60)]:  # warm both children up
@@ -286,7 +284,7 @@ def test_quick_tasks_come_in_batches_but_a_slow_one_holds_nothing_back(
 def test_a_second_sigterm_stops_at_once_and_the_task_runs_again_later(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup("sqlite", namespace, tmp_path, worker={"shutdown_timeout": 60})
+    config, client = client_for("sqlite", namespace, tmp_path, worker={"shutdown_timeout": 60})
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     trace = tmp_path / "trace"
@@ -308,7 +306,7 @@ def test_a_second_sigterm_stops_at_once_and_the_task_runs_again_later(
 def test_children_stop_when_their_supervisor_is_killed(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup("sqlite", namespace, tmp_path)
+    config, client = client_for("sqlite", namespace, tmp_path)
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     children = process.child_pids()

@@ -13,22 +13,13 @@ from typing import Any
 import pytest
 
 from taskd.client import AsyncResult, Client, signature
-from taskd.config import load_config
 from taskd.wire import GoTime, State, new_id
-from tests.support.harness import PrivateRedis, config_data, wait_until, write_config
+from tests.support.harness import PrivateRedis, client_for, wait_until
 from tests.support.tasks import runs
 
 # Consumers that died on this machine are recognised at once (their process is gone), so
 # the defaults recover within a heartbeat; a remote one would wait out consumer_timeout.
 QUICK_RECOVERY = {"heartbeat_interval": 0.5}
-
-
-def setup(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Client]:
-    data = config_data(kind, namespace, tmp_path, imports=["tests.support.tasks"], **overrides)
-    if "broker" in overrides:
-        data["result_backend"] = overrides["broker"]
-    path = write_config(tmp_path, data)
-    return path, Client(load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
 
 
 def send_slow(client: Client, trace: Path, count: int, seconds: float) -> list[AsyncResult]:
@@ -70,7 +61,7 @@ def test_a_kill_9_mid_run_loses_nothing(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], victim: str
 ) -> None:
     """Every task ends SUCCESS; only those running at the kill run twice."""
-    config, client = setup(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
+    config, client = client_for(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
     trace = tmp_path / "trace"
     results = send_slow(client, trace, 24, 0.5)
     serving = daemon(config, "--concurrency", "2")
@@ -104,7 +95,7 @@ def test_a_kill_9_mid_run_loses_nothing(
 def test_a_redis_restart_mid_run_loses_nothing(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
 ) -> None:
-    config, client = setup(
+    config, client = client_for(
         "redis", namespace, tmp_path, broker=private_redis.url, worker=QUICK_RECOVERY
     )
     trace = tmp_path / "trace"
@@ -136,7 +127,7 @@ def test_a_redis_restart_mid_run_loses_nothing(
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:
-    config, client = setup("redis", namespace, tmp_path, worker={"prefetch": 32})
+    config, client = client_for("redis", namespace, tmp_path, worker={"prefetch": 32})
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     trace = tmp_path / "trace"
@@ -155,7 +146,7 @@ def test_ten_thousand_eta_tasks_run_after_their_eta(
 def test_a_message_that_kills_every_worker_is_set_aside(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
-    config, client = setup(
+    config, client = client_for(
         driver_kind, namespace, tmp_path, worker={**QUICK_RECOVERY, "max_deliveries": 2}
     )
     process = daemon(config, "--concurrency", "2")
@@ -182,7 +173,7 @@ def test_a_redelivered_message_that_had_finished_does_not_run_again(
     from taskd.client import pending_state
     from taskd.wire import TaskResult
 
-    config, client = setup(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
+    config, client = client_for(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
     trace = tmp_path / "trace"
     (sent,) = client.publish([signature("record", str(trace), "once")])
     pid = os.fork()
@@ -208,7 +199,7 @@ def test_a_redelivered_message_that_had_finished_does_not_run_again(
 def test_sigterm_during_an_outage_stops_without_waiting_for_the_kill(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
 ) -> None:
-    config, client = setup(
+    config, client = client_for(
         "redis", namespace, tmp_path, broker=private_redis.url,
         worker={**QUICK_RECOVERY, "shutdown_timeout": 60},
     )  # fmt: skip
@@ -234,7 +225,7 @@ def test_an_outage_longer_than_consumer_timeout_does_not_rerun_live_tasks(
 ) -> None:
     """After the outage every consumer's last beat is old, the live ones' too: nobody may
     reclaim by silence until it has been in touch for consumer_timeout itself."""
-    config, client = setup(
+    config, client = client_for(
         "redis", namespace, tmp_path, broker=private_redis.url,
         worker={"heartbeat_interval": 0.5, "consumer_timeout": 2},
     )  # fmt: skip

@@ -12,20 +12,18 @@ import pytest
 
 from taskd import chain, chord, group
 from taskd.client import Client, signature
-from taskd.config import load_config
 from taskd.errors import TaskFailed
 from taskd.wire import Arg, State, new_id
-from tests.support.harness import config_data, wait_until, write_config
+from tests.support.harness import client_for, wait_until
 from tests.support.tasks import runs
 
 
 @pytest.fixture
 def client(driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]) -> Any:
     """A client, and a daemon with two children serving it."""
-    data = config_data(driver_kind, namespace, tmp_path, imports=["tests.support.tasks"])
-    path = write_config(tmp_path, data)
+    path, client = client_for(driver_kind, namespace, tmp_path)
     daemon(path, "--concurrency", "2").wait_ready(2)
-    with Client(load_config(path, env={"TASKD_STATE_DIR": str(tmp_path / "state")})) as client:
+    with client:
         yield client
 
 
