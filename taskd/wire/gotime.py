@@ -35,6 +35,10 @@ class GoTime:
         return cls(time.time_ns())
 
     @classmethod
+    def from_unix(cls, seconds: float) -> GoTime:
+        return cls(round(seconds * _NS_PER_S))
+
+    @classmethod
     def from_datetime(cls, moment: datetime) -> GoTime:
         if moment.tzinfo is None:
             raise ValueError("a naive datetime is ambiguous; give it a timezone")
