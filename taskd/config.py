@@ -96,6 +96,17 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """How long a consumer may stay silent before the broker gives its messages to others:
+    the one setting group every broker driver maps onto its own mechanism (see
+    ``taskd.brokers.base``). Read from ``worker.heartbeat_interval`` and
+    ``worker.consumer_timeout``."""
+
+    heartbeat_interval_s: float  # a live consumer proves it is alive at least this often...
+    consumer_timeout_s: float  # ...and loses its messages after this long without a sign
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     broker: str = _opt("", "broker URL; empty means the embedded SQLite database", secret_url=True)
     result_backend: str = _opt(
@@ -120,6 +131,10 @@ class Config:
     @property
     def results_expire_in_s(self) -> int:
         return self.results_expire_in or DEFAULT_RESULTS_EXPIRE_IN_S
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.worker.heartbeat_interval, self.worker.consumer_timeout)
 
 
 # -- loading --------------------------------------------------------------------------------

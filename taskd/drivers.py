@@ -6,11 +6,13 @@ under the URL scheme it serves (``redis``, ``sqlite``...).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from taskd.errors import ConfigError
+from taskd.errors import ConfigError, DriverError
 
 BROKERS_GROUP = "taskd.brokers"
 BACKENDS_GROUP = "taskd.backends"
@@ -44,19 +46,21 @@ def driver_class(group: str, url: str, key: str, source: str | None = None) -> A
         ) from None
 
 
-def check_drivers(config: Any) -> None:
-    """Build the configured broker and backend and close them again: a URL that names a
-    driver but cannot be used (bad host or port, a file that cannot be created) fails here,
-    naming its key, before anything depends on it. Unreachable servers are not an error:
-    drivers connect lazily, and the daemon rides out an outage."""
-    from taskd.backends import open_backend
-    from taskd.brokers import open_broker
-    from taskd.errors import BackendUnavailable, BrokerUnavailable, DriverError
-
-    for key, open_driver in (("broker", open_broker), ("result_backend", open_backend)):
-        try:
-            open_driver(config).close()
-        except (BrokerUnavailable, BackendUnavailable):
-            continue
-        except DriverError as exc:
-            raise ConfigError(key, str(exc), config.source) from None
+@contextmanager
+def translated(
+    transient: type[Exception] | tuple[type[Exception], ...],
+    permanent: type[Exception] | tuple[type[Exception], ...],
+    unavailable: type[DriverError],
+    failed: type[DriverError],
+    driver: str,
+    **context: Any,
+) -> Iterator[None]:
+    """A client library's errors as taskd's, at a driver's boundary: ``transient`` ones
+    (connection trouble, a busy file) as ``unavailable``, to be retried; other ``permanent``
+    ones as ``failed``."""
+    try:
+        yield
+    except transient as exc:
+        raise unavailable(driver, f"{type(exc).__name__}: {exc}", **context) from exc
+    except permanent as exc:
+        raise failed(driver, f"{type(exc).__name__}: {exc}", **context) from exc

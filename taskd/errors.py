@@ -94,11 +94,16 @@ class BackendUnavailable(BackendError):
 
 
 class NotSupported(DriverError):
-    """The driver does not offer an optional operation."""
+    """The driver does not offer an optional operation or feature."""
 
-    def __init__(self, driver: str, operation: str) -> None:
+    def __init__(self, driver: str, operation: str, detail: str = "") -> None:
         self.operation = operation
-        super().__init__(driver, f"{operation} is not supported by this driver")
+        extra = f" ({detail})" if detail else ""
+        super().__init__(driver, f"{operation} is not supported by this driver{extra}")
+
+
+class DocumentError(TaskdError):
+    """A workflow document that cannot be turned into signatures; the message says where."""
 
 
 class TaskFailed(TaskdError):
@@ -117,6 +122,11 @@ class ResultTimeout(TaskdError):
         super().__init__(
             f"task {task_id} not finished after {timeout_s:g}s (state {state or 'unknown'})"
         )
+
+
+class GiveUp(Exception):  # control flow, not an error
+    """A worker asked to stop during an outage leaves now; whatever it did not ack is
+    delivered again."""
 
 
 class Retry(Exception):  # control flow, not an error: machinery's ErrRetryTaskLater

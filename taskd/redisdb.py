@@ -6,11 +6,14 @@ password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import hashlib
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from taskd import drivers
 from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
 
@@ -91,19 +94,20 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
     )
 
 
-@contextmanager
 def translated(
     unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """redis-py errors as taskd's: connection trouble is transient, the rest is not."""
     import redis
 
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(driver, f"{type(exc).__name__}: {exc}", **context) from exc
-    except redis.RedisError as exc:
-        raise permanent(driver, f"{type(exc).__name__}: {exc}", **context) from exc
+    return drivers.translated(
+        (redis.ConnectionError, redis.TimeoutError),
+        redis.RedisError,
+        unavailable,
+        permanent,
+        driver,
+        **context,
+    )
 
 
 class Script:
@@ -114,10 +118,15 @@ class Script:
     """
 
     def __init__(self, source: str) -> None:
-        import hashlib
-
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1
+
+    @classmethod
+    def packaged(cls, *names: str) -> Script:
+        """The script made of these files of ``taskd/lua/``, in order (a shared prelude
+        first), shipped as package data."""
+        folder = resources.files("taskd") / "lua"
+        return cls("\n".join((folder / name).read_text(encoding="utf-8") for name in names))
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         import redis

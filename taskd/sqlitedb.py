@@ -9,11 +9,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
-from taskd.errors import ConfigError
+from taskd import drivers
+from taskd.errors import ConfigError, DriverError
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
 _SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
@@ -70,3 +72,29 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def translated(
+    unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
+) -> AbstractContextManager[None]:
+    """sqlite3 errors as taskd's: a locked or busy file, or disk I/O, may pass; the rest not."""
+    return drivers.translated(
+        sqlite3.OperationalError, sqlite3.Error, unavailable, permanent, driver, **context
+    )
+
+
+def opened(
+    path: Path,
+    synchronous: str,
+    schema: str,
+    unavailable: type[DriverError],
+    permanent: type[DriverError],
+    driver: str,
+) -> sqlite3.Connection:
+    """``connect``, with failures as the driver's errors naming the file."""
+    try:
+        return connect(path, synchronous, schema)
+    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+        raise unavailable(driver, f"cannot open {path}: {exc}") from exc
+    except (OSError, sqlite3.Error) as exc:
+        raise permanent(driver, f"cannot open {path}: {exc}") from exc

@@ -16,60 +16,8 @@ from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 
-# SET each task's state with the same expiry (ARGV[#ARGV] seconds): one command for a batch,
-# far cheaper for the client than a pipeline. Where ARGV[#ARGV - 1] has "1" for a key, the
-# stored record's TaskName and CreatedAt are kept (machinery's merge rule). Both records are
-# Go-ordered JSON, so each value is spliced between its key and the next one.
-_SET_STATES = redisdb.Script("""
-local ttl = ARGV[#ARGV]
-local merge = ARGV[#ARGV - 1]
-local function span(json, key, after)
-  local s = string.find(json, '"' .. key .. '":', 1, true)
-  if not s then return nil end
-  local from = s + #key + 3
-  local e = string.find(json, ',"' .. after .. '":', from, true)
-  if not e then return nil end
-  return from, e - 1
-end
-local function keep(new, old, key, after, unset)
-  local os, oe = span(old, key, after)
-  if not os or string.sub(old, os, oe) == unset then return new end
-  local ns, ne = span(new, key, after)
-  if not ns then return new end
-  return string.sub(new, 1, ns - 1) .. string.sub(old, os, oe) .. string.sub(new, ne + 1)
-end
-for i = 1, #KEYS do
-  local state = ARGV[i]
-  if string.sub(merge, i, i) == '1' then
-    local old = redis.call('GET', KEYS[i])
-    if old then
-      state = keep(state, old, 'TaskName', 'State', '""')
-      state = keep(state, old, 'CreatedAt', 'TTL', '"0001-01-01T00:00:00Z"')
-    end
-  end
-  redis.call('SET', KEYS[i], state, 'EX', ttl)
-end
-return #KEYS
-""")
-
-# 1: claimed now (or before, by the same claimant); 0: claimed by another; -1: no such group.
-# The claimant is kept beside the group (KEYS[2]); ChordTriggered is flipped inside the stored
-# GroupMeta too, editing the JSON in place so it keeps Go's exact bytes.
-_CLAIM_CHORD = redisdb.Script("""
-local owner = redis.call('GET', KEYS[2])
-if owner then
-  if owner == ARGV[1] then return 1 end
-  return 0
-end
-local meta = redis.call('GET', KEYS[1])
-if not meta then return -1 end
-local s, e = string.find(meta, '"ChordTriggered"%s*:%s*false')
-if not s then return 0 end
-redis.call('SET', KEYS[1], string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' ..
-           string.sub(meta, e + 1), 'KEEPTTL')
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-return 1
-""")
+SET_STATES = redisdb.Script.packaged("set_states.lua")
+CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
 
 
 class RedisBackend(ResultBackend):
@@ -97,7 +45,7 @@ class RedisBackend(ResultBackend):
             if merge == "0":
                 self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
             else:
-                _SET_STATES(self._redis, keys, [*values, merge, self._expire_s])
+                SET_STATES(self._redis, keys, [*values, merge, self._expire_s])
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
@@ -121,7 +69,7 @@ class RedisBackend(ResultBackend):
     def claim_chord(self, group_id: str, claimant: str) -> bool:
         claim_key = f"{self._prefix}chord:{group_id}"
         with self._translated(group_id):
-            claimed = _CLAIM_CHORD(self._redis, [group_id, claim_key], [claimant, self._expire_s])
+            claimed = CLAIM_CHORD(self._redis, [group_id, claim_key], [claimant, self._expire_s])
         if claimed == -1:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
         return claimed == 1

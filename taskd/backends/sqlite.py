@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
@@ -14,7 +13,7 @@ from typing import Self
 from taskd.backends.base import ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
-from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
+from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
@@ -45,12 +44,9 @@ class SQLiteBackend(ResultBackend):
     def __init__(self, path: Path, synchronous: str, *, expire_s: int) -> None:
         self._path = path
         self._expire_ns = expire_s * 1_000_000_000
-        try:
-            self._conn = connect(path, synchronous, _SCHEMA)
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
-            raise BackendUnavailable(self.driver, f"cannot open {path}: {exc}") from exc
-        except (OSError, sqlite3.Error) as exc:
-            raise BackendError(self.driver, f"cannot open {path}: {exc}") from exc
+        self._conn = opened(
+            path, synchronous, _SCHEMA, BackendUnavailable, BackendError, self.driver
+        )
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
@@ -62,14 +58,8 @@ class SQLiteBackend(ResultBackend):
             expire_s=config.results_expire_in_s,
         )
 
-    @contextmanager
-    def _guard(self, task_id: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(self.driver, str(exc), task_id) from exc
-        except sqlite3.Error as exc:
-            raise BackendError(self.driver, str(exc), task_id) from exc
+    def _guard(self, task_id: str | None = None) -> AbstractContextManager[None]:
+        return translated(BackendUnavailable, BackendError, self.driver, task_id=task_id)
 
     def set_states(self, states: Sequence[TaskState]) -> None:
         if not states:

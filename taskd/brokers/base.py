@@ -2,6 +2,20 @@
 
 Drivers never decode task bodies, know task names or decide retries; the worker does. Each
 process opens its own driver (never share one across ``fork``).
+
+How long a consumer may stay silent before the broker gives its messages to others is the
+config's ``lease`` (``worker.heartbeat_interval`` and ``worker.consumer_timeout``); each driver
+maps it onto what its broker has:
+
+| driver | a consumer that stops answering loses its messages...                               |
+| ------ | ----------------------------------------------------------------------------------- |
+| sqlite | after ``consumer_timeout`` without a beat (a thread beats every heartbeat interval); |
+|        | at once when its process is gone from this machine                                   |
+| redis  | the same, with the beats in a sorted set on Redis's clock                            |
+| sqs    | (to come) when the visibility timeout, ``consumer_timeout``, runs out; extended    |
+|        | every heartbeat interval while the consumer holds the message                        |
+| amqp   | (to come) when RabbitMQ sees its connection drop: AMQP heartbeats every heartbeat   |
+|        | interval, so a dead peer is found within about ``consumer_timeout``                  |
 """
 
 from __future__ import annotations
@@ -18,11 +32,18 @@ from taskd.wire import GoTime
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A message a consumer took; settle it with exactly one of ack, release or reject."""
+    """A message a consumer took; settle it with exactly one of ack, release or reject.
+
+    ``deliveries`` counts this delivery and the earlier ones that did not end in an ack or a
+    reject: the consumer died, or timed out, holding it. Where the driver's
+    ``counts_releases`` is true, hand-backs by ``release`` are counted too, since the broker
+    cannot tell them apart (see ``Broker.counts_releases``). A driver that only knows that a
+    message was delivered before says 2.
+    """
 
     queue: str
     body: bytes
-    deliveries: int = 1  # this one included: more means consumers died holding it before
+    deliveries: int = 1
     handle: Any = None  # only the driver that made it reads this
 
     @property
@@ -32,7 +53,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message to publish."""
+    """A message to publish. ``priority`` is 0 (none) unless the driver supports_priority."""
 
     queue: str
     body: bytes
@@ -53,11 +74,31 @@ class DeadLetter:
 class Broker(ABC):
     """A queue of task messages with at-least-once delivery.
 
-    A taken message stays owned by its consumer until settled; when the consumer dies, the
-    driver delivers it again. A message with an ETA waits in the broker, not in a worker.
+    A taken message stays owned by its consumer until settled; when the consumer dies (or is
+    silent past the lease), the driver delivers it again. A message with an ETA waits in the
+    broker, not in a worker.
+
+    The worker calls the batch forms (``publish_many``, ``ack_many``, ``release_many``); the
+    single forms are derived from them.
     """
 
     driver: ClassVar[str]
+
+    counts_releases: ClassVar[bool] = True
+    """Whether a message handed back by ``release`` comes back with ``deliveries`` grown.
+
+    False where the driver can tell a hand-back from a failed delivery: SQLite and Redis keep
+    their own count, which a release does not touch. True where it cannot: SQS raises
+    ApproximateReceiveCount on every receive, RabbitMQ quorum queues raise x-delivery-count on
+    every requeue, and classic queues only set the redelivered flag. The worker hands back
+    the rest of a batch before a slow task only where releases are not counted (elsewhere it
+    fetches one message at a time while tasks are slow), and releases everywhere when it
+    stops, where one more count is the price of not holding work back.
+    """
+
+    supports_priority: ClassVar[bool] = False
+    """Whether ``Message.priority`` is honoured (higher first); drivers that cannot honour it
+    raise NotSupported for a non-zero priority rather than drop it silently."""
 
     @classmethod
     @abstractmethod
@@ -65,15 +106,10 @@ class Broker(ABC):
         """A driver for ``url``; connecting may be lazy. Raises ConfigError for a bad URL."""
 
     @abstractmethod
-    def publish(
-        self, queue: str, body: bytes, *, eta: GoTime | None = None, priority: int = 0
-    ) -> None:
-        """Enqueue one message, at the tail, or in the delay store until ``eta``."""
-
     def publish_many(self, messages: Sequence[Message]) -> None:
-        """Enqueue several messages; drivers batch this into as few round trips as they can."""
-        for message in messages:
-            self.publish(message.queue, message.body, eta=message.eta, priority=message.priority)
+        """Enqueue messages at the tail of their queues, or in the delay store until their
+        ETA, in as few round trips as the broker allows. All or nothing where the broker
+        allows it; on an error the caller must assume none was sent."""
 
     @abstractmethod
     def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
@@ -84,25 +120,14 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def ack(self, delivery: Delivery) -> None:
-        """The message is done: remove it for good. Idempotent."""
-
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack several messages; drivers batch this into as few round trips as they can."""
-        for delivery in deliveries:
-            self.ack(delivery)
+        """The messages are done: remove them for good. Idempotent."""
 
     @abstractmethod
-    def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
-        """Hand the message back unprocessed, to the head of its queue (or after ``delay_s``).
-
-        A release is not a failed delivery: the message's delivery count does not grow.
-        """
-
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand several messages back to the head of their queue, keeping their order."""
-        for delivery in reversed(deliveries):
-            self.release(delivery)
+        """Hand messages back unprocessed, to be delivered again as soon as a consumer asks,
+        ahead of the rest of their queue and in their order where the broker keeps order.
+        Whether this grows their ``deliveries`` is ``counts_releases``."""
 
     @abstractmethod
     def reject(self, delivery: Delivery, reason: str) -> None:
@@ -111,6 +136,31 @@ class Broker(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and stop background work; deliveries not settled come back."""
+
+    # -- single forms ----------------------------------------------------------------------
+
+    def publish(
+        self, queue: str, body: bytes, *, eta: GoTime | None = None, priority: int = 0
+    ) -> None:
+        self.publish_many([Message(queue, body, eta, priority)])
+
+    def ack(self, delivery: Delivery) -> None:
+        self.ack_many([delivery])
+
+    def release(self, delivery: Delivery) -> None:
+        self.release_many([delivery])
+
+    # -- for drivers ------------------------------------------------------------------------
+
+    def _refuse_priority(self, messages: Sequence[Message]) -> None:
+        """For drivers without priorities: a non-zero one is an error, not silently lost."""
+        for message in messages:
+            if message.priority:
+                raise NotSupported(
+                    self.driver,
+                    f"priority (queue {message.queue!r} asked for {message.priority};"
+                    " brokers with priorities: amqp)",
+                )
 
     # -- operations for taskctl; optional -------------------------------------------------
 

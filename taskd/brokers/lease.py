@@ -1,4 +1,4 @@
-"""Consumer liveness for brokers that hold taken messages for a consumer (SQLite, Redis).
+"""Consumer liveness for brokers whose drivers keep leases themselves (SQLite, Redis).
 
 Each consuming broker instance has an id and beats from a background thread, so a task that
 runs for an hour keeps its messages while a consumer that died loses them within
@@ -91,7 +91,7 @@ class SilenceJudge:
         return self._since is not None and time.time() - self._since >= self._timeout_s
 
 
-class Heartbeat:
+class BeatThread:
     """Runs ``beat`` every ``interval_s`` on a daemon thread until ``stop``."""
 
     def __init__(self, beat: Callable[[], None], interval_s: float, driver: str) -> None:

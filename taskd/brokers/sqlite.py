@@ -11,16 +11,17 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Self
 
+from taskd.brokers import lease
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
-from taskd.brokers.lease import MACHINE, Heartbeat, SilenceJudge, new_consumer_id, process_alive
-from taskd.config import Config
+from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
+from taskd.config import Config, Lease
 from taskd.errors import BrokerError, BrokerUnavailable
-from taskd.sqlitedb import connect, sqlite_path, synchronous_mode, write_transaction
+from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
 from taskd.wire import GoTime
 
 _SCHEMA = """
@@ -55,16 +56,14 @@ IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
 
 class SQLiteBroker(Broker):
     driver = "sqlite"
+    counts_releases = False  # a release takes back the count its fetch added
 
-    def __init__(
-        self, path: Path, synchronous: str, *, heartbeat_s: float, consumer_timeout_s: float
-    ) -> None:
-        self._path, self._synchronous = path, synchronous
-        self._heartbeat_s, self._consumer_timeout_s = heartbeat_s, consumer_timeout_s
-        self._judge = SilenceJudge(consumer_timeout_s, heartbeat_s)
+    def __init__(self, path: Path, synchronous: str, lease: Lease) -> None:
+        self._path, self._synchronous, self._lease = path, synchronous, lease
+        self._judge = SilenceJudge(lease.consumer_timeout_s, lease.heartbeat_interval_s)
         self._conn = self._connect()
         self._consumer_id: str | None = None
-        self._heartbeat: Heartbeat | None = None
+        self._beats: BeatThread | None = None
         self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
         self._data_version = -1
         self._idle_pause_s = IDLE_CHECK_S
@@ -75,35 +74,21 @@ class SQLiteBroker(Broker):
         return cls(
             sqlite_path(url, "broker", config.source),
             synchronous_mode(url, "broker", config.source),
-            heartbeat_s=config.worker.heartbeat_interval,
-            consumer_timeout_s=config.worker.consumer_timeout,
+            config.lease,
         )
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            return connect(self._path, self._synchronous, _SCHEMA)
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
-            raise BrokerUnavailable(self.driver, f"cannot open {self._path}: {exc}") from exc
-        except (OSError, sqlite3.Error) as exc:
-            raise BrokerError(self.driver, f"cannot open {self._path}: {exc}") from exc
+        return opened(
+            self._path, self._synchronous, _SCHEMA, BrokerUnavailable, BrokerError, self.driver
+        )
 
-    @contextmanager
-    def _guard(self, queue: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O: may pass
-            raise BrokerUnavailable(self.driver, str(exc), queue) from exc
-        except sqlite3.Error as exc:
-            raise BrokerError(self.driver, str(exc), queue) from exc
+    def _guard(self, queue: str | None = None) -> AbstractContextManager[None]:
+        return translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
 
     # -- producing ------------------------------------------------------------------------
 
-    def publish(
-        self, queue: str, body: bytes, *, eta: GoTime | None = None, priority: int = 0
-    ) -> None:
-        self.publish_many([Message(queue, body, eta, priority)])
-
     def publish_many(self, messages: Sequence[Message]) -> None:
+        self._refuse_priority(messages)
         now = time.time_ns()
         rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
         with self._guard(), self._lock, write_transaction(self._conn):
@@ -118,8 +103,10 @@ class SQLiteBroker(Broker):
             self._consumer_id = new_consumer_id()
             self._beat(self._conn)
             self._reclaim(self._conn)
-            self._heartbeat = Heartbeat(self._beat_and_reclaim, self._heartbeat_s, self.driver)
-            self._heartbeat.start()
+            self._beats = BeatThread(
+                self._beat_and_reclaim, self._lease.heartbeat_interval_s, self.driver
+            )
+            self._beats.start()
         return self._consumer_id
 
     def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
@@ -164,23 +151,11 @@ class SQLiteBroker(Broker):
             Delivery(queue, bytes(body), deliveries, msg_id) for msg_id, body, deliveries, _ in rows
         ]
 
-    def ack(self, delivery: Delivery) -> None:
-        self.ack_many([delivery])
-
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         ids = [(delivery.handle,) for delivery in deliveries]
         queue = deliveries[0].queue if deliveries else None
         with self._guard(queue), self._lock, write_transaction(self._conn):
             self._conn.executemany("DELETE FROM taskd_messages WHERE id = ?", ids)
-
-    def release(self, delivery: Delivery, *, delay_s: float = 0.0) -> None:
-        due_ns = time.time_ns() + int(delay_s * 1e9)
-        with self._guard(delivery.queue), self._lock:
-            self._conn.execute(
-                "UPDATE taskd_messages SET consumer = NULL, due_ns = max(due_ns, ?),"
-                " deliveries = deliveries - 1 WHERE id = ? AND consumer = ?",
-                (due_ns if delay_s > 0 else 0, delivery.handle, self._consumer_id),
-            )
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         ids = [(delivery.handle, self._consumer_id) for delivery in deliveries]
@@ -203,8 +178,8 @@ class SQLiteBroker(Broker):
             self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
 
     def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        if self._beats is not None:
+            self._beats.stop()
         if self._heartbeat_conn is not None:
             self._heartbeat_conn.close()
         with self._lock:
@@ -230,19 +205,20 @@ class SQLiteBroker(Broker):
         conn.execute(
             "INSERT INTO taskd_consumers (id, host, pid, beat_ns) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET beat_ns = excluded.beat_ns",
-            (self._consumer_id, MACHINE, os.getpid(), time.time_ns()),
+            (self._consumer_id, lease.MACHINE, os.getpid(), time.time_ns()),
         )
 
     def _reclaim(self, conn: sqlite3.Connection) -> None:
         """Give the messages of consumers that are gone back to their queues: those whose
         process is gone from this machine, and (once this one may judge) silent ones."""
-        stale_ns = time.time_ns() - int(self._consumer_timeout_s * 1e9)
+        stale_ns = time.time_ns() - int(self._lease.consumer_timeout_s * 1e9)
         by_silence = self._judge.may_judge()
         rows = conn.execute("SELECT id, host, pid, beat_ns FROM taskd_consumers").fetchall()
         gone = [
             consumer_id
             for consumer_id, host, pid, beat_ns in rows
-            if (by_silence and beat_ns < stale_ns) or (host == MACHINE and not process_alive(pid))
+            if (by_silence and beat_ns < stale_ns)
+            or (host == lease.MACHINE and not process_alive(pid))
         ]
         orphaned = conn.execute(
             "SELECT 1 FROM taskd_messages WHERE consumer IS NOT NULL"

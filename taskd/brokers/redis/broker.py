@@ -1,0 +1,198 @@
+"""The Redis broker's fetch path: publish, take, settle. See the package docstring."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Self
+
+from taskd import redisdb
+from taskd.brokers.base import Broker, Delivery, Message
+from taskd.brokers.redis.admin import RedisQueueAdmin, dead_letter_entry
+from taskd.brokers.redis.consumers import RedisConsumers
+from taskd.brokers.redis.keys import RedisKeys
+from taskd.config import Config
+from taskd.errors import BrokerError, BrokerUnavailable
+
+FETCH = redisdb.Script.packaged("fetch.lua")
+ACK = redisdb.Script.packaged("ack.lua")
+RELEASE = redisdb.Script.packaged("release.lua")
+REJECT = redisdb.Script.packaged("reject.lua")
+PROMOTE = redisdb.Script.packaged("promote.lua")
+
+MOVE_BATCH = 1000  # due ETA messages moved per script call
+MOVE_BUDGET_S = 0.5  # longest a fetch spends moving due messages before taking its own
+
+
+class RedisBroker(RedisQueueAdmin, Broker):
+    driver = "redis"
+    counts_releases = False  # a release leaves the count of failed deliveries alone
+
+    def __init__(self, url: str, config: Config) -> None:
+        self._redis = redisdb.connect(
+            url, config, "broker", longest_block_s=config.worker.poll_interval
+        )
+        self._keys = RedisKeys.of(config)
+        self._consumers = RedisConsumers(self._redis, self._keys, config.lease)
+        self._poll_period_s = config.redis.delayed_tasks_poll_period / 1000
+        self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
+        self._backlog: dict[str, int] = {}  # queue -> messages known to wait (0: block next time)
+        self._stray_risk: dict[str, bool] = {}  # queue -> a fetch reply may have been lost
+        self._next_promote = 0.0  # monotonic time of the next look at the delayed set
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(url, config)
+
+    def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
+        return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        """One variadic RPUSH per queue and one ZADD for the delayed ones, in one round trip.
+
+        A delayed message goes back to the queue its RoutingKey names when it falls due, as
+        machinery's workers expect; taskd's senders always set RoutingKey to the queue.
+        """
+        if not messages:
+            return
+        self._refuse_priority(messages)
+        now_ns = time.time_ns()
+        ready: dict[str, list[bytes]] = {}
+        delayed: list[Any] = []
+        for message in messages:
+            if message.eta is not None and message.eta.unix_ns > now_ns:
+                delayed.extend((message.eta.unix_ns, message.body))
+            else:
+                ready.setdefault(message.queue, []).append(message.body)
+        with self._translated(messages[0].queue):
+            if len(ready) == 1 and not delayed:
+                ((queue, bodies),) = ready.items()
+                self._redis.execute_command("RPUSH", queue, *bodies)
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for queue, bodies in ready.items():
+                pipe.execute_command("RPUSH", queue, *bodies)
+            if delayed:
+                pipe.execute_command("ZADD", self._keys.delayed, *delayed)
+            pipe.execute()
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
+        """Take a batch with one script; on an empty queue, block in BLMOVE instead.
+
+        Usually one round trip: a batch while a backlog is known, else one blocking move that
+        also reports the backlog behind it (so batching resumes as soon as one builds up).
+        """
+        processing = self._keys.processing(self._consumers.of(queue))
+        self._in_flight.setdefault(queue, 0)
+        try:
+            with self._translated(queue):
+                self._promote_due()
+                taken = self._take(queue, processing, max_messages, wait_s)
+        except BrokerUnavailable:
+            # The reply may be lost after Redis moved messages to our processing list.
+            self._stray_risk[queue] = True
+            raise
+        self._in_flight[queue] += len(taken)
+        return [Delivery(queue, bytes(body), 1 + failed, processing) for body, failed in taken]
+
+    def _take(
+        self, queue: str, processing: str, max_messages: int, wait_s: float
+    ) -> list[tuple[bytes, int]]:
+        """(message, failed deliveries before) pairs."""
+        recover = self._stray_risk.get(queue, False) and self._in_flight[queue] == 0
+        if self._backlog.get(queue, 1) > 0 or recover or wait_s <= 0:
+            bodies, failed = FETCH(
+                self._redis,
+                keys=[queue, processing, self._keys.deliveries],
+                args=[max_messages, "1" if recover else "0"],
+            )
+            if recover:
+                self._stray_risk[queue] = False
+            self._backlog[queue] = 1 if len(bodies) == max_messages else 0
+            if bodies or wait_s <= 0:
+                return [
+                    (body, int(failed[i]) if i < len(failed) else 0)
+                    for i, body in enumerate(bodies)
+                ]
+        block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.blmove(queue, processing, block_s, "LEFT", "RIGHT")
+        pipe.llen(queue)
+        pipe.hlen(self._keys.deliveries)
+        body, backlog, counted = pipe.execute()
+        self._backlog[queue] = int(backlog)
+        if body is None:
+            return []
+        failed = 0
+        if counted:  # some message somewhere came back from a dead consumer: is it this one?
+            count = self._redis.hget(self._keys.deliveries, hashlib.sha1(body).hexdigest())
+            failed = int(count or 0)
+        return [(body, failed)]
+
+    def _promote_due(self) -> None:
+        """Move due ETA messages to their queues, in batches, at most every poll period.
+
+        Every consumer may do this; the script is atomic, so a message moves exactly once.
+        """
+        now = time.monotonic()
+        if now < self._next_promote:
+            return
+        deadline = now + MOVE_BUDGET_S
+        while True:
+            moved, first_score = PROMOTE(
+                self._redis,
+                keys=[self._keys.delayed],
+                args=[time.time_ns(), MOVE_BATCH, self._keys.default_queue],
+            )
+            if moved < MOVE_BATCH or time.monotonic() >= deadline:
+                break
+        next_check = time.monotonic() + self._poll_period_s
+        if first_score is not None:
+            due_in_s = (float(first_score) - time.time_ns()) / 1e9
+            next_check = min(next_check, time.monotonic() + max(due_in_s, 0.0))
+        self._next_promote = 0.0 if moved >= MOVE_BATCH else next_check
+
+    # -- settling -------------------------------------------------------------------------
+
+    def _settled(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            left = self._in_flight.get(delivery.queue, 0) - 1
+            self._in_flight[delivery.queue] = max(left, 0)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        by_list: dict[str, list[bytes]] = {}
+        for delivery in deliveries:
+            by_list.setdefault(delivery.handle, []).append(delivery.body)
+        with self._translated(deliveries[0].queue if deliveries else None):
+            for processing, bodies in by_list.items():
+                ACK(self._redis, keys=[processing, self._keys.deliveries], args=bodies)
+        self._settled(deliveries)
+
+    def release_many(self, deliveries: Sequence[Delivery]) -> None:
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        for delivery in deliveries:
+            groups.setdefault((delivery.handle, delivery.queue), []).append(delivery.body)
+        with self._translated(deliveries[0].queue if deliveries else None):
+            for (processing, queue), bodies in groups.items():
+                RELEASE(self._redis, keys=[processing, queue], args=bodies)
+        self._settled(deliveries)
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        entry = dead_letter_entry(delivery.queue, delivery.body, reason)
+        with self._translated(delivery.queue):
+            REJECT(
+                self._redis,
+                keys=[delivery.handle, self._keys.dead(delivery.queue), self._keys.deliveries],
+                args=[delivery.body, entry],
+            )
+        self._settled([delivery])
+
+    def close(self) -> None:
+        self._consumers.leave()
+        self._redis.close()
