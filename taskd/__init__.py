@@ -1,15 +1,32 @@
 """taskd: a broker-agnostic distributed task queue, wire-compatible with machinery.
 
 Tasks are plain functions marked with ``@task``; applications send them with ``Client``.
+The names below are imported on first use, so ``import taskd.wire`` (or the registry, or the
+config) does not pull in the client and every driver.
 """
 
-from taskd.client import AsyncResult, Client, signature
-from taskd.errors import Retry, TaskFailed
-from taskd.registry import TaskContext, task
-from taskd.wire import Arg, Signature, TaskResult
-from taskd.workflows import chain, chord, group
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Arg": "taskd.wire",
+    "AsyncResult": "taskd.client",
+    "Client": "taskd.client",
+    "Retry": "taskd.errors",
+    "Signature": "taskd.wire",
+    "TaskContext": "taskd.registry",
+    "TaskFailed": "taskd.errors",
+    "TaskResult": "taskd.wire",
+    "chain": "taskd.workflows",
+    "chord": "taskd.workflows",
+    "group": "taskd.workflows",
+    "signature": "taskd.client",
+    "task": "taskd.registry",
+}
 
 __all__ = [
     "Arg",
@@ -27,3 +44,23 @@ __all__ = [
     "signature",
     "task",
 ]
+
+if TYPE_CHECKING:
+    from taskd.client import AsyncResult, Client, signature
+    from taskd.errors import Retry, TaskFailed
+    from taskd.registry import TaskContext, task
+    from taskd.wire import Arg, Signature, TaskResult
+    from taskd.workflows import chain, chord, group
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from taskd.client import signature
-from taskd.errors import ArgumentError, DecodeError
+from taskd.errors import ArgumentError, DecodeError, DocumentError
 from taskd.wire import Arg, Signature
 from taskd.wire.signature import decode_signature_object
 
@@ -33,10 +33,6 @@ SHORT_FORM_KEYS = {
     "on_success": "signatures run with the results",
     "on_error": "signatures run with the error",
 }
-
-
-class DocumentError(Exception):
-    """A workflow document that cannot be turned into signatures; the message says where."""
 
 
 def load(text: str, source: str) -> Any:

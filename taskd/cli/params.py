@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from taskd.checks import check_drivers
 from taskd.config import Config, load_config
-from taskd.drivers import check_drivers
 from taskd.errors import ArgumentError, ConfigError, TaskdError
 from taskd.exitcodes import EXIT_FAILURE, EXIT_USAGE
 from taskd.wire import Arg

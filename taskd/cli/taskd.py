@@ -13,7 +13,7 @@ from taskd.config import LOG_LEVELS, dump
 from taskd.errors import PluginError
 from taskd.exitcodes import EXIT_FAILURE
 from taskd.registry import load_registry
-from taskd.worker.heartbeat import MAX_CHILDREN
+from taskd.worker.liveness import MAX_CHILDREN
 from taskd.worker.supervisor import Supervisor
 
 

@@ -1,0 +1,138 @@
+"""What every taskctl command shares: the session (config, client), error handling, and how
+states are printed and turned into exit statuses."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from taskd.cli.params import as_click_error, load
+from taskd.client import Client, GroupResult, Progress
+from taskd.config import Config
+from taskd.errors import ResultTimeout, TaskdError
+from taskd.exitcodes import EXIT_FAILURE, EXIT_NOT_FINISHED, EXIT_OK
+from taskd.wire import State, TaskState
+
+
+class Group(click.Group):
+    """Turns taskd errors into messages and exit statuses; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaskdError as exc:
+            raise as_click_error(exc) from None
+
+
+@dataclass
+class Session:
+    config_path: str | None
+    _client: Client | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.client.config
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(load(self.config_path))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+pass_session = click.make_pass_decorator(Session)
+
+
+def finish(state: TaskState | None, task_id: str, as_json: bool) -> NoReturn:
+    """Print a state the way the exit status says, and exit with that status."""
+    if state is None:
+        click.echo(f"no state is stored for {task_id} (never sent, or expired)", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(show(state, as_json, with_id=False))
+
+
+def show(state: TaskState, as_json: bool, *, with_id: bool) -> int:
+    """Print one state (results on stdout, an error on stderr); the exit status it means."""
+    prefix = f"{state.task_uuid} {state.state.value} " if with_id else ""
+    if as_json:
+        click.echo(state.encode().decode())
+    if state.state is State.SUCCESS:
+        if not as_json:
+            click.echo(prefix + state.human_readable())
+        return EXIT_OK
+    if state.state is State.FAILURE:
+        if with_id and not as_json:
+            click.echo(prefix.rstrip())
+        click.echo(f"{state.task_uuid} failed: {state.error}", err=True)
+        return EXIT_FAILURE
+    if with_id and not as_json:
+        click.echo(prefix.rstrip())
+    else:
+        click.echo(f"{state.task_uuid} has not finished: {state.state.value}", err=True)
+    return EXIT_NOT_FINISHED
+
+
+def worst(statuses: Sequence[int]) -> int:
+    """A failure outranks an unfinished task, which outranks success."""
+    for status in (EXIT_FAILURE, EXIT_NOT_FINISHED):
+        if status in statuses:
+            return status
+    return EXIT_OK
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    """A progress bar on stderr (members done / total) when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="finished", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def waited(wait: Callable[[], Any]) -> Any:
+    """What a wait returned; exit 3 naming the unfinished task when the time ran out."""
+    try:
+        return wait()
+    except ResultTimeout as exc:
+        click.echo(f"{exc.task_id} has not finished: {exc.state or 'no state yet'}", err=True)
+        sys.exit(EXIT_NOT_FINISHED)
+
+
+def member_states(group: GroupResult, wait_s: float | None) -> list[TaskState | None]:
+    if wait_s is None:
+        return group.states()
+    with progress_bar(True) as progress:
+        return waited(lambda: group.wait(wait_s, progress))
+
+
+def finish_group(states: Sequence[TaskState | None], ids: Sequence[str], as_json: bool) -> NoReturn:
+    statuses = []
+    for task_id, state in zip(ids, states, strict=True):
+        if state is None:
+            click.echo(f"{task_id} UNKNOWN")
+            statuses.append(EXIT_NOT_FINISHED)
+        else:
+            statuses.append(show(state, as_json, with_id=not as_json))
+    sys.exit(worst(statuses))
