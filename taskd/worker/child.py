@@ -1,23 +1,27 @@
 """A worker child: fetch, decode, execute, record, acknowledge; until told to stop.
 
-Round trips: one fetch per batch; quick tasks (under 2 ms on average) share one state write
-and one ack per batch (at most 5 ms late); a task that takes longer gets STARTED before it
-runs and its final state and ack right after. Backends apply machinery's merge rule, so no
-state is read first (but for redelivered messages, to skip any that had finished). A state is
-always stored before its message is acked. Transient driver errors never lose a message: the
-call is retried with capped backoff while the message stays leased, and if the child dies
-meanwhile the broker delivers the message again.
+Following one message: ``serve`` fetches a batch; ``_handle_batch`` accepts each message
+(``_accept``: malformed ones are set aside, unregistered ones dropped or failed), then
+``_handle`` runs one job and ``_settle`` records its outcome, sends what it sets off and acks
+it. Helpers hold the rest: ``Pacing`` (batch sizes, quick tasks), ``WriteBuffer`` (states
+and acks shared between quick tasks, a state always written before its ack) and ``Outages``
+(transient driver errors ridden out; the message stays leased meanwhile, and comes back if
+the child dies).
+
+Round trips: one fetch per batch; quick tasks share one state write and one ack; a task that
+takes longer gets STARTED before it runs and its final state and ack right after. Backends
+apply machinery's merge rule, so no state is read first (but for redelivered messages, to
+skip any that had finished).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -26,32 +30,24 @@ from taskd.brokers import Broker, Delivery, open_broker
 from taskd.client import Client
 from taskd.config import Config
 from taskd.errors import (
-    BackendError,
-    BackendUnavailable,
     BrokerUnavailable,
     ConfigError,
     DecodeError,
     DriverError,
+    GiveUp,
     TaskNotFound,
 )
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, Task
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
-from taskd.worker import workflow
+from taskd.worker import followups
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute
-from taskd.worker.heartbeat import Heartbeats
+from taskd.worker.liveness import ChildLiveness
+from taskd.worker.outages import Outages
+from taskd.worker.pacing import FAST_TASK_S, Pacing
+from taskd.worker.writes import WriteBuffer
 
 log = structlog.get_logger("taskd.worker")
-
-T = TypeVar("T")
-
-BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
-BACKOFF_MAX_S = 5.0  # ...doubling up to this
-STOP_GRACE_S = 3.0  # asked to stop during an outage: wait this long for the driver, then leave
-FAST_TASK_S = 0.002  # a task averaging under this writes no STARTED and shares its writes...
-COALESCE_S = 0.005  # ...waiting at most this long for others to share them with
-DURATION_WEIGHT = 0.3  # weight of the newest run in a task's running average duration
-AUTO_PREFETCH = 32  # messages per fetch while tasks are quick, with worker.prefetch 0
 
 
 @dataclass(slots=True)
@@ -72,46 +68,62 @@ class Job:
 
 class Child:
     def __init__(
-        self, config: Config, registry: Registry, queue: str, slot: int, heartbeats: Heartbeats
+        self,
+        config: Config,
+        registry: Registry,
+        queue: str,
+        slot: int,
+        liveness: ChildLiveness,
+        *,
+        connect_broker: Callable[[Config], Broker] = open_broker,
+        connect_backend: Callable[[Config], ResultBackend] = open_backend,
     ) -> None:
         self.config, self.registry, self.queue = config, registry, queue
-        self.slot, self.heartbeats = slot, heartbeats
+        self.slot, self.liveness = slot, liveness
+        self._connect_broker, self._connect_backend = connect_broker, connect_backend
         self.policy = RetryPolicy(config.worker.retry_jitter, config.worker.retry_max_delay)
         self.stopping = False
-        self._outages: dict[str, tuple[float, int]] = {}  # driver kind -> (since, attempts)
-        self._unwritten: dict[str, TaskState] = {}  # task id -> newest state not yet written
-        self._unwritten_since: float | None = None
-        self._unacked: list[Delivery] = []  # settled; acked once their states are written
-        self._durations: dict[str, float] = {}  # task name -> running average of run time
-        self._recent_s = 1.0  # running average of every task's run time (capped at 1 s)
+        self.pacing = Pacing(config.worker.prefetch)
+        self.outages = Outages(lambda: self.stopping, lambda: liveness.stamp(slot, busy=True))
         self.broker: Broker
         self.backend: ResultBackend
         self.sender: Client
+        self.writes: WriteBuffer
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """The child's whole life; returns its exit status."""
+        """The child's whole life as a forked process; returns its exit status."""
         self._install_signals()
         structlog.contextvars.bind_contextvars(pid=os.getpid(), child=self.slot)
+        return self.serve()
+
+    def serve(self) -> int:
+        """Connect, then fetch and handle messages until ``stopping``; the exit status."""
         try:
-            self.broker = self._retrying("broker", open_broker, self.config)
-            self.backend = self._retrying("backend", open_backend, self.config)
+            self.broker = self.outages.call("broker", self._connect_broker, self.config)
+            self.backend = self.outages.call("backend", self._connect_backend, self.config)
         except (DriverError, ConfigError) as exc:  # will not go away by waiting
             log.critical("child_boot_failed", error=str(exc))
+            self._close()
             return EXIT_CHILD_BOOT_FAILURE
-        except _GiveUp:
+        except GiveUp:
+            self._close()
             return EXIT_OK
         self.sender = Client(self.config, broker=self.broker, backend=self.backend)
+        self.writes = WriteBuffer(
+            lambda states: self.outages.call("backend", self.backend.set_states, states),
+            lambda deliveries: self.outages.call("broker", self.broker.ack_many, deliveries),
+        )
         log.info("child_ready", queue=self.queue)
         try:
             while not self.stopping:
-                self.heartbeats.beat(self.slot, busy=False)
+                self.liveness.stamp(self.slot, busy=False)
                 deliveries = self._fetch()
                 if deliveries:
-                    self.heartbeats.beat(self.slot, busy=True)
-                    self._process(deliveries)
-        except _GiveUp as exc:
+                    self.liveness.stamp(self.slot, busy=True)
+                    self._handle_batch(deliveries)
+        except GiveUp as exc:
             log.warning("child_left_during_outage", driver=str(exc))
         except Exception:
             log.exception("child_crashed")
@@ -141,34 +153,47 @@ class Child:
                 except DriverError as exc:
                     log.warning("driver_close_failed", error=str(exc))
 
-    # -- fetching and decoding ------------------------------------------------------------
-
-    def _batch_size(self) -> int:
-        """``worker.prefetch``, or with 0 (auto): many while this child's tasks are quick,
-        one when they take time (a long task must not hold others back from idle children)."""
-        if self.config.worker.prefetch:
-            return self.config.worker.prefetch
-        return AUTO_PREFETCH if self._recent_s < FAST_TASK_S else 1
+    # -- one batch ------------------------------------------------------------------------
 
     def _fetch(self) -> list[Delivery]:
         try:
             deliveries = self.broker.fetch(
                 self.queue,
-                max_messages=self._batch_size(),
+                max_messages=self.pacing.batch_size(),
                 wait_s=self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
-            self._pause_for_outage("broker", exc)
+            self.outages.pause("broker", exc)
             return []
         except DriverError as exc:  # a broken queue (WRONGTYPE...): say so, slowly, and go on
             log.error("fetch_failed", error=str(exc))
-            self._pause_for_outage("broker", exc)
+            self.outages.pause("broker", exc)
             return []
-        self._recovered("broker")
+        self.outages.ended("broker")
         return deliveries
 
-    def _decode(self, delivery: Delivery, received_at: GoTime) -> Job | None:
-        """A Job, or None after setting aside a message that can never run."""
+    def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        received_at = GoTime.now()
+        jobs = [job for d in deliveries if (job := self._accept(d, received_at)) is not None]
+        self._look_up_finished(jobs)
+        for job in jobs[1:]:  # visible as waiting behind the first
+            if job.task is not None:
+                self.writes.add_state(job.state(State.RECEIVED))
+        for index, job in enumerate(jobs):
+            if self.stopping:
+                self._hand_back(jobs[index:])
+                return
+            waiting = jobs[index + 1 :]
+            if waiting and self._would_hold_back(job):
+                self._hand_back(waiting)  # idle children can run them meanwhile
+                self._handle(job)
+                break
+            self._handle(job)
+        self.writes.flush()
+
+    def _accept(self, delivery: Delivery, received_at: GoTime) -> Job | None:
+        """A Job, or None after setting aside a message that can never run (or dropping one
+        whose task is not registered, where its sender asked for that)."""
         try:
             sig = decode_signature(delivery.body)
             if not sig.uuid or not sig.name:
@@ -176,12 +201,9 @@ class Child:
         except DecodeError as exc:
             reason = f"malformed message: {exc.reason}"
             log.error(
-                "message_rejected",
-                queue=delivery.queue,
-                reason=reason,
-                body=_preview(delivery.body),
+                "message_rejected", queue=delivery.queue, reason=reason, body=_preview(delivery)
             )
-            self._retrying("broker", self.broker.reject, delivery, reason)
+            self.outages.call("broker", self.broker.reject, delivery, reason)
             return None
         try:
             task: Task | None = self.registry.get(sig.name, delivery.queue)
@@ -191,121 +213,74 @@ class Child:
                 log.warning(
                     "task_dropped", task_id=sig.uuid, task=sig.name, reason="not registered"
                 )
-                self._retrying("broker", self.broker.ack, delivery)
+                self.outages.call("broker", self.broker.ack, delivery)
                 return None
         return Job(delivery, sig, task, received_at)
 
-    def _process(self, deliveries: Sequence[Delivery]) -> None:
-        received_at = GoTime.now()
-        jobs = [job for d in deliveries if (job := self._decode(d, received_at)) is not None]
-        self._look_up_redelivered(jobs)
-        for job in jobs[1:]:
-            if job.task is not None:
-                self._queue_state(job.state(State.RECEIVED))
-        auto = not self.config.worker.prefetch
-        for index, job in enumerate(jobs):
-            if self.stopping:
-                self._hand_back(jobs[index:])
-                return
-            later = jobs[index + 1 :]
-            if auto and later and job.task is not None and not self._is_fast(job):
-                self._hand_back(later)  # others can run them while this one takes its time
-                self._run(job)
-                break
-            self._run(job)
-        self._flush()
-
-    def _look_up_redelivered(self, jobs: Sequence[Job]) -> None:
+    def _look_up_finished(self, jobs: Sequence[Job]) -> None:
         """A message whose worker died may have finished before it died (its state stored,
         its ack lost): such a job is settled again without running a second time."""
         again = [job for job in jobs if job.delivery.redelivered and job.task is not None]
-        if not again:
-            return
-        states = self._retrying("backend", self.backend.get_states, [j.sig.uuid for j in again])
-        for job, state in zip(again, states, strict=True):
-            if state is not None and state.is_completed:
-                job.finished = state
+        if again:
+            ids = [job.sig.uuid for job in again]
+            states = self.outages.call("backend", self.backend.get_states, ids)
+            for job, state in zip(again, states, strict=True):
+                if state is not None and state.is_completed:
+                    job.finished = state
+
+    def _would_hold_back(self, job: Job) -> bool:
+        """Whether running this job first would keep the rest of its batch from idle children:
+        a task not known to be quick, under auto prefetch, where a hand-back is free."""
+        return (
+            self.pacing.auto
+            and not self.broker.counts_releases
+            and job.task is not None
+            and not self.pacing.is_quick(job.sig.name)
+        )
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Jobs not started go back to the head of the queue, in order, as PENDING again."""
-        unannounced = {job.sig.uuid for job in jobs if self._unwritten.pop(job.sig.uuid, None)}
-        self._flush()
-        # A RECEIVED already written is undone; one still queued is just not written.
-        runnable = [j for j in jobs if j.task is not None and j.sig.uuid not in unannounced]
-        ids = [job.sig.uuid for job in runnable]
-        stored = self._retrying("backend", self.backend.get_states, ids) if ids else []
-        waiting = [  # PENDING again, as the sender wrote it (PENDING is stored as given)
-            job.state(State.PENDING).with_changes(
-                task_name=previous.task_name, created_at=previous.created_at
-            )
-            if previous
-            else job.state(State.PENDING)
-            for job, previous in zip(runnable, stored, strict=True)
-        ]
-        if waiting:
-            self._retrying("backend", self.backend.set_states, waiting)
-        self._retrying("broker", self.broker.release_many, [job.delivery for job in jobs])
+        unannounced = {job.sig.uuid for job in jobs if self.writes.drop_state(job.sig.uuid)}
+        self.writes.flush()
+        # A RECEIVED already written is undone; one still waiting was just not written.
+        announced = [j for j in jobs if j.task is not None and j.sig.uuid not in unannounced]
+        if announced:
+            ids = [job.sig.uuid for job in announced]
+            stored = self.outages.call("backend", self.backend.get_states, ids)
+            pending = [
+                _pending_again(job, prev) for job, prev in zip(announced, stored, strict=True)
+            ]
+            self.outages.call("backend", self.backend.set_states, pending)
+        self.outages.call("broker", self.broker.release_many, [job.delivery for job in jobs])
         log.info("messages_released", count=len(jobs), queue=self.queue)
 
-    # -- writing states and acks in groups --------------------------------------------------
+    # -- one job --------------------------------------------------------------------------
 
-    def _queue_state(self, state: TaskState) -> None:
-        """Write this state with the next flush; a newer state of the same task replaces it."""
-        self._unwritten.pop(state.task_uuid, None)
-        self._unwritten[state.task_uuid] = state
-        if self._unwritten_since is None:
-            self._unwritten_since = time.monotonic()
-
-    def _flush(self) -> None:
-        """Write the queued states, then ack the messages they settle (never the reverse)."""
-        if self._unwritten:
-            self._retrying("backend", self.backend.set_states, list(self._unwritten.values()))
-            self._unwritten.clear()
-        if self._unacked:
-            self._retrying("broker", self.broker.ack_many, self._unacked)
-            self._unacked = []
-        self._unwritten_since = None
-
-    def _is_fast(self, job: Job) -> bool:
-        return self._durations.get(job.sig.name, FAST_TASK_S) < FAST_TASK_S
-
-    def _note_duration(self, name: str, seconds: float) -> None:
-        average = self._durations.get(name)
-        self._durations[name] = (
-            seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
-        )
-        self._recent_s += DURATION_WEIGHT * (min(seconds, 1.0) - self._recent_s)
-
-    # -- running and settling -------------------------------------------------------------
-
-    def _run(self, job: Job) -> None:
-        sig = job.sig
+    def _handle(self, job: Job) -> None:
         structlog.contextvars.bind_contextvars(
-            task_id=sig.uuid, task=sig.name, queue=job.delivery.queue
+            task_id=job.sig.uuid, task=job.sig.name, queue=job.delivery.queue
         )
         try:
-            known = self._known_outcome(job)
-            if known is not None:  # nothing runs
-                self._settle(job, known, quick=False)
-                self._log_outcome(job, known, 0.0)
+            outcome = self._outcome_without_running(job)
+            if outcome is not None:
+                self._settle(job, outcome, quick=False)
+                self._log_outcome(job, outcome, 0.0)
                 return
             assert job.task is not None
-            fast = self._is_fast(job)
-            if not fast:
-                # Visible before a task that may take a while; a task that takes well under a
-                # millisecond would only have STARTED overwritten before anyone could see it.
-                self._queue_state(job.state(State.STARTED))
-                self._flush()
+            quick = self.pacing.is_quick(job.sig.name)
+            if not quick:  # visible before a task that may take a while
+                self.writes.add_state(job.state(State.STARTED))
+                self.writes.flush()
             started = time.perf_counter()
-            outcome = execute(job.task, sig, job.delivery.queue, self.policy)
+            outcome = execute(job.task, job.sig, job.delivery.queue, self.policy)
             elapsed_s = time.perf_counter() - started
-            self._note_duration(sig.name, elapsed_s)
-            self._settle(job, outcome, quick=fast and elapsed_s < FAST_TASK_S)
+            self.pacing.ran(job.sig.name, elapsed_s)
+            self._settle(job, outcome, quick=quick and elapsed_s < FAST_TASK_S)
             self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
         finally:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
 
-    def _known_outcome(self, job: Job) -> Outcome | None:
+    def _outcome_without_running(self, job: Job) -> Outcome | None:
         """The outcome of a job that must not run: unknown task, already finished before its
         worker died, or one whose workers keep dying (worker.max_deliveries)."""
         limit, deliveries = self.config.worker.max_deliveries, job.delivery.deliveries
@@ -329,58 +304,41 @@ class Child:
     def _settle(self, job: Job, outcome: Outcome, *, quick: bool) -> None:
         """Record the outcome, send what it sets off, then ack (or dead-letter) the message.
 
-        A quick task with nothing to set off has its state and ack written with others, at
-        most COALESCE_S later; anything else is written before the next step.
+        A quick task with nothing to set off has its state and ack written with others, a
+        few milliseconds later at most; anything else is written before the next step.
         """
-        sig = job.sig
-        if outcome.kind is Kind.SUCCEEDED:
-            self._queue_state(job.state(State.SUCCESS, results=outcome.results))
-        elif outcome.kind is Kind.RETRY:
-            self._queue_state(job.state(State.RETRY, error=outcome.error))
-        else:
-            self._queue_state(job.state(State.FAILURE, error=outcome.error))
+        self.writes.add_state(_final_state(job, outcome))
         dead_letter = outcome.dead_letter or (
-            outcome.kind is Kind.FAILED and sig.stop_task_deletion_on_error
+            outcome.kind is Kind.FAILED and job.sig.stop_task_deletion_on_error
         )
-        if not dead_letter and not _sets_off(sig, outcome):
-            self._unacked.append(job.delivery)
-            if not quick or time.monotonic() - (self._unwritten_since or 0) >= COALESCE_S:
-                self._flush()
+        if not dead_letter and not followups.sets_off(job.sig, outcome):
+            self.writes.ack_after_states(job.delivery, wait=quick)
             return
-        self._flush()  # the final state is stored before anything it sets off
-        if outcome.kind is Kind.SUCCEEDED:
-            follow = self._chord(workflow.chord_after_success, sig)
-            self._send(workflow.on_success(sig, outcome.results) + list(follow.send))
-        elif outcome.kind is Kind.RETRY:
-            assert outcome.retry is not None
-            retry = outcome.retry
-            if not retry.routing_key:
-                retry = retry.with_changes(routing_key=job.delivery.queue)
-            self._retrying("broker", self.sender.publish, [retry], states=())
-        else:
-            follow = self._chord(workflow.chord_after_failure, sig, outcome.error, GoTime.now())
-            if follow.record:
-                self._retrying("backend", self.backend.set_states, list(follow.record))
-            self._send(workflow.on_error(sig.on_error or (), outcome.error) + list(follow.send))
+        self.writes.flush()  # the final state is stored before anything it sets off
+        follow = self.outages.call(
+            "backend", followups.after, self.backend, job.sig, outcome, job.delivery.queue
+        )
+        if follow.record:
+            self.outages.call("backend", self.backend.set_states, list(follow.record))
+        if follow.send:
+            self.outages.call("broker", self.sender.publish, self._sendable(follow.send))
+        if follow.again is not None:
+            (again,) = self._sendable([follow.again])
+            self.outages.call("broker", self.sender.publish, [again], states=())
         if dead_letter:
             # Kept where an operator can replay it once the task exists (or, as on SQS,
             # for a dead-letter queue to take) instead of being lost.
-            self._retrying("broker", self.broker.reject, job.delivery, outcome.error)
+            self.outages.call("broker", self.broker.reject, job.delivery, outcome.error)
         else:
-            self._retrying("broker", self.broker.ack, job.delivery)
+            self.outages.call("broker", self.broker.ack, job.delivery)
 
-    def _chord(
-        self, step: Callable[..., workflow.FollowUp], sig: Signature, *args: Any
-    ) -> workflow.FollowUp:
-        try:
-            return self._retrying("backend", step, self.backend, sig, *args)
-        except BackendError as exc:  # group metadata expired or unreadable
-            log.error("chord_failed", group=sig.group_uuid, error=str(exc))
-            return workflow.FollowUp()
-
-    def _send(self, signatures: Sequence[Signature]) -> None:
-        if signatures:
-            self._retrying("broker", self.sender.publish, signatures)
+    def _sendable(self, signatures: Sequence[Signature]) -> list[Signature]:
+        """Follow-ups as this broker can take them: a priority it cannot honour (set by a
+        producer on another broker, or a Go one, which ignores it on Redis) is dropped."""
+        if self.broker.supports_priority or not any(sig.priority for sig in signatures):
+            return list(signatures)
+        log.warning("priority_ignored", reason=f"the {self.broker.driver} broker has none")
+        return [sig.with_changes(priority=0) for sig in signatures]
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
         attempt = attempt_of(job.sig)
@@ -404,61 +362,27 @@ class Child:
                 traceback=outcome.traceback or None,
             )
 
-    # -- riding out outages ---------------------------------------------------------------
 
-    def _retrying(self, kind: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a driver until it answers: transient errors wait with capped backoff.
-
-        The message being settled stays leased meanwhile; if this child is stopped or killed
-        before the driver comes back, the broker delivers the message again.
-        """
-        while True:
-            try:
-                result = call(*args, **kwargs)
-            except (BrokerUnavailable, BackendUnavailable) as exc:
-                since, _attempts = self._outages.get(kind, (time.monotonic(), 0))
-                if self.stopping and time.monotonic() - since >= STOP_GRACE_S:
-                    raise _GiveUp(kind) from exc  # asked to stop: the lease hands it all back
-                self._pause_for_outage(kind, exc)
-                continue
-            self._recovered(kind)
-            return result
-
-    def _pause_for_outage(self, kind: str, exc: Exception) -> None:
-        """Log an outage once, then wait a little longer each time (with jitter)."""
-        since, attempts = self._outages.get(kind, (time.monotonic(), 0))
-        if attempts == 0:
-            log.warning(f"{kind}_unavailable", error=str(exc))
-        self._outages[kind] = (since, attempts + 1)
-        pause = min(BACKOFF_FIRST_S * 2 ** min(attempts, 10), BACKOFF_MAX_S)
-        if self.stopping:
-            pause = min(pause, STOP_GRACE_S / 4)
-        self.heartbeats.beat(self.slot, busy=True)  # alive, just waiting
-        time.sleep(pause * random.uniform(0.5, 1.0))
-
-    def _recovered(self, kind: str) -> None:
-        outage = self._outages.pop(kind, None)
-        if outage is not None:
-            log.info(f"{kind}_recovered", outage_s=round(time.monotonic() - outage[0], 3))
-
-
-class _GiveUp(Exception):  # control flow, not an error
-    """Stopping during an outage: leave now; whatever is not acked is delivered again."""
-
-
-def _sets_off(sig: Signature, outcome: Outcome) -> bool:
-    """Whether an outcome sends more messages (callbacks, chord, retry)."""
+def _final_state(job: Job, outcome: Outcome) -> TaskState:
+    if outcome.kind is Kind.SUCCEEDED:
+        return job.state(State.SUCCESS, results=outcome.results)
     if outcome.kind is Kind.RETRY:
-        return True
-    if sig.chord_callback is not None and sig.group_uuid:
-        return True
-    return bool(sig.on_success if outcome.kind is Kind.SUCCEEDED else sig.on_error)
+        return job.state(State.RETRY, error=outcome.error)
+    return job.state(State.FAILURE, error=outcome.error)
+
+
+def _pending_again(job: Job, stored: TaskState | None) -> TaskState:
+    """PENDING again, as its sender wrote it (PENDING is stored as given, not merged)."""
+    pending = job.state(State.PENDING)
+    if stored is None:
+        return pending
+    return pending.with_changes(task_name=stored.task_name, created_at=stored.created_at)
 
 
 def _on_quit(_signum: int, _frame: object) -> None:
     os._exit(EXIT_OK)  # exit now; whatever this child held is delivered again
 
 
-def _preview(body: bytes, limit: int = 200) -> str:
-    text = body[:limit].decode("utf-8", "replace")
-    return text + ("..." if len(body) > limit else "")
+def _preview(delivery: Delivery, limit: int = 200) -> str:
+    text = delivery.body[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(delivery.body) > limit else "")

@@ -10,19 +10,66 @@ FAILURE with the member's error, instead of never finishing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from taskd.backends import ResultBackend
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import Arg, GoTime, Signature, State, TaskResult, TaskState
+from taskd.worker.execute import Kind, Outcome
+
+log = structlog.get_logger("taskd.worker")
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """Signatures to send, and states to record for tasks that will never run."""
+    """What an outcome sets off: new tasks to send (each recorded PENDING first), the same
+    task to send again (a retry, whose RETRY state stands), and states to record for tasks
+    that will never run."""
 
     send: tuple[Signature, ...] = ()
+    again: Signature | None = None
     record: tuple[TaskState, ...] = ()
+
+
+def sets_off(sig: Signature, outcome: Outcome) -> bool:
+    """Whether an outcome sends more messages (callbacks, chord, retry)."""
+    if outcome.kind is Kind.RETRY:
+        return True
+    if sig.chord_callback is not None and sig.group_uuid:
+        return True
+    return bool(sig.on_success if outcome.kind is Kind.SUCCEEDED else sig.on_error)
+
+
+def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) -> FollowUp:
+    """What ``outcome`` of ``sig`` (taken from ``queue``) sets off. Reads the backend for a
+    chord; BackendUnavailable passes to the caller, which calls again."""
+    if outcome.kind is Kind.RETRY:
+        assert outcome.retry is not None
+        retry = outcome.retry
+        return FollowUp(again=retry if retry.routing_key else retry.with_changes(routing_key=queue))
+    if outcome.kind is Kind.SUCCEEDED:
+        chord = _chord(chord_after_success, backend, sig)
+        return FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
+    chord = _chord(chord_after_failure, backend, sig, outcome.error, GoTime.now())
+    return FollowUp(
+        send=(*on_error(sig.on_error or (), outcome.error), *chord.send), record=chord.record
+    )
+
+
+def _chord(
+    step: Callable[..., FollowUp], backend: ResultBackend, sig: Signature, *args: Any
+) -> FollowUp:
+    try:
+        return step(backend, sig, *args)
+    except BackendUnavailable:
+        raise
+    except BackendError as exc:  # group metadata expired or unreadable: nothing to trigger
+        log.error("chord_failed", group=sig.group_uuid, error=str(exc))
+        return FollowUp()
 
 
 def _as_args(results: Sequence[TaskResult]) -> tuple[Arg, ...]:

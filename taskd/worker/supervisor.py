@@ -22,18 +22,19 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from taskd import __version__
+from taskd.checks import check_drivers
 from taskd.config import Config, load_config, redact_url
-from taskd.drivers import check_drivers
 from taskd.errors import TaskdError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.worker.child import Child
-from taskd.worker.heartbeat import MAX_CHILDREN, Heartbeats
+from taskd.worker.liveness import MAX_CHILDREN, ChildLiveness
 
 log = structlog.get_logger("taskd.supervisor")
 
@@ -46,7 +47,7 @@ HANDLED = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
-LOOP_TICK_S = 1.0  # how often the loop looks at heartbeats when no signal wakes it
+LOOP_TICK_S = 1.0  # how often the loop looks at child liveness when no signal wakes it
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
 CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
 HEALTHY_AFTER_S = 10.0  # a child that lived this long resets the respawn backoff
@@ -76,10 +77,12 @@ class Supervisor:
         queue: str | None = None,
         concurrency: int | None = None,
         config_path: str | None = None,
+        make_child: Callable[[Config, Registry, str, int, ChildLiveness], Child] = Child,
     ) -> None:
         self.config, self.registry, self.config_path = config, registry, config_path
+        self.make_child = make_child  # tests put in children with fake drivers
         self.queue_override, self.concurrency_override = queue, concurrency
-        self.heartbeats = Heartbeats()
+        self.liveness = ChildLiveness()
         self.children: dict[int, ChildProcess] = {}
         self.generation = 0
         self.draining = False
@@ -158,7 +161,7 @@ class Supervisor:
                 child.stop_by = math.inf  # killed: the reaper takes it from here
                 self._kill(child.pid, signal.SIGKILL)
         if not self.draining:
-            self._check_heartbeats(now)
+            self._check_liveness(now)
             self._spawn_missing()
 
     # -- children -------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class Supervisor:
     def _spawn(self) -> None:
         used = {child.slot for child in self.children.values()}
         slot = next(i for i in range(MAX_CHILDREN) if i not in used)
-        self.heartbeats.beat(slot, busy=False)
+        self.liveness.stamp(slot, busy=False)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # no parent handler runs in the child
         try:
             pid = os.fork()
@@ -191,7 +194,8 @@ class Supervisor:
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
-            code = Child(self.config, self.registry, self.queue, slot, self.heartbeats).run()
+            child = self.make_child(self.config, self.registry, self.queue, slot, self.liveness)
+            code = child.run()
         except BaseException:  # never return into the supervisor's stack
             log.exception("child_crashed", child=slot)
         finally:
@@ -237,9 +241,9 @@ class Supervisor:
         else:
             self.early_deaths = 0
 
-    def _check_heartbeats(self, now: float) -> None:
+    def _check_liveness(self, now: float) -> None:
         for child in self._current():
-            last, busy = self.heartbeats.read(child.slot)
+            last, busy = self.liveness.read(child.slot)
             if not busy and now - last > CHILD_STALL_S:
                 log.error(
                     "child_stalled",
@@ -326,7 +330,7 @@ def _stop_with(supervisor_pid: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the heartbeat check below still holds
+    except (OSError, AttributeError):  # not Linux: the liveness check still holds
         pass
     if os.getppid() != supervisor_pid:
         os._exit(EXIT_OK)

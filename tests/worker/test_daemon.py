@@ -310,6 +310,7 @@ def test_children_stop_when_their_supervisor_is_killed(
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     children = process.child_pids()
+    assert len(children) == 2  # else "all gone" below would hold of nothing
     os.kill(process.pid, signal.SIGKILL)  # the supervisor alone, not its group
     process.process.wait(10)
 

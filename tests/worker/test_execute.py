@@ -23,7 +23,7 @@ from taskd.worker.execute import (
     error_text,
     execute,
 )
-from taskd.worker.workflow import on_error, on_success
+from taskd.worker.followups import on_error, on_success
 
 NO_JITTER = RetryPolicy()
 QUEUE = "machinery_tasks"

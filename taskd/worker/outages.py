@@ -1,0 +1,73 @@
+"""Riding out a broker or backend outage: call a driver until it answers.
+
+Transient errors (``*Unavailable``) wait with capped, jittered backoff; the outage is logged
+when it begins and when it ends. The message being settled stays leased meanwhile; if the
+child is stopped or killed before the driver comes back, the broker delivers it again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import structlog
+
+from taskd.errors import BackendUnavailable, BrokerUnavailable, GiveUp
+
+log = structlog.get_logger("taskd.worker")
+
+T = TypeVar("T")
+DriverKind = Literal["broker", "backend"]
+
+BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
+BACKOFF_MAX_S = 5.0  # ...doubling up to this
+STOP_GRACE_S = 3.0  # asked to stop during an outage: wait this long for the driver, then leave
+
+# Fixed event names per driver kind, so logs can be searched for them.
+BEGAN = {"broker": "broker_unavailable", "backend": "backend_unavailable"}
+ENDED = {"broker": "broker_recovered", "backend": "backend_recovered"}
+
+
+class Outages:
+    """Keeps calls to the drivers going through outages, for one child."""
+
+    def __init__(self, stopping: Callable[[], bool], still_alive: Callable[[], None]) -> None:
+        self._stopping, self._still_alive = stopping, still_alive
+        self._began: dict[DriverKind, tuple[float, int]] = {}  # kind -> (since, attempts)
+
+    def call(self, kind: DriverKind, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call(*args, **kwargs)``, again and again while the driver is unavailable.
+
+        Raises GiveUp when the child is asked to stop and the outage has lasted
+        STOP_GRACE_S: whatever it did not ack is delivered again.
+        """
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except (BrokerUnavailable, BackendUnavailable) as exc:
+                since, _attempts = self._began.get(kind, (time.monotonic(), 0))
+                if self._stopping() and time.monotonic() - since >= STOP_GRACE_S:
+                    raise GiveUp(kind) from exc
+                self.pause(kind, exc)
+                continue
+            self.ended(kind)
+            return result
+
+    def pause(self, kind: DriverKind, exc: Exception) -> None:
+        """Log an outage once, then wait a little longer each time (with jitter)."""
+        since, attempts = self._began.get(kind, (time.monotonic(), 0))
+        if attempts == 0:
+            log.warning(BEGAN[kind], error=str(exc))
+        self._began[kind] = (since, attempts + 1)
+        pause_s = min(BACKOFF_FIRST_S * 2 ** min(attempts, 10), BACKOFF_MAX_S)
+        if self._stopping():
+            pause_s = min(pause_s, STOP_GRACE_S / 4)
+        self._still_alive()  # just waiting, not wedged
+        time.sleep(pause_s * random.uniform(0.5, 1.0))
+
+    def ended(self, kind: DriverKind) -> None:
+        began = self._began.pop(kind, None)
+        if began is not None:
+            log.info(ENDED[kind], outage_s=round(time.monotonic() - began[0], 3))

@@ -1,0 +1,189 @@
+"""The worker child in-process, with in-memory drivers: the hot loop's promises one by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.client import Client
+from taskd.config import Config, WorkerConfig
+from taskd.errors import ConfigError
+from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
+from taskd.registry import Registry, load_registry
+from taskd.wire import GoTime, State, TaskState, decode_signature
+from taskd.worker.child import Child
+from taskd.worker.liveness import ChildLiveness
+from tests.support.fakes import CountingMemoryBroker, MemoryBackend, MemoryBroker
+from tests.support.tasks import runs
+
+QUEUE = "tasks"
+
+
+class Rig:
+    """A child wired to in-memory drivers that stops once its queue is empty."""
+
+    def __init__(self, broker_class: type[MemoryBroker] = MemoryBroker, **worker: Any) -> None:
+        self.journal: list[tuple[str, Any]] = []
+        self.broker = broker_class(self.journal, on_idle=self.stop)
+        self.backend = MemoryBackend(self.journal)
+        worker.setdefault("poll_interval", 0.01)
+        self.config = Config(default_queue=QUEUE, worker=WorkerConfig(**worker))
+        self.registry: Registry = load_registry(["tests.support.tasks"])
+        self.client = Client(self.config, broker=self.broker, backend=self.backend)
+        self.child = Child(
+            self.config,
+            self.registry,
+            QUEUE,
+            0,
+            ChildLiveness(1),
+            connect_broker=lambda _config: self.broker,
+            connect_backend=lambda _config: self.backend,
+        )
+
+    def stop(self) -> None:
+        self.child.stopping = True
+
+    def serve(self) -> int:
+        self.broker.calls.clear()  # what the sends did is not the child's doing
+        return self.child.serve()
+
+    def state(self, task_id: str) -> State | None:
+        return self.backend.state_of(task_id)
+
+
+def test_tasks_run_and_each_message_is_acked_after_its_state_is_written() -> None:
+    rig = Rig()
+    sent = [rig.client.send("count", *range(n)) for n in range(5)]
+    assert rig.serve() == EXIT_OK
+    assert [rig.backend.states[r.task_id].python_results() for r in sent] == [[n] for n in range(5)]
+    written: dict[str, int] = {}
+    for index, (method, detail) in enumerate(rig.journal):
+        if method == "set_states":
+            written.update({task_id: index for task_id, state in detail if state is State.SUCCESS})
+        elif method == "ack_many":
+            for body in detail:
+                assert written[decode_signature(body).uuid] < index  # never acked before
+    acked = [body for detail in rig.broker.called("ack_many") for body in detail]
+    assert sorted(decode_signature(b).uuid for b in acked) == sorted(r.task_id for r in sent)
+    assert rig.broker.closed and rig.backend.closed
+
+
+def test_a_child_that_cannot_build_its_drivers_reports_a_boot_failure() -> None:
+    rig = Rig()
+
+    def broken(_config: Config) -> Any:
+        raise ConfigError("broker", "no driver for 'nope'")
+
+    rig.child = Child(rig.config, rig.registry, QUEUE, 0, ChildLiveness(1), connect_broker=broken)
+    assert rig.child.serve() == EXIT_CHILD_BOOT_FAILURE
+
+
+def test_an_outage_is_ridden_out_and_loses_nothing() -> None:
+    rig = Rig()
+    sent = rig.client.send("count", 1, 2)
+    rig.backend.fail("set_states", 2)
+    rig.broker.fail("ack_many", 2)
+    assert rig.serve() == EXIT_OK
+    assert rig.state(sent.task_id) is State.SUCCESS
+    assert len(rig.broker.called("ack_many")) == 1  # once it answered, once only
+
+
+def test_a_stop_hands_back_the_rest_of_the_batch_as_pending(tmp_path: Path) -> None:
+    rig = Rig(prefetch=3)  # a fixed batch: nothing is handed back before a slow task
+
+    def stop_now() -> None:
+        rig.child.stopping = True
+
+    rig.registry.register(stop_now)
+    first = rig.client.send("stop_now")
+    rest = [rig.client.send("record", str(tmp_path / "trace"), str(n)) for n in range(2)]
+    assert rig.serve() == EXIT_OK
+    assert rig.state(first.task_id) is State.SUCCESS
+    assert [rig.state(r.task_id) for r in rest] == [State.PENDING, State.PENDING]
+    (released,) = rig.broker.called("release_many")
+    assert [decode_signature(b).uuid for b in released] == [r.task_id for r in rest]
+    assert [before for _body, before in rig.broker.queues[QUEUE]] == [0, 0]  # not counted
+    assert runs(tmp_path / "trace") == []
+
+
+@pytest.mark.parametrize(
+    ("broker_class", "hands_back"),
+    [(MemoryBroker, True), (CountingMemoryBroker, False)],
+    ids=["free hand-back", "counted hand-back"],
+)
+def test_a_slow_task_hands_back_its_batch_only_where_that_is_free(
+    broker_class: type[MemoryBroker], hands_back: bool
+) -> None:
+    rig = Rig(broker_class)
+    for _ in range(40):  # this child has seen "count" be quick: it takes batches now
+        rig.child.pacing.ran("count", 0.0001)
+    unknown = rig.client.send("noop")  # never seen: not known to be quick
+    quick = [rig.client.send("count", n) for n in range(3)]
+    assert rig.serve() == EXIT_OK
+    assert rig.broker.called("fetch")[0] > 1
+    released = rig.broker.called("release_many")
+    if hands_back:
+        assert [[decode_signature(b).uuid for b in r] for r in released] == [
+            [q.task_id for q in quick]
+        ]
+    else:
+        assert released == []
+    assert {rig.state(r.task_id) for r in [unknown, *quick]} == {State.SUCCESS}
+
+
+def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
+    rig = Rig()
+    rig.broker.publish(QUEUE, b"not json")
+    unknown = rig.client.send("no_such_task")
+    ignored = rig.client.send(
+        rig.client.prepare(
+            decode_signature(
+                b'{"UUID":"task_ignored","Name":"nope","IgnoreWhenTaskNotRegistered":true}'
+            )
+        )
+    )
+    after = rig.client.send("count", 7)
+    assert rig.serve() == EXIT_OK
+    malformed, unregistered = rig.broker.dead
+    assert malformed.body == b"not json" and malformed.reason.startswith("malformed message")
+    assert decode_signature(unregistered.body).uuid == unknown.task_id
+    assert rig.backend.states[unknown.task_id].state is State.FAILURE
+    assert "not registered" in rig.backend.states[unknown.task_id].error
+    assert rig.state(ignored.task_id) is State.PENDING  # dropped as its sender asked
+    assert rig.state(after.task_id) is State.SUCCESS
+
+
+def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Path) -> None:
+    rig = Rig()
+    trace = tmp_path / "trace"
+    sent = rig.client.send("record", str(trace), "once")
+    done = TaskState(sent.task_id, State.SUCCESS, task_name="record", created_at=GoTime.now())
+    rig.backend.set_states([done])
+    body, _before = rig.broker.queues[QUEUE].popleft()
+    rig.broker.queues[QUEUE].append((body, 1))  # its worker died after storing the result
+    assert rig.serve() == EXIT_OK
+    assert runs(trace) == []
+    assert rig.broker.called("ack_many") == [[body]]
+    assert rig.state(sent.task_id) is State.SUCCESS
+
+
+def test_a_message_whose_workers_keep_dying_is_set_aside(tmp_path: Path) -> None:
+    rig = Rig(max_deliveries=3)
+    sent = rig.client.send("record", str(tmp_path / "trace"), "x")
+    body, _before = rig.broker.queues[QUEUE].popleft()
+    rig.broker.queues[QUEUE].append((body, 3))  # three workers died holding it
+    assert rig.serve() == EXIT_OK
+    assert rig.state(sent.task_id) is State.FAILURE
+    assert "max_deliveries" in rig.backend.states[sent.task_id].error
+    assert [letter.body for letter in rig.broker.dead] == [body]
+    assert runs(tmp_path / "trace") == []
+
+
+def test_follow_ups_drop_a_priority_the_broker_cannot_honour() -> None:
+    rig = Rig()
+    callback = rig.client.prepare(decode_signature(b'{"UUID":"cb_1","Name":"count","Priority":3}'))
+    rig.client.send("count", 1, on_success=[callback])
+    assert rig.serve() == EXIT_OK
+    assert rig.state("cb_1") is State.SUCCESS
