@@ -146,14 +146,16 @@ class Client:
         batch.
         """
         prepared = [self.prepare(sig) for sig in signatures]
+        messages = [
+            Message(sig.routing_key, sig.encode(), sig.eta, sig.priority) for sig in prepared
+        ]
+        self.broker.check_priorities(messages)  # before recording anything that is refused
         if states is None:
             now = GoTime.now()
             states = [pending_state(sig, now) for sig in prepared]
         if states:
             self.backend.set_states(states)
-        self.broker.publish_many(
-            [Message(sig.routing_key, sig.encode(), sig.eta, sig.priority) for sig in prepared]
-        )
+        self.broker.publish_many(messages)
         return prepared
 
     def send_chain(self, workflow: Chain) -> ChainResult:

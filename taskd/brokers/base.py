@@ -150,16 +150,18 @@ class Broker(ABC):
     def release(self, delivery: Delivery) -> None:
         self.release_many([delivery])
 
-    # -- for drivers ------------------------------------------------------------------------
-
-    def _refuse_priority(self, messages: Sequence[Message]) -> None:
-        """For drivers without priorities: a non-zero one is an error, not silently lost."""
+    def check_priorities(self, messages: Sequence[Message]) -> None:
+        """NotSupported for a non-zero priority where the driver has none: an error, not a
+        silent loss. Drivers call it in ``publish_many``; senders may call it first, before
+        recording anything of messages that would be refused."""
+        if self.supports_priority:
+            return
         for message in messages:
             if message.priority:
                 raise NotSupported(
                     self.driver,
-                    f"priority (queue {message.queue!r} asked for {message.priority};"
-                    " brokers with priorities: amqp)",
+                    "priority",
+                    f"queue {message.queue!r} asked for {message.priority}; send without one",
                 )
 
     # -- operations for taskctl; optional -------------------------------------------------

@@ -58,9 +58,9 @@ class SQLiteBroker(Broker):
     driver = "sqlite"
     counts_releases = False  # a release takes back the count its fetch added
 
-    def __init__(self, path: Path, synchronous: str, lease: Lease) -> None:
-        self._path, self._synchronous, self._lease = path, synchronous, lease
-        self._judge = SilenceJudge(lease.consumer_timeout_s, lease.heartbeat_interval_s)
+    def __init__(self, path: Path, synchronous: str, silence: Lease) -> None:
+        self._path, self._synchronous, self._lease = path, synchronous, silence
+        self._judge = SilenceJudge(silence.consumer_timeout_s, silence.heartbeat_interval_s)
         self._conn = self._connect()
         self._consumer_id: str | None = None
         self._beats: BeatThread | None = None
@@ -88,7 +88,7 @@ class SQLiteBroker(Broker):
     # -- producing ------------------------------------------------------------------------
 
     def publish_many(self, messages: Sequence[Message]) -> None:
-        self._refuse_priority(messages)
+        self.check_priorities(messages)
         now = time.time_ns()
         rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
         with self._guard(), self._lock, write_transaction(self._conn):
@@ -98,11 +98,17 @@ class SQLiteBroker(Broker):
 
     # -- consuming ------------------------------------------------------------------------
 
-    def _register(self) -> str:
+    def _register(self, queue: str) -> str:
+        """This consumer's id, registered (and beating) before it takes its first message."""
         if self._consumer_id is None:
             self._consumer_id = new_consumer_id()
-            self._beat(self._conn)
-            self._reclaim(self._conn)
+            try:
+                with self._guard(queue), self._lock:
+                    self._beat(self._conn)
+                    self._reclaim(self._conn)
+            except BrokerError:
+                self._consumer_id = None  # registered on the next fetch instead
+                raise
             self._beats = BeatThread(
                 self._beat_and_reclaim, self._lease.heartbeat_interval_s, self.driver
             )
@@ -110,7 +116,7 @@ class SQLiteBroker(Broker):
         return self._consumer_id
 
     def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
-        consumer = self._register()
+        consumer = self._register(queue)
         deadline = time.monotonic() + wait_s
         while True:
             with self._guard(queue), self._lock:

@@ -159,7 +159,7 @@ def result(session: Session, task_id: str, wait_s: float | None, as_json: bool) 
     finish(waited(lambda: single.wait(wait_s)), task_id, as_json)
 
 
-# -- workflows --------------------------------------------------------------------------------
+# -- the other commands ----------------------------------------------------------------------
 
 
 for command in (*taskctl_workflows.COMMANDS, taskctl_queue.queue):

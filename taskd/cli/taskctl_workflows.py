@@ -144,7 +144,4 @@ def chord(
         sys.exit(show(state, as_json, with_id=False))
 
 
-# -- queues -----------------------------------------------------------------------------------
-
-
 COMMANDS = (chain, group, chord)

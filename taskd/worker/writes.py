@@ -1,9 +1,9 @@
 """States not yet written and messages not yet acked, written together in few round trips.
 
 A quick task's final state and ack wait up to COALESCE_S to share one state write and one
-ack with its neighbours, including those of later fetches. The one rule: a message is acked
-only after its state is written (``flush`` writes states first), so a crash in between runs
-a task twice at worst, never loses its result.
+ack with its neighbours of the same batch (the child flushes at the end of each batch). The
+one rule: a message is acked only after its state is written (``flush`` writes states first),
+so a crash in between runs a task twice at worst, never loses its result.
 """
 
 from __future__ import annotations

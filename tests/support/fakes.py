@@ -64,7 +64,7 @@ class MemoryBroker(Recorder, Broker):
 
     def publish_many(self, messages: Sequence[Message]) -> None:
         self._record("publish_many", [m.body for m in messages])
-        self._refuse_priority(messages)
+        self.check_priorities(messages)
         for message in messages:
             self.queues.setdefault(message.queue, deque()).append((message.body, 0))
 

@@ -59,7 +59,7 @@ class RedisBroker(RedisQueueAdmin, Broker):
         """
         if not messages:
             return
-        self._refuse_priority(messages)
+        self.check_priorities(messages)
         now_ns = time.time_ns()
         ready: dict[str, list[bytes]] = {}
         delayed: list[Any] = []

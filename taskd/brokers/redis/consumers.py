@@ -50,10 +50,10 @@ class RedisConsumers:
         try:
             with self._translated():
                 self._beat()
+            self.beat_and_reclaim()
         except BrokerError:
-            del self._ids[queue]
+            del self._ids[queue]  # registered on the next fetch instead, beating from then on
             raise
-        self.beat_and_reclaim()
         if self._beats is None:
             self._beats = BeatThread(
                 self.beat_and_reclaim, self._lease.heartbeat_interval_s, self.driver

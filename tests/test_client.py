@@ -1,0 +1,21 @@
+"""Client behaviour that needs no server: in-memory drivers."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskd.client import Client
+from taskd.config import Config
+from taskd.errors import NotSupported
+from tests.support.fakes import MemoryBackend, MemoryBroker
+
+
+def test_a_priority_the_broker_cannot_honour_is_refused_before_anything_is_recorded() -> None:
+    broker, backend = MemoryBroker(), MemoryBackend()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=backend)
+    with pytest.raises(NotSupported, match="priority is not supported"):
+        client.send("count", 1, priority=3)
+    assert backend.states == {}  # no PENDING left behind for a task never sent
+    assert broker.queues.get("tasks", []) == []
+    client.send("count", 1)  # without one it goes
+    assert len(broker.queues["tasks"]) == 1
