@@ -131,7 +131,7 @@ class Client:
         if not sig.uuid:
             changes["uuid"] = new_id("task")
         if not sig.routing_key:
-            changes["routing_key"] = self.config.default_queue
+            changes["routing_key"] = self.broker.routing_key(self.config.default_queue)
         if sig.headers is None:
             changes["headers"] = {}
         return replace(sig, **changes) if changes else sig
@@ -147,7 +147,8 @@ class Client:
         """
         prepared = [self.prepare(sig) for sig in signatures]
         messages = [
-            Message(sig.routing_key, sig.encode(), sig.eta, sig.priority) for sig in prepared
+            Message(sig.routing_key, sig.encode(), sig.eta, sig.priority, sig.headers)
+            for sig in prepared
         ]
         self.broker.check_priorities(messages)  # before recording anything that is refused
         if states is None:

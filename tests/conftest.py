@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from tests.support.harness import (
+    AMQP_URL,
     REDIS_URL,
     Daemon,
     PrivateRedis,
     config_data,
+    delete_amqp_namespace,
     delete_namespace,
     process_env,
     write_config,
@@ -51,12 +53,36 @@ def redis_namespace(redis_server: Any, namespace: str) -> Iterator[str]:
     delete_namespace(redis_server, namespace)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> None:
+    """The real RabbitMQ on loopback; the run fails if it is not there."""
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.fail(f"RabbitMQ must run on {AMQP_URL} for the tests (.ci/run starts it): {exc}")
+
+
+@pytest.fixture
+def amqp_namespace(rabbitmq: None, namespace: str) -> Iterator[str]:
+    yield namespace
+    delete_amqp_namespace(namespace)
+
+
+def kind_with_server(request: pytest.FixtureRequest) -> str:
+    """A driver kind, with its server's namespace cleaned up after the test."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_namespace")
+    elif request.param == "amqp":
+        request.getfixturevalue("amqp_namespace")
+    return str(request.param)
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def driver_kind(request: pytest.FixtureRequest) -> str:
     """Runs a test once per broker/backend pair."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_namespace")
-    return str(request.param)
+    return kind_with_server(request)
 
 
 @pytest.fixture

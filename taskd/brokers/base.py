@@ -21,7 +21,7 @@ maps it onto what its broker has:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -59,6 +59,7 @@ class Message:
     body: bytes
     eta: GoTime | None = None
     priority: int = 0
+    headers: Mapping[str, Any] | None = None  # the signature's Headers (AMQP message headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,11 @@ class Broker(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and stop background work; deliveries not settled come back."""
+
+    def routing_key(self, queue: str) -> str:
+        """The RoutingKey of a message sent to ``queue`` without one (machinery's
+        AdjustRoutingKey): the queue's name, except where the broker routes by another key."""
+        return queue
 
     # -- single forms ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from taskd.brokers import Broker, lease, open_broker
+from tests.conftest import kind_with_server
 from tests.support.harness import wait_until
 
 
@@ -65,6 +66,12 @@ def test_consumer_ids_say_where_they_ran() -> None:
 
 FAST_LIVENESS = {"worker": {"heartbeat_interval": 0.2, "consumer_timeout": 1.5}}
 TIMEOUT_S = 1.5
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def driver_kind(request: pytest.FixtureRequest) -> str:
+    """Only the drivers that keep leases themselves."""
+    return kind_with_server(request)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback only, ever
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 TEST_RESULTS_EXPIRE_S = 300
 
 T = TypeVar("T")
@@ -38,6 +39,28 @@ def wait_until(
         time.sleep(interval_s)
 
 
+def delete_amqp_namespace(namespace: str, queues: tuple[str, ...] = ()) -> None:
+    """Delete what a test's AMQP drivers declared: its queue, dead letters, delay ladder and
+    exchanges (all named after the namespace), and any other ``queues`` it names."""
+    import pika
+
+    from taskd.brokers.amqp.delays import Ladder
+    from taskd.brokers.amqp.topology import DEAD_PREFIX
+
+    ladder = Ladder(namespace)
+    names = [namespace, DEAD_PREFIX + namespace, *queues, *ladder.queues()]
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        for name in names:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                connection.channel().queue_delete(name)
+        for name in [namespace, *ladder.exchanges()]:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                connection.channel().exchange_delete(name)
+    finally:
+        connection.close()
+
+
 def delete_namespace(client: Any, namespace: str) -> None:
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
     if keys:
@@ -54,6 +77,16 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
             "broker": REDIS_URL,
             "result_backend": REDIS_URL,
             "redis": {"key_prefix": f"{namespace}:", "delayed_tasks_key": f"{namespace}:delayed"},
+        }
+    elif kind == "amqp":  # an exchange and binding key of the test's own; results in SQLite
+        data = {
+            "broker": AMQP_URL,
+            "result_backend": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
+            "amqp": {
+                "exchange": namespace,
+                "binding_key": f"{namespace}.task",
+                "queue_declare_args": {"x-max-priority": 9},
+            },
         }
     else:
         raise ValueError(kind)

@@ -1,0 +1,138 @@
+"""The AMQP broker's operations for taskctl, on a channel of their own.
+
+RabbitMQ cannot show a message without taking it: ``peek``, ``dead_letters`` and the count
+of delayed messages (which wait in the exchange's delay ladder, among other queues') take
+them unacked and close their channel, which puts them back in order (flagged as
+redelivered, their expiry kept). These cost a read of every message they look through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from taskd.brokers.amqp import delays
+from taskd.brokers.amqp.topology import DEAD_PREFIX, Session, Topology
+from taskd.brokers.base import DeadLetter
+from taskd.wire import GoTime
+
+T = TypeVar("T")
+DEAD_LETTERS_READ = 1000  # most dead letters read to find the newest
+
+
+class AMQPQueueAdmin:
+    """The optional Broker operations, for AMQPBroker (which provides ``_call``)."""
+
+    _topology: Topology
+
+    def _call(self, fn: Callable[[Session], T], queue: str | None = None) -> T:
+        raise NotImplementedError
+
+    def _on_own_channel(self, fn: Callable[[Any], T], queue: str) -> T:
+        def run(session: Session) -> T:
+            channel = session.connection.channel()
+            try:
+                return fn(channel)
+            finally:
+                if channel.is_open:
+                    channel.close()
+
+        return self._call(run, queue)
+
+    def _count(self, channel: Any, queue: str) -> int:
+        import pika.exceptions
+
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:  # no such queue: nothing in it
+                return 0
+            raise
+
+    def size(self, queue: str) -> int:
+        return self._on_own_channel(lambda channel: self._count(channel, queue), queue)
+
+    def _delayed_for(self, queue: str, drop: bool) -> int:
+        """Count (and with ``drop`` delete) the delayed messages bound for ``queue``: each
+        level of the ladder is read unacked; the others go back when the channel closes,
+        keeping their expiry."""
+
+        def scan(session: Session) -> int:
+            found = 0
+            for name in self._topology.ladder.queues():
+                channel = session.connection.channel()
+                try:
+                    if not self._count(channel, name):
+                        continue
+                    while True:
+                        method, _properties, _body = channel.basic_get(name, auto_ack=False)
+                        if method is None:
+                            break
+                        destination = method.routing_key.split(".", delays.LEVELS)[-1]
+                        if self._topology.queue_for(destination) == queue:
+                            found += 1
+                            if drop:
+                                channel.basic_ack(method.delivery_tag)
+                finally:
+                    if channel.is_open:
+                        channel.close()
+            return found
+
+        return self._call(scan, queue)
+
+    def delayed(self, queue: str) -> int:
+        return self._delayed_for(queue, drop=False)
+
+    def _take_unacked(self, channel: Any, queue: str, limit: int) -> list[tuple[Any, bytes]]:
+        taken = []
+        while len(taken) < limit:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            taken.append((properties, bytes(body)))
+        return taken
+
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        def look(channel: Any) -> list[bytes]:
+            if not self._count(channel, queue):
+                return []
+            return [body for _properties, body in self._take_unacked(channel, queue, limit)]
+
+        return self._on_own_channel(look, queue)
+
+    def purge(self, queue: str) -> int:
+        """Ready and delayed messages (unacked ones are being run, and stay)."""
+
+        def purge(channel: Any) -> int:
+            if not self._count(channel, queue):
+                return 0
+            return int(channel.queue_purge(queue).method.message_count)
+
+        return self._on_own_channel(purge, queue) + self._delayed_for(queue, drop=True)
+
+    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        def read(channel: Any) -> list[DeadLetter]:
+            dead = DEAD_PREFIX + queue
+            if not self._count(channel, dead):
+                return []
+            letters = []
+            for properties, body in self._take_unacked(channel, dead, DEAD_LETTERS_READ):
+                headers = properties.headers or {}
+                letters.append(
+                    DeadLetter(
+                        queue,
+                        body,
+                        _text(headers.get("x-taskd-reason")),
+                        GoTime.parse(_text(headers.get("x-taskd-rejected-at")) or _ZERO),
+                    )
+                )
+            return letters[::-1][:limit]
+
+        return self._on_own_channel(read, queue)
+
+
+_ZERO = "0001-01-01T00:00:00Z"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")

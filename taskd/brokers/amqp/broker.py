@@ -1,0 +1,269 @@
+"""The AMQP broker's fetch path: publish with confirms, consume with late acks."""
+
+from __future__ import annotations
+
+import queue as queues
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+
+from taskd.amqplink import Link, connection_parameters
+from taskd.brokers.amqp import delays
+from taskd.brokers.amqp.admin import AMQPQueueAdmin
+from taskd.brokers.amqp.topology import Session, Topology
+from taskd.brokers.base import Broker, Delivery, Message
+from taskd.config import Config
+from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.wire import GoTime
+
+T = TypeVar("T")
+EARLY_TOLERANCE_NS = 50_000_000  # a delayed message this close to its ETA runs, not waits
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    generation: int
+    tag: int
+    redelivered: bool
+    headers: dict[str, Any]
+    body: bytes
+
+
+class AMQPBroker(AMQPQueueAdmin, Broker):
+    driver = "amqp"
+    counts_releases = True  # a requeue sets the redelivered flag (quorum queues: counts it)
+
+    def __init__(self, url: str, config: Config) -> None:
+        self._topology = Topology.of(config)
+        self._link = Link(
+            connection_parameters(url, config, "broker"),
+            Session,
+            BrokerUnavailable,
+            self.driver,
+        )
+        self._inboxes: dict[str, queues.SimpleQueue[Received]] = {}
+        self._generation = 0  # of the connection the unsettled deliveries came from
+        self._unsettled = 0  # deliveries handed out and not yet settled (basic.qos counts them)
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(url, config)
+
+    @property  # type: ignore[override]
+    def supports_priority(self) -> bool:
+        """Queues honour priorities only when declared with x-max-priority (in
+        ``amqp.queue_declare_args``; machinery's layout has none by default)."""
+        return "x-max-priority" in self._topology.queue_arguments
+
+    def _call(self, fn: Callable[[Session], T], queue: str | None = None) -> T:
+        """``fn(session)`` on the connection's thread; RabbitMQ's refusals as BrokerError."""
+        import pika.exceptions
+
+        try:
+            return self._link.call(fn)
+        except (pika.exceptions.AMQPChannelError, pika.exceptions.NackError) as exc:
+            raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
+
+    def routing_key(self, queue: str) -> str:
+        """machinery's AdjustRoutingKey: on a direct exchange, the binding key."""
+        if self._topology.routes_by_binding_key and queue == self._topology.default_queue:
+            return self._topology.binding_key
+        return queue
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        """Each message confirmed by RabbitMQ before the next (mandatory: an unroutable one
+        is an error, not a silent loss); the destination is declared first."""
+        if messages:
+            self._call(lambda session: self._publish(session, messages), messages[0].queue)
+
+    def _publish(self, session: Session, messages: Sequence[Message]) -> None:
+        import pika
+
+        channel = session.publishing()
+        now_ns = time.time_ns()
+        for message in messages:
+            headers = dict(message.headers or {})
+            properties = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                priority=message.priority,
+                headers=headers,
+            )
+            due_in_ns = message.eta.unix_ns - now_ns if message.eta is not None else 0
+            if due_in_ns > EARLY_TOLERANCE_NS:
+                assert message.eta is not None
+                self._publish_delayed(session, channel, message, properties, due_in_ns)
+                continue
+            self._topology.declare_queue(session, channel, self._topology.queue_for(message.queue))
+            channel.basic_publish(
+                self._topology.exchange,
+                message.queue,
+                message.body,
+                properties,
+                mandatory=True,
+            )
+
+    def _publish_delayed(
+        self, session: Session, channel: Any, message: Message, properties: Any, due_in_ns: int
+    ) -> None:
+        assert message.eta is not None
+        self._topology.declare_delayed(session, channel, message.queue)
+        properties.headers[delays.ETA_HEADER] = message.eta.unix_ns
+        units = delays.units_for(due_in_ns / 1e6)
+        channel.basic_publish(
+            self._topology.ladder.top,
+            delays.routing_key(units, message.queue),
+            message.body,
+            properties,
+            mandatory=True,
+        )
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:
+        """Messages RabbitMQ pushed to this consumer, waiting up to ``wait_s`` for the first.
+
+        basic.qos lets RabbitMQ push ``max_messages`` beyond those still unsettled, so the
+        adaptive batch size of the worker is the prefetch (amqp.prefetch_count is not used).
+        """
+        inbox = self._inboxes.setdefault(queue, queues.SimpleQueue())
+        prefetch = self._unsettled + max_messages
+        generation = self._call(lambda session: self._consume(session, queue, prefetch), queue)
+        if generation != self._generation:  # a new connection: the old deliveries are void
+            self._generation, self._unsettled = generation, 0
+        taken: list[Delivery] = []
+        deadline = time.monotonic() + wait_s
+        while len(taken) < max_messages:
+            try:
+                if taken:
+                    item = inbox.get_nowait()
+                else:
+                    item = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queues.Empty:
+                break
+            if item.generation != generation:
+                continue  # from a lost connection: RabbitMQ has put it back already
+            if self._early(queue, item):
+                continue
+            taken.append(Delivery(queue, item.body, _deliveries(item), (generation, item.tag)))
+        self._unsettled += len(taken)
+        return taken
+
+    def _consume(self, session: Session, queue: str, prefetch: int) -> int:
+        channel = session.consuming_channel()
+        if session.prefetch != prefetch:  # per channel: a change applies at once
+            channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+            session.prefetch = prefetch
+        if queue not in session.consuming:
+            self._topology.declare_queue(session, channel, queue)
+            inbox = self._inboxes[queue]
+            generation = session.generation
+
+            def received(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+                inbox.put(
+                    Received(
+                        generation,
+                        method.delivery_tag,
+                        method.redelivered,
+                        dict(properties.headers or {}),
+                        body,
+                    )
+                )
+
+            session.consuming[queue] = channel.basic_consume(queue, received, auto_ack=False)
+        return session.generation
+
+    def _early(self, queue: str, item: Received) -> bool:
+        """A message delayed past the ladder's longest trip came round early: send it on."""
+        eta_ns = item.headers.get(delays.ETA_HEADER)
+        if not isinstance(eta_ns, int) or eta_ns - time.time_ns() <= EARLY_TOLERANCE_NS:
+            return False
+        headers = {k: v for k, v in item.headers.items() if not k.startswith("x-")}
+        again = Message(queue, item.body, GoTime(eta_ns), 0, headers)
+        self.publish_many([again])
+        self.ack_many([Delivery(queue, item.body, 1, (item.generation, item.tag))])
+        return True
+
+    # -- settling -------------------------------------------------------------------------
+
+    def _settle(
+        self,
+        deliveries: Sequence[Delivery],
+        how: Callable[[Any, int], None],
+        also: Callable[[Session], list[int]] = lambda _session: [],
+    ) -> None:
+        def settle(session: Session) -> None:
+            channel = session.consumer
+            if channel is None or not channel.is_open:
+                return  # its channel is gone, and RabbitMQ delivers its messages again
+            current = [
+                tag
+                for generation, tag in (d.handle for d in deliveries)
+                if generation == session.generation
+            ]  # older ones: already put back
+            for tag in current + also(session):
+                how(channel, tag)
+
+        if deliveries:
+            self._call(settle, deliveries[0].queue)
+            current = [d for d in deliveries if d.handle[0] == self._generation]
+            self._unsettled = max(self._unsettled - len(current), 0)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        self._settle(deliveries, lambda channel, tag: channel.basic_ack(tag))
+
+    def release_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Requeued, together with what RabbitMQ pushed here meanwhile, so that all go back
+        to their places in the queue, in order: the consumer is cancelled first (after its
+        cancel-ok nothing more arrives) and starts again with the next fetch."""
+        queues_of = {delivery.queue for delivery in deliveries}
+
+        def buffered(session: Session) -> list[int]:
+            tags = []
+            for name in queues_of:
+                consumer_tag = session.consuming.pop(name, None)
+                if consumer_tag is not None and session.consumer is not None:
+                    session.consumer.basic_cancel(consumer_tag)
+                inbox = self._inboxes.get(name)
+                while inbox is not None and not inbox.empty():
+                    item = inbox.get_nowait()
+                    if item.generation == session.generation:
+                        tags.append(item.tag)
+            return tags
+
+        self._settle(
+            deliveries, lambda channel, tag: channel.basic_nack(tag, requeue=True), buffered
+        )
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Into ``taskd.dead.<queue>`` with the reason in headers (confirmed), then acked."""
+        import pika
+
+        def set_aside(session: Session) -> None:
+            channel = session.publishing()
+            dead = self._topology.declare_dead(session, channel, delivery.queue)
+            headers = {
+                "x-taskd-reason": reason,
+                "x-taskd-queue": delivery.queue,
+                "x-taskd-rejected-at": GoTime.now().format(),
+            }
+            properties = pika.BasicProperties(delivery_mode=2, headers=headers)
+            channel.basic_publish("", dead, delivery.body, properties, mandatory=True)
+
+        self._call(set_aside, delivery.queue)
+        self.ack_many([delivery])
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def _deliveries(item: Received) -> int:
+    """Quorum queues count deliveries (x-delivery-count, the earlier ones); classic queues
+    only flag a redelivery."""
+    counted = item.headers.get("x-delivery-count")
+    if isinstance(counted, int) and counted >= 0:
+        return counted + 1
+    return 2 if item.redelivered else 1

@@ -1,0 +1,111 @@
+"""What the AMQP broker declares, per connection: the exchange, queues and their bindings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskd.brokers.amqp import delays
+from taskd.config import Config
+
+DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
+
+
+@dataclass
+class Session:
+    """One connection's channels and what was declared on it (all gone with it)."""
+
+    connection: Any
+    generation: int
+    publisher: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
+    consumer: Any = None
+    prefetch: int = 0
+    consuming: dict[str, str] = field(default_factory=dict)  # queue -> consumer tag
+    declared: set[str] = field(default_factory=set)
+
+    def publishing(self) -> Any:
+        if self.publisher is None or not self.publisher.is_open:
+            self.publisher = self.connection.channel()
+            self.publisher.confirm_delivery()
+        return self.publisher
+
+    def consuming_channel(self) -> Any:
+        if self.consumer is None or not self.consumer.is_open:
+            self.consumer = self.connection.channel()
+            self.prefetch = 0
+            self.consuming.clear()
+        return self.consumer
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchange: str
+    exchange_type: str
+    binding_key: str
+    queue_arguments: dict[str, Any]
+    binding_arguments: dict[str, Any]
+    default_queue: str
+
+    @classmethod
+    def of(cls, config: Config) -> Topology:
+        amqp = config.amqp
+        return cls(
+            amqp.exchange,
+            amqp.exchange_type,
+            amqp.binding_key,
+            dict(amqp.queue_declare_args),
+            dict(amqp.queue_binding_args),
+            config.default_queue,
+        )
+
+    @property
+    def routes_by_binding_key(self) -> bool:
+        return self.exchange_type == "direct"
+
+    def queue_for(self, routing_key: str) -> str:
+        """The queue a routing key addresses: the default queue for the binding key, else
+        the queue of that name."""
+        if routing_key == self.binding_key:
+            return self.default_queue
+        return routing_key
+
+    def declare_queue(self, session: Session, channel: Any, queue: str) -> None:
+        """The exchange, ``queue`` and its bindings: by the binding key for the default queue
+        (machinery's layout), by its own name for every queue."""
+        if queue in session.declared:
+            return
+        if "exchange" not in session.declared:
+            channel.exchange_declare(self.exchange, exchange_type=self.exchange_type, durable=True)
+            session.declared.add("exchange")
+        channel.queue_declare(queue, durable=True, arguments=self.queue_arguments or None)
+        keys = {queue}
+        if queue == self.default_queue:
+            keys.add(self.binding_key)
+        for key in sorted(keys):
+            channel.queue_bind(
+                queue, self.exchange, routing_key=key, arguments=self.binding_arguments or None
+            )
+        session.declared.add(queue)
+
+    @property
+    def ladder(self) -> delays.Ladder:
+        return delays.Ladder(self.exchange)
+
+    def declare_delayed(self, session: Session, channel: Any, routing_key: str) -> None:
+        """The delay ladder, and the way from its end to the queue of ``routing_key``."""
+        if "ladder" not in session.declared:
+            self.ladder.declare(channel)
+            session.declared.add("ladder")
+        marker = f"delayed:{routing_key}"
+        if marker not in session.declared:
+            queue = self.queue_for(routing_key)
+            self.declare_queue(session, channel, queue)
+            self.ladder.declare_destination(channel, queue, routing_key)
+            session.declared.add(marker)
+
+    def declare_dead(self, session: Session, channel: Any, queue: str) -> str:
+        name = DEAD_PREFIX + queue
+        if name not in session.declared:
+            channel.queue_declare(name, durable=True)
+            session.declared.add(name)
+        return name
