@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/bench.py [--broker URL] [--backend URL] [--tasks 10000]
 
+    .venv/bin/python benchmarks/bench.py --broker amqp://guest:guest@127.0.0.1:5672/ \
+        --backend redis://127.0.0.1:6379/0
+
 Prints, for the chosen broker and backend:
 - end-to-end tasks/s: N no-op tasks through `taskd start` with 2 children, from the first
   enqueue until the last result is stored (results stored, at-least-once);
@@ -9,7 +12,9 @@ Prints, for the chosen broker and backend:
 - round-trip latency p50/p99 of one task at a time (send, run, result read back);
 - Redis round trips and commands per task, from Redis's own counters (Redis only);
 - the bare loop: one producer RPUSHing small JSON messages, 2 consumer processes BLPOPing,
-  decoding and INCRing a counter, one message per round trip; and taskd's ratio to it.
+  decoding and INCRing a counter, one message per round trip; and taskd's ratio to it. On
+  AMQP, a bare pika loop instead: persistent messages each confirmed, consumers with
+  prefetch 32 acking each message.
 
 Figures only: nothing here passes or fails.
 """
@@ -85,6 +90,80 @@ def bare_loop(url: str, total: int, consumers: int) -> float:
         os.waitpid(pid, 0)
     client.delete(queue, counter)
     return total / elapsed
+
+
+def _pika_consumer(url: str, queue: str, counter: str, total: int) -> None:
+    import pika
+    import redis
+
+    done = redis.Redis()
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=32)
+    for method, _properties, body in channel.consume(queue, inactivity_timeout=1):
+        if method is None:
+            if int(done.get(counter) or 0) >= total:
+                break
+            continue
+        json.loads(body)
+        channel.basic_ack(method.delivery_tag)
+        if done.incr(counter) >= total:
+            break
+    connection.close()
+
+
+def bare_pika_loop(url: str, total: int, consumers: int) -> float:
+    """Messages per second of a plain pika loop: persistent messages, a publisher confirm
+    each, manual acks; completion counted in Redis as in the Redis loop."""
+    import pika
+    import redis
+
+    ns = f"taskd-bench-bare-{secrets.token_hex(4)}"
+    counter = f"{ns}:done"
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(ns, durable=True)
+    channel.confirm_delivery()
+    pids = []
+    for _ in range(consumers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _pika_consumer(url, ns, counter, total)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    time.sleep(0.3)
+    properties = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+    started = time.perf_counter()
+    for i in range(total):
+        body = json.dumps({"id": i, "name": "noop", "args": []})
+        channel.basic_publish("", ns, body, properties)
+    done = redis.Redis()
+    while int(done.get(counter) or 0) < total:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    for pid in pids:
+        os.waitpid(pid, 0)
+    channel.queue_delete(ns)
+    connection.close()
+    done.delete(counter)
+    return total / elapsed
+
+
+def delete_amqp(url: str, ns: str) -> None:
+    """What the daemon declared for the run: its queue, dead letters, delay ladder."""
+    import pika
+
+    from taskd.brokers.amqp.delays import Ladder
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    for queue in [ns, f"taskd.dead.{ns}", *Ladder(ns).queues()]:
+        channel.queue_delete(queue)
+    for exchange in [ns, *Ladder(ns).exchanges()]:
+        channel.exchange_delete(exchange)
+    connection.close()
 
 
 # -- taskd ----------------------------------------------------------------------------------
@@ -164,6 +243,7 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
             "imports": ["benchmarks.tasks"],
             "log_level": args.log_level,
             "redis": {"key_prefix": f"{ns}:", "delayed_tasks_key": f"{ns}:delayed"},
+            "amqp": {"exchange": ns, "binding_key": f"{ns}.task"},
             "worker": {"prefetch": args.prefetch},
         }
         for key in ("broker", "result_backend"):
@@ -199,6 +279,8 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
                 for chunk in (keys, *(ids[i : i + 1000] for i in range(0, len(ids), 1000))):
                     if chunk:
                         redis_stats.client.delete(*chunk)
+            if args.broker.startswith("amqp"):
+                delete_amqp(args.broker, ns)
             client.close()
     result: dict[str, Any] = {
         "tasks_per_s": args.tasks / (finished - started),
@@ -258,6 +340,10 @@ def main() -> None:
     if not args.skip_baseline and args.broker.startswith("redis"):
         bare = bare_loop(args.broker, args.tasks, args.children)
         print(f"bare redis-py loop      {bare:8.0f} msgs/s (RPUSH / BLPOP + json + INCR)")
+        print(f"taskd / bare loop       {taskd['tasks_per_s'] / bare:8.2f}x")
+    if not args.skip_baseline and args.broker.startswith("amqp"):
+        bare = bare_pika_loop(args.broker, args.tasks, args.children)
+        print(f"bare pika loop          {bare:8.0f} msgs/s (confirmed publish / consume + ack)")
         print(f"taskd / bare loop       {taskd['tasks_per_s'] / bare:8.2f}x")
 
 

@@ -177,7 +177,7 @@ class Link:
                 return
             self._connection = self._session = None
             pending = list(self._pending)
-        log.debug("amqp_connection_lost", driver=self._driver, error=str(exc))
+        log.warning("amqp_connection_lost", driver=self._driver, error=str(exc))
         for future in pending:
             _settle(future, ConnectionError(f"connection lost: {exc}"))
 

@@ -81,6 +81,12 @@ def stamp(path: str) -> None:
 
 
 @task
+def stamp_token(path: str, token: str) -> None:
+    """Note which task ran and when (``token@<Unix seconds>``)."""
+    _append(path, f"{token}@{time.time():.6f}")
+
+
+@task
 def total_once(path: str, *numbers: int) -> int:
     """Sum its arguments, noting each run (a chord callback must run exactly once)."""
     _append(path, str(sum(numbers)))

@@ -83,7 +83,6 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         import pika
 
         channel = session.publishing()
-        now_ns = time.time_ns()
         for message in messages:
             headers = dict(message.headers or {})
             properties = pika.BasicProperties(
@@ -92,10 +91,11 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                 priority=message.priority,
                 headers=headers,
             )
-            due_in_ns = message.eta.unix_ns - now_ns if message.eta is not None else 0
-            if due_in_ns > EARLY_TOLERANCE_NS:
-                assert message.eta is not None
-                self._publish_delayed(session, channel, message, properties, due_in_ns)
+            if (
+                message.eta is not None
+                and message.eta.unix_ns - time.time_ns() > EARLY_TOLERANCE_NS
+            ):
+                self._publish_delayed(session, channel, message, properties)
                 continue
             self._topology.declare_queue(session, channel, self._topology.queue_for(message.queue))
             channel.basic_publish(
@@ -107,12 +107,14 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             )
 
     def _publish_delayed(
-        self, session: Session, channel: Any, message: Message, properties: Any, due_in_ns: int
+        self, session: Session, channel: Any, message: Message, properties: Any
     ) -> None:
         assert message.eta is not None
         self._topology.declare_delayed(session, channel, message.queue)
         properties.headers[delays.ETA_HEADER] = message.eta.unix_ns
-        units = delays.units_for(due_in_ns / 1e6)
+        # The delay left now, as it is published: not as it was before the ladder was
+        # declared or the messages ahead of it in the batch were confirmed (it would run late).
+        units = delays.units_for((message.eta.unix_ns - time.time_ns()) / 1e6)
         channel.basic_publish(
             self._topology.ladder.top,
             delays.routing_key(units, message.queue),

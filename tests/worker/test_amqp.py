@@ -1,0 +1,465 @@
+"""A real ``taskd start`` on RabbitMQ: machinery's messages both ways, crashes, long tasks,
+delays, connection loss and bad input. Results go to SQLite; each test has an exchange,
+binding key and queues of its own (``amqp_namespace`` deletes them)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.brokers.amqp import delays
+from taskd.client import AsyncResult, Client, signature
+from taskd.wire import GoTime, State, decode_signature, new_id
+from tests.support.harness import AMQP_URL, Daemon, client_for, taskctl, wait_until
+from tests.support.tasks import runs
+
+AMQP_PORT = 5672
+QUICK_RECOVERY = {"heartbeat_interval": 0.5}
+
+# machinery's Signature fields, in the order Go's encoding/json writes them.
+GO_FIELDS = [
+    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
+    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
+    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
+    "IgnoreWhenTaskNotRegistered",
+]  # fmt: skip
+
+
+def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = "null") -> bytes:
+    """A message byte for byte as machinery's Go producer writes it (see GO_MESSAGE in
+    test_daemon.py); ``args`` is the Args JSON, ``eta`` the ETA's (a quoted time or null)."""
+    return (
+        f'{{"UUID":"{task_id}","Name":"{name}","RoutingKey":"{routing_key}","ETA":{eta},'
+        f'"GroupUUID":"","GroupTaskCount":0,"Args":{args},"Headers":{{}},"Priority":0,'
+        '"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,'
+        '"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+        '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
+    ).encode()
+
+
+def amqp_client(namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Client]:
+    """The AMQP broker with results in SQLite: these tests are about the broker."""
+    backend = f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal"
+    return client_for("amqp", namespace, tmp_path, result_backend=backend, **overrides)
+
+
+# -- RabbitMQ from the outside --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def amqp_connection() -> Iterator[Any]:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def consumer_count(connection: Any, queue: str) -> int:
+    """Consumers of ``queue`` (0 if it does not exist yet), on a channel of its own: a
+    passive declare of a missing queue closes its channel."""
+    import pika.exceptions
+
+    channel = connection.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def go_publish(connection: Any, exchange: str, routing_key: str, body: bytes) -> None:
+    """Publish as machinery does (persistent JSON, empty headers); confirmed and mandatory,
+    so that a message RabbitMQ could not route fails the test here."""
+    import pika
+
+    channel = connection.channel()
+    channel.confirm_delivery()
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2, headers={})
+    channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+    channel.close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "--quiet", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def queues_named_after(namespace: str) -> set[str]:
+    listing = rabbitmqctl("list_queues", "--no-table-headers", "name")
+    return {name for name in listing.split() if namespace in name}
+
+
+def amqp_ports_of_group(pgid: int) -> set[int]:
+    """Local ports of the TCP connections to RabbitMQ held by processes of group ``pgid``."""
+    inodes = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == AMQP_PORT:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def daemon_connections(process: Daemon) -> dict[str, int]:
+    """RabbitMQ's connections of this daemon (and only its: other tests' connections are
+    left alone): connection pid -> negotiated heartbeat in seconds."""
+    ports = amqp_ports_of_group(process.pid)
+    listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "peer_port", "timeout")
+    found = {}
+    for line in listing.splitlines():
+        pid, port, heartbeat = line.split("\t")
+        if int(port) in ports:
+            found[pid] = int(heartbeat)
+    return found
+
+
+def close_connections(pids: list[str]) -> None:
+    """Force-close these connections from the RabbitMQ side, as a broker restart or a
+    network cut would look to the client (the server itself keeps running)."""
+    closing = [
+        subprocess.Popen(
+            ["rabbitmqctl", "--quiet", "close_connection", pid, "taskd test: connection loss"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for pid in pids
+    ]
+    for command in closing:
+        _out, err = command.communicate(timeout=60)
+        assert command.returncode == 0, err
+
+
+# -- traces ---------------------------------------------------------------------------------
+
+
+def send_slow(client: Client, trace: Path, count: int, seconds: float) -> list[AsyncResult]:
+    sigs = [signature("slow_record", str(trace), f"t{i}", seconds) for i in range(count)]
+    return [client.result(sig.uuid) for sig in client.publish(sigs)]
+
+
+def ended(trace: Path) -> int:
+    return sum(line.startswith("end:") for line in runs(trace))
+
+
+def in_flight(trace: Path) -> set[str]:
+    """Tokens started and not ended, per the trace."""
+    counts = Counter(runs(trace))
+    tokens = {entry.split(":", 1)[1] for entry in counts}
+    return {t for t in tokens if counts[f"start:{t}"] > counts[f"end:{t}"]}
+
+
+def assert_each_ran_once_except(trace: Path, tokens: int, allowed_twice: set[str]) -> None:
+    counts = Counter(runs(trace))
+    for i in range(tokens):
+        token = f"t{i}"
+        assert counts[f"end:{token}"] >= 1, f"{token} never finished"
+        starts = counts[f"start:{token}"]
+        assert starts == 1 or (starts == 2 and token in allowed_twice), (token, starts)
+
+
+def next_start(trace: Path) -> tuple[str, int]:
+    """Wait for a task to start after this call; its token and the pid of the child running it."""
+    seen = len(runs(trace))
+
+    def started() -> str | None:
+        fresh = [line for line in runs(trace)[seen:] if line.startswith("start:")]
+        return fresh[0].split(":", 1)[1] if fresh else None
+
+    token = wait_until(started, 30, 0.005, "a task to start")
+    pids = dict(line.rsplit(":", 1) for line in runs(f"{trace}.pids"))
+    return token, int(pids[token])
+
+
+def all_succeeded(client: Client, ids: list[str]) -> bool:
+    return all(s is not None and s.state is State.SUCCESS for s in client.backend.get_states(ids))
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_messages_from_a_go_producer_run(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Published as machinery does: to the exchange with the binding key, and delayed through
+    machinery's own per-delay queue, which dead-letters into the exchange."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    config, client = amqp_client(namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    delay_ms = 1500
+    delay_queue = f"delay.{delay_ms}.{namespace}.{binding_key}"
+    with amqp_connection() as connection:
+        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
+        now_id, later_id = new_id(), new_id()
+        int_args = '[{"Name":"","Type":"int64","Value":1},{"Name":"","Type":"int64","Value":1}]'
+        go_publish(
+            connection, namespace, binding_key, go_message(now_id, "add", int_args, binding_key)
+        )
+
+        # machinery's delay(): declare delay.<ms>.<exchange>.<routing key>, bind it by its own
+        # name, publish to it; the message carries its ETA.
+        channel = connection.channel()
+        try:
+            channel.queue_declare(
+                delay_queue,
+                durable=True,
+                arguments={
+                    "x-dead-letter-exchange": namespace,
+                    "x-dead-letter-routing-key": binding_key,
+                    "x-message-ttl": delay_ms,
+                    "x-expires": 2 * delay_ms,
+                },
+            )
+            channel.queue_bind(delay_queue, namespace, routing_key=delay_queue)
+            sent_at = time.time()
+            eta = GoTime(time.time_ns() + delay_ms * 1_000_000)
+            path_arg = json.dumps([{"Name": "", "Type": "string", "Value": str(trace)}])
+            body = go_message(later_id, "stamp", path_arg, binding_key, f'"{eta}"')
+            go_publish(connection, namespace, delay_queue, body)
+
+            state = client.result(now_id).wait(20)
+            assert state.state is State.SUCCESS
+            assert state.python_results() == [2]
+            later = client.result(later_id).wait(20)
+            assert later.state is State.SUCCESS
+            (ran_at,) = (float(stamp) for stamp in runs(trace))
+            assert ran_at >= sent_at + delay_ms / 1000  # not before the delay
+        finally:
+            with contextlib.suppress(Exception):
+                connection.channel().queue_delete(delay_queue)
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_what_taskd_sends_is_what_a_go_worker_reads(amqp_namespace: str, tmp_path: Path) -> None:
+    """No daemon: the messages are read from the queue as machinery's consumer would."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    _config, client = amqp_client(namespace, tmp_path)
+    now = client.send("add", 2, 3)
+    later = client.send("add", 4, 5, countdown=1.5)
+    got: dict[str, tuple[float, Any, Any, bytes]] = {}
+    with amqp_connection() as connection:
+        channel = connection.channel()
+
+        def take() -> bool:
+            method, properties, body = channel.basic_get(namespace, auto_ack=True)
+            if method is not None:
+                got[json.loads(body)["UUID"]] = (time.time(), method, properties, body)
+            return len(got) >= 2
+
+        wait_until(take, 15, 0.01, "both messages in the queue")
+    assert set(got) == {now.task_id, later.task_id}
+    for task_id, (_arrived, _method, properties, body) in got.items():
+        assert properties.content_type == "application/json"
+        assert properties.delivery_mode == 2
+        fields = json.loads(body)
+        assert list(fields) == GO_FIELDS  # machinery's layout, field for field
+        assert fields["RoutingKey"] == binding_key
+        assert decode_signature(body).uuid == task_id
+    _arrived, method, _properties, body = got[now.task_id]
+    assert method.exchange == namespace
+    assert method.routing_key == binding_key
+    assert json.loads(body)["ETA"] is None
+    arrived, method, _properties, body = got[later.task_id]
+    # Through the delay ladder: the routing key keeps the ladder's bits before the binding key
+    # (machinery's consumer reads the body, not the routing key).
+    assert method.routing_key.endswith("." + binding_key)
+    bits = method.routing_key[: -len(binding_key) - 1].split(".")
+    assert len(bits) == delays.LEVELS and set(bits) <= {"0", "1"}
+    eta = GoTime.parse(json.loads(body)["ETA"])
+    assert arrived >= eta.to_unix()  # no earlier than its ETA
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("victim", "count", "seconds"), [("a child", 30, 1.0), ("the whole daemon", 20, 0.5)]
+)
+def test_a_kill_9_mid_run_loses_nothing(
+    amqp_namespace: str,
+    tmp_path: Path,
+    daemon: Callable[..., Daemon],
+    victim: str,
+    count: int,
+    seconds: float,
+) -> None:
+    """Every task ends SUCCESS; only those running at the kill run twice."""
+    config, client = amqp_client(amqp_namespace, tmp_path, worker=QUICK_RECOVERY)
+    trace = tmp_path / "trace"
+    results = send_slow(client, trace, count, seconds)
+    serving = daemon(config, "--concurrency", "2")
+    serving.wait_ready(2)
+    wait_until(lambda: ended(trace) >= 4, 30, what="four tasks to finish")
+    token, pid = next_start(trace)  # a child has just begun a task: kill it mid-task
+    if victim == "a child":
+        os.kill(pid, signal.SIGKILL)
+        running = {token}  # its previous task was settled before this one started
+    else:
+        os.killpg(serving.pid, signal.SIGKILL)  # supervisor and children, no goodbyes
+        serving.process.wait(10)
+        # Started and not stored as SUCCESS: still running, or finishing (settling) its run.
+        unfinished = {
+            r.task_id for r in results if (s := r.state()) is None or s.state is not State.SUCCESS
+        }
+        started = {line.split(":", 1)[1] for line in runs(trace) if line.startswith("start:")}
+        running = in_flight(trace) | {
+            t for t in started if results[int(t[1:])].task_id in unfinished
+        }
+        serving = daemon(config, "--concurrency", "2")
+    assert ended(trace) < count  # the kill came mid-run
+    for result in results:
+        assert result.wait(60).state is State.SUCCESS
+    assert_each_ran_once_except(trace, count, running)
+    if victim == "a child":
+        assert Counter(runs(trace))[f"start:{token}"] == 2  # the killed task ran again
+        (exited,) = serving.events("child_exited")
+        assert exited["child_pid"] == pid
+    assert serving.process.poll() is None
+    client.close()
+
+
+def test_a_long_task_is_not_delivered_again(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """A task three times consumer_timeout long: the connection's heartbeats (1 s) go on
+    while it runs, so RabbitMQ keeps it with its consumer and no idle child takes it."""
+    config, client = amqp_client(
+        amqp_namespace, tmp_path, log_level="debug",
+        worker={"heartbeat_interval": 0.5, "consumer_timeout": 2},
+    )  # fmt: skip
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "long", 6.0)
+    wait_until(lambda: "start:long" in runs(trace), 15, what="the task to start")
+    heartbeats = daemon_connections(process)
+    assert heartbeats and set(heartbeats.values()) == {1}  # consumer_timeout / 2
+    assert sent.wait(30).state is State.SUCCESS
+    assert runs(trace) == ["start:long", "end:long"]  # once: never taken while it ran
+    assert not process.events("amqp_connection_lost"), process.log()[-2000:]
+    assert not process.events("broker_unavailable")
+    client.close()
+
+
+def test_delayed_tasks_run_after_their_eta_through_a_fixed_ladder(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    namespace = amqp_namespace
+    config, client = amqp_client(namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    trace = tmp_path / "trace"
+    sigs = [
+        signature("stamp_token", str(trace), f"d{i}", countdown=1 + 3 * i / 99) for i in range(100)
+    ]
+    sent = client.publish(sigs)
+    ladder = set(delays.Ladder(namespace).queues())
+    assert len(ladder) == delays.LEVELS == 28
+    # One queue per level, whatever the delays: not one per delay as machinery's producer.
+    assert queues_named_after(namespace) == {namespace} | ladder
+    wait_until(lambda: len(runs(trace)) >= 100, 30, 0.05, "100 delayed tasks to run")
+    assert all_succeeded(client, [sig.uuid for sig in sent])
+    stamps = dict(line.split("@") for line in runs(trace))
+    assert len(stamps) == 100
+    for i, sig in enumerate(sent):
+        assert sig.eta is not None
+        assert float(stamps[f"d{i}"]) >= sig.eta.to_unix() - 1e-6, f"d{i} ran before its ETA"
+    assert queues_named_after(namespace) == {namespace} | ladder
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_a_lost_connection_loses_nothing(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """RabbitMQ closes the daemon's connections mid-run (the server stays up): the children
+    connect again and every task ends SUCCESS."""
+    config, client = amqp_client(amqp_namespace, tmp_path, log_level="debug", worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    before = wait_until(
+        lambda: len(c := daemon_connections(process)) >= 2 and c, 20, 0.2, "both children"
+    )
+    trace = tmp_path / "trace"
+    results = send_slow(client, trace, 200, 0.02)
+    wait_until(lambda: ended(trace) >= 20, 30, 0.01, "the run to be under way")
+    close_connections(list(before))
+    assert ended(trace) < 200  # the loss came mid-run
+    ids = [result.task_id for result in results]
+    wait_until(lambda: all_succeeded(client, ids), 60, 0.1, "all 200 tasks to succeed")
+    assert {line.split(":", 1)[1] for line in runs(trace)} == {f"t{i}" for i in range(200)}
+    assert process.process.poll() is None  # it never exited
+    assert len(process.events("amqp_connection_lost")) >= len(before), process.log()[-3000:]
+    after = daemon_connections(process)
+    assert len(after) >= 2 and not set(after) & set(before)  # connected again
+    client.close()
+
+
+def test_poison_is_set_aside_and_the_next_task_runs(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    namespace = amqp_namespace
+    config, client = amqp_client(namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    unknown = client.send("no_such_task")
+    with amqp_connection() as connection:
+        go_publish(connection, namespace, f"{namespace}.task", b"{not json at all")
+    after = client.send("sum", [1, 2, 3])
+
+    assert after.get(timeout=20) == 6  # the queue kept moving
+    failed = unknown.wait(5)
+    assert failed.state is State.FAILURE
+    assert failed.error == "task 'no_such_task' is not registered"
+    done = taskctl(tmp_path, config, "queue", "dead", "--json")
+    assert done.returncode == 0, done.stderr
+    letters = sorted(
+        (json.loads(line) for line in done.stdout.splitlines()),
+        key=lambda letter: letter["reason"],
+    )
+    assert [letter["reason"].split(":")[0] for letter in letters] == [
+        "malformed message",
+        "task 'no_such_task' is not registered",
+    ]
+    assert letters[0]["reason"].startswith("malformed message: not valid JSON")
+    assert letters[0]["body"] == "{not json at all"
+    assert decode_signature(letters[1]["body"].encode()).uuid == unknown.task_id
+    assert client.broker.size(namespace) == 0
+    assert process.process.poll() is None
+    client.close()
