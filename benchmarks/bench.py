@@ -159,7 +159,9 @@ def delete_amqp(url: str, ns: str) -> None:
 
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    for queue in [ns, f"taskd.dead.{ns}", *Ladder(ns).queues()]:
+    ladder = Ladder(ns)
+    finals = [ladder.final(key) for key in (ns, f"{ns}.task")]
+    for queue in [ns, f"taskd.dead.{ns}", *ladder.queues(), *finals]:
         channel.queue_delete(queue)
     for exchange in [ns, *Ladder(ns).exchanges()]:
         channel.exchange_delete(exchange)

@@ -48,7 +48,9 @@ def delete_amqp_namespace(namespace: str, queues: tuple[str, ...] = ()) -> None:
     from taskd.brokers.amqp.topology import DEAD_PREFIX
 
     ladder = Ladder(namespace)
+    routing_keys = (namespace, f"{namespace}.task")  # its queue's name and binding key
     names = [namespace, DEAD_PREFIX + namespace, *queues, *ladder.queues()]
+    names += [ladder.final(key) for key in routing_keys]
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         for name in names:
@@ -78,10 +80,10 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
             "result_backend": REDIS_URL,
             "redis": {"key_prefix": f"{namespace}:", "delayed_tasks_key": f"{namespace}:delayed"},
         }
-    elif kind == "amqp":  # an exchange and binding key of the test's own; results in SQLite
+    elif kind == "amqp":  # an exchange and binding key of the test's own
         data = {
             "broker": AMQP_URL,
-            "result_backend": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
+            "result_backend": AMQP_URL,
             "amqp": {
                 "exchange": namespace,
                 "binding_key": f"{namespace}.task",

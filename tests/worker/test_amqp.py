@@ -298,11 +298,9 @@ def test_what_taskd_sends_is_what_a_go_worker_reads(amqp_namespace: str, tmp_pat
     assert method.routing_key == binding_key
     assert json.loads(body)["ETA"] is None
     arrived, method, _properties, body = got[later.task_id]
-    # Through the delay ladder: the routing key keeps the ladder's bits before the binding key
-    # (machinery's consumer reads the body, not the routing key).
-    assert method.routing_key.endswith("." + binding_key)
-    bits = method.routing_key[: -len(binding_key) - 1].split(".")
-    assert len(bits) == delays.LEVELS and set(bits) <= {"0", "1"}
+    # Out of the delay ladder through the exchange, by the binding key, as if never delayed.
+    assert method.exchange == namespace
+    assert method.routing_key == binding_key
     eta = GoTime.parse(json.loads(body)["ETA"])
     assert arrived >= eta.to_unix()  # no earlier than its ETA
     client.close()
@@ -391,7 +389,8 @@ def test_delayed_tasks_run_after_their_eta_through_a_fixed_ladder(
     sent = client.publish(sigs)
     ladder = set(delays.Ladder(namespace).queues())
     assert len(ladder) == delays.LEVELS == 28
-    # One queue per level, whatever the delays: not one per delay as machinery's producer.
+    ladder.add(delays.Ladder(namespace).final(f"{namespace}.task"))  # the way out
+    # One queue per level and one out, whatever the delays: not one per delay as machinery's.
     assert queues_named_after(namespace) == {namespace} | ladder
     wait_until(lambda: len(runs(trace)) >= 100, 30, 0.05, "100 delayed tasks to run")
     assert all_succeeded(client, [sig.uuid for sig in sent])

@@ -14,8 +14,15 @@ from taskd import chain, chord, group
 from taskd.client import Client, signature
 from taskd.errors import TaskFailed
 from taskd.wire import Arg, State, new_id
+from tests.conftest import kind_with_server
 from tests.support.harness import client_for, wait_until
 from tests.support.tasks import runs
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
+def driver_kind(request: pytest.FixtureRequest) -> str:
+    """Workflows on every broker, each with its own result backend."""
+    return kind_with_server(request)
 
 
 @pytest.fixture

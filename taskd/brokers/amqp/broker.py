@@ -23,7 +23,7 @@ EARLY_TOLERANCE_NS = 50_000_000  # a delayed message this close to its ETA runs,
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    generation: int
+    channel: Any  # delivery tags mean something only on the channel that got them
     tag: int
     redelivered: bool
     headers: dict[str, Any]
@@ -43,7 +43,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             self.driver,
         )
         self._inboxes: dict[str, queues.SimpleQueue[Received]] = {}
-        self._generation = 0  # of the connection the unsettled deliveries came from
+        self._consuming: dict[str, int] = {}  # queue -> the prefetch it is consumed with
+        self._channel: Any = None  # the consuming channel; deliveries of others are void
         self._unsettled = 0  # deliveries handed out and not yet settled (basic.qos counts them)
 
     @classmethod
@@ -133,9 +134,13 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         """
         inbox = self._inboxes.setdefault(queue, queues.SimpleQueue())
         prefetch = self._unsettled + max_messages
-        generation = self._call(lambda session: self._consume(session, queue, prefetch), queue)
-        if generation != self._generation:  # a new connection: the old deliveries are void
-            self._generation, self._unsettled = generation, 0
+        if self._consuming.get(queue) != prefetch or not _open(self._channel):
+            channel = self._call(lambda s: self._consume(s, queue, prefetch), queue)
+            if channel is not self._channel:  # a new channel: the old deliveries are void
+                self._channel, self._unsettled = channel, 0
+                self._consuming = {}
+            self._consuming[queue] = prefetch
+        channel = self._channel
         taken: list[Delivery] = []
         deadline = time.monotonic() + wait_s
         while len(taken) < max_messages:
@@ -146,15 +151,17 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                     item = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queues.Empty:
                 break
-            if item.generation != generation:
-                continue  # from a lost connection: RabbitMQ has put it back already
+            if item.channel is not channel:
+                continue  # from a lost channel: RabbitMQ has put it back already
             if self._early(queue, item):
                 continue
-            taken.append(Delivery(queue, item.body, _deliveries(item), (generation, item.tag)))
+            taken.append(Delivery(queue, item.body, _deliveries(item), (channel, item.tag)))
         self._unsettled += len(taken)
         return taken
 
-    def _consume(self, session: Session, queue: str, prefetch: int) -> int:
+    def _consume(self, session: Session, queue: str, prefetch: int) -> Any:
+        """Consume ``queue`` with this prefetch, on a channel reopened if it was closed (a
+        channel error, such as RabbitMQ's own consumer_timeout, closes the channel alone)."""
         channel = session.consuming_channel()
         if session.prefetch != prefetch:  # per channel: a change applies at once
             channel.basic_qos(prefetch_count=prefetch, global_qos=True)
@@ -162,12 +169,11 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         if queue not in session.consuming:
             self._topology.declare_queue(session, channel, queue)
             inbox = self._inboxes[queue]
-            generation = session.generation
 
             def received(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
                 inbox.put(
                     Received(
-                        generation,
+                        channel,
                         method.delivery_tag,
                         method.redelivered,
                         dict(properties.headers or {}),
@@ -176,7 +182,7 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                 )
 
             session.consuming[queue] = channel.basic_consume(queue, received, auto_ack=False)
-        return session.generation
+        return channel
 
     def _early(self, queue: str, item: Received) -> bool:
         """A message delayed past the ladder's longest trip came round early: send it on."""
@@ -186,7 +192,7 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         headers = {k: v for k, v in item.headers.items() if not k.startswith("x-")}
         again = Message(queue, item.body, GoTime(eta_ns), 0, headers)
         self.publish_many([again])
-        self.ack_many([Delivery(queue, item.body, 1, (item.generation, item.tag))])
+        self.ack_many([Delivery(queue, item.body, 1, (item.channel, item.tag))])
         return True
 
     # -- settling -------------------------------------------------------------------------
@@ -198,20 +204,16 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         also: Callable[[Session], list[int]] = lambda _session: [],
     ) -> None:
         def settle(session: Session) -> None:
-            channel = session.consumer
-            if channel is None or not channel.is_open:
-                return  # its channel is gone, and RabbitMQ delivers its messages again
-            current = [
-                tag
-                for generation, tag in (d.handle for d in deliveries)
-                if generation == session.generation
-            ]  # older ones: already put back
-            for tag in current + also(session):
-                how(channel, tag)
+            # Deliveries of a channel that is gone were put back by RabbitMQ already.
+            for channel, tag in (d.handle for d in deliveries):
+                if _open(channel):
+                    how(channel, tag)
+            for tag in also(session):
+                how(session.consumer, tag)
 
         if deliveries:
             self._call(settle, deliveries[0].queue)
-            current = [d for d in deliveries if d.handle[0] == self._generation]
+            current = [d for d in deliveries if d.handle[0] is self._channel]
             self._unsettled = max(self._unsettled - len(current), 0)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
@@ -226,13 +228,14 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         def buffered(session: Session) -> list[int]:
             tags = []
             for name in queues_of:
+                self._consuming.pop(name, None)  # the next fetch consumes again
                 consumer_tag = session.consuming.pop(name, None)
                 if consumer_tag is not None and session.consumer is not None:
                     session.consumer.basic_cancel(consumer_tag)
                 inbox = self._inboxes.get(name)
                 while inbox is not None and not inbox.empty():
                     item = inbox.get_nowait()
-                    if item.generation == session.generation:
+                    if item.channel is session.consumer and _open(item.channel):
                         tags.append(item.tag)
             return tags
 
@@ -269,3 +272,8 @@ def _deliveries(item: Received) -> int:
     if isinstance(counted, int) and counted >= 0:
         return counted + 1
     return 2 if item.redelivered else 1
+
+
+def _open(channel: Any) -> bool:
+    """Whether a channel is open (read from any thread: a stale answer costs one hop)."""
+    return channel is not None and bool(channel.is_open)

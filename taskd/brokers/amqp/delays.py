@@ -5,11 +5,13 @@ level with a routing key spelling N in binary, most significant level first, the
 routing key: ``0.0.1.0.….1.<routing key>``. Level L is a topic exchange: a message whose bit
 L is 1 goes to level L's queue, whose messages all live 2^L units (one TTL per queue, so no
 long delay blocks a short one) and then dead-letter to level L-1; a 0 skips straight to level
-L-1. After level 0, the ``deliver`` exchange hands it to the destination queue, bound there
-with 28 wildcards and the routing key. Any delay up to 2^28 units (310 days) takes at most
-LEVELS queues, and taskd never creates more than LEVELS of them per exchange (and LEVELS + 1
-topic exchanges), whatever the delays; a longer one goes round again (the ETA header makes
-the consumer send it back).
+L-1. After level 0, the ``deliver`` exchange hands it to a queue per routing key,
+``<exchange>.delay.to.<routing key>``, whose messages expire at once and dead-letter into the
+exchange with that routing key: it arrives as an undelayed message would, in every queue
+bound with that key (a Go worker's too). Any delay up to 2^28 units (310 days) takes at most
+LEVELS queues. Whatever the delays, taskd creates LEVELS queues and LEVELS + 1 topic
+exchanges per exchange, plus one queue per routing key that delayed messages use; a longer
+delay goes round again (the ETA header makes the consumer send it back).
 
 The same scheme as NServiceBus's RabbitMQ delayed delivery. Go producers' own delay queues
 (machinery's ``delay.<ms>.<exchange>.<routing key>``, TTL and dead-letter to the exchange)
@@ -44,6 +46,7 @@ class Ladder:
     ``<exchange>.delay.deliver`` at the end."""
 
     def __init__(self, exchange: str) -> None:
+        self.exchange = exchange
         self.prefix = f"{exchange}.delay"
         self.deliver = f"{self.prefix}.deliver"
 
@@ -80,6 +83,21 @@ class Ladder:
             channel.queue_bind(name, name, routing_key=_bit_pattern(level, "1"))
             channel.exchange_bind(self.next_hop(level), name, routing_key=_bit_pattern(level, "0"))
 
-    def declare_destination(self, channel: Any, queue: str, destination: str) -> None:
-        """Where messages delayed for routing key ``destination`` end up: ``queue``."""
-        channel.queue_bind(queue, self.deliver, routing_key="*." * LEVELS + destination)
+    def final(self, routing_key: str) -> str:
+        """The last queue of messages delayed for ``routing_key``."""
+        return f"{self.prefix}.to.{routing_key}"
+
+    def declare_destination(self, channel: Any, routing_key: str) -> None:
+        """The way out of the ladder for ``routing_key``: a queue whose messages expire at
+        once (x-message-ttl 0) into the exchange, with that routing key."""
+        final = self.final(routing_key)
+        channel.queue_declare(
+            final,
+            durable=True,
+            arguments={
+                "x-message-ttl": 0,
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-routing-key": routing_key,
+            },
+        )
+        channel.queue_bind(final, self.deliver, routing_key="*." * LEVELS + routing_key)

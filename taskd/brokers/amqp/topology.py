@@ -92,7 +92,8 @@ class Topology:
         return delays.Ladder(self.exchange)
 
     def declare_delayed(self, session: Session, channel: Any, routing_key: str) -> None:
-        """The delay ladder, and the way from its end to the queue of ``routing_key``."""
+        """The delay ladder, its way out for ``routing_key``, and the queue that routing key
+        addresses (so the message is kept even before any worker started)."""
         if "ladder" not in session.declared:
             self.ladder.declare(channel)
             session.declared.add("ladder")
@@ -100,7 +101,7 @@ class Topology:
         if marker not in session.declared:
             queue = self.queue_for(routing_key)
             self.declare_queue(session, channel, queue)
-            self.ladder.declare_destination(channel, queue, routing_key)
+            self.ladder.declare_destination(channel, routing_key)
             session.declared.add(marker)
 
     def declare_dead(self, session: Session, channel: Any, queue: str) -> str:

@@ -1,0 +1,398 @@
+"""The AMQP (RabbitMQ) result backend: every record is a queue holding its newest message.
+
+Not machinery's layout: machinery keeps a queue per task and *consumes* states to read them,
+so two reads of a task give different answers. Correctness wins over compatibility here: Go
+programs using machinery's AMQP backend do not see these records (they share the broker).
+
+- A record (``<exchange>.state.<task id>``, ``<exchange>.group.<group id>``) is a durable
+  queue declared with ``x-max-length: 1`` and ``x-overflow: drop-head``, so a publish
+  replaces the old message atomically; ``x-message-ttl`` keeps a message ``results_expire_in``
+  after its write, and ``x-expires`` removes a queue nobody has used for as long.
+- Writes go through the default exchange, persistent and mandatory, on a channel in confirm
+  mode: a write has returned only once RabbitMQ holds it.
+- A read takes the message unacked and hands it back at once (``basic.nack``, requeue). While
+  one reader holds it, the queue looks empty to others, so a read that finds an existing queue
+  empty waits as a consumer: RabbitMQ hands a requeued message to waiting consumers before
+  any ``basic.get``, so busy readers take turns instead of missing it. A message handed back
+  after a newer one was written is dropped by drop-head (RabbitMQ applies the length limit
+  on requeue too), but while every newer one is held elsewhere a third reader can get the
+  older one: reads racing a write and other reads may see the previous state for a moment.
+- Chords: ``init_group`` puts one token in ``<exchange>.chord.<group id>``; a claimant takes
+  it unacked, records itself in ``<exchange>.chord.<group id>.claimant``, flips ChordTriggered
+  and then acks. A claimant that dies before the ack gives the token back (RabbitMQ requeues
+  it), and whoever takes it next finds any claim already recorded, so one claimant wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue as queues
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, Self, TypeVar
+
+from taskd.amqplink import Link, connection_parameters
+from taskd.backends.base import ResultBackend
+from taskd.config import Config
+from taskd.errors import BackendError, BackendUnavailable, DriverError
+from taskd.wire import GroupMeta, State, TaskState
+from taskd.wire.state import merged
+
+T = TypeVar("T")
+NOT_FOUND = 404  # AMQP reply code: no such queue (it also closes the channel)
+PRECONDITION_FAILED = 406  # AMQP reply code: a queue declared before with other arguments
+TOKEN = b"chord"  # the body of a chord's token; only its presence matters
+HELD_WAIT_S = 1.0  # longest wait for a record others hold; one still empty has expired
+# A claimant holding the token writes its claim within a few round trips.
+CLAIM_PAUSES_S = (0.01, 0.03, 0.1, 0.3, 0.6)
+
+
+class Seen(Enum):
+    """What a read found instead of a message."""
+
+    NOTHING = "no such queue"  # never written, expired, or purged
+    HIDDEN = "an empty queue"  # held by another reader, being written, or its message expired
+
+
+Inbox = queues.SimpleQueue[tuple[str, bytes | Seen]]  # messages waited for, by queue
+
+
+@dataclass
+class _Session:
+    """One connection's channels (gone with it)."""
+
+    connection: Any
+    reader: Any = None  # basic.get and nack; a missing queue closes it, so it is reopened
+    writer: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
+
+    def reading(self) -> Any:
+        if self.reader is None or not self.reader.is_open:
+            self.reader = self.connection.channel()
+        return self.reader
+
+    def writing(self) -> Any:
+        if self.writer is None or not self.writer.is_open:
+            self.writer = self.connection.channel()
+            self.writer.confirm_delivery()
+        return self.writer
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A chord token taken unacked, on a channel of its own: closing it gives the token back."""
+
+    session: _Session
+    channel: Any
+    tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    queue: str
+    body: bytes
+    arguments: dict[str, int | str]
+    declare: bool  # False when a read just now found the queue (basic.get renewed its x-expires)
+
+
+class AMQPBackend(ResultBackend):
+    driver = "amqp"
+
+    def __init__(self, url: str, config: Config) -> None:
+        self._link = Link(
+            connection_parameters(url, config, "result_backend"),
+            lambda connection, _generation: _Session(connection),
+            BackendUnavailable,
+            self.driver,
+        )
+        import pika  # present: connection_parameters said so
+
+        self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        self._prefix = config.amqp.exchange
+        expire_ms = config.results_expire_in_s * 1000
+        self._record_arguments: dict[str, int | str] = {
+            "x-max-length": 1,
+            "x-overflow": "drop-head",
+            "x-message-ttl": expire_ms,
+            "x-expires": expire_ms,
+        }
+        # No length limit for the token: one held unacked would not count; init_group purges.
+        self._token_arguments: dict[str, int | str] = {"x-expires": expire_ms}
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(url, config)
+
+    def _name(self, kind: str, record_id: str) -> str:
+        return f"{self._prefix}.{kind}.{record_id}"
+
+    def _call(self, fn: Callable[[_Session], T], about: str) -> T:
+        """``fn(session)`` on the connection's thread; RabbitMQ's refusals as BackendError."""
+        import pika.exceptions
+
+        try:
+            return self._link.call(fn)
+        except pika.exceptions.AMQPChannelError as exc:  # includes Unroutable and Nack
+            raise BackendError(self.driver, f"{type(exc).__name__}: {exc}", about) from exc
+
+    # -- records --------------------------------------------------------------------------
+
+    def _peek(self, session: _Session, queue: str) -> bytes | Seen:
+        import pika.exceptions
+
+        channel = session.reading()
+        try:
+            method, _properties, body = channel.basic_get(queue, auto_ack=False)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == NOT_FOUND:
+                return Seen.NOTHING
+            raise
+        if method is None:
+            return Seen.HIDDEN
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        return bytes(body)
+
+    def _read(self, names: Sequence[str], about: str) -> dict[str, bytes | Seen]:
+        """Each queue's message (one look, then a wait for those other readers hold)."""
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        peeked = self._call(lambda session: [self._peek(session, n) for n in names], about)
+        found = dict(zip(names, peeked, strict=True))
+        held = [name for name in names if found[name] is Seen.HIDDEN]
+        if held:
+            found.update(self._wait_for(held, about))
+        return found
+
+    def _wait_for(self, names: Sequence[str], about: str) -> dict[str, bytes | Seen]:
+        """Consume each queue (prefetch 1, on a channel of its own) until its message comes
+        back from whoever holds it; closing the channels hands every message back."""
+        import pika.exceptions
+
+        inbox: Inbox = queues.SimpleQueue()
+        channels: list[Any] = []
+
+        def watch(session: _Session) -> None:
+            for name in names:
+                channels.append(session.connection.channel())
+                channels[-1].basic_qos(prefetch_count=1)
+                deliver = functools.partial(_deliver, inbox, name)
+                try:
+                    channels[-1].basic_consume(name, deliver, auto_ack=False)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code != NOT_FOUND:
+                        raise
+                    inbox.put((name, Seen.NOTHING))  # deleted since the first look
+
+        def close_all(_session: _Session) -> None:
+            for channel in channels:  # a consumer left open would hold its record for good
+                if channel.is_open:
+                    channel.close()
+
+        found: dict[str, bytes | Seen] = {}
+        deadline = time.monotonic() + HELD_WAIT_S
+        try:
+            self._call(watch, about)
+            while len(found) < len(names):
+                name, seen = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+                found[name] = seen
+        except queues.Empty:  # still empty: the message expired
+            pass
+        finally:
+            self._call(close_all, about)
+        return {name: found.get(name, Seen.NOTHING) for name in names}
+
+    def _declare(self, session: _Session, queue: str, arguments: dict[str, int | str]) -> None:
+        """Declare (which renews x-expires); a queue left with other arguments by an earlier
+        ``results_expire_in`` is replaced, as its record is about to be."""
+        import pika.exceptions
+
+        try:
+            session.writing().queue_declare(queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            channel = session.writing()
+            channel.queue_delete(queue)
+            channel.queue_declare(queue, durable=True, arguments=arguments)
+
+    def _put(self, session: _Session, write: _Write) -> None:
+        import pika.exceptions
+
+        if write.declare:
+            self._declare(session, write.queue, write.arguments)
+        try:
+            session.writing().basic_publish(
+                "", write.queue, write.body, self._properties, mandatory=True
+            )
+        except pika.exceptions.UnroutableError:
+            if write.declare:
+                raise
+            # Purged since it was read: declare it and write again.
+            self._put(session, replace(write, declare=True))
+
+    def _put_all(self, session: _Session, writes: Sequence[_Write]) -> None:
+        for write in writes:  # each confirmed before the next
+            self._put(session, write)
+
+    # -- states ---------------------------------------------------------------------------
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        if not states:
+            return
+        about = states[0].task_uuid
+        later = [self._name("state", s.task_uuid) for s in states if s.state is not State.PENDING]
+        # Where a read found the queue, its basic.get renewed x-expires: no declare needed.
+        seen = {q: raw for q, raw in self._read(later, about).items() if raw is not Seen.NOTHING}
+        newest: dict[str, TaskState] = {}  # per queue: what it holds after this batch
+        for state in states:
+            queue = self._name("state", state.task_uuid)
+            stored = newest.get(queue)
+            raw = seen.get(queue)
+            if stored is None and isinstance(raw, bytes):
+                stored = self._load_state(raw, state.task_uuid)
+            newest[queue] = merged(state, stored)
+        writes = [
+            _Write(queue, state.encode(), self._record_arguments, queue not in seen)
+            for queue, state in newest.items()
+        ]
+        self._call(functools.partial(self._put_all, writes=writes), about)
+
+    def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        if not task_ids:
+            return []
+        names = [self._name("state", task_id) for task_id in task_ids]
+        seen = self._read(names, task_ids[0])
+        raws = [seen[name] for name in names]
+        return [
+            self._load_state(raw, task_id) if isinstance(raw, bytes) else None
+            for task_id, raw in zip(task_ids, raws, strict=True)
+        ]
+
+    def purge(self, task_id: str) -> None:
+        queue = self._name("state", task_id)
+        self._call(lambda session: session.writing().queue_delete(queue), task_id)
+
+    # -- groups and chords ----------------------------------------------------------------
+
+    def init_group(self, group: GroupMeta) -> None:
+        group_id = group.group_uuid
+        token_queue = self._name("chord", group_id)
+
+        def store(session: _Session) -> None:
+            group_queue = self._name("group", group_id)
+            self._put(session, _Write(group_queue, group.encode(), self._record_arguments, True))
+            self._declare(session, token_queue, self._token_arguments)
+            session.writing().queue_purge(token_queue)  # sent again: still one token
+            self._put(session, _Write(token_queue, TOKEN, self._token_arguments, True))
+
+        self._call(store, group_id)
+
+    def get_group(self, group_id: str) -> GroupMeta | None:
+        queue = self._name("group", group_id)
+        raw = self._read([queue], group_id)[queue]
+        return self._load_group(raw, group_id) if isinstance(raw, bytes) else None
+
+    def _owner(self, group_id: str, pauses_s: Sequence[float] = ()) -> str | None:
+        """The recorded claimant of a group's chord, looking again after each pause while
+        there is none (a claimant holding the token may be about to record itself)."""
+        queue = self._name("chord", group_id) + ".claimant"
+        for pause_s in (*pauses_s, None):
+            raw = self._read([queue], group_id)[queue]
+            if isinstance(raw, bytes):
+                return raw.decode()
+            if pause_s is not None:
+                time.sleep(pause_s)
+        return None
+
+    def claim_chord(self, group_id: str, claimant: str) -> bool:
+        owner = self._owner(group_id)
+        if owner is not None and owner != claimant:
+            return False
+        # Unclaimed, or claimed by this claimant: if it died before its ack, the token is
+        # back, and taking it finishes that claim (ChordTriggered, the ack).
+        token_queue = self._name("chord", group_id)
+        held = self._call(lambda session: self._take(session, token_queue), group_id)
+        if isinstance(held, _Held):
+            try:
+                return self._claim_holding(held, group_id, claimant)
+            finally:
+                self._give_back(held, group_id)
+        if owner is not None:
+            return True
+        # No token: another claimant holds it (and is writing its claim) or has spent it.
+        owner = self._owner(group_id, CLAIM_PAUSES_S)
+        if owner is not None:
+            return owner == claimant
+        group = self.get_group(group_id)
+        if group is None:
+            raise BackendError(self.driver, "group metadata is missing or expired", group_id)
+        if held is Seen.NOTHING and not group.chord_triggered:
+            raise BackendError(self.driver, "the chord's token is missing or expired", group_id)
+        # Still held: its holder records its claim, or dies and the token goes back for a
+        # later claim (the dead claimant's task is delivered again and claims again).
+        return False
+
+    def _take(self, session: _Session, token_queue: str) -> _Held | Seen:
+        import pika.exceptions
+
+        channel = session.connection.channel()
+        try:
+            method, _properties, _body = channel.basic_get(token_queue, auto_ack=False)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == NOT_FOUND:
+                return Seen.NOTHING
+            raise
+        if method is None:
+            channel.close()
+            return Seen.HIDDEN
+        return _Held(session, channel, method.delivery_tag)
+
+    def _claim_holding(self, held: _Held, group_id: str, claimant: str) -> bool:
+        """With the token: keep a claim recorded by an earlier holder that died before its
+        ack, else record this one; flip ChordTriggered; then spend the token."""
+        owner = self._owner(group_id)
+        group = self.get_group(group_id)
+        if group is None:
+            raise BackendError(self.driver, "group metadata is missing or expired", group_id)
+        writes: list[_Write] = []
+        if owner is None:
+            owner = claimant
+            claim_queue = self._name("chord", group_id) + ".claimant"
+            writes.append(_Write(claim_queue, claimant.encode(), self._record_arguments, True))
+        if not group.chord_triggered:  # the group was just read: its queue is there
+            flipped = replace(group, chord_triggered=True).encode()
+            group_queue = self._name("group", group_id)
+            writes.append(_Write(group_queue, flipped, self._record_arguments, False))
+
+        def spend(session: _Session) -> None:
+            if session is not held.session:  # reconnected: RabbitMQ took the token back
+                raise BackendUnavailable(self.driver, "connection lost holding the token", group_id)
+            self._put_all(session, writes)  # confirmed before the token is spent
+            held.channel.basic_ack(held.tag)
+
+        self._call(spend, group_id)
+        return owner == claimant
+
+    def _give_back(self, held: _Held, group_id: str) -> None:
+        """Close the token's channel: after an ack, its close-ok says RabbitMQ has the ack;
+        without one, the token goes back to its queue."""
+
+        def close(_session: _Session) -> None:
+            if held.channel.is_open:
+                held.channel.close()
+
+        with contextlib.suppress(DriverError):  # the connection is gone: so is the hold
+            self._call(close, group_id)
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def _deliver(
+    inbox: Inbox, name: str, _channel: Any, _method: Any, _props: Any, body: bytes
+) -> None:
+    """A waited-for message arrived (on the connection's thread); it stays unacked."""
+    inbox.put((name, bytes(body)))

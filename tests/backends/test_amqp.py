@@ -1,0 +1,116 @@
+"""The AMQP result backend's own promises: what its queue-per-record layout must survive."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.errors import BackendUnavailable
+from taskd.wire import GoTime, GroupMeta, State, TaskState, new_id
+from tests.support.harness import AMQP_URL, wait_until
+
+
+@pytest.fixture
+def open_amqp(
+    amqp_namespace: str, make_config: Callable[..., Any]
+) -> Iterator[Callable[..., ResultBackend]]:
+    opened: list[ResultBackend] = []
+
+    def open_one(**overrides: Any) -> ResultBackend:
+        opened.append(open_backend(make_config("amqp", **overrides)))
+        return opened[-1]
+
+    yield open_one
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def raw_channel() -> Iterator[Any]:
+    """A channel of a plain pika connection: another reader, or a claimant that dies."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    yield connection.channel()
+    if connection.is_open:
+        connection.close()
+
+
+def test_a_record_another_reader_holds_is_still_found(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    backend = open_amqp()
+    task_id = new_id()
+    stored = TaskState(task_id, State.SUCCESS, task_name="sum", created_at=GoTime.now())
+    backend.set_state(stored)
+    queue = f"{amqp_namespace}.state.{task_id}"
+    method, _properties, _body = raw_channel.basic_get(queue, auto_ack=False)
+    assert method is not None  # held: the queue now looks empty
+    found: list[TaskState | None] = []
+    reader = threading.Thread(target=lambda: found.append(backend.get_state(task_id)))
+    reader.start()
+    wait_until(
+        lambda: raw_channel.queue_declare(queue, passive=True).method.consumer_count == 1,
+        5,
+        what="the backend to wait for the held record",
+    )
+    raw_channel.basic_nack(method.delivery_tag, requeue=True)
+    reader.join(10)
+    assert found == [stored]
+
+
+def test_a_claimant_that_dies_holding_the_token_gives_it_back(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    backend = open_amqp()
+    group_id = new_id("group")
+    backend.init_group(GroupMeta(group_id, (new_id(),), created_at=GoTime.now()))
+    method, _properties, _body = raw_channel.basic_get(
+        f"{amqp_namespace}.chord.{group_id}", auto_ack=False
+    )
+    assert method is not None
+    raw_channel.connection.close()  # dies before recording a claim: the token goes back
+    assert backend.claim_chord(group_id, "second") is True
+    assert backend.claim_chord(group_id, "third") is False
+
+
+def test_a_claim_recorded_before_a_death_is_kept_and_finished(
+    open_amqp: Callable[..., ResultBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, dying = open_amqp(), open_amqp()
+    group_id = new_id("group")
+    backend.init_group(GroupMeta(group_id, (new_id(),), created_at=GoTime.now()))
+    put = dying._put  # type: ignore[attr-defined]
+
+    def record_then_die(session: Any, writes: Any) -> None:
+        put(session, writes[0])  # the claim is recorded; ChordTriggered and the ack are not
+        raise BackendUnavailable("amqp", "connection lost")
+
+    monkeypatch.setattr(dying, "_put_all", record_then_die)
+    with pytest.raises(BackendUnavailable):
+        dying.claim_chord(group_id, "first")
+    meta = backend.get_group(group_id)
+    assert meta is not None and not meta.chord_triggered
+    assert backend.claim_chord(group_id, "second") is False
+    assert backend.claim_chord(group_id, "first") is True  # delivered again: claims again
+    meta = backend.get_group(group_id)
+    assert meta is not None and meta.chord_triggered
+
+
+def test_records_stay_writable_when_results_expire_in_changes(
+    open_amqp: Callable[..., ResultBackend],
+) -> None:
+    task_id, group_id = new_id(), new_id("group")
+    earlier = open_amqp()
+    earlier.set_state(TaskState(task_id, State.SUCCESS, task_name="add", created_at=GoTime.now()))
+    earlier.init_group(GroupMeta(group_id, (task_id,), created_at=GoTime.now()))
+    later = open_amqp(results_expire_in=600)  # declares its queues with another x-expires
+    sent_again = TaskState(task_id, State.PENDING, task_name="add", created_at=GoTime.now())
+    later.set_state(sent_again)
+    later.init_group(GroupMeta(group_id, (task_id,), created_at=GoTime.now()))
+    assert later.get_state(task_id) == sent_again
+    assert later.claim_chord(group_id, task_id) is True
