@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from taskd.config import Config
+from taskd.config import Config, redact_url
 from taskd.errors import ConfigError, DriverError
 
 log = structlog.get_logger("taskd.amqp")
@@ -39,12 +39,14 @@ def connection_parameters(url: str, config: Config, key: str) -> Any:
     pika = _pika(config, key)
     parts = urlsplit(url)
     if not parts.hostname:
-        raise ConfigError(key, f"{url!r} names no host", config.source)
+        raise ConfigError(key, f"{redact_url(url)!r} names no host", config.source)
     try:
         _ = parts.port
         parameters = pika.URLParameters(url)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(key, f"{url!r} is not a valid AMQP URL: {exc}", config.source) from None
+        raise ConfigError(
+            key, f"{redact_url(url)!r} is not a valid AMQP URL: {exc}", config.source
+        ) from None
     parameters.heartbeat = max(1, math.ceil(config.lease.consumer_timeout_s / 2))
     parameters.connection_attempts = 1
     parameters.socket_timeout = 10
@@ -128,9 +130,30 @@ class Link:
             with self._lock:
                 self._pending.discard(future)
 
+    def post(self, fn: Callable[[Any], None]) -> None:
+        """Run ``fn(session)`` on the driving thread without waiting: for acks, which RabbitMQ
+        does not answer anyway. If the connection is gone, so are its deliveries: RabbitMQ
+        delivers them again, and there is nothing left to ack."""
+        connection, session = self._connection, self._session
+        if connection is None or not connection.is_open:
+            return
+
+        def run() -> None:
+            try:
+                fn(session)
+            except Exception as exc:  # a closed channel: its deliveries come back anyway
+                log.debug("amqp_post_failed", driver=self._driver, error=str(exc))
+
+        with contextlib.suppress(*transient_errors()):
+            connection.add_callback_threadsafe(run)
+
     def close(self) -> None:
         """Stop the driving thread and close the connection: RabbitMQ puts back every
         delivery not acked."""
+        if self._connection is not None and not self._closing.is_set():
+            # Callbacks run in order: once this one has, every ack posted before it went out.
+            with contextlib.suppress(DriverError):
+                self.call(lambda _session: None, timeout_s=5)
         self._closing.set()
         with self._lock:
             self._connection = self._session = None
@@ -203,3 +226,71 @@ def _settle(
             future.set_result(result)
     except concurrent.futures.InvalidStateError:
         pass
+
+
+class DirectLink:
+    """A connection used by the calling thread itself (one at a time), for publishing.
+
+    A sender waits for each publisher confirm anyway, so handing the publish to a driving
+    thread would only add two thread switches to every send. Heartbeats are off (nothing
+    drives the connection between sends); a connection found dead on use is replaced and
+    the call tried once more on the new one, so an idle sender does not see an error for
+    a connection RabbitMQ dropped in the meantime.
+    """
+
+    def __init__(
+        self,
+        parameters: Any,
+        open_session: Callable[[Any, int], Any],
+        unavailable: type[DriverError],
+        driver: str,
+    ) -> None:
+        parameters.heartbeat = 0
+        self._parameters, self._open_session = parameters, open_session
+        self._unavailable, self._driver = unavailable, driver
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._session: Any = None
+        self._generation = 0
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                reused = self._connection is not None and self._connection.is_open
+                session = self._ensure()
+                try:
+                    return fn(session)
+                except transient_errors() as exc:
+                    self._drop()
+                    if attempt == 2 or not reused:
+                        raise self._unavailable(
+                            self._driver, f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _ensure(self) -> Any:
+        if self._connection is not None and self._connection.is_open:
+            return self._session
+        import pika
+
+        try:
+            connection = pika.BlockingConnection(self._parameters)
+            self._generation += 1
+            self._session = self._open_session(connection, self._generation)
+        except transient_errors() as exc:
+            raise self._unavailable(
+                self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._connection = connection
+        return self._session
+
+    def _drop(self) -> None:
+        connection, self._connection, self._session = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()

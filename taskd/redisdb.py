@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from taskd import drivers
-from taskd.config import Config
+from taskd.config import Config, redact_url
 from taskd.errors import ConfigError, DriverError
 
 DEFAULT_PORT = 6379
@@ -36,17 +36,17 @@ def connection_kwargs(url: str, key: str, source: str | None = None) -> dict[str
     if scheme == "redis+socket":
         path, _, db = location.partition(":")
         if not path:
-            raise ConfigError(key, f"{url!r} names no socket path", source)
+            raise ConfigError(key, f"{redact_url(url)!r} names no socket path", source)
         kwargs["unix_socket_path"] = path
         kwargs["db"] = _db(db.lstrip("/"), url, key, source)
         return kwargs
     parts = urlsplit(f"redis://{location}")
     if not parts.hostname:
-        raise ConfigError(key, f"{url!r} names no host", source)
+        raise ConfigError(key, f"{redact_url(url)!r} names no host", source)
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ConfigError(key, f"{url!r} has an invalid port", source) from None
+        raise ConfigError(key, f"{redact_url(url)!r} has an invalid port", source) from None
     kwargs.update(
         host=parts.hostname,
         port=port,
@@ -60,7 +60,7 @@ def _db(text: str, url: str, key: str, source: str | None) -> int:
     if not text:
         return 0
     if not text.isdigit():
-        raise ConfigError(key, f"{url!r}: database {text!r} is not a number", source)
+        raise ConfigError(key, f"{redact_url(url)!r}: database {text!r} is not a number", source)
     return int(text)
 
 

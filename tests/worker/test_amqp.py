@@ -462,3 +462,29 @@ def test_poison_is_set_aside_and_the_next_task_runs(
     assert client.broker.size(namespace) == 0
     assert process.process.poll() is None
     client.close()
+
+
+def test_a_rabbitmq_restart_mid_run_loses_nothing(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """RabbitMQ itself stops (stop_app) and starts again while 500 tasks are queued: every
+    task ends SUCCESS and the daemon carries on. Other tests on this RabbitMQ would see the
+    outage too: pytest runs this one alone."""
+    config, client = amqp_client(amqp_namespace, tmp_path, worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    trace = tmp_path / "trace"
+    results = send_slow(client, trace, 500, 0.01)
+    wait_until(lambda: ended(trace) >= 20, 30, 0.01, "the run to be under way")
+    try:
+        rabbitmqctl("stop_app")
+        assert ended(trace) < 500  # the outage came mid-run
+        wait_until(lambda: process.events("broker_unavailable"), 30, 0.1, "the outage seen")
+    finally:
+        rabbitmqctl("start_app")
+    ids = [result.task_id for result in results]
+    wait_until(lambda: all_succeeded(client, ids), 120, 0.2, "all 500 tasks to succeed")
+    assert {line.split(":", 1)[1] for line in runs(trace)} == {f"t{i}" for i in range(500)}
+    assert process.process.poll() is None  # it never exited
+    assert process.events("broker_recovered"), process.log()[-3000:]
+    client.close()

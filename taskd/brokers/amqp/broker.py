@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-from taskd.amqplink import Link, connection_parameters
+from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.admin import AMQPQueueAdmin
 from taskd.brokers.amqp.topology import Session, Topology
@@ -36,11 +36,13 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
 
     def __init__(self, url: str, config: Config) -> None:
         self._topology = Topology.of(config)
+        # Consuming, acks and taskctl's look into queues on a driven connection (heartbeats
+        # flow while a task runs); publishing on one of the sender's own (no thread hops).
         self._link = Link(
-            connection_parameters(url, config, "broker"),
-            Session,
-            BrokerUnavailable,
-            self.driver,
+            connection_parameters(url, config, "broker"), Session, BrokerUnavailable, self.driver
+        )
+        self._sender = DirectLink(
+            connection_parameters(url, config, "broker"), Session, BrokerUnavailable, self.driver
         )
         self._inboxes: dict[str, queues.SimpleQueue[Received]] = {}
         self._consuming: dict[str, int] = {}  # queue -> the prefetch it is consumed with
@@ -57,12 +59,15 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         ``amqp.queue_declare_args``; machinery's layout has none by default)."""
         return "x-max-priority" in self._topology.queue_arguments
 
-    def _call(self, fn: Callable[[Session], T], queue: str | None = None) -> T:
-        """``fn(session)`` on the connection's thread; RabbitMQ's refusals as BrokerError."""
+    def _call(
+        self, fn: Callable[[Session], T], queue: str | None = None, *, sending: bool = False
+    ) -> T:
+        """``fn(session)`` on the consuming connection's thread (or, ``sending``, on the
+        sender's connection here); RabbitMQ's refusals as BrokerError."""
         import pika.exceptions
 
         try:
-            return self._link.call(fn)
+            return (self._sender if sending else self._link).call(fn)
         except (pika.exceptions.AMQPChannelError, pika.exceptions.NackError) as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
@@ -78,7 +83,9 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         """Each message confirmed by RabbitMQ before the next (mandatory: an unroutable one
         is an error, not a silent loss); the destination is declared first."""
         if messages:
-            self._call(lambda session: self._publish(session, messages), messages[0].queue)
+            self._call(
+                lambda session: self._publish(session, messages), messages[0].queue, sending=True
+            )
 
     def _publish(self, session: Session, messages: Sequence[Message]) -> None:
         import pika
@@ -202,6 +209,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         deliveries: Sequence[Delivery],
         how: Callable[[Any, int], None],
         also: Callable[[Session], list[int]] = lambda _session: [],
+        *,
+        wait: bool = True,
     ) -> None:
         def settle(session: Session) -> None:
             # Deliveries of a channel that is gone were put back by RabbitMQ already.
@@ -212,12 +221,17 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                 how(session.consumer, tag)
 
         if deliveries:
-            self._call(settle, deliveries[0].queue)
+            if wait:
+                self._call(settle, deliveries[0].queue)
+            else:
+                self._link.post(settle)
             current = [d for d in deliveries if d.handle[0] is self._channel]
             self._unsettled = max(self._unsettled - len(current), 0)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        self._settle(deliveries, lambda channel, tag: channel.basic_ack(tag))
+        """Handed to the connection's thread without waiting: RabbitMQ answers no ack, and
+        one lost with its connection only means the message comes again (at-least-once)."""
+        self._settle(deliveries, lambda channel, tag: channel.basic_ack(tag), wait=False)
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         """Requeued, together with what RabbitMQ pushed here meanwhile, so that all go back
@@ -258,10 +272,11 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             properties = pika.BasicProperties(delivery_mode=2, headers=headers)
             channel.basic_publish("", dead, delivery.body, properties, mandatory=True)
 
-        self._call(set_aside, delivery.queue)
+        self._call(set_aside, delivery.queue, sending=True)
         self.ack_many([delivery])
 
     def close(self) -> None:
+        self._sender.close()
         self._link.close()
 
 
