@@ -78,7 +78,39 @@ def transient_errors() -> tuple[type[Exception], ...]:
     )
 
 
-class Link:
+class _Connector:
+    """What both kinds of link share: how to open a connection and its session, and the
+    driver's error for a connection that cannot be had."""
+
+    def __init__(
+        self,
+        parameters: Any,
+        open_session: Callable[[Any, int], Any],
+        unavailable: type[DriverError],
+        driver: str,
+    ) -> None:
+        self._parameters, self._open_session = parameters, open_session
+        self._unavailable, self._driver = unavailable, driver
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._session: Any = None
+        self.generation = 0
+
+    def _connect(self) -> tuple[Any, Any]:
+        """A new connection and its session (the next generation)."""
+        import pika
+
+        try:
+            connection = pika.BlockingConnection(self._parameters)
+            self.generation += 1
+            return connection, self._open_session(connection, self.generation)
+        except transient_errors() as exc:
+            raise self._unavailable(
+                self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+class Link(_Connector):
     """A connection, its driving thread, and a ``session`` built on it by ``open_session``.
 
     ``call(fn)`` runs ``fn(session)`` on the driving thread and returns its result. When the
@@ -94,12 +126,7 @@ class Link:
         unavailable: type[DriverError],
         driver: str,
     ) -> None:
-        self._parameters, self._open_session = parameters, open_session
-        self._unavailable, self._driver = unavailable, driver
-        self._lock = threading.Lock()
-        self._connection: Any = None
-        self._session: Any = None
-        self.generation = 0
+        super().__init__(parameters, open_session, unavailable, driver)
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,16 +194,7 @@ class Link:
                 raise self._unavailable(self._driver, "the connection is closed")
             if self._connection is not None and self._connection.is_open:
                 return self._connection, self._session
-            import pika
-
-            try:
-                connection = pika.BlockingConnection(self._parameters)
-                self.generation += 1
-                session = self._open_session(connection, self.generation)
-            except transient_errors() as exc:
-                raise self._unavailable(
-                    self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
-                ) from exc
+            connection, session = self._connect()
             self._connection, self._session = connection, session
             self._thread = threading.Thread(
                 target=self._drive, args=(connection,), name=f"taskd-{self._driver}", daemon=True
@@ -204,11 +222,6 @@ class Link:
         for future in pending:
             _settle(future, ConnectionError(f"connection lost: {exc}"))
 
-    def alive(self, generation: int) -> bool:
-        """Whether the connection of ``generation`` is still the open one."""
-        connection = self._connection
-        return generation == self.generation and connection is not None and connection.is_open
-
     @staticmethod
     def _quietly(close: Callable[[], None]) -> None:
         with contextlib.suppress(Exception):  # already gone: RabbitMQ took back its deliveries
@@ -228,7 +241,7 @@ def _settle(
         pass
 
 
-class DirectLink:
+class DirectLink(_Connector):
     """A connection used by the calling thread itself (one at a time), for publishing.
 
     A sender waits for each publisher confirm anyway, so handing the publish to a driving
@@ -246,12 +259,7 @@ class DirectLink:
         driver: str,
     ) -> None:
         parameters.heartbeat = 0
-        self._parameters, self._open_session = parameters, open_session
-        self._unavailable, self._driver = unavailable, driver
-        self._lock = threading.Lock()
-        self._connection: Any = None
-        self._session: Any = None
-        self._generation = 0
+        super().__init__(parameters, open_session, unavailable, driver)
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:
@@ -274,19 +282,8 @@ class DirectLink:
             self._drop()
 
     def _ensure(self) -> Any:
-        if self._connection is not None and self._connection.is_open:
-            return self._session
-        import pika
-
-        try:
-            connection = pika.BlockingConnection(self._parameters)
-            self._generation += 1
-            self._session = self._open_session(connection, self._generation)
-        except transient_errors() as exc:
-            raise self._unavailable(
-                self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._connection = connection
+        if self._connection is None or not self._connection.is_open:
+            self._connection, self._session = self._connect()
         return self._session
 
     def _drop(self) -> None:

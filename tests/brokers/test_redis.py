@@ -13,13 +13,7 @@ from taskd.brokers import Message, open_broker
 from taskd.brokers.redis import RedisBroker
 from taskd.client import Client, signature
 from taskd.wire import GoTime
-
-GO_FIELDS = [
-    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
-    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
-    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
-    "IgnoreWhenTaskNotRegistered",
-]  # fmt: skip
+from tests.support.harness import GO_FIELDS
 
 
 @pytest.fixture

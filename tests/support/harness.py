@@ -267,3 +267,12 @@ class PrivateRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+# machinery's Signature fields, in the order Go's encoding/json writes them.
+GO_FIELDS = [
+    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
+    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
+    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
+    "IgnoreWhenTaskNotRegistered",
+]  # fmt: skip

@@ -18,21 +18,27 @@ from typing import Any
 import pytest
 
 from taskd.brokers.amqp import delays
-from taskd.client import AsyncResult, Client, signature
+from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, new_id
-from tests.support.harness import AMQP_URL, Daemon, client_for, taskctl, wait_until
+from tests.support.harness import (
+    AMQP_URL,
+    GO_FIELDS,
+    Daemon,
+    client_for,
+    taskctl,
+    wait_until,
+)
 from tests.support.tasks import runs
+from tests.support.traces import (
+    assert_each_ran_once_except,
+    ended,
+    in_flight,
+    next_start,
+    send_slow,
+)
 
 AMQP_PORT = 5672
 QUICK_RECOVERY = {"heartbeat_interval": 0.5}
-
-# machinery's Signature fields, in the order Go's encoding/json writes them.
-GO_FIELDS = [
-    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
-    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
-    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
-    "IgnoreWhenTaskNotRegistered",
-]  # fmt: skip
 
 
 def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = "null") -> bytes:
@@ -164,44 +170,6 @@ def close_connections(pids: list[str]) -> None:
 
 
 # -- traces ---------------------------------------------------------------------------------
-
-
-def send_slow(client: Client, trace: Path, count: int, seconds: float) -> list[AsyncResult]:
-    sigs = [signature("slow_record", str(trace), f"t{i}", seconds) for i in range(count)]
-    return [client.result(sig.uuid) for sig in client.publish(sigs)]
-
-
-def ended(trace: Path) -> int:
-    return sum(line.startswith("end:") for line in runs(trace))
-
-
-def in_flight(trace: Path) -> set[str]:
-    """Tokens started and not ended, per the trace."""
-    counts = Counter(runs(trace))
-    tokens = {entry.split(":", 1)[1] for entry in counts}
-    return {t for t in tokens if counts[f"start:{t}"] > counts[f"end:{t}"]}
-
-
-def assert_each_ran_once_except(trace: Path, tokens: int, allowed_twice: set[str]) -> None:
-    counts = Counter(runs(trace))
-    for i in range(tokens):
-        token = f"t{i}"
-        assert counts[f"end:{token}"] >= 1, f"{token} never finished"
-        starts = counts[f"start:{token}"]
-        assert starts == 1 or (starts == 2 and token in allowed_twice), (token, starts)
-
-
-def next_start(trace: Path) -> tuple[str, int]:
-    """Wait for a task to start after this call; its token and the pid of the child running it."""
-    seen = len(runs(trace))
-
-    def started() -> str | None:
-        fresh = [line for line in runs(trace)[seen:] if line.startswith("start:")]
-        return fresh[0].split(":", 1)[1] if fresh else None
-
-    token = wait_until(started, 30, 0.005, "a task to start")
-    pids = dict(line.rsplit(":", 1) for line in runs(f"{trace}.pids"))
-    return token, int(pids[token])
 
 
 def all_succeeded(client: Client, ids: list[str]) -> bool:
