@@ -82,6 +82,8 @@ class _Connector:
     """What both kinds of link share: how to open a connection and its session, and the
     driver's error for a connection that cannot be had."""
 
+    heartbeats = True  # whether the connection is driven between calls, and can answer them
+
     def __init__(
         self,
         parameters: Any,
@@ -89,6 +91,8 @@ class _Connector:
         unavailable: type[DriverError],
         driver: str,
     ) -> None:
+        if not self.heartbeats:
+            parameters.heartbeat = 0  # else RabbitMQ would drop an idle sender's connection
         self._parameters, self._open_session = parameters, open_session
         self._unavailable, self._driver = unavailable, driver
         self._lock = threading.Lock()
@@ -251,15 +255,7 @@ class DirectLink(_Connector):
     a connection RabbitMQ dropped in the meantime.
     """
 
-    def __init__(
-        self,
-        parameters: Any,
-        open_session: Callable[[Any, int], Any],
-        unavailable: type[DriverError],
-        driver: str,
-    ) -> None:
-        parameters.heartbeat = 0
-        super().__init__(parameters, open_session, unavailable, driver)
+    heartbeats = False
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:
