@@ -1,11 +1,10 @@
-"""AMQP plumbing shared by the AMQP broker and result backend: one connection to RabbitMQ,
-driven by a thread of its own.
+"""AMQP plumbing shared by the AMQP broker and result backend: connections to RabbitMQ.
 
 pika's BlockingConnection is not thread-safe, and it answers heartbeats only while something
-calls into it. So each driver gives its connection a thread that does nothing but drive it;
-every operation is handed to that thread (``add_callback_threadsafe``, pika's one thread-safe
-method) and waited for. A task that runs for an hour does not silence the connection, so
-RabbitMQ neither drops it nor redelivers the task's message.
+calls into it. A ``Link`` is used under a lock by whichever thread needs it, and a keeper
+thread drives it whenever nobody else does, so a task that runs for an hour does not silence
+the connection and RabbitMQ neither drops it nor redelivers the task's message. A
+``DirectLink`` (for publishing) is used by its caller alone, without heartbeats.
 
 URL forms are machinery's and pika's: ``amqp://user:password@host:5672/vhost`` (``%2F`` for
 the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS.
@@ -13,7 +12,6 @@ the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import math
 import threading
@@ -29,8 +27,7 @@ from taskd.errors import ConfigError, DriverError
 log = structlog.get_logger("taskd.amqp")
 
 T = TypeVar("T")
-DRIVE_SLICE_S = 0.2  # the driving thread checks for a close this often
-CALL_TIMEOUT_S = 30.0  # longest an operation may wait for RabbitMQ's answer
+KEEP_MAX_S = 1.0  # an idle connection is driven at least this often (a quarter heartbeat if less)
 
 
 def connection_parameters(url: str, config: Config, key: str) -> Any:
@@ -74,7 +71,6 @@ def transient_errors() -> tuple[type[Exception], ...]:
         errors.ConnectionWrongStateError,
         ConnectionError,
         OSError,
-        concurrent.futures.TimeoutError,
     )
 
 
@@ -115,12 +111,15 @@ class _Connector:
 
 
 class Link(_Connector):
-    """A connection, its driving thread, and a ``session`` built on it by ``open_session``.
+    """A connection shared by the calling threads and a keeper thread, one at a time.
 
-    ``call(fn)`` runs ``fn(session)`` on the driving thread and returns its result. When the
-    connection is lost, pending and later calls raise the driver's Unavailable error and the
-    next call connects again, with a new ``generation`` (deliveries of an older one are
-    void: RabbitMQ has already put them back).
+    ``call(fn)`` runs ``fn(session)`` in the calling thread, holding the connection's lock:
+    a consumer waiting for deliveries drives the connection itself (``wait``), so a delivery
+    reaches it without a thread switch. While nobody holds the lock (a task is running), the
+    keeper thread drives it now and then, answering heartbeats: an hour-long task does not
+    silence the connection, and RabbitMQ does not redeliver its message. When the connection
+    is lost, calls raise the driver's Unavailable error and the next one connects again,
+    with a new ``generation``.
     """
 
     def __init__(
@@ -131,118 +130,73 @@ class Link(_Connector):
         driver: str,
     ) -> None:
         super().__init__(parameters, open_session, unavailable, driver)
-        self._pending: set[concurrent.futures.Future[Any]] = set()
         self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
+        heartbeat_s = getattr(parameters, "heartbeat", None) or 60
+        self._keep_s = min(max(heartbeat_s / 4, 0.05), KEEP_MAX_S)
 
-    def call(self, fn: Callable[[Any], T], timeout_s: float = CALL_TIMEOUT_S) -> T:
-        connection, session = self._ensure()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if future.done():  # given up on: the connection was lost meanwhile
-                return
-            try:
-                result = fn(session)
-            except BaseException as exc:
-                _settle(future, exc)
-            else:
-                _settle(future, result=result)
-
+    def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:
-            self._pending.add(future)
-        try:
-            connection.add_callback_threadsafe(run)
-            return future.result(timeout_s)
-        except transient_errors() as exc:
-            self._lost(connection, exc)
-            raise self._unavailable(self._driver, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            with self._lock:
-                self._pending.discard(future)
+            session = self._ensure()
+            try:
+                return fn(session)
+            except transient_errors() as exc:
+                self._drop(exc)
+                raise self._unavailable(self._driver, f"{type(exc).__name__}: {exc}") from exc
 
     def post(self, fn: Callable[[Any], None]) -> None:
-        """Run ``fn(session)`` on the driving thread without waiting: for acks, which RabbitMQ
-        does not answer anyway. If the connection is gone, so are its deliveries: RabbitMQ
-        delivers them again, and there is nothing left to ack."""
-        connection, session = self._connection, self._session
-        if connection is None or not connection.is_open:
-            return
+        """``fn(session)`` where losing the connection does not matter (acks: if the
+        connection is gone, RabbitMQ delivers its messages again and there is nothing to
+        ack)."""
+        with contextlib.suppress(DriverError):
+            self.call(fn)
 
-        def run() -> None:
-            try:
-                fn(session)
-            except Exception as exc:  # a closed channel: its deliveries come back anyway
-                log.debug("amqp_post_failed", driver=self._driver, error=str(exc))
-
-        with contextlib.suppress(*transient_errors()):
-            connection.add_callback_threadsafe(run)
+    def wait(self, seconds: float) -> None:
+        """Drive the connection for up to ``seconds``: deliveries and other events reach their
+        callbacks in this thread. Returns early once any did."""
+        self.call(lambda session: session.connection.process_data_events(time_limit=seconds))
 
     def close(self) -> None:
-        """Stop the driving thread and close the connection: RabbitMQ puts back every
-        delivery not acked."""
-        if self._connection is not None and not self._closing.is_set():
-            # Callbacks run in order: once this one has, every ack posted before it went out.
-            with contextlib.suppress(DriverError):
-                self.call(lambda _session: None, timeout_s=5)
+        """Stop the keeper and close the connection: RabbitMQ puts back every delivery not
+        acked."""
         self._closing.set()
         with self._lock:
-            self._connection = self._session = None
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)  # it closes the connection on its way out
+            self._drop(None)
 
-    def _ensure(self) -> tuple[Any, Any]:
-        with self._lock:
-            if self._closing.is_set():
-                raise self._unavailable(self._driver, "the connection is closed")
-            if self._connection is not None and self._connection.is_open:
-                return self._connection, self._session
-            connection, session = self._connect()
-            self._connection, self._session = connection, session
-            self._thread = threading.Thread(
-                target=self._drive, args=(connection,), name=f"taskd-{self._driver}", daemon=True
-            )
-            self._thread.start()
-            return connection, session
+    def _ensure(self) -> Any:
+        if self._closing.is_set():
+            raise self._unavailable(self._driver, "the connection is closed")
+        if self._connection is None or not self._connection.is_open:
+            self._connection, self._session = self._connect()
+            if self._keeper is None:
+                self._keeper = threading.Thread(
+                    target=self._keep, name=f"taskd-{self._driver}", daemon=True
+                )
+                self._keeper.start()
+        return self._session
 
-    def _drive(self, connection: Any) -> None:
-        """Drive the connection while it is the current one; close it when it is not."""
-        try:
-            while self._connection is connection and connection.is_open:
-                connection.process_data_events(time_limit=DRIVE_SLICE_S)
-        except Exception as exc:  # lost: the next call connects again
-            self._lost(connection, exc)
-        finally:
-            self._quietly(connection.close)
+    def _keep(self) -> None:
+        """While nobody uses the connection, drive it now and then (heartbeats, deliveries)."""
+        while not self._closing.wait(self._keep_s):
+            if not self._lock.acquire(blocking=False):
+                continue  # in use, so being driven
+            try:
+                if self._connection is not None and self._connection.is_open:
+                    self._connection.process_data_events(time_limit=0)
+            except Exception as exc:  # lost: the next call connects again
+                self._drop(exc)
+            finally:
+                self._lock.release()
 
-    def _lost(self, connection: Any, exc: BaseException) -> None:
-        with self._lock:
-            if self._connection is not connection:
-                return
-            self._connection = self._session = None
-            pending = list(self._pending)
-        log.warning("amqp_connection_lost", driver=self._driver, error=str(exc))
-        for future in pending:
-            _settle(future, ConnectionError(f"connection lost: {exc}"))
-
-    @staticmethod
-    def _quietly(close: Callable[[], None]) -> None:
-        with contextlib.suppress(Exception):  # already gone: RabbitMQ took back its deliveries
-            close()
-
-
-def _settle(
-    future: concurrent.futures.Future[Any], error: BaseException | None = None, result: Any = None
-) -> None:
-    """Complete a future once; whoever comes second (the call or the loss) is ignored."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except concurrent.futures.InvalidStateError:
-        pass
+    def _drop(self, exc: BaseException | None) -> None:
+        """Forget the connection (the lock is held); ``exc`` says why it was lost."""
+        connection, self._connection, self._session = self._connection, None, None
+        if connection is None:
+            return
+        if exc is not None:
+            log.warning("amqp_connection_lost", driver=self._driver, error=str(exc))
+        with contextlib.suppress(Exception):
+            connection.close()
 
 
 class DirectLink(_Connector):

@@ -196,10 +196,15 @@ class AMQPBackend(ResultBackend):
         try:
             self._call(watch, about)
             while len(found) < len(names):
-                name, seen = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+                try:
+                    name, seen = inbox.get_nowait()
+                except queues.Empty:
+                    left_s = deadline - time.monotonic()
+                    if left_s <= 0:
+                        break  # still empty: the message expired
+                    self._link.wait(left_s)  # deliveries reach ``watch``'s consumers here
+                    continue
                 found[name] = seen
-        except queues.Empty:  # still empty: the message expired
-            pass
         finally:
             self._call(close_all, about)
         return {name: found.get(name, Seen.NOTHING) for name in names}

@@ -10,7 +10,8 @@ before a worker started is lost. It does not declare machinery's extra queue nam
 binding key, which nobody reads.
 
 ``broker.py`` is the fetch path, ``delays.py`` the ETA scheme, ``admin.py`` the operations
-for taskctl; ``taskd/amqplink.py`` drives the connection from a thread of its own.
+for taskctl; ``taskd/amqplink.py`` holds the connections (the consuming one driven by the
+child while it waits, and by a keeper thread while a task runs).
 """
 
 from taskd.brokers.amqp.broker import AMQPBroker

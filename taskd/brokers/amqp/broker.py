@@ -152,12 +152,13 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         deadline = time.monotonic() + wait_s
         while len(taken) < max_messages:
             try:
-                if taken:
-                    item = inbox.get_nowait()
-                else:
-                    item = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+                item = inbox.get_nowait()
             except queues.Empty:
-                break
+                left_s = deadline - time.monotonic()
+                if taken or left_s <= 0:
+                    break
+                self._call(lambda s, limit=left_s: s.connection.process_data_events(limit), queue)
+                continue  # what arrived went to the inbox, in this thread
             if item.channel is not channel:
                 continue  # from a lost channel: RabbitMQ has put it back already
             if self._early(queue, item):
