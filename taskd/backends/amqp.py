@@ -129,7 +129,7 @@ class AMQPBackend(ResultBackend):
         return f"{self._prefix}.{kind}.{record_id}"
 
     def _call(self, fn: Callable[[_Session], T], about: str) -> T:
-        """``fn(session)`` on the connection's thread; RabbitMQ's refusals as BackendError."""
+        """``fn(session)`` holding the connection; RabbitMQ's refusals as BackendError."""
         import pika.exceptions
 
         try:
@@ -399,5 +399,6 @@ class AMQPBackend(ResultBackend):
 def _deliver(
     inbox: Inbox, name: str, _channel: Any, _method: Any, _props: Any, body: bytes
 ) -> None:
-    """A waited-for message arrived (on the connection's thread); it stays unacked."""
+    """A waited-for message arrived (in whichever thread drove the connection); it stays
+    unacked."""
     inbox.put((name, bytes(body)))

@@ -36,8 +36,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
 
     def __init__(self, url: str, config: Config) -> None:
         self._topology = Topology.of(config)
-        # Consuming, acks and taskctl's look into queues on a driven connection (heartbeats
-        # flow while a task runs); publishing on one of the sender's own (no thread hops).
+        # Consuming, acks and taskctl's look into queues on a kept connection (heartbeats
+        # flow while a task runs); publishing on one of the sender's own, without heartbeats.
         self._link = Link(
             connection_parameters(url, config, "broker"), Session, BrokerUnavailable, self.driver
         )
@@ -62,8 +62,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
     def _call(
         self, fn: Callable[[Session], T], queue: str | None = None, *, sending: bool = False
     ) -> T:
-        """``fn(session)`` on the consuming connection's thread (or, ``sending``, on the
-        sender's connection here); RabbitMQ's refusals as BrokerError."""
+        """``fn(session)`` on the consuming connection (or, ``sending``, on the sender's),
+        holding it; RabbitMQ's refusals as BrokerError."""
         import pika.exceptions
 
         try:
@@ -230,8 +230,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             self._unsettled = max(self._unsettled - len(current), 0)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Handed to the connection's thread without waiting: RabbitMQ answers no ack, and
-        one lost with its connection only means the message comes again (at-least-once)."""
+        """Sent without waiting for anything: RabbitMQ answers no ack, and one lost with its
+        connection only means the message comes again (at-least-once)."""
         self._settle(deliveries, lambda channel, tag: channel.basic_ack(tag), wait=False)
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
@@ -291,5 +291,5 @@ def _deliveries(item: Received) -> int:
 
 
 def _open(channel: Any) -> bool:
-    """Whether a channel is open (read from any thread: a stale answer costs one hop)."""
+    """Whether a channel is open (read without the lock: a stale answer costs one call)."""
     return channel is not None and bool(channel.is_open)
