@@ -2,9 +2,10 @@
 
 pika's BlockingConnection is not thread-safe, and it answers heartbeats only while something
 calls into it. A ``Link`` is used under a lock by whichever thread needs it, and a keeper
-thread drives it whenever nobody else does, so a task that runs for an hour does not silence
-the connection and RabbitMQ neither drops it nor redelivers the task's message. A
-``DirectLink`` (for publishing) is used by its caller alone, without heartbeats.
+thread drives it whenever nobody else does, so a long task does not silence the connection
+and RabbitMQ does not drop it (RabbitMQ's own consumer_timeout, 30 minutes by default, still
+bounds how long a delivery may stay unacked). A ``DirectLink`` (for publishing) is used by
+its caller alone.
 
 URL forms are machinery's and pika's: ``amqp://user:password@host:5672/vhost`` (``%2F`` for
 the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS.
@@ -62,6 +63,19 @@ def _pika(config: Config, key: str) -> Any:
     return pika
 
 
+def refusals() -> tuple[type[Exception], ...]:
+    """pika errors of a connection RabbitMQ refuses for good: credentials, vhost, protocol."""
+    import pika.exceptions as errors
+
+    return (
+        errors.ProbableAuthenticationError,
+        errors.ProbableAccessDeniedError,
+        errors.AuthenticationError,
+        errors.IncompatibleProtocolError,
+        errors.ProtocolVersionMismatch,
+    )
+
+
 def transient_errors() -> tuple[type[Exception], ...]:
     """pika errors after which a new connection may succeed."""
     import pika.exceptions as errors
@@ -78,8 +92,6 @@ class _Connector:
     """What both kinds of link share: how to open a connection and its session, and the
     driver's error for a connection that cannot be had."""
 
-    heartbeats = True  # whether the connection is driven between calls, and can answer them
-
     def __init__(
         self,
         parameters: Any,
@@ -87,10 +99,10 @@ class _Connector:
         unavailable: type[DriverError],
         driver: str,
     ) -> None:
-        if not self.heartbeats:
-            parameters.heartbeat = 0  # else RabbitMQ would drop an idle sender's connection
         self._parameters, self._open_session = parameters, open_session
         self._unavailable, self._driver = unavailable, driver
+        # Unavailable errors derive from the driver's permanent error (BrokerError...).
+        self._failed: type[DriverError] = unavailable.__bases__[0]
         self._lock = threading.Lock()
         self._connection: Any = None
         self._session: Any = None
@@ -104,6 +116,8 @@ class _Connector:
             connection = pika.BlockingConnection(self._parameters)
             self.generation += 1
             return connection, self._open_session(connection, self.generation)
+        except refusals() as exc:  # waiting will not help: the URL or the server must change
+            raise self._failed(self._driver, f"refused: {type(exc).__name__}: {exc}") from exc
         except transient_errors() as exc:
             raise self._unavailable(
                 self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
@@ -116,8 +130,8 @@ class Link(_Connector):
     ``call(fn)`` runs ``fn(session)`` in the calling thread, holding the connection's lock:
     a consumer waiting for deliveries drives the connection itself (``wait``), so a delivery
     reaches it without a thread switch. While nobody holds the lock (a task is running), the
-    keeper thread drives it now and then, answering heartbeats: an hour-long task does not
-    silence the connection, and RabbitMQ does not redeliver its message. When the connection
+    keeper thread drives it now and then, answering heartbeats: a long task does not silence
+    the connection, and RabbitMQ does not redeliver its message for that. When the connection
     is lost, calls raise the driver's Unavailable error and the next one connects again,
     with a new ``generation``.
     """
@@ -147,7 +161,9 @@ class Link(_Connector):
     def post(self, fn: Callable[[Any], None]) -> None:
         """``fn(session)`` where losing the connection does not matter (acks: if the
         connection is gone, RabbitMQ delivers its messages again and there is nothing to
-        ack)."""
+        ack, so no new connection is made for it)."""
+        if self._connection is None or not self._connection.is_open:
+            return
         with contextlib.suppress(DriverError):
             self.call(fn)
 
@@ -202,14 +218,14 @@ class Link(_Connector):
 class DirectLink(_Connector):
     """A connection used by the calling thread itself (one at a time), for publishing.
 
-    A sender waits for each publisher confirm anyway, so handing the publish to a driving
-    thread would only add two thread switches to every send. Heartbeats are off (nothing
-    drives the connection between sends); a connection found dead on use is replaced and
-    the call tried once more on the new one, so an idle sender does not see an error for
-    a connection RabbitMQ dropped in the meantime.
+    A sender waits for each publisher confirm anyway, so handing the publish to another
+    thread would only add thread switches to every send. pika checks heartbeats while it
+    waits for a confirm, so a dead peer is an error, not a hang; between sends nothing drives
+    the connection, and RabbitMQ may drop it for silence. A connection found dead on use is
+    replaced and ``fn`` called once more on the new one (so it must resume, not repeat: the
+    broker's publish skips what was already confirmed), and an idle sender does not see an
+    error for a connection RabbitMQ dropped in the meantime.
     """
-
-    heartbeats = False
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:

@@ -74,7 +74,7 @@ def kind_with_server(request: pytest.FixtureRequest) -> str:
     """A driver kind, with its server's namespace cleaned up after the test."""
     if request.param == "redis":
         request.getfixturevalue("redis_namespace")
-    elif request.param == "amqp":
+    elif request.param in ("amqp", "amqp_quorum"):
         request.getfixturevalue("amqp_namespace")
     return str(request.param)
 

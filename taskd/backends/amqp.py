@@ -207,7 +207,8 @@ class AMQPBackend(ResultBackend):
                 found[name] = seen
         finally:
             self._call(close_all, about)
-        return {name: found.get(name, Seen.NOTHING) for name in names}
+        # Still empty after the wait: its message expired, or a reader holds it for long.
+        return {name: found.get(name, Seen.HIDDEN) for name in names}
 
     def _declare(self, session: _Session, queue: str, arguments: dict[str, int | str]) -> None:
         """Declare (which renews x-expires); a queue left with other arguments by an earlier
@@ -300,14 +301,20 @@ class AMQPBackend(ResultBackend):
         raw = self._read([queue], group_id)[queue]
         return self._load_group(raw, group_id) if isinstance(raw, bytes) else None
 
-    def _owner(self, group_id: str, pauses_s: Sequence[float] = ()) -> str | None:
+    def _owner(
+        self, group_id: str, pauses_s: Sequence[float] = (), *, sure: bool = False
+    ) -> str | None:
         """The recorded claimant of a group's chord, looking again after each pause while
-        there is none (a claimant holding the token may be about to record itself)."""
+        there is none (a claimant holding the token may be about to record itself). With
+        ``sure``, a record that exists but could not be seen is BackendUnavailable, not
+        "no claim": a token holder must never overwrite an earlier claim."""
         queue = self._name("chord", group_id) + ".claimant"
         for pause_s in (*pauses_s, None):
             raw = self._read([queue], group_id)[queue]
             if isinstance(raw, bytes):
                 return raw.decode()
+            if sure and raw is Seen.HIDDEN:
+                raise BackendUnavailable(self.driver, "the chord's claim cannot be read", group_id)
             if pause_s is not None:
                 time.sleep(pause_s)
         return None
@@ -358,7 +365,7 @@ class AMQPBackend(ResultBackend):
     def _claim_holding(self, held: _Held, group_id: str, claimant: str) -> bool:
         """With the token: keep a claim recorded by an earlier holder that died before its
         ack, else record this one; flip ChordTriggered; then spend the token."""
-        owner = self._owner(group_id)
+        owner = self._owner(group_id, sure=True)
         group = self.get_group(group_id)
         if group is None:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)

@@ -14,8 +14,8 @@ maps it onto what its broker has:
 | redis  | the same, with the beats in a sorted set on Redis's clock                            |
 | sqs    | (to come) when the visibility timeout, ``consumer_timeout``, runs out; extended    |
 |        | every heartbeat interval while the consumer holds the message                        |
-| amqp   | (to come) when RabbitMQ sees its connection drop: AMQP heartbeats every heartbeat   |
-|        | interval, so a dead peer is found within about ``consumer_timeout``                  |
+| amqp   | when RabbitMQ sees its connection drop: the AMQP heartbeat is half of               |
+|        | ``consumer_timeout``, so a silent peer is given up within about that time            |
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ class Broker(ABC):
     stops, where one more count is the price of not holding work back.
     """
 
+    releases_keep_order: ClassVar[bool] = True
+    """Whether a released message goes back ahead of the rest of its queue, in order (not on
+    RabbitMQ quorum queues, which requeue at the back)."""
+
     supports_priority: ClassVar[bool] = False
     """Whether ``Message.priority`` is honoured (higher first); drivers that cannot honour it
     raise NotSupported for a non-zero priority rather than drop it silently."""
@@ -126,8 +130,8 @@ class Broker(ABC):
 
     @abstractmethod
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand messages back unprocessed, to be delivered again as soon as a consumer asks,
-        ahead of the rest of their queue and in their order where the broker keeps order.
+        """Hand messages back unprocessed, to be delivered again as soon as a consumer asks:
+        ahead of the rest of their queue and in their order where ``releases_keep_order``.
         Whether this grows their ``deliveries`` is ``counts_releases``."""
 
     @abstractmethod

@@ -36,6 +36,23 @@ def bodies(deliveries: list[Any]) -> list[bytes]:
     return [delivery.body for delivery in deliveries]
 
 
+def assert_released(got: list[bytes], expected: list[bytes], broker: Broker) -> None:
+    """Released messages come back first, and in order where the broker keeps it."""
+    if broker.releases_keep_order:
+        assert got == expected
+    else:
+        assert sorted(got) == sorted(expected)
+
+
+def fetch_all(broker: Broker, queue: str, count: int) -> list[Any]:
+    """``count`` messages, over as many fetches as a push broker needs to hand them over."""
+    taken: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(taken) < count and time.monotonic() < deadline:
+        taken += broker.fetch(queue, max_messages=count - len(taken), wait_s=1)
+    return taken
+
+
 def test_fifo_and_batches(broker: Broker, namespace: str) -> None:
     """Oldest first, never more than asked per fetch. A fetch may return fewer than are
     ready (AMQP hands over what RabbitMQ has pushed so far), never none while any is."""
@@ -71,8 +88,8 @@ def test_release_goes_back_to_the_head(broker: Broker, namespace: str) -> None:
     (a,) = broker.fetch(namespace, max_messages=1, wait_s=1)
     assert a.deliveries == 1 and not a.redelivered
     broker.release(a)
-    again = broker.fetch(namespace, max_messages=2, wait_s=1)
-    assert bodies(again) == [b"a", b"b"]
+    again = fetch_all(broker, namespace, 2)
+    assert_released(bodies(again), [b"a", b"b"], broker)
     if not broker.counts_releases:  # handed back unprocessed: not a failed delivery
         assert again[0].deliveries == 1 and not again[0].redelivered
 
@@ -82,7 +99,8 @@ def test_release_many_keeps_the_order_at_the_head(broker: Broker, namespace: str
     taken = broker.fetch(namespace, max_messages=3, wait_s=1)
     broker.ack(taken[0])
     broker.release_many(taken[1:])
-    assert bodies(broker.fetch(namespace, max_messages=5, wait_s=1)) == [b"b", b"c", b"d"]
+    again = bodies(fetch_all(broker, namespace, 3))
+    assert_released(again, [b"b", b"c", b"d"], broker)
 
 
 def test_a_priority_is_honoured_or_refused(broker: Broker, namespace: str) -> None:

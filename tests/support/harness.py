@@ -80,14 +80,16 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
             "result_backend": REDIS_URL,
             "redis": {"key_prefix": f"{namespace}:", "delayed_tasks_key": f"{namespace}:delayed"},
         }
-    elif kind == "amqp":  # an exchange and binding key of the test's own
+    elif kind in ("amqp", "amqp_quorum"):  # an exchange and binding key of the test's own
         data = {
             "broker": AMQP_URL,
             "result_backend": AMQP_URL,
             "amqp": {
                 "exchange": namespace,
                 "binding_key": f"{namespace}.task",
-                "queue_declare_args": {"x-max-priority": 9},
+                "queue_declare_args": (
+                    {"x-queue-type": "quorum"} if kind == "amqp_quorum" else {"x-max-priority": 9}
+                ),
             },
         }
     else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue as queues
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -54,6 +55,12 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         return cls(url, config)
 
     @property  # type: ignore[override]
+    def releases_keep_order(self) -> bool:
+        """Classic queues put a requeued message back in its place; quorum queues at the
+        back."""
+        return not self._topology.quorum
+
+    @property  # type: ignore[override]
     def supports_priority(self) -> bool:
         """Queues honour priorities only when declared with x-max-priority (in
         ``amqp.queue_declare_args``; machinery's layout has none by default)."""
@@ -82,12 +89,17 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
     def publish_many(self, messages: Sequence[Message]) -> None:
         """Each message confirmed by RabbitMQ before the next (mandatory: an unroutable one
         is an error, not a silent loss); the destination is declared first."""
-        if messages:
-            self._call(
-                lambda session: self._publish(session, messages), messages[0].queue, sending=True
-            )
+        if not messages:
+            return
+        self.check_priorities(messages)
+        confirmed = [0]  # a retry on a new connection resumes after these
 
-    def _publish(self, session: Session, messages: Sequence[Message]) -> None:
+        def publish(session: Session) -> None:
+            self._publish(session, messages[confirmed[0] :], confirmed)
+
+        self._call(publish, messages[0].queue, sending=True)
+
+    def _publish(self, session: Session, messages: Sequence[Message], confirmed: list[int]) -> None:
         import pika
 
         channel = session.publishing()
@@ -104,15 +116,13 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                 and message.eta.unix_ns - time.time_ns() > EARLY_TOLERANCE_NS
             ):
                 self._publish_delayed(session, channel, message, properties)
-                continue
-            self._topology.declare_queue(session, channel, self._topology.queue_for(message.queue))
-            channel.basic_publish(
-                self._topology.exchange,
-                message.queue,
-                message.body,
-                properties,
-                mandatory=True,
-            )
+            else:
+                queue = self._topology.queue_for(message.queue)
+                self._topology.declare_queue(session, channel, queue)
+                channel.basic_publish(
+                    self._topology.exchange, message.queue, message.body, properties, mandatory=True
+                )
+            confirmed[0] += 1
 
     def _publish_delayed(
         self, session: Session, channel: Any, message: Message, properties: Any
@@ -149,6 +159,7 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             self._consuming[queue] = prefetch
         channel = self._channel
         taken: list[Delivery] = []
+        early: list[Received] = []
         deadline = time.monotonic() + wait_s
         while len(taken) < max_messages:
             try:
@@ -161,18 +172,28 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                 continue  # what arrived went to the inbox, in this thread
             if item.channel is not channel:
                 continue  # from a lost channel: RabbitMQ has put it back already
-            if self._early(queue, item):
+            if _early(item):
+                early.append(item)
                 continue
             taken.append(Delivery(queue, item.body, _deliveries(item), (channel, item.tag)))
         self._unsettled += len(taken)
+        for item in early:
+            self._delay_again(queue, item)
         return taken
 
     def _consume(self, session: Session, queue: str, prefetch: int) -> Any:
         """Consume ``queue`` with this prefetch, on a channel reopened if it was closed (a
         channel error, such as RabbitMQ's own consumer_timeout, closes the channel alone)."""
         channel = session.consuming_channel()
-        if session.prefetch != prefetch:  # per channel: a change applies at once
-            channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+        if session.prefetch != prefetch:
+            if self._topology.quorum:
+                # Quorum queues refuse a per-channel limit, and a per-consumer one applies
+                # to consumers started after it: start this one again.
+                for tag in self._stop_consuming(session, [queue]):
+                    channel.basic_nack(tag, requeue=True)
+                channel.basic_qos(prefetch_count=prefetch)
+            else:  # per channel: a change applies at once
+                channel.basic_qos(prefetch_count=prefetch, global_qos=True)
             session.prefetch = prefetch
         if queue not in session.consuming:
             self._topology.declare_queue(session, channel, queue)
@@ -189,19 +210,26 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
                     )
                 )
 
+            def cancelled(_frame: Any) -> None:  # by RabbitMQ (queue deleted): consume again
+                session.consuming.pop(queue, None)
+                self._consuming.pop(queue, None)
+
+            channel.add_on_cancel_callback(cancelled)
             session.consuming[queue] = channel.basic_consume(queue, received, auto_ack=False)
         return channel
 
-    def _early(self, queue: str, item: Received) -> bool:
-        """A message delayed past the ladder's longest trip came round early: send it on."""
-        eta_ns = item.headers.get(delays.ETA_HEADER)
-        if not isinstance(eta_ns, int) or eta_ns - time.time_ns() <= EARLY_TOLERANCE_NS:
-            return False
+    def _delay_again(self, queue: str, item: Received) -> None:
+        """A message delayed past the ladder's longest trip came round early: send it on,
+        then ack it; if it cannot be sent now, it goes back to the queue."""
         headers = {k: v for k, v in item.headers.items() if not k.startswith("x-")}
-        again = Message(queue, item.body, GoTime(eta_ns), 0, headers)
-        self.publish_many([again])
-        self.ack_many([Delivery(queue, item.body, 1, (item.channel, item.tag))])
-        return True
+        eta = GoTime(item.headers[delays.ETA_HEADER])
+        handle = Delivery(queue, item.body, 1, (item.channel, item.tag))
+        try:
+            self.publish_many([Message(queue, item.body, eta, 0, headers)])
+        except BrokerError:
+            self._settle([handle], lambda channel, tag: channel.basic_nack(tag, requeue=True))
+            raise
+        self._settle([handle], lambda channel, tag: channel.basic_ack(tag), wait=False)
 
     # -- settling -------------------------------------------------------------------------
 
@@ -213,13 +241,17 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         *,
         wait: bool = True,
     ) -> None:
+        import pika.exceptions
+
         def settle(session: Session) -> None:
-            # Deliveries of a channel that is gone were put back by RabbitMQ already.
-            for channel, tag in (d.handle for d in deliveries):
+            # Deliveries of a channel that is gone were put back by RabbitMQ already; one
+            # that closes now (RabbitMQ's consumer_timeout) puts back its own the same way.
+            pairs = [d.handle for d in deliveries]
+            pairs += [(session.consumer, tag) for tag in also(session)]
+            for channel, tag in pairs:
                 if _open(channel):
-                    how(channel, tag)
-            for tag in also(session):
-                how(session.consumer, tag)
+                    with contextlib.suppress(pika.exceptions.AMQPChannelError):
+                        how(channel, tag)
 
         if deliveries:
             if wait:
@@ -240,29 +272,37 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         cancel-ok nothing more arrives) and starts again with the next fetch."""
         queues_of = {delivery.queue for delivery in deliveries}
 
-        def buffered(session: Session) -> list[int]:
-            tags = []
-            for name in queues_of:
-                self._consuming.pop(name, None)  # the next fetch consumes again
-                consumer_tag = session.consuming.pop(name, None)
-                if consumer_tag is not None and session.consumer is not None:
-                    session.consumer.basic_cancel(consumer_tag)
-                inbox = self._inboxes.get(name)
-                while inbox is not None and not inbox.empty():
-                    item = inbox.get_nowait()
-                    if item.channel is session.consumer and _open(item.channel):
-                        tags.append(item.tag)
-            return tags
-
         self._settle(
-            deliveries, lambda channel, tag: channel.basic_nack(tag, requeue=True), buffered
+            deliveries,
+            lambda channel, tag: channel.basic_nack(tag, requeue=True),
+            lambda session: self._stop_consuming(session, queues_of),
         )
+
+    def _stop_consuming(self, session: Session, names: Iterable[str]) -> list[int]:
+        """Cancel the consumers of ``names`` (after cancel-ok nothing more arrives) and take
+        back what they buffered: tags to requeue, so that all keep their places."""
+        tags = []
+        for name in names:
+            self._consuming.pop(name, None)  # the next fetch consumes again
+            consumer_tag = session.consuming.pop(name, None)
+            if consumer_tag is not None and _open(session.consumer):
+                session.consumer.basic_cancel(consumer_tag)
+            inbox = self._inboxes.get(name)
+            while inbox is not None and not inbox.empty():
+                item = inbox.get_nowait()
+                if item.channel is session.consumer and _open(item.channel):
+                    tags.append(item.tag)
+        return tags
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         """Into ``taskd.dead.<queue>`` with the reason in headers (confirmed), then acked."""
         import pika
 
+        done = [False]  # a retry on a new connection does not set it aside twice
+
         def set_aside(session: Session) -> None:
+            if done[0]:
+                return
             channel = session.publishing()
             dead = self._topology.declare_dead(session, channel, delivery.queue)
             headers = {
@@ -272,6 +312,7 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
             }
             properties = pika.BasicProperties(delivery_mode=2, headers=headers)
             channel.basic_publish("", dead, delivery.body, properties, mandatory=True)
+            done[0] = True
 
         self._call(set_aside, delivery.queue, sending=True)
         self.ack_many([delivery])
@@ -293,3 +334,10 @@ def _deliveries(item: Received) -> int:
 def _open(channel: Any) -> bool:
     """Whether a channel is open (read without the lock: a stale answer costs one call)."""
     return channel is not None and bool(channel.is_open)
+
+
+def _early(item: Received) -> bool:
+    """Whether a delayed message came round before its ETA (delays past the ladder's
+    longest trip go round again)."""
+    eta_ns = item.headers.get(delays.ETA_HEADER)
+    return isinstance(eta_ns, int) and eta_ns - time.time_ns() > EARLY_TOLERANCE_NS

@@ -59,6 +59,10 @@ class Topology:
         )
 
     @property
+    def quorum(self) -> bool:
+        return self.queue_arguments.get("x-queue-type") == "quorum"
+
+    @property
     def routes_by_binding_key(self) -> bool:
         return self.exchange_type == "direct"
 
