@@ -24,6 +24,7 @@ from tests.support.harness import (
     delete_amqp_namespace,
     delete_namespace,
     process_env,
+    wait_until,
     write_config,
 )
 
@@ -64,6 +65,41 @@ def rabbitmq() -> None:
         pytest.fail(f"RabbitMQ must run on {AMQP_URL} for the tests (.ci/run starts it): {exc}")
 
 
+@pytest.fixture(scope="session")
+def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A memcached of the test run's own on a free loopback port (Debian's ``memcached``,
+    which .ci/run installs); the run fails if it cannot start."""
+    import shutil
+    import socket
+    import subprocess
+
+    from tests.support import harness
+
+    binary = shutil.which("memcached")
+    if binary is None:
+        pytest.fail("memcached must be installed for the tests (.ci/run installs it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "root"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(answers, 10, 0.05, "memcached to start")
+        harness.MEMCACHE_URL = f"memcache://127.0.0.1:{port}"
+        yield harness.MEMCACHE_URL
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.fixture
 def amqp_namespace(rabbitmq: None, namespace: str) -> Iterator[str]:
     yield namespace
@@ -76,6 +112,8 @@ def kind_with_server(request: pytest.FixtureRequest) -> str:
         request.getfixturevalue("redis_namespace")
     elif request.param in ("amqp", "amqp_quorum"):
         request.getfixturevalue("amqp_namespace")
+    elif request.param == "memcache":
+        request.getfixturevalue("memcached")
     return str(request.param)
 
 

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback only, ever
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+MEMCACHE_URL = ""  # the test run's own memcached, set by the ``memcached`` fixture
 TEST_RESULTS_EXPIRE_S = 300
 
 T = TypeVar("T")
@@ -91,6 +92,11 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
                     {"x-queue-type": "quorum"} if kind == "amqp_quorum" else {"x-max-priority": 9}
                 ),
             },
+        }
+    elif kind == "memcache":  # results in the test run's memcached, messages in SQLite
+        data = {
+            "broker": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
+            "result_backend": MEMCACHE_URL,
         }
     else:
         raise ValueError(kind)

@@ -1,4 +1,5 @@
-"""A broker of one kind with results in another: every pairing with AMQP runs end to end."""
+"""A broker of one kind with results in another: the pairings with AMQP and Memcache run
+end to end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from taskd.config import load_config
 from tests.support.harness import TEST_TASKS, config_data, taskctl, write_config
 
 PAIRS = [
+    ("amqp", "memcache"),
+    ("redis", "memcache"),
     ("amqp", "redis"),
     ("amqp", "sqlite"),
     ("redis", "amqp"),
@@ -30,8 +33,9 @@ def test_tasks_run_and_results_read_the_same_twice(
     daemon: Callable[..., Any],
     request: pytest.FixtureRequest,
 ) -> None:
-    for kind in {broker, backend} - {"sqlite"}:
-        request.getfixturevalue(f"{kind}_namespace")  # cleaned up afterwards
+    servers = {"redis": "redis_namespace", "amqp": "amqp_namespace", "memcache": "memcached"}
+    for kind in {broker, backend} & set(servers):
+        request.getfixturevalue(servers[kind])  # there, and cleaned up afterwards
     data = config_data(broker, namespace, tmp_path, imports=[TEST_TASKS])
     results = config_data(backend, namespace, tmp_path)
     data["result_backend"] = results["result_backend"]

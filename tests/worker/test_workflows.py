@@ -19,9 +19,10 @@ from tests.support.harness import client_for, wait_until
 from tests.support.tasks import runs
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "memcache"])
 def driver_kind(request: pytest.FixtureRequest) -> str:
-    """Workflows on every broker, each with its own result backend."""
+    """Workflows on every broker, each with its own result backend (memcache: SQLite
+    messages, Memcache results)."""
     return kind_with_server(request)
 
 
