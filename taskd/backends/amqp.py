@@ -30,11 +30,11 @@ import functools
 import queue as queues
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import replace
 from typing import Any, Self, TypeVar
 
 from taskd.amqplink import Link, connection_parameters
+from taskd.backends.amqp_records import Held, Inbox, RecordSession, Seen, Write, deliver
 from taskd.backends.base import ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, DriverError
@@ -50,60 +50,13 @@ HELD_WAIT_S = 1.0  # longest wait for a record others hold; one still empty has 
 CLAIM_PAUSES_S = (0.01, 0.03, 0.1, 0.3, 0.6)
 
 
-class Seen(Enum):
-    """What a read found instead of a message."""
-
-    NOTHING = "no such queue"  # never written, expired, or purged
-    HIDDEN = "an empty queue"  # held by another reader, being written, or its message expired
-
-
-Inbox = queues.SimpleQueue[tuple[str, bytes | Seen]]  # messages waited for, by queue
-
-
-@dataclass
-class _Session:
-    """One connection's channels (gone with it)."""
-
-    connection: Any
-    reader: Any = None  # basic.get and nack; a missing queue closes it, so it is reopened
-    writer: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
-
-    def reading(self) -> Any:
-        if self.reader is None or not self.reader.is_open:
-            self.reader = self.connection.channel()
-        return self.reader
-
-    def writing(self) -> Any:
-        if self.writer is None or not self.writer.is_open:
-            self.writer = self.connection.channel()
-            self.writer.confirm_delivery()
-        return self.writer
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A chord token taken unacked, on a channel of its own: closing it gives the token back."""
-
-    session: _Session
-    channel: Any
-    tag: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Write:
-    queue: str
-    body: bytes
-    arguments: dict[str, int | str]
-    declare: bool  # False when a read just now found the queue (basic.get renewed its x-expires)
-
-
 class AMQPBackend(ResultBackend):
     driver = "amqp"
 
     def __init__(self, url: str, config: Config) -> None:
         self._link = Link(
             connection_parameters(url, config, "result_backend"),
-            lambda connection, _generation: _Session(connection),
+            lambda connection, _generation: RecordSession(connection),
             BackendUnavailable,
             self.driver,
         )
@@ -128,7 +81,7 @@ class AMQPBackend(ResultBackend):
     def _name(self, kind: str, record_id: str) -> str:
         return f"{self._prefix}.{kind}.{record_id}"
 
-    def _call(self, fn: Callable[[_Session], T], about: str) -> T:
+    def _call(self, fn: Callable[[RecordSession], T], about: str) -> T:
         """``fn(session)`` holding the connection; RabbitMQ's refusals as BackendError."""
         import pika.exceptions
 
@@ -139,7 +92,7 @@ class AMQPBackend(ResultBackend):
 
     # -- records --------------------------------------------------------------------------
 
-    def _peek(self, session: _Session, queue: str) -> bytes | Seen:
+    def _peek(self, session: RecordSession, queue: str) -> bytes | Seen:
         import pika.exceptions
 
         channel = session.reading()
@@ -174,19 +127,19 @@ class AMQPBackend(ResultBackend):
         inbox: Inbox = queues.SimpleQueue()
         channels: list[Any] = []
 
-        def watch(session: _Session) -> None:
+        def watch(session: RecordSession) -> None:
             for name in names:
                 channels.append(session.connection.channel())
                 channels[-1].basic_qos(prefetch_count=1)
-                deliver = functools.partial(_deliver, inbox, name)
+                on_message = functools.partial(deliver, inbox, name)
                 try:
-                    channels[-1].basic_consume(name, deliver, auto_ack=False)
+                    channels[-1].basic_consume(name, on_message, auto_ack=False)
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     if exc.reply_code != NOT_FOUND:
                         raise
                     inbox.put((name, Seen.NOTHING))  # deleted since the first look
 
-        def close_all(_session: _Session) -> None:
+        def close_all(_session: RecordSession) -> None:
             for channel in channels:  # a consumer left open would hold its record for good
                 if channel.is_open:
                     channel.close()
@@ -210,7 +163,7 @@ class AMQPBackend(ResultBackend):
         # Still empty after the wait: its message expired, or a reader holds it for long.
         return {name: found.get(name, Seen.HIDDEN) for name in names}
 
-    def _declare(self, session: _Session, queue: str, arguments: dict[str, int | str]) -> None:
+    def _declare(self, session: RecordSession, queue: str, arguments: dict[str, int | str]) -> None:
         """Declare (which renews x-expires); a queue left with other arguments by an earlier
         ``results_expire_in`` is replaced, as its record is about to be."""
         import pika.exceptions
@@ -224,7 +177,7 @@ class AMQPBackend(ResultBackend):
             channel.queue_delete(queue)
             channel.queue_declare(queue, durable=True, arguments=arguments)
 
-    def _put(self, session: _Session, write: _Write) -> None:
+    def _put(self, session: RecordSession, write: Write) -> None:
         import pika.exceptions
 
         if write.declare:
@@ -239,7 +192,7 @@ class AMQPBackend(ResultBackend):
             # Purged since it was read: declare it and write again.
             self._put(session, replace(write, declare=True))
 
-    def _put_all(self, session: _Session, writes: Sequence[_Write]) -> None:
+    def _put_all(self, session: RecordSession, writes: Sequence[Write]) -> None:
         for write in writes:  # each confirmed before the next
             self._put(session, write)
 
@@ -261,7 +214,7 @@ class AMQPBackend(ResultBackend):
                 stored = self._load_state(raw, state.task_uuid)
             newest[queue] = merged(state, stored)
         writes = [
-            _Write(queue, state.encode(), self._record_arguments, queue not in seen)
+            Write(queue, state.encode(), self._record_arguments, queue not in seen)
             for queue, state in newest.items()
         ]
         self._call(functools.partial(self._put_all, writes=writes), about)
@@ -287,12 +240,12 @@ class AMQPBackend(ResultBackend):
         group_id = group.group_uuid
         token_queue = self._name("chord", group_id)
 
-        def store(session: _Session) -> None:
+        def store(session: RecordSession) -> None:
             group_queue = self._name("group", group_id)
-            self._put(session, _Write(group_queue, group.encode(), self._record_arguments, True))
+            self._put(session, Write(group_queue, group.encode(), self._record_arguments, True))
             self._declare(session, token_queue, self._token_arguments)
             session.writing().queue_purge(token_queue)  # sent again: still one token
-            self._put(session, _Write(token_queue, TOKEN, self._token_arguments, True))
+            self._put(session, Write(token_queue, TOKEN, self._token_arguments, True))
 
         self._call(store, group_id)
 
@@ -327,7 +280,7 @@ class AMQPBackend(ResultBackend):
         # back, and taking it finishes that claim (ChordTriggered, the ack).
         token_queue = self._name("chord", group_id)
         held = self._call(lambda session: self._take(session, token_queue), group_id)
-        if isinstance(held, _Held):
+        if isinstance(held, Held):
             try:
                 return self._claim_holding(held, group_id, claimant)
             finally:
@@ -347,7 +300,7 @@ class AMQPBackend(ResultBackend):
         # later claim (the dead claimant's task is delivered again and claims again).
         return False
 
-    def _take(self, session: _Session, token_queue: str) -> _Held | Seen:
+    def _take(self, session: RecordSession, token_queue: str) -> Held | Seen:
         import pika.exceptions
 
         channel = session.connection.channel()
@@ -360,26 +313,26 @@ class AMQPBackend(ResultBackend):
         if method is None:
             channel.close()
             return Seen.HIDDEN
-        return _Held(session, channel, method.delivery_tag)
+        return Held(session, channel, method.delivery_tag)
 
-    def _claim_holding(self, held: _Held, group_id: str, claimant: str) -> bool:
+    def _claim_holding(self, held: Held, group_id: str, claimant: str) -> bool:
         """With the token: keep a claim recorded by an earlier holder that died before its
         ack, else record this one; flip ChordTriggered; then spend the token."""
         owner = self._owner(group_id, sure=True)
         group = self.get_group(group_id)
         if group is None:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
-        writes: list[_Write] = []
+        writes: list[Write] = []
         if owner is None:
             owner = claimant
             claim_queue = self._name("chord", group_id) + ".claimant"
-            writes.append(_Write(claim_queue, claimant.encode(), self._record_arguments, True))
+            writes.append(Write(claim_queue, claimant.encode(), self._record_arguments, True))
         if not group.chord_triggered:  # the group was just read: its queue is there
             flipped = replace(group, chord_triggered=True).encode()
             group_queue = self._name("group", group_id)
-            writes.append(_Write(group_queue, flipped, self._record_arguments, False))
+            writes.append(Write(group_queue, flipped, self._record_arguments, False))
 
-        def spend(session: _Session) -> None:
+        def spend(session: RecordSession) -> None:
             if session is not held.session:  # reconnected: RabbitMQ took the token back
                 raise BackendUnavailable(self.driver, "connection lost holding the token", group_id)
             self._put_all(session, writes)  # confirmed before the token is spent
@@ -388,11 +341,11 @@ class AMQPBackend(ResultBackend):
         self._call(spend, group_id)
         return owner == claimant
 
-    def _give_back(self, held: _Held, group_id: str) -> None:
+    def _give_back(self, held: Held, group_id: str) -> None:
         """Close the token's channel: after an ack, its close-ok says RabbitMQ has the ack;
         without one, the token goes back to its queue."""
 
-        def close(_session: _Session) -> None:
+        def close(_session: RecordSession) -> None:
             if held.channel.is_open:
                 held.channel.close()
 
@@ -401,11 +354,3 @@ class AMQPBackend(ResultBackend):
 
     def close(self) -> None:
         self._link.close()
-
-
-def _deliver(
-    inbox: Inbox, name: str, _channel: Any, _method: Any, _props: Any, body: bytes
-) -> None:
-    """A waited-for message arrived (in whichever thread drove the connection); it stays
-    unacked."""
-    inbox.put((name, bytes(body)))

@@ -1,0 +1,62 @@
+"""The pieces the AMQP result backend builds its records from: what a read can find, the
+channels of a connection, a write, a held chord token."""
+
+from __future__ import annotations
+
+import queue as queues
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Seen(Enum):
+    """What a read found instead of a message."""
+
+    NOTHING = "no such queue"  # never written, expired, or purged
+    HIDDEN = "an empty queue"  # held by another reader, being written, or its message expired
+
+
+Inbox = queues.SimpleQueue[tuple[str, bytes | Seen]]  # messages waited for, by queue
+
+
+@dataclass
+class RecordSession:
+    """One connection's channels (gone with it)."""
+
+    connection: Any
+    reader: Any = None  # basic.get and nack; a missing queue closes it, so it is reopened
+    writer: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
+
+    def reading(self) -> Any:
+        if self.reader is None or not self.reader.is_open:
+            self.reader = self.connection.channel()
+        return self.reader
+
+    def writing(self) -> Any:
+        if self.writer is None or not self.writer.is_open:
+            self.writer = self.connection.channel()
+            self.writer.confirm_delivery()
+        return self.writer
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A chord token taken unacked, on a channel of its own: closing it gives the token back."""
+
+    session: RecordSession
+    channel: Any
+    tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    queue: str
+    body: bytes
+    arguments: dict[str, int | str]
+    declare: bool  # False when a read just now found the queue (basic.get renewed its x-expires)
+
+
+def deliver(inbox: Inbox, name: str, _channel: Any, _method: Any, _props: Any, body: bytes) -> None:
+    """A waited-for message arrived (in whichever thread drove the connection); it stays
+    unacked."""
+    inbox.put((name, bytes(body)))
