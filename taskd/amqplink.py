@@ -95,7 +95,7 @@ class _Connector:
     def __init__(
         self,
         parameters: Any,
-        open_session: Callable[[Any, int], Any],
+        open_session: Callable[[Any], Any],
         unavailable: type[DriverError],
         driver: str,
     ) -> None:
@@ -106,16 +106,15 @@ class _Connector:
         self._lock = threading.Lock()
         self._connection: Any = None
         self._session: Any = None
-        self.generation = 0
+        self._closing = threading.Event()  # closed for good
 
     def _connect(self) -> tuple[Any, Any]:
-        """A new connection and its session (the next generation)."""
+        """A new connection and its session."""
         import pika
 
         try:
             connection = pika.BlockingConnection(self._parameters)
-            self.generation += 1
-            return connection, self._open_session(connection, self.generation)
+            return connection, self._open_session(connection)
         except refusals() as exc:  # waiting will not help: the URL or the server must change
             raise self._failed(self._driver, f"refused: {type(exc).__name__}: {exc}") from exc
         except transient_errors() as exc:
@@ -132,22 +131,11 @@ class Link(_Connector):
     reaches it without a thread switch. While nobody holds the lock (a task is running), the
     keeper thread drives it now and then, answering heartbeats: a long task does not silence
     the connection, and RabbitMQ does not redeliver its message for that. When the connection
-    is lost, calls raise the driver's Unavailable error and the next one connects again,
-    with a new ``generation``.
+    is lost, calls raise the driver's Unavailable error and the next one connects again (a
+    new connection: deliveries of the old one are void, RabbitMQ has put them back).
     """
 
-    def __init__(
-        self,
-        parameters: Any,
-        open_session: Callable[[Any, int], Any],
-        unavailable: type[DriverError],
-        driver: str,
-    ) -> None:
-        super().__init__(parameters, open_session, unavailable, driver)
-        self._closing = threading.Event()
-        self._keeper: threading.Thread | None = None
-        heartbeat_s = getattr(parameters, "heartbeat", None) or 60
-        self._keep_s = min(max(heartbeat_s / 4, 0.05), KEEP_MAX_S)
+    _keeper: threading.Thread | None = None  # started with the first connection
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:
@@ -193,7 +181,9 @@ class Link(_Connector):
 
     def _keep(self) -> None:
         """While nobody uses the connection, drive it now and then (heartbeats, deliveries)."""
-        while not self._closing.wait(self._keep_s):
+        heartbeat_s = getattr(self._parameters, "heartbeat", None) or 60
+        keep_s = min(max(heartbeat_s / 4, 0.05), KEEP_MAX_S)
+        while not self._closing.wait(keep_s):
             if not self._lock.acquire(blocking=False):
                 continue  # in use, so being driven
             try:
@@ -257,3 +247,14 @@ class DirectLink(_Connector):
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def open_channel(connection: Any, channel: Any, *, confirms: bool = False) -> Any:
+    """``channel`` if it is still open, else a new one on ``connection`` (an AMQP error
+    closes the channel it happened on), in publisher-confirm mode if ``confirms``."""
+    if channel is not None and channel.is_open:
+        return channel
+    channel = connection.channel()
+    if confirms:
+        channel.confirm_delivery()
+    return channel

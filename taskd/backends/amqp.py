@@ -56,7 +56,7 @@ class AMQPBackend(ResultBackend):
     def __init__(self, url: str, config: Config) -> None:
         self._link = Link(
             connection_parameters(url, config, "result_backend"),
-            lambda connection, _generation: RecordSession(connection),
+            RecordSession,
             BackendUnavailable,
             self.driver,
         )
@@ -93,19 +93,13 @@ class AMQPBackend(ResultBackend):
     # -- records --------------------------------------------------------------------------
 
     def _peek(self, session: RecordSession, queue: str) -> bytes | Seen:
-        import pika.exceptions
-
         channel = session.reading()
-        try:
-            method, _properties, body = channel.basic_get(queue, auto_ack=False)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == NOT_FOUND:
-                return Seen.NOTHING
-            raise
-        if method is None:
-            return Seen.HIDDEN
-        channel.basic_nack(method.delivery_tag, requeue=True)
-        return bytes(body)
+        got = _get_unacked(channel, queue)
+        if isinstance(got, Seen):
+            return got
+        tag, body = got
+        channel.basic_nack(tag, requeue=True)
+        return body
 
     def _read(self, names: Sequence[str], about: str) -> dict[str, bytes | Seen]:
         """Each queue's message (one look, then a wait for those other readers hold)."""
@@ -301,19 +295,13 @@ class AMQPBackend(ResultBackend):
         return False
 
     def _take(self, session: RecordSession, token_queue: str) -> Held | Seen:
-        import pika.exceptions
-
         channel = session.connection.channel()
-        try:
-            method, _properties, _body = channel.basic_get(token_queue, auto_ack=False)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == NOT_FOUND:
-                return Seen.NOTHING
-            raise
-        if method is None:
+        got = _get_unacked(channel, token_queue)
+        if got is Seen.HIDDEN:
             channel.close()
-            return Seen.HIDDEN
-        return Held(session, channel, method.delivery_tag)
+        if isinstance(got, Seen):
+            return got
+        return Held(session, channel, got[0])
 
     def _claim_holding(self, held: Held, group_id: str, claimant: str) -> bool:
         """With the token: keep a claim recorded by an earlier holder that died before its
@@ -354,3 +342,19 @@ class AMQPBackend(ResultBackend):
 
     def close(self) -> None:
         self._link.close()
+
+
+def _get_unacked(channel: Any, queue: str) -> tuple[int, bytes] | Seen:
+    """``queue``'s first message taken unacked (its tag and body), or what was found instead:
+    no queue (a 404, which also closes the channel) or an empty one."""
+    import pika.exceptions
+
+    try:
+        method, _properties, body = channel.basic_get(queue, auto_ack=False)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return Seen.NOTHING
+        raise
+    if method is None:
+        return Seen.HIDDEN
+    return method.delivery_tag, bytes(body)

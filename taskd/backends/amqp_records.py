@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from taskd.amqplink import open_channel
+
 
 class Seen(Enum):
     """What a read found instead of a message."""
@@ -28,14 +30,11 @@ class RecordSession:
     writer: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
 
     def reading(self) -> Any:
-        if self.reader is None or not self.reader.is_open:
-            self.reader = self.connection.channel()
+        self.reader = open_channel(self.connection, self.reader)
         return self.reader
 
     def writing(self) -> Any:
-        if self.writer is None or not self.writer.is_open:
-            self.writer = self.connection.channel()
-            self.writer.confirm_delivery()
+        self.writer = open_channel(self.connection, self.writer, confirms=True)
         return self.writer
 
 

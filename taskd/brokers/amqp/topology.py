@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskd.amqplink import open_channel
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 
@@ -16,7 +17,6 @@ class Session:
     """One connection's channels and what was declared on it (all gone with it)."""
 
     connection: Any
-    generation: int
     publisher: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
     consumer: Any = None
     prefetch: int = 0
@@ -24,17 +24,15 @@ class Session:
     declared: set[str] = field(default_factory=set)
 
     def publishing(self) -> Any:
-        if self.publisher is None or not self.publisher.is_open:
-            self.publisher = self.connection.channel()
-            self.publisher.confirm_delivery()
+        self.publisher = open_channel(self.connection, self.publisher, confirms=True)
         return self.publisher
 
     def consuming_channel(self) -> Any:
-        if self.consumer is None or not self.consumer.is_open:
-            self.consumer = self.connection.channel()
-            self.prefetch = 0
+        channel = open_channel(self.connection, self.consumer)
+        if channel is not self.consumer:  # what the old one consumed is gone with it
+            self.consumer, self.prefetch = channel, 0
             self.consuming.clear()
-        return self.consumer
+        return channel
 
 
 @dataclass(frozen=True)
