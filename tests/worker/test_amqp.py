@@ -1,5 +1,6 @@
-"""A real ``taskd start`` on RabbitMQ: machinery's messages both ways, crashes, long tasks,
-delays, connection loss and bad input. Results go to SQLite; each test has an exchange,
+"""A real ``taskd start`` on RabbitMQ: machinery's messages both ways, long tasks, delays,
+connection loss, a RabbitMQ restart and bad input (kill -9 is in test_reliability.py, for
+every broker). Results go to SQLite; each test has an exchange,
 binding key and queues of its own (``amqp_namespace`` deletes them)."""
 
 from __future__ import annotations
@@ -7,15 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
@@ -30,10 +27,7 @@ from tests.support.harness import (
 )
 from tests.support.tasks import runs
 from tests.support.traces import (
-    assert_each_ran_once_except,
     ended,
-    in_flight,
-    next_start,
     send_slow,
 )
 
@@ -271,52 +265,6 @@ def test_what_taskd_sends_is_what_a_go_worker_reads(amqp_namespace: str, tmp_pat
     assert method.routing_key == binding_key
     eta = GoTime.parse(json.loads(body)["ETA"])
     assert arrived >= eta.to_unix()  # no earlier than its ETA
-    client.close()
-
-
-@pytest.mark.parametrize(
-    ("victim", "count", "seconds"), [("a child", 30, 1.0), ("the whole daemon", 20, 0.5)]
-)
-def test_a_kill_9_mid_run_loses_nothing(
-    amqp_namespace: str,
-    tmp_path: Path,
-    daemon: Callable[..., Daemon],
-    victim: str,
-    count: int,
-    seconds: float,
-) -> None:
-    """Every task ends SUCCESS; only those running at the kill run twice."""
-    config, client = amqp_client(amqp_namespace, tmp_path, worker=QUICK_RECOVERY)
-    trace = tmp_path / "trace"
-    results = send_slow(client, trace, count, seconds)
-    serving = daemon(config, "--concurrency", "2")
-    serving.wait_ready(2)
-    wait_until(lambda: ended(trace) >= 4, 30, what="four tasks to finish")
-    token, pid = next_start(trace)  # a child has just begun a task: kill it mid-task
-    if victim == "a child":
-        os.kill(pid, signal.SIGKILL)
-        running = {token}  # its previous task was settled before this one started
-    else:
-        os.killpg(serving.pid, signal.SIGKILL)  # supervisor and children, no goodbyes
-        serving.process.wait(10)
-        # Started and not stored as SUCCESS: still running, or finishing (settling) its run.
-        unfinished = {
-            r.task_id for r in results if (s := r.state()) is None or s.state is not State.SUCCESS
-        }
-        started = {line.split(":", 1)[1] for line in runs(trace) if line.startswith("start:")}
-        running = in_flight(trace) | {
-            t for t in started if results[int(t[1:])].task_id in unfinished
-        }
-        serving = daemon(config, "--concurrency", "2")
-    assert ended(trace) < count  # the kill came mid-run
-    for result in results:
-        assert result.wait(60).state is State.SUCCESS
-    assert_each_ran_once_except(trace, count, running)
-    if victim == "a child":
-        assert Counter(runs(trace))[f"start:{token}"] == 2  # the killed task ran again
-        (exited,) = serving.events("child_exited")
-        assert exited["child_pid"] == pid
-    assert serving.process.poll() is None
     client.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,20 @@ from taskd.client import signature
 from taskd.wire import GoTime, State, new_id
 from tests.support.harness import PrivateRedis, client_for, wait_until
 from tests.support.tasks import runs
-from tests.support.traces import assert_each_ran_once_except, in_flight, next_start, send_slow
+from tests.support.traces import (
+    assert_each_ran_once_except,
+    ended,
+    in_flight,
+    next_start,
+    send_slow,
+)
 
 # Consumers that died on this machine are recognised at once (their process is gone), so
 # the defaults recover within a heartbeat; a remote one would wait out consumer_timeout.
 QUICK_RECOVERY = {"heartbeat_interval": 0.5}
 
 
+@pytest.mark.parametrize("driver_kind", ["sqlite", "redis", "amqp"], indirect=True)
 @pytest.mark.parametrize("victim", ["a child", "the whole daemon"])
 def test_a_kill_9_mid_run_loses_nothing(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], victim: str
@@ -32,7 +40,7 @@ def test_a_kill_9_mid_run_loses_nothing(
     results = send_slow(client, trace, 24, 0.5)
     serving = daemon(config, "--concurrency", "2")
     serving.wait_ready(2)
-    wait_until(lambda: sum(line.startswith("end:") for line in runs(trace)) >= 4, 30)
+    wait_until(lambda: ended(trace) >= 4, 30, what="four tasks to finish")
     token, pid = next_start(trace)  # a child has just begun a task: kill it mid-task
     if victim == "a child":
         os.kill(pid, signal.SIGKILL)
@@ -51,9 +59,14 @@ def test_a_kill_9_mid_run_loses_nothing(
             t for t in started_tokens if results[int(t[1:])].task_id in unfinished
         }
         serving = daemon(config, "--concurrency", "2")
+    assert ended(trace) < 24  # the kill came mid-run
     for result in results:
         assert result.wait(90).state is State.SUCCESS
     assert_each_ran_once_except(trace, 24, running)
+    if victim == "a child":
+        assert Counter(runs(trace))[f"start:{token}"] == 2  # the killed task ran again
+        (exited,) = serving.events("child_exited")
+        assert exited["child_pid"] == pid
     assert serving.process.poll() is None
     client.close()
 
