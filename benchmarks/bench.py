@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,46 @@ def _bare_consumer(url: str, queue: str, counter: str, total: int) -> None:
             return
 
 
+def _timed_loop(
+    consume: Callable[[], None],
+    publish: Callable[[int], None],
+    counter: str,
+    total: int,
+    consumers: int,
+    counter_url: str = DEFAULT_URL,
+) -> float:
+    """Messages per second: ``consumers`` forked processes run ``consume`` (each INCRs
+    ``counter`` in Redis per message) while this one calls ``publish(i)`` ``total`` times;
+    timed from the first publish until the counter reaches ``total``."""
+    import redis
+
+    done = redis.Redis.from_url(counter_url)
+    pids = []
+    for _ in range(consumers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                consume()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    time.sleep(0.3)  # consumers connected and blocking
+    started = time.perf_counter()
+    for i in range(total):
+        publish(i)
+    while int(done.get(counter) or 0) < total:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    for pid in pids:
+        os.waitpid(pid, 0)
+    done.delete(counter)
+    return total / elapsed
+
+
+def _body(i: int) -> str:
+    return json.dumps({"id": i, "name": "noop", "args": []})
+
+
 def bare_loop(url: str, total: int, consumers: int) -> float:
     """Messages per second of the plain redis-py loop."""
     import redis
@@ -70,33 +111,23 @@ def bare_loop(url: str, total: int, consumers: int) -> float:
     ns = f"taskd-bench-bare-{secrets.token_hex(4)}"
     queue, counter = f"{ns}:queue", f"{ns}:done"
     client = redis.Redis.from_url(url)
-    pids = []
-    for _ in range(consumers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _bare_consumer(url, queue, counter, total)
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    time.sleep(0.3)  # consumers connected and blocking
-    started = time.perf_counter()
-    for i in range(total):
-        client.rpush(queue, json.dumps({"id": i, "name": "noop", "args": []}))
-    while int(client.get(counter) or 0) < total:
-        time.sleep(0.002)
-    elapsed = time.perf_counter() - started
-    for pid in pids:
-        os.waitpid(pid, 0)
-    client.delete(queue, counter)
-    return total / elapsed
+    rate = _timed_loop(
+        lambda: _bare_consumer(url, queue, counter, total),
+        lambda i: client.rpush(queue, _body(i)),
+        counter,
+        total,
+        consumers,
+        counter_url=url,
+    )
+    client.delete(queue)
+    return rate
 
 
 def _pika_consumer(url: str, queue: str, counter: str, total: int) -> None:
     import pika
     import redis
 
-    done = redis.Redis()
+    done = redis.Redis.from_url(DEFAULT_URL)
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=32)
@@ -116,7 +147,6 @@ def bare_pika_loop(url: str, total: int, consumers: int) -> float:
     """Messages per second of a plain pika loop: persistent messages, a publisher confirm
     each, manual acks; completion counted in Redis as in the Redis loop."""
     import pika
-    import redis
 
     ns = f"taskd-bench-bare-{secrets.token_hex(4)}"
     counter = f"{ns}:done"
@@ -124,31 +154,17 @@ def bare_pika_loop(url: str, total: int, consumers: int) -> float:
     channel = connection.channel()
     channel.queue_declare(ns, durable=True)
     channel.confirm_delivery()
-    pids = []
-    for _ in range(consumers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _pika_consumer(url, ns, counter, total)
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    time.sleep(0.3)
     properties = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-    started = time.perf_counter()
-    for i in range(total):
-        body = json.dumps({"id": i, "name": "noop", "args": []})
-        channel.basic_publish("", ns, body, properties)
-    done = redis.Redis()
-    while int(done.get(counter) or 0) < total:
-        time.sleep(0.002)
-    elapsed = time.perf_counter() - started
-    for pid in pids:
-        os.waitpid(pid, 0)
+    rate = _timed_loop(
+        lambda: _pika_consumer(url, ns, counter, total),
+        lambda i: channel.basic_publish("", ns, _body(i), properties),
+        counter,
+        total,
+        consumers,
+    )
     channel.queue_delete(ns)
     connection.close()
-    done.delete(counter)
-    return total / elapsed
+    return rate
 
 
 def delete_amqp(url: str, ns: str) -> None:
