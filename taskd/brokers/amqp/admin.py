@@ -8,6 +8,7 @@ redelivered, their expiry kept). These cost a read of every message they look th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from taskd.wire import GoTime
 
 T = TypeVar("T")
 DEAD_LETTERS_READ = 1000  # most dead letters read to find the newest
+RETURN_WAIT_S = 2.0  # longest wait for looked-at messages to be back in their queue
 
 
 class AMQPQueueAdmin:
@@ -50,7 +52,10 @@ class AMQPQueueAdmin:
             raise
 
     def size(self, queue: str) -> int:
-        return self._on_own_channel(lambda channel: self._count(channel, queue), queue)
+        return self._size_of(queue, queue)
+
+    def _size_of(self, queue: str, name: str) -> int:
+        return self._on_own_channel(lambda channel: self._count(channel, name), queue)
 
     def _delayed_for(self, queue: str, drop: bool) -> int:
         """Count (and with ``drop`` delete) the delayed messages bound for ``queue``: each
@@ -83,22 +88,30 @@ class AMQPQueueAdmin:
     def delayed(self, queue: str) -> int:
         return self._delayed_for(queue, drop=False)
 
-    def _take_unacked(self, channel: Any, queue: str, limit: int) -> list[tuple[Any, bytes]]:
-        taken = []
-        while len(taken) < limit:
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            taken.append((properties, bytes(body)))
+    def _look(self, queue: str, name: str, limit: int) -> list[tuple[Any, bytes]]:
+        """Up to ``limit`` messages of queue ``name`` (``queue`` or a queue kept for it),
+        taken unacked and put back by closing the channel. A quorum queue puts them back
+        asynchronously, so this waits (briefly: consumers may take some meanwhile) until
+        the count is what it was."""
+
+        def take(channel: Any) -> tuple[int, list[tuple[Any, bytes]]]:
+            before = self._count(channel, name)
+            taken: list[tuple[Any, bytes]] = []
+            while before and len(taken) < limit:
+                method, properties, body = channel.basic_get(name, auto_ack=False)
+                if method is None:
+                    break
+                taken.append((properties, bytes(body)))
+            return before, taken
+
+        before, taken = self._on_own_channel(take, queue)
+        deadline = time.monotonic() + RETURN_WAIT_S
+        while taken and self._size_of(queue, name) < before and time.monotonic() < deadline:
+            time.sleep(0.01)
         return taken
 
     def peek(self, queue: str, limit: int) -> list[bytes]:
-        def look(channel: Any) -> list[bytes]:
-            if not self._count(channel, queue):
-                return []
-            return [body for _properties, body in self._take_unacked(channel, queue, limit)]
-
-        return self._on_own_channel(look, queue)
+        return [body for _properties, body in self._look(queue, queue, limit)]
 
     def purge(self, queue: str) -> int:
         """Ready and delayed messages (unacked ones are being run, and stay)."""
@@ -111,24 +124,18 @@ class AMQPQueueAdmin:
         return self._on_own_channel(purge, queue) + self._delayed_for(queue, drop=True)
 
     def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
-        def read(channel: Any) -> list[DeadLetter]:
-            dead = DEAD_PREFIX + queue
-            if not self._count(channel, dead):
-                return []
-            letters = []
-            for properties, body in self._take_unacked(channel, dead, DEAD_LETTERS_READ):
-                headers = properties.headers or {}
-                letters.append(
-                    DeadLetter(
-                        queue,
-                        body,
-                        _text(headers.get("x-taskd-reason")),
-                        GoTime.parse(_text(headers.get("x-taskd-rejected-at")) or _ZERO),
-                    )
+        letters = []
+        for properties, body in self._look(queue, DEAD_PREFIX + queue, DEAD_LETTERS_READ):
+            headers = properties.headers or {}
+            letters.append(
+                DeadLetter(
+                    queue,
+                    body,
+                    _text(headers.get("x-taskd-reason")),
+                    GoTime.parse(_text(headers.get("x-taskd-rejected-at")) or _ZERO),
                 )
-            return letters[::-1][:limit]
-
-        return self._on_own_channel(read, queue)
+            )
+        return letters[::-1][:limit]
 
 
 _ZERO = "0001-01-01T00:00:00Z"
