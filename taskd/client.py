@@ -147,7 +147,14 @@ class Client:
         """
         prepared = [self.prepare(sig) for sig in signatures]
         messages = [
-            Message(sig.routing_key, sig.encode(), sig.eta, sig.priority, sig.headers)
+            Message(
+                sig.routing_key,
+                sig.encode(),
+                sig.eta,
+                sig.priority,
+                sig.headers,
+                sig.broker_message_group_id,
+            )
             for sig in prepared
         ]
         self.broker.check_priorities(messages)  # before recording anything that is refused

@@ -69,9 +69,23 @@ class AMQPConfig:
 
 @dataclass(frozen=True, slots=True)
 class SQSConfig:
-    receive_wait_time_seconds: int = _opt(20, "long-poll seconds", min=0)
-    receive_visibility_timeout: int | None = _opt(None, "visibility timeout seconds", min=0)
+    region: str = _opt(
+        "", "AWS region; empty: the URL's (sqs.<region>.amazonaws.com), else boto3's"
+    )
+    receive_wait_time_seconds: int = _opt(20, "long-poll seconds", min=0, max=20)
+    receive_visibility_timeout: int | None = _opt(
+        None, "visibility timeout seconds; empty: worker.consumer_timeout", min=1, max=43_200
+    )
     visibility_heartbeat: bool = _opt(True, "extend visibility while a task runs")
+    max_delay_seconds: int = _opt(
+        900, "longest DelaySeconds per hop; a later ETA is delayed again", min=1, max=900
+    )
+    create_queues: bool = _opt(True, "create a missing queue (FIFO for .fifo names) on first use")
+
+
+@dataclass(frozen=True, slots=True)
+class MongoDBConfig:
+    database: str = _opt("", "database of tasks and group_metas; empty: the URL's, else machinery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,7 @@ class Config:
     redis: RedisConfig = _opt(RedisConfig(), "Redis broker and backend")
     amqp: AMQPConfig = _opt(AMQPConfig(), "AMQP broker and backend")
     sqs: SQSConfig = _opt(SQSConfig(), "SQS broker")
+    mongodb: MongoDBConfig = _opt(MongoDBConfig(), "MongoDB result backend")
     worker: WorkerConfig = _opt(WorkerConfig(), "the taskd daemon")
     # Where the settings came from, for messages; not a key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})

@@ -23,6 +23,7 @@ from tests.support.harness import (
     config_data,
     delete_amqp_namespace,
     delete_namespace,
+    delete_sqs_namespace,
     process_env,
     wait_until,
     write_config,
@@ -100,6 +101,103 @@ def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def sqs_server() -> Iterator[str]:
+    """moto's SQS server on a free loopback port, for the whole run; the URL of its account.
+    The AWS credentials are dummies (moto accepts any), set for the daemons under test too."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import harness
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    os.environ.pop("AWS_PROFILE", None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(answers, 30, 0.1, "the moto SQS server to start")
+        harness.SQS_URL = f"sqs://127.0.0.1:{port}/{harness.SQS_ACCOUNT}"
+        yield harness.SQS_URL
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def sqs_namespace(sqs_server: str, namespace: str) -> Iterator[str]:
+    yield namespace
+    delete_sqs_namespace(sqs_server, namespace)
+
+
+@pytest.fixture(scope="session")
+def mongodb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A pymongo client of the test run's MongoDB, whose URL goes in ``harness.MONGODB_URL``:
+    a real mongod at $TASKD_TEST_MONGODB_URL if set, else the wire server of
+    ``tests/support/mongo_server.py`` (mockupdb + mongomock) on a free loopback port."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pymongo
+
+    from tests.support import harness
+
+    url, process = os.environ.get("TASKD_TEST_MONGODB_URL", ""), None
+    log = tmp_path_factory.mktemp("mongodb") / "server.log"
+    if not url:
+        port = harness.free_port()
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.mongo_server", "--port", str(port)],
+                cwd=harness.REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        url = f"mongodb://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the MongoDB test server exited:\n{log.read_text()}")
+            with socket.socket() as client:
+                return client.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(answers, 30, 0.05, "the MongoDB test server to start")
+    client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000)
+    try:
+        try:
+            client.admin.command("ping")
+        except pymongo.errors.PyMongoError as exc:
+            pytest.fail(f"MongoDB does not answer at {url}: {exc}")
+        harness.MONGODB_URL = url
+        yield client
+    finally:
+        client.close()
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture
+def mongodb_namespace(mongodb: Any, namespace: str) -> Iterator[str]:
+    """This test's own database (named after its namespace), dropped afterwards."""
+    yield namespace
+    mongodb.drop_database(namespace)
+
+
 @pytest.fixture
 def amqp_namespace(rabbitmq: None, namespace: str) -> Iterator[str]:
     yield namespace
@@ -114,6 +212,10 @@ def kind_with_server(request: pytest.FixtureRequest) -> str:
         request.getfixturevalue("amqp_namespace")
     elif request.param == "memcache":
         request.getfixturevalue("memcached")
+    elif request.param == "mongodb":
+        request.getfixturevalue("mongodb_namespace")
+    elif request.param in ("sqs", "sqs_fifo"):
+        request.getfixturevalue("sqs_namespace")
     return str(request.param)
 
 

@@ -12,8 +12,8 @@ maps it onto what its broker has:
 | sqlite | after ``consumer_timeout`` without a beat (a thread beats every heartbeat interval); |
 |        | at once when its process is gone from this machine                                   |
 | redis  | the same, with the beats in a sorted set on Redis's clock                            |
-| sqs    | (to come) when the visibility timeout, ``consumer_timeout``, runs out; extended    |
-|        | every heartbeat interval while the consumer holds the message                        |
+| sqs    | when its visibility timeout (``sqs.receive_visibility_timeout``, else               |
+|        | ``consumer_timeout``) runs out; extended while the consumer holds the message        |
 | amqp   | when RabbitMQ sees its connection drop: the AMQP heartbeat is half of               |
 |        | ``consumer_timeout``, so a silent peer is given up within about that time            |
 """
@@ -60,6 +60,7 @@ class Message:
     eta: GoTime | None = None
     priority: int = 0
     headers: Mapping[str, Any] | None = None  # the signature's Headers (AMQP message headers)
+    group: str = ""  # the signature's BrokerMessageGroupId (SQS FIFO queues' MessageGroupId)
 
 
 @dataclass(frozen=True, slots=True)

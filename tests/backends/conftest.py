@@ -8,6 +8,6 @@ import pytest
 from tests.conftest import kind_with_server
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "memcache"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "memcache", "mongodb"])
 def driver_kind(request: pytest.FixtureRequest) -> str:
     return kind_with_server(request)

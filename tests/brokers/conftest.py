@@ -8,6 +8,6 @@ import pytest
 from tests.conftest import kind_with_server
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "amqp_quorum"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "amqp_quorum", "sqs"])
 def driver_kind(request: pytest.FixtureRequest) -> str:
     return kind_with_server(request)

@@ -21,6 +21,9 @@ BIN = Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback only, ever
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 MEMCACHE_URL = ""  # the test run's own memcached, set by the ``memcached`` fixture
+MONGODB_URL = ""  # the test run's MongoDB (a wire server of its own), set by ``mongodb``
+SQS_URL = ""  # the test run's moto SQS server, set by the ``sqs_server`` fixture
+SQS_ACCOUNT = "123456789012"  # moto's default account
 TEST_RESULTS_EXPIRE_S = 300
 
 T = TypeVar("T")
@@ -64,6 +67,17 @@ def delete_amqp_namespace(namespace: str, queues: tuple[str, ...] = ()) -> None:
         connection.close()
 
 
+def delete_sqs_namespace(url: str, namespace: str) -> None:
+    """Delete a test's SQS queues: all named after its namespace, and their dead letters."""
+    from taskd.brokers.sqs.queues import DEAD_PREFIX, endpoint_of, new_client
+    from taskd.config import Config
+
+    client = new_client(endpoint_of(url, Config()), 10.0)
+    for prefix in (namespace, DEAD_PREFIX + namespace):
+        for queue_url in client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+            client.delete_queue(QueueUrl=queue_url)
+
+
 def delete_namespace(client: Any, namespace: str) -> None:
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
     if keys:
@@ -93,14 +107,29 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
                 ),
             },
         }
+    elif kind in ("sqs", "sqs_fifo"):  # messages on the test run's moto, results in SQLite
+        data = {
+            "broker": SQS_URL,
+            "result_backend": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
+            "sqs": {"receive_wait_time_seconds": 2},
+            # A consumer that died loses its messages after 4 s, not 15 (its visibility).
+            "worker": {"heartbeat_interval": 1.0, "consumer_timeout": 4},
+        }
     elif kind == "memcache":  # results in the test run's memcached, messages in SQLite
         data = {
             "broker": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
             "result_backend": MEMCACHE_URL,
         }
+    elif kind == "mongodb":  # results in a database of the test's own, messages in SQLite
+        data = {
+            "broker": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
+            "result_backend": MONGODB_URL,
+            "mongodb": {"database": namespace},
+        }
     else:
         raise ValueError(kind)
-    data.update(default_queue=namespace, results_expire_in=TEST_RESULTS_EXPIRE_S)
+    queue = f"{namespace}.fifo" if kind == "sqs_fifo" else namespace
+    data.update(default_queue=queue, results_expire_in=TEST_RESULTS_EXPIRE_S)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
@@ -284,3 +313,15 @@ GO_FIELDS = [
     "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
     "IgnoreWhenTaskNotRegistered",
 ]  # fmt: skip
+
+
+def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = "null") -> bytes:
+    """A message byte for byte as machinery's Go producer writes it (see GO_MESSAGE in
+    test_daemon.py); ``args`` is the Args JSON, ``eta`` the ETA's (a quoted time or null)."""
+    return (
+        f'{{"UUID":"{task_id}","Name":"{name}","RoutingKey":"{routing_key}","ETA":{eta},'
+        f'"GroupUUID":"","GroupTaskCount":0,"Args":{args},"Headers":{{}},"Priority":0,'
+        '"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,'
+        '"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+        '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
+    ).encode()

@@ -22,6 +22,7 @@ from tests.support.harness import (
     GO_FIELDS,
     Daemon,
     client_for,
+    go_message,
     taskctl,
     wait_until,
 )
@@ -33,18 +34,6 @@ from tests.support.traces import (
 
 AMQP_PORT = 5672
 QUICK_RECOVERY = {"heartbeat_interval": 0.5}
-
-
-def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = "null") -> bytes:
-    """A message byte for byte as machinery's Go producer writes it (see GO_MESSAGE in
-    test_daemon.py); ``args`` is the Args JSON, ``eta`` the ETA's (a quoted time or null)."""
-    return (
-        f'{{"UUID":"{task_id}","Name":"{name}","RoutingKey":"{routing_key}","ETA":{eta},'
-        f'"GroupUUID":"","GroupTaskCount":0,"Args":{args},"Headers":{{}},"Priority":0,'
-        '"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,'
-        '"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
-        '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
-    ).encode()
 
 
 def amqp_client(namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path, Client]:

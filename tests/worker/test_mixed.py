@@ -1,5 +1,5 @@
-"""A broker of one kind with results in another: the pairings with AMQP and Memcache run
-end to end."""
+"""A broker of one kind with results in another: the pairings with AMQP, Memcache and MongoDB
+run end to end."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tests.support.harness import TEST_TASKS, config_data, taskctl, write_config
 PAIRS = [
     ("amqp", "memcache"),
     ("redis", "memcache"),
+    ("amqp", "mongodb"),
+    ("redis", "mongodb"),
     ("amqp", "redis"),
     ("amqp", "sqlite"),
     ("redis", "amqp"),
@@ -33,13 +35,18 @@ def test_tasks_run_and_results_read_the_same_twice(
     daemon: Callable[..., Any],
     request: pytest.FixtureRequest,
 ) -> None:
-    servers = {"redis": "redis_namespace", "amqp": "amqp_namespace", "memcache": "memcached"}
+    servers = {
+        "redis": "redis_namespace",
+        "amqp": "amqp_namespace",
+        "memcache": "memcached",
+        "mongodb": "mongodb_namespace",
+    }
     for kind in {broker, backend} & set(servers):
         request.getfixturevalue(servers[kind])  # there, and cleaned up afterwards
     data = config_data(broker, namespace, tmp_path, imports=[TEST_TASKS])
     results = config_data(backend, namespace, tmp_path)
     data["result_backend"] = results["result_backend"]
-    for section in ("redis", "amqp"):  # the other kind's names for this test
+    for section in ("redis", "amqp", "mongodb"):  # the other kind's names for this test
         if section in results:
             data[section] = results[section]
     config = write_config(tmp_path, data)

@@ -29,7 +29,7 @@ from tests.support.traces import (
 QUICK_RECOVERY = {"heartbeat_interval": 0.5}
 
 
-@pytest.mark.parametrize("driver_kind", ["sqlite", "redis", "amqp"], indirect=True)
+@pytest.mark.parametrize("driver_kind", ["sqlite", "redis", "amqp", "sqs"], indirect=True)
 @pytest.mark.parametrize("victim", ["a child", "the whole daemon"])
 def test_a_kill_9_mid_run_loses_nothing(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any], victim: str

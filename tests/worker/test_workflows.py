@@ -19,10 +19,10 @@ from tests.support.harness import client_for, wait_until
 from tests.support.tasks import runs
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "memcache"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "memcache", "mongodb", "sqs", "sqs_fifo"])
 def driver_kind(request: pytest.FixtureRequest) -> str:
-    """Workflows on every broker, each with its own result backend (memcache: SQLite
-    messages, Memcache results)."""
+    """Workflows on every broker, each with its own result backend (memcache, mongodb: SQLite
+    messages, Memcache or MongoDB results)."""
     return kind_with_server(request)
 
 

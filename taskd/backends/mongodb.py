@@ -1,0 +1,397 @@
+"""The MongoDB result backend: machinery v2's collections and documents, with its races closed.
+
+URL ``mongodb://[user:password@]host[:port][,...][/database][?options]`` or ``mongodb+srv://``.
+The database is ``mongodb.database``, else the URL's, else ``machinery``. As in machinery
+(``v2/backends/mongo/mongodb.go``), collection ``tasks`` holds ``{_id: <task id>, task_name,
+state, results: [{type, value}], error, created_at, delete_at}`` (dates as BSON dates, integer
+results as int64, ``[]byte`` as binary, as Go's driver writes them), ``group_metas`` holds
+``{_id: <group id>, task_uuids, chord_triggered, lock, created_at}``, and each has a TTL index
+on ``delete_at`` (expireAfterSeconds 0), created once per backend.
+
+Unlike machinery:
+- every write sets ``delete_at = now + results_expire_in`` (machinery: SUCCESS/FAILURE only;
+  its groups never expire), and a record past it reads as gone (the TTL monitor is lazy);
+- PENDING replaces the document; a later state is one pipeline update that keeps the stored
+  ``task_name`` and ``created_at`` (machinery's merge rule); ``created_at_ns`` keeps the
+  nanoseconds a BSON date drops;
+- a chord is claimed by one findAndModify recording ``chord_claimant``: true for one claimant
+  only, and for it again. machinery's UpdateOne says yes even when nothing matched;
+- a string result holding JSON stays a string; machinery's ``{type: "json"}`` reads as one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Self
+from urllib.parse import unquote_plus
+
+from taskd import drivers
+from taskd.backends.base import ResultBackend
+from taskd.config import Config, redact_url
+from taskd.errors import ArgumentError, BackendError, BackendUnavailable, ConfigError, DecodeError
+from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState
+from taskd.wire import args as typed
+from taskd.wire.fields import want_bool, want_int, want_str
+from taskd.wire.gojson import encode_value
+from taskd.wire.gotime import ZERO_TIME
+
+DRIVER = "mongodb"
+DEFAULT_DATABASE = "machinery"  # machinery's, when its config has no MongoDB section
+TASKS, GROUPS = "tasks", "group_metas"  # machinery's collection names
+# Client timeouts unless the URL sets them: a down server fails a call in seconds, so the
+# worker's reconnect loop (not a hung call) rides out an outage.
+CLIENT_DEFAULTS = dict(serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=15000)
+ZERO_MS = ZERO_TIME.unix_ns // 1_000_000  # Go's zero time.Time as a BSON date
+FAR_FUTURE_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: "no delete_at" in comparisons
+INDEX_CONFLICTS = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
+_BAD_DATABASE_CHARS = frozenset('/\\. "$\0')
+
+
+def parse_url(url: str, key: str, source: str | None = None) -> tuple[str, set[str]]:
+    """The URL's database ("" if none) and its option names (lower case), with no DNS
+    lookup for ``mongodb+srv://``; ConfigError naming ``key`` for a malformed URL."""
+    from pymongo.errors import ConfigurationError, InvalidURI
+    from pymongo.uri_parser import parse_uri, split_hosts, split_options
+
+    try:
+        if url.startswith("mongodb+srv://"):  # checked here; resolved when first used
+            address, _, query = url.partition("://")[2].partition("?")
+            hosts, _, database = address.partition("/")
+            nodes = split_hosts(hosts.rpartition("@")[2], default_port=None)
+            if len(nodes) != 1 or nodes[0][1] is not None:
+                raise InvalidURI("mongodb+srv:// takes one host name and no port")
+            options = split_options(query) if query else {}
+            database = unquote_plus(database).partition(".")[0]
+        else:
+            parsed = parse_uri(url)
+            database, options = parsed["database"] or "", parsed["options"]
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        raise ConfigError(key, f"{redact_url(url)!r}: {exc}", source) from None
+    return database, {name.lower() for name in options}
+
+
+def check_database(name: str, key: str, source: str | None = None) -> str:
+    if not name or len(name.encode()) > 63 or not _BAD_DATABASE_CHARS.isdisjoint(name):
+        raise ConfigError(key, f"{name!r} is not a MongoDB database name", source)
+    return name
+
+
+class MongoDBBackend(ResultBackend):
+    driver = DRIVER
+
+    def __init__(self, url: str, config: Config) -> None:
+        try:
+            import pymongo  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "result_backend",
+                f"the MongoDB driver needs pymongo: pip install 'taskd[mongodb]' ({exc})",
+                config.source,
+            ) from None
+        url_database, options = parse_url(url, "result_backend", config.source)
+        key = "mongodb.database" if config.mongodb.database else "result_backend"
+        database = config.mongodb.database or url_database or DEFAULT_DATABASE
+        self._url, self._database = url, check_database(database, key, config.source)
+        self._client_options = {
+            name: value for name, value in CLIENT_DEFAULTS.items() if name.lower() not in options
+        }
+        self._expire_ms = config.results_expire_in_s * 1000
+        self._client: Any = None
+        self._indexed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, url: str, config: Config) -> Self:
+        return cls(url, config)
+
+    def _translated(self, about: str | None) -> AbstractContextManager[None]:
+        from bson.errors import BSONError
+        from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+
+        transient = (ConnectionFailure, ExecutionTimeout, WTimeoutError)  # AutoReconnect too
+        permanent = (PyMongoError, BSONError, OverflowError)
+        return drivers.translated(
+            transient, permanent, BackendUnavailable, BackendError, self.driver, task_id=about
+        )
+
+    def _collection(self, name: str) -> Any:
+        """A collection, connecting on first use; the TTL indexes come with the first write."""
+        with self._lock:
+            if self._client is None:
+                from bson import DatetimeConversion
+                from pymongo import MongoClient
+
+                self._client = MongoClient(
+                    self._url,
+                    appname="taskd",
+                    datetime_conversion=DatetimeConversion.DATETIME_MS,  # Go's year 1, exactly
+                    **self._client_options,
+                )
+            return self._client[self._database][name]
+
+    def _writable(self, name: str) -> Any:
+        collection = self._collection(name)
+        if not self._indexed:
+            from pymongo.errors import OperationFailure
+
+            for each in (TASKS, GROUPS):
+                try:  # the same index machinery creates: {delete_at: 1}, expireAfterSeconds 0
+                    self._collection(each).create_index("delete_at", expireAfterSeconds=0)
+                except OperationFailure as exc:
+                    if exc.code not in INDEX_CONFLICTS:  # one of another shape is there
+                        raise
+            self._indexed = True
+        return collection
+
+    # -- states -----------------------------------------------------------------------------
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        if not states:
+            return
+        now_ms = _now_ms()
+        writes = [self._write_of(state, now_ms) for state in states]
+        with self._translated(states[0].task_uuid):
+            # Ordered: a task's states in one batch (STARTED, then SUCCESS) land in turn.
+            self._writable(TASKS).bulk_write(writes, ordered=True)
+
+    def _write_of(self, state: TaskState, now_ms: int) -> Any:
+        from bson import DatetimeMS, Int64
+        from pymongo import ReplaceOne, UpdateOne
+
+        fields = {
+            "state": state.state.value,
+            "results": None
+            if state.results is None
+            else [{"type": r.type, "value": bson_value(r.type, r.value)} for r in state.results],
+            "error": state.error,
+            "delete_at": DatetimeMS(now_ms + self._expire_ms),
+        }
+        created = _created_fields(state.created_at)
+        if state.ttl:
+            fields["ttl"] = Int64(state.ttl)
+        if state.state is State.PENDING:  # a sender's record replaces whatever was there
+            document = {"_id": state.task_uuid, "task_name": state.task_name, **fields, **created}
+            return ReplaceOne({"_id": state.task_uuid}, document, upsert=True)
+        # machinery's merge rule in one atomic update: the stored name and time stay unless
+        # the record is missing, past its delete_at, or has none (an empty name, a zero time).
+        live = {"$gt": [{"$ifNull": ["$delete_at", DatetimeMS(FAR_FUTURE_MS)]}, DatetimeMS(now_ms)]}
+        has_name = {"$ne": [{"$ifNull": ["$task_name", ""]}, ""]}
+        has_time = {"$gt": [{"$ifNull": ["$created_at", DatetimeMS(ZERO_MS)]}, DatetimeMS(ZERO_MS)]}
+        keep_name, keep_time = {"$and": [live, has_name]}, {"$and": [live, has_time]}
+        merged = {name: {"$literal": value} for name, value in fields.items()}
+        merged["task_name"] = {"$cond": [keep_name, "$task_name", {"$literal": state.task_name}]}
+        for name, value in created.items():
+            merged[name] = {"$cond": [keep_time, f"${name}", {"$literal": value}]}
+        pipeline = [{"$set": merged}] if state.ttl else [{"$project": {"ttl": 0}}, {"$set": merged}]
+        return UpdateOne({"_id": state.task_uuid}, pipeline, upsert=True)
+
+    def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        if not task_ids:
+            return []
+        with self._translated(task_ids[0]):
+            found = {
+                doc["_id"]: doc
+                for doc in self._collection(TASKS).find({"_id": {"$in": list(set(task_ids))}})
+            }
+        now_ms = _now_ms()
+        return [
+            _decoded(_state_of, found[task_id], task_id, "state")
+            if task_id in found and _live(found[task_id], now_ms)
+            else None
+            for task_id in task_ids
+        ]
+
+    def purge(self, task_id: str) -> None:
+        with self._translated(task_id):
+            self._collection(TASKS).delete_one({"_id": task_id})
+
+    # -- groups and chords -------------------------------------------------------------------
+
+    def init_group(self, group: GroupMeta) -> None:
+        from bson import DatetimeMS, Int64
+
+        document = {
+            "_id": group.group_uuid,
+            "task_uuids": list(group.task_uuids),
+            "chord_triggered": group.chord_triggered,
+            "lock": group.lock,
+            **_created_fields(group.created_at),
+            "delete_at": DatetimeMS(_now_ms() + self._expire_ms),
+        }
+        if group.ttl:
+            document["ttl"] = Int64(group.ttl)
+        with self._translated(group.group_uuid):
+            self._writable(GROUPS).replace_one({"_id": group.group_uuid}, document, upsert=True)
+
+    def get_group(self, group_id: str) -> GroupMeta | None:
+        with self._translated(group_id):
+            doc = self._collection(GROUPS).find_one({"_id": group_id})
+        if doc is None or not _live(doc, _now_ms()):
+            return None
+        return _decoded(_group_of, doc, group_id, "group")
+
+    def claim_chord(self, group_id: str, claimant: str) -> bool:
+        from bson import DatetimeMS
+
+        live = {"$or": [{"delete_at": None}, {"delete_at": {"$gt": DatetimeMS(_now_ms())}}]}
+        claimable = {"$or": [{"chord_triggered": {"$ne": True}}, {"chord_claimant": claimant}]}
+        with self._translated(group_id):
+            claimed = self._collection(GROUPS).find_one_and_update(
+                {"_id": group_id, "$and": [live, claimable]},
+                {"$set": {"chord_triggered": True, "chord_claimant": claimant}},
+                projection={"_id": 1},
+            )
+            if claimed is not None:
+                return True
+            if self.get_group(group_id) is None:
+                raise BackendError(self.driver, "group metadata is missing or expired", group_id)
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+# -- documents ----------------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _live(doc: dict[str, Any], now_ms: int) -> bool:
+    """False once a record is past its ``delete_at``, whether or not MongoDB has removed it."""
+    from bson import DatetimeMS
+
+    delete_at = doc.get("delete_at")
+    return not isinstance(delete_at, DatetimeMS) or int(delete_at) > now_ms
+
+
+def _created_fields(created_at: GoTime) -> dict[str, Any]:
+    from bson import DatetimeMS, Int64
+
+    ns = created_at.unix_ns  # past int64 (before 1678, as Go's zero time) a date says it all
+    exact = Int64(ns) if typed.INT64_MIN <= ns <= typed.INT64_MAX else None
+    return {"created_at": DatetimeMS(ns // 1_000_000), "created_at_ns": exact}
+
+
+def _created_of(doc: dict[str, Any]) -> GoTime:
+    """CreatedAt from a BSON date (as Go writes it), to the nanosecond when taskd wrote it."""
+    from bson import DatetimeMS
+
+    created = doc.get("created_at")
+    if created is None:
+        return ZERO_TIME
+    if not isinstance(created, DatetimeMS):
+        raise DecodeError(f"created_at must be a date, got {type(created).__name__}")
+    nanos = doc.get("created_at_ns")
+    if isinstance(nanos, int) and nanos // 1_000_000 == int(created):
+        return GoTime(int(nanos))
+    return GoTime(int(created) * 1_000_000)  # written by Go, or by a Go PENDING since
+
+
+def _decoded(decode: Any, doc: dict[str, Any], about: str, what: str) -> Any:
+    try:
+        return decode(doc)
+    except (DecodeError, ArgumentError, ValueError, TypeError) as exc:
+        raise BackendError(DRIVER, f"stored {what} is not valid: {exc}", about) from exc
+
+
+def _state_of(doc: dict[str, Any]) -> TaskState:
+    state_name = want_str(doc.get("state"), "state")
+    try:
+        state = State(state_name)
+    except ValueError:
+        raise DecodeError(f"state {state_name!r} is not a machinery task state") from None
+    results = doc.get("results")
+    if results is not None and not isinstance(results, list):
+        raise DecodeError(f"results must be an array, got {type(results).__name__}")
+    return TaskState(
+        task_uuid=want_str(doc.get("_id"), "_id"),
+        state=state,
+        task_name=want_str(doc.get("task_name"), "task_name"),
+        results=None if results is None else tuple(_results_of(results)),
+        error=want_str(doc.get("error"), "error"),
+        created_at=_created_of(doc),
+        ttl=want_int(wire_value(doc.get("ttl")), "ttl"),
+    )
+
+
+def _results_of(items: list[Any]) -> Iterator[TaskResult]:
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DecodeError(f"results[{index}] must be a document")
+        type_name = want_str(item.get("type"), f"results[{index}].type")
+        value = wire_value(item.get("value"))
+        if type_name == "json":  # machinery's form of a string holding a JSON object
+            yield TaskResult("string", encode_value(value))
+        else:
+            yield TaskResult(type_name, value)
+
+
+def _group_of(doc: dict[str, Any]) -> GroupMeta:
+    task_ids = doc.get("task_uuids") or []
+    if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+        raise DecodeError("task_uuids must be an array of strings")
+    return GroupMeta(
+        group_uuid=want_str(doc.get("_id"), "_id"),
+        task_uuids=tuple(task_ids),
+        chord_triggered=want_bool(doc.get("chord_triggered"), "chord_triggered"),
+        lock=want_bool(doc.get("lock"), "lock"),
+        created_at=_created_of(doc),
+        ttl=want_int(wire_value(doc.get("ttl")), "ttl"),
+    )
+
+
+def bson_value(type_name: str, value: Any) -> Any:
+    """A result's wire value as Go's driver stores the Go value: ints as int64, floats as
+    doubles, ``[]byte`` as binary (taskd's wire form is base64 text)."""
+    from bson import Decimal128, Int64
+
+    if type_name not in typed.TYPE_NAMES:
+        return value
+    if type_name in typed.BYTES_TYPES and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            return value  # not valid, and kept as it came: a reader sees the same fault
+    is_float = typed.kind_of(type_name) == "float"
+
+    def scalar(item: Any) -> Any:
+        if isinstance(item, bool) or not isinstance(item, int):
+            return item
+        if is_float:
+            return float(item)
+        in_range = typed.INT64_MIN <= item <= typed.INT64_MAX
+        return Int64(item) if in_range else Decimal128(str(item))  # uint64 past int64
+
+    return [scalar(item) for item in value] if isinstance(value, list) else scalar(value)
+
+
+def wire_value(value: Any) -> Any:
+    """A BSON value as taskd's wire form: binary as base64, Int64 and Decimal128 as int."""
+    from bson import DatetimeMS, Decimal128
+
+    if isinstance(value, bool | float | str) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, int):
+        return int(value)  # Int64 too
+    if isinstance(value, DatetimeMS):  # Go writes a time.Time result as a date
+        return GoTime(int(value) * 1_000_000).format()
+    if isinstance(value, Decimal128):
+        number = value.to_decimal()
+        return int(number) if number == number.to_integral_value() else float(number)
+    if isinstance(value, list):
+        return [wire_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: wire_value(item) for key, item in value.items()}
+    raise DecodeError(f"a stored {type(value).__name__} is not a machinery value")

@@ -1,0 +1,220 @@
+"""What only the SQS broker does, on the test run's moto server: its URLs, delays past one
+hop, FIFO queues, redrive policies, machinery's plain bodies, an unreachable endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskd.brokers import Broker, Message, open_broker
+from taskd.brokers.sqs.queues import endpoint_of, new_client
+from taskd.config import Config, SQSConfig
+from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
+from taskd.wire import GoTime
+from tests.support.harness import wait_until
+
+
+@pytest.fixture
+def open_sqs(
+    sqs_namespace: str, make_config: Callable[..., Any]
+) -> Iterator[Callable[..., Broker]]:
+    opened: list[Broker] = []
+
+    def open_one(kind: str = "sqs", **overrides: Any) -> Broker:
+        broker = open_broker(make_config(kind, **overrides))
+        opened.append(broker)
+        return broker
+
+    yield open_one
+    for broker in opened:
+        broker.close()
+
+
+@pytest.fixture
+def raw(sqs_server: str) -> Any:
+    """A plain boto3 client of the moto server: what a Go producer or consumer sees."""
+    return new_client(endpoint_of(sqs_server, Config()), 10.0)
+
+
+def take(broker: Broker, queue: str, timeout_s: float = 10) -> Any:
+    (delivery,) = wait_until(lambda: broker.fetch(queue, max_messages=1, wait_s=0.2), timeout_s)
+    return delivery
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def test_machinery_urls_and_custom_endpoints() -> None:
+    aws = endpoint_of("https://sqs.eu-west-1.amazonaws.com/123456789012", Config())
+    assert aws.base == "https://sqs.eu-west-1.amazonaws.com/123456789012"
+    assert (aws.region, aws.endpoint_url) == ("eu-west-1", None)
+    local = endpoint_of("sqs://127.0.0.1:9324/000000000000", Config())
+    assert local.base == "http://127.0.0.1:9324/000000000000"
+    assert local.endpoint_url == "http://127.0.0.1:9324"
+    tls = endpoint_of("sqs+https://sqs.internal:8443/42", Config(sqs=SQSConfig(region="x-1")))
+    assert (tls.endpoint_url, tls.region) == ("https://sqs.internal:8443", "x-1")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://example.com/123", "SQS queue URL"),
+        ("sqs://127.0.0.1:9324", "account id"),
+        ("sqs://127.0.0.1:99999/1", "port"),
+        ("sqs:///1", "no host"),
+        ("sqs://key:secret@127.0.0.1:9324/1", "credentials do not go in the URL"),
+    ],
+)
+def test_a_bad_url_is_a_config_error_naming_the_key(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why) as caught:
+        endpoint_of(url, Config())
+    assert caught.value.key == "broker"
+    assert "secret" not in str(caught.value)
+
+
+def test_an_unreachable_endpoint_is_an_outage_not_a_crash(
+    make_config: Callable[..., Any],
+    sqs_server: str,  # (for its dummy credentials)
+) -> None:
+    broker = open_broker(make_config("sqs", broker="sqs://127.0.0.1:1/123456789012"))
+    try:
+        with pytest.raises(BrokerUnavailable):
+            broker.publish("q", b"{}")
+        with pytest.raises(BrokerUnavailable):
+            broker.fetch("q", max_messages=1, wait_s=5)
+    finally:
+        broker.close()
+
+
+def test_a_missing_queue_is_created_or_named(
+    open_sqs: Callable[..., Broker], namespace: str
+) -> None:
+    strict = open_sqs(sqs={"create_queues": False})
+    with pytest.raises(BrokerError, match=f"no such queue: .*/{namespace}"):
+        strict.publish(namespace, b"{}")
+    open_sqs().publish(namespace, b"{}")  # creates it
+    strict.publish(namespace, b"{}")
+    assert wait_until(lambda: strict.size(namespace) == 2, 5)
+
+
+# -- machinery's messages -------------------------------------------------------------------
+
+
+def test_bodies_are_machinerys_plain_json_and_short_delays_are_delay_seconds(
+    open_sqs: Callable[..., Broker], namespace: str, raw: Any, sqs_server: str
+) -> None:
+    broker = open_sqs()
+    body = b'{"UUID":"task_1","Name":"add"}'
+    broker.publish(namespace, body, eta=GoTime(time.time_ns() + 2 * 10**9))
+    url = f"{endpoint_of(sqs_server, Config()).base}/{namespace}"
+    counts = raw.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert counts["ApproximateNumberOfMessagesDelayed"] == "1"  # DelaySeconds, as Go sends
+    (message,) = wait_until(
+        lambda: raw.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages"), 10
+    )
+    assert message["Body"] == body.decode()
+    assert "MessageAttributes" not in message  # nothing a Go consumer would need
+
+
+# -- delays past one hop ----------------------------------------------------------------------
+
+
+def test_an_eta_past_the_longest_delay_hops_until_due(
+    open_sqs: Callable[..., Broker], namespace: str
+) -> None:
+    """With one-second hops (SQS allows 15 minutes), a 4-second ETA is sent on 3 times."""
+    broker = open_sqs(sqs={"max_delay_seconds": 1})
+    eta = GoTime(time.time_ns() + 4 * 10**9)
+    broker.publish(namespace, b"later", eta=eta)
+    hops = 0
+    delivered: list[Any] = []
+    while not delivered:
+        if broker.delayed(namespace):
+            hops += 1  # (each read sees the message in some hop's delay, or not yet)
+        delivered = broker.fetch(namespace, max_messages=1, wait_s=0.3)
+        assert time.time_ns() < eta.unix_ns + 10 * 10**9, "never delivered"
+    assert time.time_ns() >= eta.unix_ns - 50_000_000
+    assert delivered[0].body == b"later" and delivered[0].deliveries == 1
+    assert hops >= 2  # it waited in SQS, not in this consumer
+    broker.ack(delivered[0])
+    assert broker.fetch(namespace, max_messages=1, wait_s=1.5) == []  # one copy only
+
+
+# -- FIFO queues ------------------------------------------------------------------------------
+
+
+def test_fifo_groups_and_deduplication_per_attempt(
+    open_sqs: Callable[..., Broker], namespace: str, raw: Any, sqs_server: str
+) -> None:
+    queue = f"{namespace}.fifo"
+    broker = open_sqs("sqs_fifo")
+    first = json.dumps({"UUID": "task_1", "RetryCount": 2}).encode()
+    retry = json.dumps({"UUID": "task_1", "RetryCount": 1}).encode()  # same task, next attempt
+    broker.publish_many([Message(queue, first, group="orders"), Message(queue, first)])
+    broker.publish_many([Message(queue, retry, group="orders")])
+    url = f"{endpoint_of(sqs_server, Config()).base}/{queue}"
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 2 and time.monotonic() < deadline:
+        reply = raw.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            MessageSystemAttributeNames=["MessageGroupId"],
+        )
+        for message in reply.get("Messages", []):
+            got.append((message["Body"], message["Attributes"]["MessageGroupId"]))
+            raw.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    # The same bytes twice are one message; the retry, the same UUID, is not swallowed.
+    assert got == [(first.decode(), "orders"), (retry.decode(), "orders")]
+    assert raw.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None
+
+
+def test_a_fifo_message_waits_hidden_for_its_eta(
+    open_sqs: Callable[..., Broker], namespace: str
+) -> None:
+    queue = f"{namespace}.fifo"
+    broker = open_sqs("sqs_fifo")
+    eta = GoTime(time.time_ns() + 2 * 10**9)
+    broker.publish(queue, b"later", eta=eta)
+    delivered = take(broker, queue)
+    assert time.time_ns() >= eta.unix_ns - 50_000_000
+    assert delivered.deliveries == 1  # its receive before the ETA is not counted
+
+
+# -- rejects ----------------------------------------------------------------------------------
+
+
+def test_a_queue_with_a_redrive_policy_hands_rejects_to_it(
+    open_sqs: Callable[..., Broker], namespace: str, raw: Any
+) -> None:
+    """machinery's StopTaskDeletionOnError: the message is not deleted, and after
+    maxReceiveCount receives SQS moves it to the queue's own dead-letter queue."""
+    dead_url = raw.create_queue(QueueName=f"{namespace}-dlq")["QueueUrl"]
+    dead_arn = raw.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    policy = {"deadLetterTargetArn": dead_arn, "maxReceiveCount": 2}
+    raw.create_queue(
+        QueueName=namespace,
+        Attributes={"RedrivePolicy": json.dumps(policy), "VisibilityTimeout": "1"},
+    )
+    broker = open_sqs(sqs={"receive_visibility_timeout": 1})
+    broker.publish(namespace, b"doomed")
+    for receive in (1, 2):
+        delivery = take(broker, namespace)
+        assert delivery.deliveries == receive
+        broker.reject(delivery, "task failed, StopTaskDeletionOnError")
+    letters = wait_until(
+        lambda: (
+            (broker.fetch(namespace, max_messages=1, wait_s=1.2) == [])
+            and broker.dead_letters(namespace, 5)
+        ),
+        15,
+    )
+    assert [letter.body for letter in letters] == [b"doomed"]
+    assert letters[0].reason == "moved by the queue's redrive policy"
