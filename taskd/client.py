@@ -18,6 +18,7 @@ from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.errors import ResultTimeout, TaskFailed
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
+from taskd.wire.gotime import LATEST_ETA
 from taskd.workflows import Chain, Chord, Group
 
 POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
@@ -30,10 +31,21 @@ def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None)
     if eta is not None and countdown_s is not None:
         raise ValueError("give an ETA or a countdown, not both")
     if countdown_s is not None:
+        if not 0 <= countdown_s <= (LATEST_ETA.unix_ns - time.time_ns()) / 1e9:
+            raise ValueError(
+                f"countdown {countdown_s:g} s is out of range (0 to the latest ETA, {LATEST_ETA})"
+            )
         return GoTime(time.time_ns() + round(countdown_s * 1e9))
     if isinstance(eta, datetime):
-        return GoTime.from_datetime(eta)
+        eta = GoTime.from_datetime(eta)
+    check_eta(eta)
     return eta
+
+
+def check_eta(eta: GoTime | None) -> None:
+    """ValueError for an ETA no broker can hold."""
+    if eta is not None and eta > LATEST_ETA:
+        raise ValueError(f"ETA {eta} is later than the latest one possible, {LATEST_ETA}")
 
 
 def signature(
@@ -126,7 +138,13 @@ class Client:
         return AsyncResult(self, sent.uuid)
 
     def prepare(self, sig: Signature) -> Signature:
-        """What machinery's SendTask fills in: the id, the routing key, empty headers."""
+        """What machinery's SendTask fills in: the id, the routing key, empty headers.
+
+        ValueError for a signature no worker could run: no task name, an impossible ETA.
+        """
+        if not sig.name:
+            raise ValueError("a task name is needed")
+        check_eta(sig.eta)
         changes: dict[str, Any] = {}
         if not sig.uuid:
             changes["uuid"] = new_id("task")
@@ -141,9 +159,10 @@ class Client:
     ) -> list[Signature]:
         """Record each task's state (PENDING unless ``states`` says otherwise), then publish.
 
-        The states are written first so a fast worker's RECEIVED is never overwritten by a
-        late PENDING; one round trip for the states, one for the messages where the drivers
-        batch.
+        The states go out first so a fast worker's RECEIVED is never overwritten by a late
+        PENDING; PENDING states are completed after the messages are published, so where the
+        backend can split a write (Redis) the two round trips overlap, and a PENDING for an
+        id given here never overwrites a state already stored (a worker's, if it beat it).
         """
         prepared = [self.prepare(sig) for sig in signatures]
         messages = [
@@ -158,12 +177,20 @@ class Client:
             for sig in prepared
         ]
         self.broker.check_priorities(messages)  # before recording anything that is refused
-        if states is None:
-            now = GoTime.now()
-            states = [pending_state(sig, now) for sig in prepared]
-        if states:
-            self.backend.set_states(states)
-        self.broker.publish_many(messages)
+        if states is not None:
+            if states:
+                self.backend.set_states(states)
+            self.broker.publish_many(messages)
+            return prepared
+        now = GoTime.now()
+        fresh = not any(sig.uuid for sig in signatures)  # ids given here, just now
+        complete = self.backend.begin_pending(
+            [pending_state(s, now) for s in prepared], fresh=fresh
+        )
+        try:
+            self.broker.publish_many(messages)
+        finally:
+            complete()
         return prepared
 
     def send_chain(self, workflow: Chain) -> ChainResult:

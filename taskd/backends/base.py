@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Self
 
 from taskd.config import Config
@@ -54,6 +54,19 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
+        """Start storing senders' PENDING states; the function returned completes the write.
+
+        Called before the messages go out, so the write is on its way ahead of anything a
+        worker writes once it has one; the sender completes it after publishing, so the two
+        round trips overlap. ``fresh``: ids nobody used before; a driver that splits the
+        write (so it may land after a worker's) must then keep a record already stored,
+        which can only be that worker's later state. A driver that cannot split a write
+        stores the states here and returns a no-op.
+        """
+        self.set_states(states)
+        return _written
+
     def set_state(self, state: TaskState) -> None:
         self.set_states([state])
 
@@ -77,3 +90,7 @@ class ResultBackend(ABC):
             return decode_group(raw)
         except DecodeError as exc:
             raise BackendError(self.driver, f"stored group is not valid: {exc}", group_id) from exc
+
+
+def _written() -> None:
+    """The write was complete already."""

@@ -7,8 +7,10 @@ serialises every chord of every group behind one ``TriggerChordMutex``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Self
+
+import structlog
 
 from taskd import redisdb
 from taskd.backends.base import ResultBackend
@@ -16,6 +18,7 @@ from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 
+log = structlog.get_logger("taskd.redis")
 SET_STATES = redisdb.Script.packaged("set_states.lua")
 CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
 
@@ -46,6 +49,41 @@ class RedisBackend(ResultBackend):
                 self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
             else:
                 SET_STATES(self._redis, keys, [*values, merge, self._expire_s])
+
+    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
+        """SETs (``NX`` for fresh ids) sent on a connection of their own without waiting;
+        the replies are read when the sender completes the write. A reply that cannot be
+        read then is logged, not raised: the messages are out, and their workers' states
+        are stored whether or not the PENDING was."""
+        if not states:
+            return lambda: None
+        pool = self._redis.connection_pool
+        only_new = ("NX",) if fresh else ()
+        commands = [
+            ("SET", s.task_uuid, s.encode(), "EX", self._expire_s, *only_new) for s in states
+        ]
+        with self._translated(states[0].task_uuid):
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands))
+            except BaseException:
+                connection.disconnect()
+                pool.release(connection)
+                raise
+
+        def complete() -> None:
+            try:
+                for _ in commands:
+                    connection.read_response()
+            except Exception as exc:  # the messages went out: say so, do not fail the send
+                connection.disconnect()
+                log.warning(
+                    "pending_state_unconfirmed", task_id=states[0].task_uuid, error=str(exc)
+                )
+            finally:
+                pool.release(connection)
+
+        return complete
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:

@@ -53,6 +53,12 @@ def gone_here(consumer_id: str) -> bool:
     return machine == MACHINE and pid.isdigit() and not process_alive(int(pid))
 
 
+def seems_dead(consumer_id: str, silent_s: float | None, timeout_s: float) -> bool:
+    """Whether a consumer holding messages is gone: no beat on record, silent past the
+    timeout, or its process gone from this machine. (What a reclaim gives back soon.)"""
+    return silent_s is None or silent_s > timeout_s or gone_here(consumer_id)
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this host exists (a zombie counts as gone)."""
     try:

@@ -3,7 +3,9 @@
 Each signature is either machinery's own JSON object, any subset of its fields in any key
 case (``{"Name": "add", "Args": [{"Type": "int64", "Value": 1}]}``), or the short form
 ``{name: add, args: ["int64:1", "int64:2"], retry_count: 3, ...}``, or just the text
-``"add int64:1 int64:2"``. Every argument is checked against its type before anything is sent.
+``"add int64:1 int64:2"``. Every argument is checked against its type before anything is sent,
+and every key must be known (machinery's in any case, as Go matches them): a misspelt key is an
+error naming it, never a field silently left empty.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from taskd.client import signature
+from taskd.client import check_eta, signature
 from taskd.errors import ArgumentError, DecodeError, DocumentError
 from taskd.wire import Arg, Signature
-from taskd.wire.signature import decode_signature_object
+from taskd.wire.signature import ARG_FIELDS, SIGNATURE_FIELDS, decode_signature_object
 
 SHORT_FORM_KEYS = {
     "name": "name of the task",
@@ -51,11 +53,13 @@ def parse_signature(item: Any, where: str) -> Signature:
             raise DocumentError(f"{where}: a signature is a mapping or text, got {item!r}")
         if _is_short_form(item):
             return _from_short_form(item, where)
+        _check_machinery_keys(item, where)
         sig = decode_signature_object(dict(item))
         for arg in sig.args or ():
             arg.python_value()  # checked before anything is sent
         if not sig.name:
             raise DocumentError(f"{where}: Name is missing")
+        check_eta(sig.eta)
         return sig
     except (ArgumentError, DecodeError, ValueError) as exc:  # ValueError: shlex quoting
         raise DocumentError(f"{where}: {exc}") from None
@@ -70,13 +74,57 @@ def from_text(text: str) -> Signature:
 
 
 def _is_short_form(item: Mapping[str, Any]) -> bool:
+    """Lower-case keys, none of them machinery's alone, and args as TYPE:VALUE text."""
     args = item.get("args")
-    return set(item) <= set(SHORT_FORM_KEYS) and not (
-        isinstance(args, list) and any(isinstance(arg, Mapping) for arg in args)
+    keys = {str(key) for key in item}
+    return (
+        keys == {key.lower() for key in keys}
+        and not any(key in SIGNATURE_FIELDS and key not in SHORT_FORM_KEYS for key in keys)
+        and not (isinstance(args, list) and any(isinstance(arg, Mapping) for arg in args))
     )
 
 
+def _unknown_key(key: Any, known: list[str], where: str) -> DocumentError:
+    import difflib
+
+    match = difflib.get_close_matches(str(key).lower(), [k.lower() for k in known], n=1)
+    hint = (
+        f"did you mean {next(k for k in known if k.lower() == match[0])!r}?"
+        if match
+        else f"known: {', '.join(known)}"
+    )
+    return DocumentError(f"{where}: unknown key {key!r} ({hint})")
+
+
+def _check_machinery_keys(item: Mapping[str, Any], where: str) -> None:
+    """machinery's form, nested signatures and Args included: every key known, in any case."""
+    for key, value in item.items():
+        field = SIGNATURE_FIELDS.get(str(key).lower())
+        if field is None:
+            if str(key) in SHORT_FORM_KEYS:
+                raise DocumentError(
+                    f"{where}: {key!r} is a key of the short form, which takes lower-case keys"
+                    " only: write the signature in one form (see taskctl chain --help)"
+                )
+            raise _unknown_key(key, sorted(SIGNATURE_FIELDS.values()), where)
+        if field == "Args" and isinstance(value, list):
+            for i, arg in enumerate(value):
+                for arg_key in arg if isinstance(arg, Mapping) else ():
+                    if str(arg_key).lower() not in ARG_FIELDS:
+                        known = sorted(ARG_FIELDS.values())
+                        raise _unknown_key(arg_key, known, f"{where}.Args[{i}]")
+        elif field in ("OnSuccess", "OnError") and isinstance(value, list):
+            for i, nested in enumerate(value):
+                if isinstance(nested, Mapping):
+                    _check_machinery_keys(nested, f"{where}.{field}[{i}]")
+        elif field == "ChordCallback" and isinstance(value, Mapping):
+            _check_machinery_keys(value, f"{where}.ChordCallback")
+
+
 def _from_short_form(item: Mapping[str, Any], where: str) -> Signature:
+    for key in item:
+        if key not in SHORT_FORM_KEYS:
+            raise _unknown_key(key, sorted(SHORT_FORM_KEYS), where)
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise DocumentError(f"{where}: name must be a task name")

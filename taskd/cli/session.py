@@ -15,18 +15,38 @@ from taskd.cli.params import as_click_error, load
 from taskd.client import Client, GroupResult, Progress
 from taskd.config import Config
 from taskd.errors import ResultTimeout, TaskdError
-from taskd.exitcodes import EXIT_FAILURE, EXIT_NOT_FINISHED, EXIT_OK
+from taskd.exitcodes import (
+    EXIT_DRIVER_ERROR,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SUCH_TASK,
+    EXIT_NOT_FINISHED,
+    EXIT_OK,
+)
 from taskd.wire import State, TaskState
 
 
 class Group(click.Group):
-    """Turns taskd errors into messages and exit statuses; never a traceback."""
+    """Turns taskd errors into messages and exit statuses (``exitcodes``); never a
+    traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TaskdError as exc:
-            raise as_click_error(exc) from None
+            raise as_click_error(exc, EXIT_DRIVER_ERROR) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:  # Ctrl-C, or end of input at a prompt
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
 
 
 @dataclass
@@ -49,14 +69,30 @@ class Session:
             self._client.close()
 
 
-pass_session = click.make_pass_decorator(Session)
+def pass_session(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the Session to a command, which also takes ``-c/--config`` after its name
+    (``taskctl result ID -c FILE``, as ``taskd start -c FILE``)."""
+
+    def use_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+        if path is not None:
+            ctx.find_object(Session).config_path = path  # read when the client is first used
+
+    passing = click.make_pass_decorator(Session)(fn)
+    return click.option(
+        "-c",
+        "--config",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=use_config,
+        help="YAML config file, as before the command.",
+    )(passing)
 
 
 def finish(state: TaskState | None, task_id: str, as_json: bool) -> NoReturn:
     """Print a state the way the exit status says, and exit with that status."""
     if state is None:
         click.echo(f"no state is stored for {task_id} (never sent, or expired)", err=True)
-        sys.exit(EXIT_FAILURE)
+        sys.exit(EXIT_NO_SUCH_TASK)
     sys.exit(show(state, as_json, with_id=False))
 
 
@@ -82,8 +118,9 @@ def show(state: TaskState, as_json: bool, *, with_id: bool) -> int:
 
 
 def worst(statuses: Sequence[int]) -> int:
-    """A failure outranks an unfinished task, which outranks success."""
-    for status in (EXIT_FAILURE, EXIT_NOT_FINISHED):
+    """A failure outranks a task with no state, which outranks an unfinished one, which
+    outranks success."""
+    for status in (EXIT_FAILURE, EXIT_NO_SUCH_TASK, EXIT_NOT_FINISHED):
         if status in statuses:
             return status
     return EXIT_OK
@@ -132,7 +169,7 @@ def finish_group(states: Sequence[TaskState | None], ids: Sequence[str], as_json
     for task_id, state in zip(ids, states, strict=True):
         if state is None:
             click.echo(f"{task_id} UNKNOWN")
-            statuses.append(EXIT_NOT_FINISHED)
+            statuses.append(EXIT_NO_SUCH_TASK)
         else:
             statuses.append(show(state, as_json, with_id=not as_json))
     sys.exit(worst(statuses))

@@ -1,9 +1,4 @@
-"""``taskctl``: send tasks, read results, look into queues.
-
-Exit status: 0 the task succeeded (or the command worked), 1 the task failed (its error on
-stderr) or taskctl could not do its job, 2 usage or configuration error, 3 the task had not
-finished when the wait ended.
-"""
+"""``taskctl``: send tasks, read results, look into queues. Exit statuses: ``exitcodes``."""
 
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,10 +20,15 @@ from taskd.cli.session import (
 )
 from taskd.client import signature
 from taskd.errors import ArgumentError, DocumentError
+from taskd.exitcodes import TASKCTL_EXIT_STATUSES
 from taskd.wire import Arg, Signature
 
+EPILOG = "\b\nExit status:\n" + "\n".join(
+    f"  {code:<4}{meaning}" for code, meaning in TASKCTL_EXIT_STATUSES
+)
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.version_option(__version__, prog_name="taskctl")
 @click.pass_context
@@ -127,7 +127,11 @@ def send(
     **options: Any,
 ) -> None:
     """Send task NAME; print its id (or, with --wait, its results)."""
-    (sent,) = session.client.publish([_sent_signature(name, args, **options)])
+    try:
+        sig = session.client.prepare(_sent_signature(name, args, **options))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    (sent,) = session.client.publish([sig])
     if wait_s is None:
         click.echo(sent.encode().decode() if as_json else sent.uuid)
         return
@@ -148,8 +152,10 @@ def send(
 def result(session: Session, task_id: str, wait_s: float | None, as_json: bool) -> None:
     """Print a task's results (or each member's, for a group id).
 
-    Exit 0 SUCCESS, 1 FAILURE, 3 not finished.
+    Exit 0 SUCCESS, 1 FAILURE, 3 not finished, 4 no such task.
     """
+    if not task_id.strip():
+        raise click.UsageError("TASK_ID must not be empty")
     group = session.client.group_result(task_id) if task_id.startswith("group_") else None
     if group is not None:
         finish_group(member_states(group, wait_s), group.member_ids, as_json)

@@ -127,8 +127,8 @@ def chord(
     """Send FILE's group, then its callback with every member's results.
 
     FILE is {group: [...], callback: ..., error_callback: ...}. Prints the group id, the member
-    ids and the callback's id; with --wait, then the callback's result (exit 1, with the
-    member's error, if a member failed).
+    ids, the callback's id and the error callback's (if any); with --wait, then the callback's
+    result (exit 1, with the member's error, if a member failed).
     """
     members, callback, error_callback = _parsed(
         lambda: documents.parse_chord(_read_document(file), file)
@@ -136,7 +136,8 @@ def chord(
     (callback,) = _in_queue([callback], queue)
     workflow = workflows.chord(_in_queue(members, queue), callback, error_callback)
     sent = session.client.send_chord(workflow, send_concurrency)
-    for line in (sent.group.group_id, *sent.group.member_ids, sent.task_id):
+    error_ids = [workflow.callback.on_error[-1].uuid] if error_callback is not None else []
+    for line in (sent.group.group_id, *sent.group.member_ids, sent.task_id, *error_ids):
         click.echo(line)
     if wait_s is not None:
         with progress_bar(True) as progress:

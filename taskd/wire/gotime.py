@@ -102,3 +102,8 @@ def _format(unix_ns: int, offset_s: int) -> str:
 
 # Go's zero time.Time, written for a CreatedAt nobody set.
 ZERO_TIME = GoTime.from_datetime(datetime(1, 1, 1, tzinfo=UTC))
+
+
+# The latest instant Go's UnixNano can hold, and so the latest ETA: machinery's Redis scores and
+# every broker's delay are int64 nanoseconds (2262-04-11T23:47:16.854775807Z).
+LATEST_ETA = GoTime(2**63 - 1)

@@ -129,11 +129,11 @@ def _bool(value: bool) -> str:
 
 # -- decoding -------------------------------------------------------------------------------
 
-_ARG_FIELDS = {"name": "Name", "type": "Type", "value": "Value"}
+ARG_FIELDS = {"name": "Name", "type": "Type", "value": "Value"}
 
 
 def _decode_arg(obj: Any, key: str) -> Arg:
-    fields = gojson.fold_keys(obj, _ARG_FIELDS, key)
+    fields = gojson.fold_keys(obj, ARG_FIELDS, key)
     return Arg(
         want_str(fields.get("Type"), f"{key}.Type"),
         fields.get("Value"),
@@ -141,7 +141,7 @@ def _decode_arg(obj: Any, key: str) -> Arg:
     )
 
 
-_SIGNATURE_FIELDS = {
+SIGNATURE_FIELDS = {
     name.lower(): name
     for name in (
         "UUID Name RoutingKey ETA GroupUUID GroupTaskCount Args Headers Priority Immutable "
@@ -163,7 +163,7 @@ def decode_signature_object(obj: Any, path: str = "") -> Signature:
     """A Signature from decoded JSON; DecodeError names the offending field by its path
     (``Priority``, ``OnSuccess[0].Args[1].Type``)."""
     prefix = f"{path}." if path else ""
-    f = gojson.fold_keys(obj, _SIGNATURE_FIELDS, path or "signature")
+    f = gojson.fold_keys(obj, SIGNATURE_FIELDS, path or "signature")
     raw_args = f.get("Args")
     args: tuple[Arg, ...] | None = None
     if raw_args is not None:
@@ -210,11 +210,22 @@ def decode_signature(body: bytes) -> Signature:
     return decode_signature_object(gojson.loads(body))
 
 
+def identity_of(body: bytes) -> tuple[str, str]:
+    """The UUID and Name of a message that may not decode as a whole ("" where unreadable),
+    so that its sender can be told why it was set aside."""
+    try:
+        fields = gojson.fold_keys(gojson.loads(body), SIGNATURE_FIELDS, "signature")
+    except DecodeError:
+        return "", ""
+    uuid, name = fields.get("UUID"), fields.get("Name")
+    return (uuid if isinstance(uuid, str) else "", name if isinstance(name, str) else "")
+
+
 def peek_routing_key(body: bytes) -> str | None:
     """The RoutingKey of a message body, or None when the body is not a machinery message."""
     try:
         obj = gojson.loads(body)
-        fields = gojson.fold_keys(obj, _SIGNATURE_FIELDS, "signature")
+        fields = gojson.fold_keys(obj, SIGNATURE_FIELDS, "signature")
         return want_str(fields.get("RoutingKey"), "RoutingKey") or None
     except DecodeError:
         return None

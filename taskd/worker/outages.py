@@ -1,8 +1,10 @@
 """Riding out a broker or backend outage: call a driver until it answers.
 
 Transient errors (``*Unavailable``) wait with capped, jittered backoff; the outage is logged
-when it begins and when it ends. The message being settled stays leased meanwhile; if the
-child is stopped or killed before the driver comes back, the broker delivers it again.
+when it begins, every ``REPORT_EVERY_S`` while it lasts (with how long so far: a daemon that
+cannot reach its broker must not look hung), and when it ends. The message being settled
+stays leased meanwhile; if the child is stopped or killed before the driver comes back, the
+broker delivers it again.
 """
 
 from __future__ import annotations
@@ -24,18 +26,28 @@ DriverKind = Literal["broker", "backend"]
 BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
 BACKOFF_MAX_S = 5.0  # ...doubling up to this
 STOP_GRACE_S = 3.0  # asked to stop during an outage: wait this long for the driver, then leave
+REPORT_EVERY_S = 30.0  # an outage is logged again this often while it lasts
 
 # Fixed event names per driver kind, so logs can be searched for them.
 BEGAN = {"broker": "broker_unavailable", "backend": "backend_unavailable"}
+LASTING = {"broker": "broker_still_unavailable", "backend": "backend_still_unavailable"}
 ENDED = {"broker": "broker_recovered", "backend": "backend_recovered"}
 
 
 class Outages:
     """Keeps calls to the drivers going through outages, for one child."""
 
-    def __init__(self, stopping: Callable[[], bool], still_alive: Callable[[], None]) -> None:
-        self._stopping, self._still_alive = stopping, still_alive
+    def __init__(
+        self,
+        stopping: Callable[[], bool],
+        still_alive: Callable[[], None],
+        report: Callable[[str, float], None] = lambda _kind, _since: None,
+    ) -> None:
+        """``report(kind, since)``: an outage of ``kind`` began at ``since`` (monotonic);
+        ``report("", 0.0)`` when none is left (for the status systemd shows)."""
+        self._stopping, self._still_alive, self._report = stopping, still_alive, report
         self._began: dict[DriverKind, tuple[float, int]] = {}  # kind -> (since, attempts)
+        self._reported: dict[DriverKind, float] = {}  # kind -> when last logged
 
     def call(self, kind: DriverKind, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``call(*args, **kwargs)``, again and again while the driver is unavailable.
@@ -57,9 +69,17 @@ class Outages:
 
     def pause(self, kind: DriverKind, exc: Exception) -> None:
         """Log an outage once, then wait a little longer each time (with jitter)."""
-        since, attempts = self._began.get(kind, (time.monotonic(), 0))
+        now = time.monotonic()
+        since, attempts = self._began.get(kind, (now, 0))
         if attempts == 0:
             log.warning(BEGAN[kind], error=str(exc))
+            self._reported[kind] = now
+            self._report(kind, since)
+        elif now - self._reported.get(kind, since) >= REPORT_EVERY_S:
+            log.warning(
+                LASTING[kind], error=str(exc), outage_s=round(now - since, 1), attempts=attempts
+            )
+            self._reported[kind] = now
         self._began[kind] = (since, attempts + 1)
         pause_s = min(BACKOFF_FIRST_S * 2 ** min(attempts, 10), BACKOFF_MAX_S)
         if self._stopping():
@@ -71,3 +91,5 @@ class Outages:
         began = self._began.pop(kind, None)
         if began is not None:
             log.info(ENDED[kind], outage_s=round(time.monotonic() - began[0], 3))
+            other = next(iter(self._began.items()), None)
+            self._report(*(other[0], other[1][0]) if other else ("", 0.0))

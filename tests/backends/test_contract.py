@@ -155,3 +155,21 @@ def test_a_state_without_a_record_is_stored_as_given(backend: ResultBackend) -> 
     assert backend.get_state(task_id) == TaskState(
         task_id, State.FAILURE, task_name="x", created_at=now, error="e"
     )
+
+
+def test_pending_begun_before_publishing(backend: ResultBackend) -> None:
+    """Stored once completed; a re-sent id's PENDING replaces its record; and where the
+    driver splits the write (so it may land after a worker's), a fresh id's never
+    overwrites a later state already stored."""
+    new, resent = new_id(), new_id()
+    backend.set_state(state(resent))
+    complete = backend.begin_pending([state(new, State.PENDING)], fresh=True)
+    complete()
+    assert backend.get_state(new) == state(new, State.PENDING)
+    backend.begin_pending([state(resent, State.PENDING)], fresh=False)()
+    assert backend.get_state(resent).state is State.PENDING
+    if type(backend).begin_pending is not ResultBackend.begin_pending:
+        late = new_id()
+        backend.set_state(state(late, State.STARTED))  # a worker's, written first
+        backend.begin_pending([state(late, State.PENDING)], fresh=True)()
+        assert backend.get_state(late).state is State.STARTED

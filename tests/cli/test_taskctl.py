@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import config_data, run_cli, taskctl, write_config
+from tests.support.harness import (
+    BIN,
+    config_data,
+    process_env,
+    run_cli,
+    taskctl,
+    wait_until,
+    write_config,
+)
 
 TASK_ID = re.compile(r"task_([0-9a-f-]{36})")
 
@@ -86,14 +96,25 @@ def test_bad_arguments_are_usage_errors_and_nothing_is_sent(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     stats = taskctl(tmp_path, config, "queue", "stats", "--json")
-    assert json.loads(stats.stdout) == {"delayed": 0, "queue": namespace, "ready": 0}
+    assert json.loads(stats.stdout) == {
+        "delayed": 0, "in_flight": 0, "orphaned": 0, "queue": namespace, "ready": 0
+    }  # fmt: skip
 
 
-def test_unknown_id_and_bad_config(tmp_path: Path, namespace: str) -> None:
+def test_exit_statuses_without_a_daemon(
+    tmp_path: Path, namespace: str, redis_namespace: str, redis_server: Any
+) -> None:
+    """Every status taskctl documents (0, 1 and 3 with a daemon: above), each for what it
+    says and nothing else, with or without --json."""
+    from taskd.exitcodes import TASKCTL_EXIT_STATUSES
+
     config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
-    unknown = taskctl(tmp_path, config, "result", "task_00000000-0000-4000-8000-000000000000")
-    assert unknown.returncode == 1
-    assert "no state is stored" in unknown.stderr
+    for extra in ((), ("--json",)):
+        unknown = taskctl(tmp_path, config, "result", "task_00000000-0000-4000-8000-0000", *extra)
+        assert unknown.returncode == 4, unknown.stderr
+        assert "no state is stored" in unknown.stderr
+    empty = taskctl(tmp_path, config, "result", "")
+    assert empty.returncode == 2 and "TASK_ID must not be empty" in empty.stderr
     bad = write_config(tmp_path, {"broker": 5}, "bad.yml")
     done = taskctl(tmp_path, bad, "send", "sum")
     assert done.returncode == 2
@@ -102,6 +123,43 @@ def test_unknown_id_and_bad_config(tmp_path: Path, namespace: str) -> None:
     done = taskctl(tmp_path, nowhere, "send", "sum")
     assert done.returncode == 2
     assert "broker: no driver for 'kafka'" in done.stderr
+    refused = write_config(tmp_path, {"broker": "redis://127.0.0.1:1/0"}, "refused.yml")
+    for args in (("send", "sum"), ("queue", "stats", "--json")):
+        done = taskctl(tmp_path, refused, *args)
+        assert done.returncode == 69, done.stderr
+        assert "Connection refused" in done.stderr and "Traceback" not in done.stderr
+    # A broker that answers with an error: the queue's key holds something else.
+    redis_config = write_config(tmp_path, config_data("redis", namespace, tmp_path), "r.yml")
+    redis_server.set(f"{namespace}-wrong", "not a list")
+    try:
+        done = taskctl(tmp_path, redis_config, "queue", "stats", f"{namespace}-wrong")
+    finally:
+        redis_server.delete(f"{namespace}-wrong")
+    assert done.returncode == 70, done.stderr
+    assert "WRONGTYPE" in done.stderr
+    cancelled = subprocess.run(
+        [str(BIN / "taskctl"), "-c", str(config), "queue", "purge", namespace],
+        input="n\n", capture_output=True, text=True, env=process_env(tmp_path), timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert cancelled.returncode == 5 and "nothing was purged" in cancelled.stderr
+    listed = taskctl(tmp_path, config, "--help").stdout
+    for code, meaning in TASKCTL_EXIT_STATUSES:
+        assert re.search(rf"^ +{code} +{re.escape(meaning)}$", listed, re.MULTILINE)
+
+
+def test_ctrl_c_while_waiting_exits_130(tmp_path: Path, namespace: str) -> None:
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    waiting = subprocess.Popen(
+        [str(BIN / "taskctl"), "-c", str(config), "send", "sum", "--wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(tmp_path),
+    )  # fmt: skip
+    store = tmp_path / f"{namespace}.db"  # written by the send: taskctl is in its command
+    wait_until(store.exists, 10, what="the task to be sent")
+    waiting.send_signal(signal.SIGINT)
+    _out, err = waiting.communicate(timeout=10)
+    assert waiting.returncode == 130
+    assert "interrupted" in err
 
 
 def test_versions(tmp_path: Path) -> None:
@@ -124,3 +182,50 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "hunter2" not in done.stdout
     assert "broker: redis://:***@127.0.0.1:6379/0" in done.stdout
+
+
+def test_config_after_the_command_and_arguments_from_files(tmp_path: Path, namespace: str) -> None:
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    numbers, big = tmp_path / "numbers.json", tmp_path / "big.txt"
+    numbers.write_text("[1, 2, 3]\n")
+    big.write_text("x" * 10_000_000)  # 10 MB
+    done = run_cli(
+        tmp_path, "taskctl", "send", "concat", "-c", str(config), "--json",
+        "--arg", f"[]int64:@{numbers}", "--arg", f"string:@{big}", "--arg", "string:@@home",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    args = json.loads(done.stdout)["Args"]
+    assert args[0] == {"Name": "", "Type": "[]int64", "Value": [1, 2, 3]}
+    assert args[1]["Value"] == "x" * 10_000_000
+    assert args[2]["Value"] == "@home"  # @@ for a value that starts with @
+    missing = run_cli(tmp_path, "taskctl", "send", "sum", "--arg", "[]int64:@nope", "-c", "x")
+    assert missing.returncode == 2 and "cannot read nope" in missing.stderr
+
+
+def test_queue_output_for_people(tmp_path: Path, namespace: str) -> None:
+    from taskd.brokers import open_broker
+    from taskd.config import load_config
+
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    empty = taskctl(tmp_path, config, "queue", "dead")
+    assert (empty.returncode, empty.stdout) == (0, "")
+    assert f"no dead letters in {namespace}" in empty.stderr
+    broker = open_broker(load_config(config, env={}))
+    broker.publish(namespace, b"\xff\xfe not utf-8")
+    broker.close()
+    peeked = taskctl(tmp_path, config, "queue", "peek")
+    assert peeked.stdout == "\\xff\\xfe not utf-8\n"  # escaped, not replacement marks
+
+
+def test_chord_prints_the_error_callbacks_id(tmp_path: Path, namespace: str) -> None:
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    document = tmp_path / "chord.yml"
+    document.write_text("group: [add int64:1, add int64:2]\ncallback: sum\nerror_callback: noop\n")
+    done = taskctl(tmp_path, config, "chord", str(document))
+    assert done.returncode == 0, done.stderr
+    group_id, *members, callback_id, error_id = done.stdout.split()
+    assert group_id.startswith("group_") and len(members) == 2
+    assert callback_id.startswith("chord_") and error_id.startswith("task_")
+    stored = taskctl(tmp_path, config, "queue", "peek", "--limit", "1")
+    (member,) = (json.loads(line) for line in stored.stdout.splitlines())
+    assert member["ChordCallback"]["OnError"][0]["UUID"] == error_id

@@ -155,6 +155,14 @@ def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str)
         "- {name: sum, eta: 2026-01-01}": "needs a timezone",
         "- {name: sum, eta: 12345}": "is not an ISO 8601 time",
         '- "add \'int64:1"': "No closing quotation",
+        # Misspelt keys, in the short form and in machinery's (any case, as Go matches):
+        '- {name: add, argz: ["int64:1"]}': "[0]: unknown key 'argz' (did you mean 'args'?)",
+        "- add int64:1\n- {Name: add, Agrs: [{Type: int64, Value: 5}]}": (
+            "[1]: unknown key 'Agrs' (did you mean 'Args'?)"
+        ),
+        "- {NAME: add, ARGS: [{TYPE: int64, VALU: 5}]}": "[0].Args[0]: unknown key 'VALU'",
+        "- {Name: add, OnSuccess: [{Name: add, Retrycont: 1}]}": "[0].OnSuccess[0]: unknown",
+        "- {Name: add, countdown: 1}": "'countdown' is a key of the short form",
     }
     for text, message in cases.items():
         document = tmp_path / "bad.yml"
@@ -163,6 +171,8 @@ def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str)
         assert done.returncode == 2, (text, done.stderr)
         assert message in done.stderr, (text, done.stderr)
         assert "Traceback" not in done.stderr
+    stats = taskctl(tmp_path, config, "queue", "stats", "--json")
+    assert json.loads(stats.stdout)["ready"] == 0  # nothing was sent
 
 
 def test_waiting_on_a_chord_shows_progress_on_a_terminal_only(tmp_path: Path, served: Path) -> None:

@@ -182,6 +182,41 @@ def test_bad_input_never_stops_the_daemon(
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            ('"ETA":null', '"ETA":"garbage"'),
+            "malformed message: ETA: time 'garbage' is not RFC 3339",
+        ),
+        (('"Name":"add"', '"Name":""'), "malformed message: UUID and Name must not be empty"),
+        (('"Priority":0', '"Priority":"high"'), "malformed message: Priority must be"),
+    ],
+)
+def test_a_message_set_aside_after_sending_fails_its_task(
+    driver_kind: str,
+    namespace: str,
+    tmp_path: Path,
+    daemon: Callable[..., Any],
+    change: tuple[str, str],
+    reason: str,
+) -> None:
+    """Its sender, waiting on the task's state, gets FAILURE with the reason, not PENDING
+    for ever."""
+    config, client = client_for(driver_kind, namespace, tmp_path)
+    task_id = new_id()
+    values = {"id": task_id, "queue": namespace}
+    client.backend.set_state(decode_state(GO_PENDING % values))
+    client.broker.publish(namespace, (GO_MESSAGE % values).replace(*change).encode())
+    daemon(config, "--concurrency", "1").wait_ready(1)
+    waited = run_cli(tmp_path, "taskctl", "-c", str(config), "result", task_id, "--wait", "20")
+    assert waited.returncode == 1, waited.stderr
+    assert f"{task_id} failed: {reason}" in waited.stderr
+    (letter,) = client.broker.dead_letters(namespace, 5)
+    assert letter.reason.startswith(reason)
+    client.close()
+
+
 def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"worker": {"concurency": 2}}, "bad.yml")
     done = run_cli(tmp_path, "taskd", "start", "-c", str(path))

@@ -1,8 +1,8 @@
 """The AMQP broker's operations for taskctl, on a channel of their own.
 
-RabbitMQ cannot show a message without taking it: ``peek``, ``dead_letters`` and the count
-of delayed messages (which wait in the exchange's delay ladder, among other queues') take
-them unacked and close their channel, which puts them back in order (flagged as
+RabbitMQ cannot show a message without taking it: ``peek``, ``dead_letters`` (``dead.py``)
+and the count of delayed messages (which wait in the exchange's delay ladder, among other
+queues') take them unacked and close their channel, which puts them back in order (flagged as
 redelivered, their expiry kept). These cost a read of every message they look through.
 """
 
@@ -13,12 +13,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from taskd.brokers.amqp import delays
-from taskd.brokers.amqp.topology import DEAD_PREFIX, Session, Topology
-from taskd.brokers.base import DeadLetter
-from taskd.wire import GoTime
+from taskd.brokers.amqp.topology import Session, Topology
+from taskd.brokers.base import Holding
 
 T = TypeVar("T")
-DEAD_LETTERS_READ = 1000  # most dead letters read to find the newest
 RETURN_WAIT_S = 2.0  # longest wait for looked-at messages to be back in their queue
 
 
@@ -64,7 +62,9 @@ class AMQPQueueAdmin:
 
         def scan(session: Session) -> int:
             found = 0
-            for name in self._topology.ladder.queues():
+            # From the longest delays down, the way messages move: a scan that overtakes a
+            # message (each level holds it 100 ms or more) sees it, one that meets it may not.
+            for name in reversed(self._topology.ladder.queues()):
                 channel = session.connection.channel()
                 try:
                     if not self._count(channel, name):
@@ -123,23 +123,8 @@ class AMQPQueueAdmin:
 
         return self._on_own_channel(purge, queue) + self._delayed_for(queue, drop=True)
 
-    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
-        letters = []
-        for properties, body in self._look(queue, DEAD_PREFIX + queue, DEAD_LETTERS_READ):
-            headers = properties.headers or {}
-            letters.append(
-                DeadLetter(
-                    queue,
-                    body,
-                    _text(headers.get("x-taskd-reason")),
-                    GoTime.parse(_text(headers.get("x-taskd-rejected-at")) or _ZERO),
-                )
-            )
-        return letters[::-1][:limit]
-
-
-_ZERO = "0001-01-01T00:00:00Z"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
+    def holding(self, queue: str) -> Holding:
+        """Unknown: AMQP 0-9-1 does not count unacked messages (RabbitMQ's management API
+        does). RabbitMQ gives back a dead consumer's messages itself, once it notices its
+        connection is gone (within the heartbeat: half of ``worker.consumer_timeout``)."""
+        return Holding(None, None)

@@ -13,11 +13,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import structlog
+
 from taskd import redisdb
 from taskd.brokers.lease import BeatThread, SilenceJudge, gone_here, new_consumer_id
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.config import Lease
 from taskd.errors import BrokerError, BrokerUnavailable
+
+log = structlog.get_logger("taskd.redis")
 
 BEAT = redisdb.Script.packaged("beat.lua")
 RECLAIM = redisdb.Script.packaged("requeue.lua", "reclaim.lua")
@@ -79,10 +83,10 @@ class RedisConsumers:
             self._judge.beat_succeeded()
             gone = [cid for cid in self._known() if gone_here(cid)]
             if gone:  # died on this machine: no need to wait for them to fall silent
-                self._requeue(gone)
+                _recovered(self._requeue(gone), gone)
             if not self._judge.may_judge():
                 return  # not in touch long enough to tell a silent consumer from a cut-off one
-            RECLAIM(
+            silent, moved = RECLAIM(
                 self._redis,
                 keys=self._liveness_keys(),
                 args=[
@@ -92,6 +96,7 @@ class RedisConsumers:
                     self._keys.default_queue,
                 ],
             )
+            _recovered(int(moved), int(silent))
 
     def _known(self) -> Iterator[str]:
         for consumer_id in self._redis.zrange(self._keys.consumers, 0, -1):
@@ -104,10 +109,16 @@ class RedisConsumers:
         args = [item for queue, cid in self._ids.items() for item in (cid, queue)]
         BEAT(self._redis, keys=[self._keys.consumers, self._keys.consumer_queues], args=args)
 
-    def _requeue(self, consumer_ids: Sequence[str]) -> None:
-        """Put these consumers' messages back at the head of their queues and forget them."""
-        LEAVE(
+    def _requeue(self, consumer_ids: Sequence[str]) -> int:
+        """Put these consumers' messages back at the head of their queues and forget them;
+        how many went back."""
+        return LEAVE(
             self._redis,
             keys=self._liveness_keys(),
             args=[self._keys.processing(""), self._keys.default_queue, *consumer_ids],
         )
+
+
+def _recovered(count: int, consumers: Sequence[str] | int) -> None:
+    if count:
+        log.warning("messages_recovered", count=count, dead_consumers=consumers)
