@@ -1,14 +1,25 @@
 """structlog setup, run once per process tree before forking.
 
-One event per line on stderr: JSON when stderr is not a terminal (journald, files, pipes),
-readable console lines when it is. Each line goes out in a single ``write`` so lines from
-forked children never interleave.
+One event per line on stderr, in one of three forms:
+
+- the journal (stderr is the stream ``$JOURNAL_STREAM`` names, as systemd sets it for a
+  service): ``<3>child_exited child=2 signal=SIGKILL``. The ``<N>`` prefix is the syslog
+  priority, which journald strips and stores as the entry's PRIORITY, so ``journalctl -p
+  warning`` filters and errors stand out; the journal keeps the time, unit and host itself,
+  and ``key=value`` pairs read at a glance yet still parse (a value with spaces, quotes or
+  newlines is a quoted JSON string, so a traceback stays on its one line).
+- JSON objects with ``timestamp`` and ``level`` when stderr is anything else that is not a
+  terminal (files, pipes, container logs).
+- readable console lines on a terminal.
+
+Each line goes out in a single ``write`` so lines from forked children never interleave.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,17 +57,56 @@ def _orjson_dumps(event: Any, **_kwargs: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
 
+# syslog priorities (sd-daemon(3)'s SD_ERR...) of structlog's levels
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def is_journal(fd: int, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``fd`` is the journal stream systemd connected (``$JOURNAL_STREAM`` is its
+    ``device:inode``; a descriptor redirected elsewhere no longer matches)."""
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+def _journal_line(_logger: Any, method: str, event: dict[str, Any]) -> str:
+    """``<priority>event key=value ...`` for journald."""
+    priority = PRIORITIES.get(event.pop("level", method), 6)
+    name = str(event.pop("event", ""))
+    pairs = "".join(f" {key}={_logfmt(value)}" for key, value in event.items())
+    return f"<{priority}>{name}{pairs}"
+
+
+def _logfmt(value: Any) -> str:
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
+        value = ",".join(map(str, value))  # tasks=add,sum: a list of names reads as one
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if not text or not text.isprintable() or any(c in text for c in ' "='):
+        return orjson.dumps(text).decode()  # quoted, newlines escaped
+    return text
+
+
 def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> None:
-    """Route structlog to ``fd``: JSON lines unless it is a terminal (or ``json`` says)."""
+    """Route structlog to ``fd``: journal lines when it is the journal, else JSON lines
+    unless it is a terminal (``json`` forces one of the last two)."""
+    journal = json is None and is_journal(fd)
     if json is None:
         json = not os.isatty(fd)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if json:
-        renderer: list[Any] = [
+    if not journal:  # the journal stamps entries itself
+        shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+    if journal:
+        renderer: list[Any] = [structlog.processors.format_exc_info, _journal_line]
+    elif json:
+        renderer = [
             structlog.processors.dict_tracebacks,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ]

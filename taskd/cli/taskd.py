@@ -8,9 +8,9 @@ import click
 import structlog
 
 from taskd import __version__, logs
-from taskd.cli.params import config_option, load
-from taskd.config import LOG_LEVELS, dump
-from taskd.errors import PluginError
+from taskd.cli.params import ConfigFailure, config_option, load
+from taskd.config import LOG_LEVELS, dump, embedded_url
+from taskd.errors import ConfigError, PluginError
 from taskd.exitcodes import EXIT_FAILURE
 from taskd.registry import load_registry
 from taskd.worker.liveness import MAX_CHILDREN
@@ -36,9 +36,11 @@ def start(
     config_path: str | None, concurrency: int | None, queue: str | None, log_level: str | None
 ) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
-    config = load(config_path)
+    config = load(config_path, [queue] if queue else [])
     logs.configure(log_level or config.log_level)
     log = structlog.get_logger("taskd")
+    for key, reason in config.ignored:  # machinery's keys that mean nothing to taskd
+        log.info("config_key_ignored", key=key, reason=reason, config=config.source)
     try:
         registry = load_registry(config.imports)
     except PluginError as exc:
@@ -46,6 +48,12 @@ def start(
         sys.exit(EXIT_FAILURE)
     if not registry.names():
         log.warning("no_tasks_registered", hint="install a task plugin or set imports:")
+    if config.result_backend == embedded_url() and config.broker != embedded_url():
+        log.warning(
+            "results_stored_locally",
+            result_backend=config.result_backend,
+            hint="other hosts cannot read them: set result_backend",
+        )
     supervisor = Supervisor(
         config, registry, queue=queue, concurrency=concurrency, config_path=config_path
     )
@@ -55,8 +63,18 @@ def start(
 @main.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
-    """Validate the configuration and print it, with secrets redacted."""
-    click.echo(dump(load(config_path)), nl=False)
+    """Validate the configuration (and that its imports load) and print it, with secrets
+    redacted."""
+    config = load(config_path)
+    try:
+        load_registry(config.imports)
+    except PluginError as exc:
+        if exc.plugin in config.imports:
+            raise ConfigFailure(str(ConfigError("imports", str(exc), config.source))) from None
+        raise click.ClickException(str(exc)) from None
+    for key, reason in config.ignored:  # machinery's keys that mean nothing to taskd
+        click.echo(f"{config.source}: {key}: accepted and ignored: {reason}", err=True)
+    click.echo(dump(config), nl=False)
 
 
 @main.command()

@@ -2,34 +2,150 @@
 
 (Not to be confused with consumer leases, ``taskd.brokers.lease``, which tell other consumers.)
 
-A child stamps ``time.monotonic()`` and whether it is running a task every turn of its loop;
-the supervisor reads the slots to find a child that stopped turning while idle (a wedged
-consumer) and replaces it. No pipes, no syscalls: a stamp is a memory write.
+A child stamps ``time.monotonic()`` and whether it is running a task every turn of its loop,
+and while it rides out a driver outage; while it runs tasks a thread of its own (``busy``)
+stamps every BUSY_BEAT_S, so a long task still shows a live child. A child also marks its
+slot ready once its broker and backend have answered, and counts the tasks it finished. The
+supervisor reads the slots to replace a child that stopped turning while idle (a wedged
+consumer), to tell systemd when the pool is ready and whether it makes progress
+(``taskd.worker.service``), and to count tasks done. No pipes, no syscalls: a stamp is a
+memory write.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
+import threading
 import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.config import Config
 
 MAX_CHILDREN = 1024  # slots allocated up front; the pool never grows past this
-_SLOT = struct.Struct("=dI4x")  # last beat (monotonic seconds), busy flag, padding
+BUSY_BEAT_S = 1.0  # while a child runs tasks, its slot is stamped this often
+# last beat (monotonic seconds), busy flag, ready flag, tasks done; then since when its
+# broker (1) or backend (2) has been unreachable (monotonic seconds; kind 0: reachable)
+_SLOT = struct.Struct("=dIIQdI")
+_STAMP = struct.Struct("=dI")  # the slot's first two fields
+_BEAT = struct.Struct("=d")
+_READY_AT = 12  # byte offsets of the ready flag and the task count in a slot
+_DONE_AT = 16
+_OUTAGE_AT = 24
+_OUTAGE = struct.Struct("=dI")
+OUTAGE_KINDS = ("", "broker", "backend")
+_FLAG = struct.Struct("=I")
+_COUNT = struct.Struct("=Q")
+PROBE_TASK_ID = "taskd-readiness-probe"  # looked up once per child; never a task's id
+
+
+def reached_backend(config: Config) -> ResultBackend:
+    """The configured backend, once it has answered a read: drivers connect lazily, and a
+    child is ready only when its backend, too, has been reached."""
+    backend = open_backend(config)
+    try:
+        backend.get_state(PROBE_TASK_ID)
+    except BaseException:
+        backend.close()  # the caller tries again with a new one
+        raise
+    return backend
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    beat_s: float  # time.monotonic() of the last stamp (of the fork, before the child's first)
+    busy: bool  # running tasks at that stamp
+    ready: bool  # its broker and backend answered
+    tasks_done: int  # tasks this child finished
+    outage: str = ""  # "broker" or "backend" while the child cannot reach it...
+    outage_since_s: float = 0.0  # ...since this time.monotonic()
 
 
 class ChildLiveness:
     def __init__(self, slots: int = MAX_CHILDREN) -> None:
         self._slots = slots
         self._mem = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared across fork
+        self._clock: _BusyClock | None = None  # the child's own, made in the child
 
     @property
     def slots(self) -> int:
         return self._slots
 
+    def reset(self, slot: int) -> None:
+        """A new child in ``slot``: stamped now, idle, not ready, nothing done (supervisor)."""
+        _SLOT.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), 0, 0, 0, 0.0, 0)
+
     def stamp(self, slot: int, *, busy: bool) -> None:
-        _SLOT.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), int(busy))
+        _STAMP.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), int(busy))
+
+    def mark_ready(self, slot: int) -> None:
+        _FLAG.pack_into(self._mem, slot * _SLOT.size + _READY_AT, 1)
+
+    def count_done(self, slot: int) -> None:
+        """One more task finished in ``slot`` (only its child writes it)."""
+        offset = slot * _SLOT.size + _DONE_AT
+        _COUNT.pack_into(self._mem, offset, _COUNT.unpack_from(self._mem, offset)[0] + 1)
 
     def read(self, slot: int) -> tuple[float, bool]:
         """When the slot's child last stamped, and whether it was running a task then."""
-        last, busy = _SLOT.unpack_from(self._mem, slot * _SLOT.size)
+        last, busy = _STAMP.unpack_from(self._mem, slot * _SLOT.size)
         return last, bool(busy)
+
+    def view(self, slot: int) -> SlotView:
+        beat_s, busy, ready, done, since, kind = _SLOT.unpack_from(self._mem, slot * _SLOT.size)
+        return SlotView(beat_s, bool(busy), bool(ready), done, OUTAGE_KINDS[kind], since)
+
+    def outage(self, slot: int, kind: str, since_s: float) -> None:
+        """The child cannot reach its ``kind`` ("broker", "backend"; "" when it can again)
+        since ``since_s`` (time.monotonic()), for the status systemd shows."""
+        _OUTAGE.pack_into(
+            self._mem, slot * _SLOT.size + _OUTAGE_AT, since_s, OUTAGE_KINDS.index(kind)
+        )
+
+    def busy(self, slot: int) -> _BusyClock:
+        """``with liveness.busy(slot):`` around running tasks: stamped busy now and every
+        BUSY_BEAT_S until the block ends, from a thread (started on first use, in the child)."""
+        if self._clock is None or self._clock.pid != os.getpid() or self._clock.slot != slot:
+            self._clock = _BusyClock(self, slot)
+        return self._clock
+
+    def beat(self, slot: int) -> None:
+        """Stamp the time only, keeping the busy flag."""
+        _BEAT.pack_into(self._mem, slot * _SLOT.size, time.monotonic())
+
+
+class _BusyClock:
+    """Stamps one slot from a daemon thread while the block it guards runs.
+
+    The thread needs the interpreter: a child that is stopped, or stuck in C code that holds
+    the GIL, stops stamping, which is what the supervisor's progress check looks for.
+    """
+
+    def __init__(self, liveness: ChildLiveness, slot: int) -> None:
+        self.liveness, self.slot, self.pid = liveness, slot, os.getpid()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        self.liveness.stamp(self.slot, busy=True)
+        self._busy = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="taskd-busy-clock", daemon=True)
+            self._thread.start()
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self._busy = False
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(BUSY_BEAT_S)
+            if self._busy:  # the time only: the busy flag is the main thread's to write
+                self.liveness.beat(self.slot)

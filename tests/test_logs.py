@@ -1,0 +1,85 @@
+"""Log lines in the journal: ``<priority>event key=value``, when stderr is the stream systemd
+names in ``$JOURNAL_STREAM``; JSON lines anywhere else."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from taskd.logs import is_journal
+from tests.support.harness import BIN, client_for, process_env, wait_until
+
+
+def journal_env(tmp_path: Path, stream: Path) -> dict[str, str]:
+    """The environment systemd gives a service whose stderr is ``stream``."""
+    stat = stream.stat()
+    return process_env(tmp_path, JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
+
+
+def test_the_daemon_writes_priorities_for_the_journal(namespace: str, tmp_path: Path) -> None:
+    config, client = client_for("sqlite", namespace, tmp_path)
+    stream = tmp_path / "journal"
+    stream.touch()
+    with stream.open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(BIN / "taskd"), "start", "-c", str(config), "--concurrency", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=journal_env(tmp_path, stream),
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: "child_ready" in stream.read_text(), 20, what="child_ready")
+            assert client.send("fail", "boom").state() is not None
+            wait_until(lambda: "task_failed" in stream.read_text(), 20, what="task_failed")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+    lines = stream.read_text().splitlines()
+    assert lines and all(line.startswith("<") for line in lines), lines
+    by_event = {line.split()[0]: line for line in lines}
+    assert "<6>taskd_started" in by_event
+    assert "<6>child_ready" in by_event
+    failed = by_event["<3>task_failed"]
+    assert "error=boom" in failed and "timestamp" not in failed  # the journal keeps the time
+    assert "task=fail" in failed
+    assert "<6>taskd_stopped" in by_event
+    client.close()
+
+
+def test_a_critical_error_at_start_has_its_priority(tmp_path: Path) -> None:
+    config = tmp_path / "taskd.yml"
+    config.write_text("imports: [no_such_module_anywhere]\n")
+    stream = tmp_path / "journal"
+    stream.touch()
+    with stream.open("wb") as stderr:
+        done = subprocess.run(
+            [str(BIN / "taskd"), "start", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=journal_env(tmp_path, stream),
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    (line,) = [line for line in stream.read_text().splitlines() if "plugin_failed" in line]
+    assert line.startswith("<2>plugin_failed ")
+    error, _end = json.JSONDecoder().raw_decode(line.split(" error=", 1)[1])
+    assert "no_such_module_anywhere" in error  # a value with spaces is a quoted JSON string
+
+
+def test_a_stream_elsewhere_is_not_the_journal(tmp_path: Path) -> None:
+    stream = tmp_path / "journal"
+    stream.touch()
+    stat = stream.stat()
+    with stream.open("wb") as file:
+        assert is_journal(file.fileno(), {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"})
+        assert not is_journal(file.fileno(), {"JOURNAL_STREAM": f"{stat.st_dev}:1"})
+        assert not is_journal(file.fileno(), {})
+        assert not is_journal(file.fileno(), {"JOURNAL_STREAM": "garbage"})
