@@ -3,21 +3,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 from taskd.backends import open_backend
 from taskd.brokers import open_broker
 from taskd.config import Config
 from taskd.errors import BackendUnavailable, BrokerUnavailable, ConfigError, DriverError
 
 
-def check_drivers(config: Config) -> None:
+def check_drivers(config: Config, queues: Sequence[str] = ()) -> None:
     """Build the configured broker and backend and close them again: a URL that names a
     driver but cannot be used (bad host or port, a file that cannot be created) fails here,
-    naming its key, before anything depends on it. Unreachable servers are not an error:
-    drivers connect lazily, and the daemon rides out an outage."""
-    for key, open_driver in (("broker", open_broker), ("result_backend", open_backend)):
+    naming its key, before anything depends on it; so does what the broker's ``check``
+    refuses for the default queue and ``queues`` (a Redis queue named like the delayed set,
+    a key of the wrong type). Unreachable servers are not an error: drivers connect lazily,
+    and the daemon rides out an outage."""
+    with _named("broker", config):
+        broker = open_broker(config)
         try:
-            open_driver(config).close()
-        except (BrokerUnavailable, BackendUnavailable):
-            continue
-        except DriverError as exc:
-            raise ConfigError(key, str(exc), config.source) from None
+            broker.check(list(dict.fromkeys([config.default_queue, *queues])))
+        finally:
+            broker.close()
+    with _named("result_backend", config):
+        open_backend(config).close()
+
+
+@contextmanager
+def _named(key: str, config: Config) -> Iterator[None]:
+    """A driver's permanent error as a ConfigError naming ``key``; unavailability passes."""
+    try:
+        yield
+    except (BrokerUnavailable, BackendUnavailable):
+        return
+    except DriverError as exc:
+        raise ConfigError(key, str(exc), config.source) from None

@@ -1,30 +1,30 @@
 """Configuration: YAML with machinery's keys, overridden by ``TASKD_*`` environment variables.
 
-The schema is the dataclasses below: a key that is not a field is an error, a value of the
-wrong type is an error, and both name the file (or variable) and the key path. Every default
-lives here.
+The schema is the dataclasses below: a key that is not a field is an error (machinery's other
+keys are mapped, ignored or refused by ``taskd.config_machinery``), a value of the wrong type
+is an error, and both name the file (or variable) and the key path. Every default lives here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from taskd import config_env, config_machinery
+from taskd.config_dump import dump, to_mapping  # noqa: F401 (re-exported)
+from taskd.config_env import CONFIG_ENV, ENV_PREFIX, STATE_DIR_ENV  # noqa: F401
+from taskd.config_env import public_fields as _public_fields
+from taskd.credentials import redact_url, with_secrets  # noqa: F401 (redact_url re-exported)
 from taskd.errors import ConfigError
 
-ENV_PREFIX = "TASKD_"
-CONFIG_ENV = "TASKD_CONFIG"
-STATE_DIR_ENV = "TASKD_STATE_DIR"
 DEFAULT_QUEUE = "machinery_tasks"  # machinery's default, so its example producers run unchanged
 DEFAULT_RESULTS_EXPIRE_IN_S = 3600  # machinery's DefaultResultsExpireIn
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -46,10 +46,14 @@ class RedisConfig:
     delayed_tasks_poll_period: int = _opt(
         500, "ms between checks for due ETA tasks when none is known to be due sooner", min=1
     )
-    connect_timeout: float = _opt(15.0, "seconds to connect", min=0.1)
-    read_timeout: float = _opt(15.0, "seconds to wait for a reply", min=0.1)
-    write_timeout: float = _opt(15.0, "seconds to send a command", min=0.1)
-    max_active: int = _opt(10, "connection pool size per process", min=1)
+    connect_timeout: float = _opt(15.0, "seconds to connect; 0: no limit", min=0)
+    read_timeout: float = _opt(15.0, "seconds to wait for a reply; 0: no limit", min=0)
+    write_timeout: float = _opt(15.0, "seconds to send a command; 0: no limit", min=0)
+    max_active: int = _opt(10, "connection pool size per process; 0: no limit", min=0)
+    wait: bool = _opt(False, "when the pool is full, wait for a connection instead of failing")
+    max_idle_timeout: int = _opt(
+        30, "seconds a connection may sit idle before a PING checks it on next use; 0: never", min=0
+    )
     client_name: str = _opt("", "CLIENT SETNAME for taskd's connections")
 
 
@@ -107,6 +111,19 @@ class WorkerConfig:
     )
     retry_jitter: float = _opt(0.0, "spread retry delays by up to this fraction either way", min=0)
     retry_max_delay: float = _opt(0.0, "longest retry delay in seconds; 0 means no cap", min=0)
+    time_limit: float = _opt(0.0, "seconds a task runs before its child is killed; 0: none", min=0)
+    soft_time_limit: float = _opt(0.0, "seconds until a task gets SoftTimeLimitExceeded", min=0)
+    max_tasks_per_child: int = _opt(0, "tasks a child runs, then is replaced; 0: no limit", min=0)
+    max_memory_per_child: int = _opt(0, "MiB resident that gets a child replaced; 0: none", min=0)
+    dead_letters_max: int = _opt(
+        10_000, "dead letters kept per queue, the oldest dropped first; 0: no cap", min=0
+    )
+    dead_letters_max_age: int = _opt(  # at most 10 years: RabbitMQ's longest x-message-ttl
+        604_800,
+        "seconds a dead letter is kept (default 7 days); 0: no limit",
+        min=0,
+        max=315_360_000,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +159,10 @@ class Config:
     worker: WorkerConfig = _opt(WorkerConfig(), "the taskd daemon")
     # Where the settings came from, for messages; not a key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
+    # machinery's keys found and ignored, with why (taskd.config_machinery); not a key.
+    ignored: tuple[tuple[str, str], ...] = field(
+        default=(), compare=False, metadata={"internal": True}
+    )
 
     @property
     def results_expire_in_s(self) -> int:
@@ -181,8 +202,9 @@ def load_config(
     data: dict[str, Any] = {}
     if source is not None:
         data = _read_yaml(source)
+    data, machinery_keys = config_machinery.take(data, source)
     config = _build(Config, data, "", source)
-    config = _apply_env(config, env)
+    config = with_secrets(_apply_env(config, env), env, source)  # {credential:...} passwords
     worker = config.worker
     if worker.consumer_timeout <= 2 * worker.heartbeat_interval:
         raise ConfigError(
@@ -195,8 +217,19 @@ def load_config(
     if not config.broker:
         changes["broker"] = embedded_url(env)
     if not config.result_backend:
-        changes["result_backend"] = embedded_url(env)
-    return replace(config, **changes)
+        changes["result_backend"] = results_default(config.broker, env)
+    return config_machinery.settle(replace(config, **changes), machinery_keys)
+
+
+def results_default(broker: str, env: Mapping[str, str] = os.environ) -> str:
+    """Where results go when ``result_backend`` is empty: the broker's server where a result
+    backend driver serves its scheme (so ``TASKD_BROKER=redis://...`` alone keeps results next
+    to the messages, where every worker and sender can read them), else the embedded file."""
+    from taskd.drivers import BACKENDS_GROUP, installed, scheme_of
+
+    if broker and scheme_of(broker) in installed(BACKENDS_GROUP):
+        return broker
+    return embedded_url(env)
 
 
 def _read_yaml(source: str) -> dict[str, Any]:
@@ -218,17 +251,13 @@ def _read_yaml(source: str) -> dict[str, Any]:
     return data
 
 
-def _public_fields(cls: type) -> list[Any]:
-    return [f for f in fields(cls) if not f.metadata.get("internal")]
-
-
 def _build(cls: type, data: Any, prefix: str, source: str | None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip("."), "must be a mapping of keys", source)
     known = {f.name: f for f in _public_fields(cls)}
     for key in data:
         if key not in known:
-            hint = _closest(str(key), known)
+            hint = _closest(str(key), [*known, *config_machinery.names_under(prefix)])
             raise ConfigError(f"{prefix}{key}", f"unknown key{hint}", source)
     hints = typing.get_type_hints(cls)
     values = {}
@@ -238,7 +267,7 @@ def _build(cls: type, data: Any, prefix: str, source: str | None) -> Any:
     return cls(**values)
 
 
-def _closest(key: str, known: Mapping[str, Any]) -> str:
+def _closest(key: str, known: list[str]) -> str:
     import difflib
 
     match = difflib.get_close_matches(key, list(known), n=1)
@@ -297,102 +326,10 @@ def _check_range(value: float, key: str, source: str | None, spec: Any) -> Any:
     return value
 
 
-def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    hints = typing.get_type_hints(cls)
-    out = []
-    for spec in _public_fields(cls):
-        path = (*prefix, spec.name)
-        if is_dataclass(hints[spec.name]):
-            out.extend(_leaves(hints[spec.name], path))
-        else:
-            out.append((path, spec))
-    return out
-
-
 def env_names() -> dict[str, tuple[str, ...]]:
     """Each overridable key's variable: ``TASKD_WORKER_CONCURRENCY`` -> (worker, concurrency)."""
-    return {ENV_PREFIX + "_".join(path).upper(): path for path, _ in _leaves(Config)}
+    return config_env.env_names(Config)
 
 
 def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
-    for name, path in env_names().items():
-        if name not in env:
-            continue
-        text = env[name]
-        hint = _hint_at(path)
-        value: Any = text
-        if hint is int or hint is float:
-            with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e3" as a string
-                value = hint(text)
-        elif hint is not str:
-            try:
-                value = yaml.safe_load(text) if text.strip() else None
-            except yaml.YAMLError:
-                value = text
-        config = _set_path(config, path, value, name)
-    return config
-
-
-def _hint_at(path: tuple[str, ...]) -> Any:
-    cls: Any = Config
-    for name in path:
-        cls = typing.get_type_hints(cls)[name]
-    return cls
-
-
-def _set_path(obj: Any, path: tuple[str, ...], value: Any, env_name: str) -> Any:
-    name = path[0]
-    if len(path) > 1:
-        return replace(obj, **{name: _set_path(getattr(obj, name), path[1:], value, env_name)})
-    spec = next(f for f in fields(obj) if f.name == name)
-    hint = typing.get_type_hints(type(obj))[name]
-    return replace(obj, **{name: _coerce(hint, value, env_name, "environment", spec)})
-
-
-# -- showing --------------------------------------------------------------------------------
-
-_SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password replaced by ``***`` (machinery's RedactURL).
-
-    For Redis URLs a userinfo without a colon is a password, as machinery reads it.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme == "redis+socket":  # machinery: redis+socket://password@/path.sock:/db
-        authority_end = rest.find("@/") + 1
-    else:
-        authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    userinfo, at, host = rest[:authority_end].rpartition("@")
-    location = host + rest[authority_end:]
-    if not sep or not at or not userinfo:
-        return url
-    user, colon, _password = userinfo.partition(":")
-    if colon:
-        return f"{scheme}://{user}:***@{location}"
-    if scheme.startswith("redis"):
-        return f"{scheme}://***@{location}"
-    return url
-
-
-def to_mapping(obj: Any, *, redact: bool = True) -> dict[str, Any]:
-    """The config as plain data, secrets redacted, for ``taskd check-config``."""
-    out: dict[str, Any] = {}
-    for spec in _public_fields(type(obj)):
-        value = getattr(obj, spec.name)
-        if is_dataclass(value):
-            value = to_mapping(value, redact=redact)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif redact and isinstance(value, str):
-            if spec.metadata.get("secret_url"):
-                value = redact_url(value)
-            elif _SECRET_KEY.search(spec.name) and value:
-                value = "***"
-        out[spec.name] = value
-    return out
-
-
-def dump(config: Config) -> str:
-    return yaml.safe_dump(to_mapping(config), sort_keys=False, default_flow_style=False)
+    return config_env.apply_env(config, env, _coerce)

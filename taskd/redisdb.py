@@ -65,7 +65,8 @@ def _db(text: str, url: str, key: str, source: str | None) -> int:
 
 
 def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0) -> Any:
-    """A redis-py client; connections open lazily, from a pool of ``redis.max_active``.
+    """A redis-py client; connections open lazily, from a pool of ``redis.max_active`` (which
+    waits for a free connection when full with ``redis.wait``, else fails).
 
     redis-py's own retries are off: a command whose reply is lost must not run twice behind
     taskd's back (a fetch would strand messages); the worker retries explicitly instead.
@@ -81,17 +82,30 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
             config.source,
         ) from None
     settings = config.redis
-    socket_timeout = max(settings.read_timeout, settings.write_timeout, longest_block_s + 5.0)
-    return redis.Redis(
+    socket_timeout = None  # machinery's 0: no limit
+    if settings.read_timeout and settings.write_timeout:
+        socket_timeout = max(settings.read_timeout, settings.write_timeout, longest_block_s + 5.0)
+    client = redis.Redis(
         **connection_kwargs(url, key, config.source),
         socket_timeout=socket_timeout,
-        socket_connect_timeout=settings.connect_timeout,
+        socket_connect_timeout=settings.connect_timeout or None,
         socket_keepalive=True,
-        max_connections=settings.max_active,
+        max_connections=settings.max_active or 2**31,  # 0: no limit (redis-py's None is 100)
         client_name=settings.client_name or None,
         retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
+        health_check_interval=settings.max_idle_timeout,
     )
+    if not (settings.wait and settings.max_active):
+        return client
+    # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
+    pool = client.connection_pool
+    blocking = redis.BlockingConnectionPool(
+        max_connections=settings.max_active,
+        timeout=socket_timeout,
+        connection_class=pool.connection_class,
+        **pool.connection_kwargs,
+    )
+    return redis.Redis.from_pool(blocking)
 
 
 def translated(

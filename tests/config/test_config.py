@@ -19,6 +19,7 @@ from taskd.config import (
     to_mapping,
 )
 from taskd.errors import ConfigError
+from tests.support.harness import assert_refused
 
 
 def _write(tmp_path: Path, text: str, name: str = "taskd.yml") -> str:
@@ -369,12 +370,7 @@ def test_unknown_section(tmp_path: Path) -> None:
 def test_wrong_types_name_the_file_and_key(
     tmp_path: Path, text: str, key: str, reason: str
 ) -> None:
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as caught:
-        load_config(path, env={})
-    assert caught.value.key == key
-    assert str(caught.value).startswith(f"{path}: {key}: ")
-    assert reason in str(caught.value)
+    assert_refused(_write(tmp_path, text), key, reason)
 
 
 @pytest.mark.parametrize(
@@ -383,8 +379,9 @@ def test_wrong_types_name_the_file_and_key(
         ("worker:\n  prefetch: -1\n", "worker.prefetch", "must be at least 0, got -1"),
         ("worker:\n  concurrency: -1\n", "worker.concurrency", "must be at least 0, got -1"),
         ("worker:\n  poll_interval: 0\n", "worker.poll_interval", "must be at least 0.01"),
-        ("redis:\n  connect_timeout: 0.05\n", "redis.connect_timeout", "must be at least 0.1"),
-        ("redis:\n  max_active: 0\n", "redis.max_active", "must be at least 1"),
+        ("redis:\n  connect_timeout: -1\n", "redis.connect_timeout", "must be at least 0"),
+        ("redis:\n  max_active: -1\n", "redis.max_active", "must be at least 0"),
+        ("redis:\n  delayed_tasks_poll_period: 0\n", "redis.delayed_tasks_poll_period", "least 1"),
         ("results_expire_in: -1\n", "results_expire_in", "must be at least 0"),
     ],
 )
@@ -518,3 +515,40 @@ def test_to_mapping_without_redaction_keeps_the_password() -> None:
     config = load_config(env={"TASKD_BROKER": "redis://:pw@h:1/0", "TASKD_STATE_DIR": "/s"})
     assert to_mapping(config)["broker"] == "redis://:***@h:1/0"
     assert to_mapping(config, redact=False)["broker"] == "redis://:pw@h:1/0"
+
+
+def test_an_unknown_taskd_variable_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    env = {"TASKD_STATE_DIR": str(tmp_path), "TASKD_WORKER_CONCURENCY": "3"}
+    with pytest.raises(
+        ConfigError, match=r"unknown variable \(did you mean TASKD_WORKER_CONCURRENCY"
+    ) as caught:
+        load_config(env=env)
+    assert caught.value.key == "TASKD_WORKER_CONCURENCY"
+    # taskd's own non-key variables and the test suite's are not config keys, and fine:
+    env = {"TASKD_STATE_DIR": str(tmp_path), "TASKD_CONFIG": "", "TASKD_TEST_MONGODB_URL": "x"}
+    assert load_config(env=env).worker.concurrency == 0
+
+
+@pytest.mark.parametrize(
+    ("broker", "results_with_the_broker"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ("amqp://guest:guest@127.0.0.1:5672/", True),
+        ("sqs://127.0.0.1:9324/1", False),  # SQS holds no results: the embedded file
+    ],
+)
+def test_results_default_to_the_brokers_server_where_it_can_hold_them(
+    tmp_path: Path, broker: str, results_with_the_broker: bool
+) -> None:
+    config = load_config(env={"TASKD_STATE_DIR": str(tmp_path), "TASKD_BROKER": broker})
+    expected = broker if results_with_the_broker else f"sqlite://{tmp_path / 'taskd.db'}"
+    assert config.result_backend == expected
+
+
+def test_check_config_loads_the_imports(tmp_path: Path) -> None:
+    from tests.support.harness import run_cli, write_config
+
+    config = write_config(tmp_path, {"imports": ["no_such_module_here"]})
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 2
+    assert f"{config}: imports: task plugin 'no_such_module_here' failed to load" in done.stderr

@@ -39,3 +39,11 @@ class RedisKeys:
     def dead(self, queue: str) -> str:
         """List: messages of ``queue`` set aside, as JSON with the reason."""
         return f"{self.prefix}dead:{queue}"
+
+    def owned(self, key: str) -> bool:
+        """Whether ``key`` is one of taskd's own (no queue or delayed set may be named so):
+        the keys above, and the result backend's chord claims (``<prefix>chord:<group>``)."""
+        families = tuple(f"{self.prefix}{family}:" for family in ("processing", "dead", "chord"))
+        return key in (self.consumers, self.consumer_queues, self.deliveries) or key.startswith(
+            families
+        )

@@ -1,0 +1,114 @@
+"""The Redis broker's checks before it serves (``Broker.check``, run by ``check_drivers``):
+colliding names and keys of the wrong type are config errors naming the setting (exit 2 from
+``taskd check-config`` and ``taskd start``), not a loop of WRONGTYPE errors at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.checks import check_drivers
+from taskd.client import Client
+from taskd.errors import ConfigError
+from tests.support.harness import config_data, free_port, run_cli, write_config
+
+
+def _refusal(config: Any, queues: list[str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        check_drivers(config, queues or [])
+    return caught.value
+
+
+def test_a_queue_named_like_the_delayed_set_is_refused_before_any_write(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    ns = redis_namespace
+    config = make_config("redis", redis={"delayed_tasks_key": ns})  # the queue's name
+    error = _refusal(config)
+    assert error.key == "redis.delayed_tasks_key"
+    assert error.file == config.source
+    assert "is also a queue's name" in error.reason and "WRONGTYPE" in error.reason
+    # the same through --queue, with a delayed key of its own
+    config = make_config("redis")
+    assert _refusal(config, [f"{ns}:delayed"]).key == "redis.delayed_tasks_key"
+    assert redis_server.keys(f"{ns}*") == []  # nothing was written
+
+
+@pytest.mark.parametrize("owned", ["consumers", "consumer_queues", "deliveries", "dead:x"])
+def test_a_queue_named_like_one_of_taskds_own_keys_is_refused(
+    redis_namespace: str, make_config: Callable[..., Any], owned: str
+) -> None:
+    ns = redis_namespace
+    error = _refusal(make_config("redis", default_queue=f"{ns}:{owned}"))
+    assert error.key == "default_queue"
+    assert f"{ns}:{owned}" in error.reason and "redis.key_prefix" in error.reason
+    error = _refusal(make_config("redis"), [f"{ns}:processing:c1"])
+    assert (error.key, error.file) == ("--queue", None)
+    error = _refusal(make_config("redis", redis={"delayed_tasks_key": f"{ns}:{owned}"}))
+    assert error.key == "redis.delayed_tasks_key"
+
+
+@pytest.mark.parametrize(
+    ("plant", "setting", "found", "kept"),
+    [
+        (lambda r, ns: r.set(ns, "x", ex=60), "default_queue", "string", "list"),
+        (lambda r, ns: r.zadd(ns, {"m": 1}), "default_queue", "zset", "list"),
+        (lambda r, ns: r.rpush(f"{ns}:delayed", "m"), "redis.delayed_tasks_key", "list", "zset"),
+        (lambda r, ns: r.set(f"{ns}:consumers", "x", ex=60), "redis.key_prefix", "string", "zset"),
+        (lambda r, ns: r.hset(f"{ns}:dead:{ns}", "a", "b"), "redis.key_prefix", "hash", "list"),
+    ],
+)
+def test_a_key_of_the_wrong_type_is_refused_naming_the_setting(
+    redis_namespace: str,
+    make_config: Callable[..., Any],
+    redis_server: Any,
+    plant: Callable[[Any, str], Any],
+    setting: str,
+    found: str,
+    kept: str,
+) -> None:
+    plant(redis_server, redis_namespace)
+    error = _refusal(make_config("redis"))
+    assert error.key == setting
+    assert f"holds a {found}, where taskd keeps a {kept}" in error.reason
+
+
+def test_keys_taskd_wrote_itself_pass(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    config = make_config("redis")
+    with Client(config) as client:
+        client.send("add", 1, 2)
+        client.send("add", 3, 4, countdown=600)
+        assert client.broker.size(redis_namespace) == 1
+        assert client.broker.delayed(redis_namespace) == 1
+    assert redis_server.type(redis_namespace) == b"list"
+    check_drivers(config, [redis_namespace])  # no error: a list and a sorted set, as kept
+
+
+def test_an_unreachable_redis_is_not_a_config_error(
+    redis_namespace: str, make_config: Callable[..., Any]
+) -> None:
+    config = make_config("redis", broker=f"redis://127.0.0.1:{free_port()}/0")
+    assert check_drivers(config, [redis_namespace]) is None  # the daemon rides it out
+
+
+def test_the_command_line_exits_2_naming_the_setting(
+    redis_namespace: str, tmp_path: Path, redis_server: Any
+) -> None:
+    ns = redis_namespace
+    redis_server.zadd(f"{ns}-other", {"m": 1})
+    path = write_config(tmp_path, config_data("redis", ns, tmp_path))
+    done = run_cli(tmp_path, "taskd", "start", "-c", str(path), "--queue", f"{ns}-other")
+    assert done.returncode == 2, done.stderr
+    assert f"--queue: the Redis key '{ns}-other' holds a zset, where taskd keeps a list" in (
+        done.stderr
+    )
+    redis_server.set(ns, "not a queue", ex=60)
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(path))
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: default_queue: the Redis key '{ns}' holds a string" in done.stderr
+    assert "Traceback" not in done.stderr
