@@ -18,6 +18,7 @@ _EXPORTS = {
     "Client": "taskd.client",
     "Retry": "taskd.errors",
     "Signature": "taskd.wire",
+    "SoftTimeLimitExceeded": "taskd.errors",
     "TaskContext": "taskd.registry",
     "TaskFailed": "taskd.errors",
     "TaskResult": "taskd.wire",
@@ -34,6 +35,7 @@ __all__ = [
     "Client",
     "Retry",
     "Signature",
+    "SoftTimeLimitExceeded",
     "TaskContext",
     "TaskFailed",
     "TaskResult",
@@ -47,7 +49,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from taskd.client import AsyncResult, Client, signature
-    from taskd.errors import Retry, TaskFailed
+    from taskd.errors import Retry, SoftTimeLimitExceeded, TaskFailed
     from taskd.registry import TaskContext, task
     from taskd.wire import Arg, Signature, TaskResult
     from taskd.workflows import chain, chord, group

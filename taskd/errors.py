@@ -7,6 +7,8 @@ logs can carry it as keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TaskdError(Exception):
     """Base of every error taskd raises on purpose."""
@@ -81,6 +83,19 @@ class BrokerUnavailable(BrokerError):
     """The broker cannot be reached now; the operation may succeed later."""
 
 
+class UnknownDeadLetters(BrokerError):
+    """Ids that are not among a queue's dead letters (mistyped, or dropped meanwhile)."""
+
+    def __init__(self, driver: str, queue: str, ids: Sequence[str]) -> None:
+        self.ids = tuple(ids)
+        listed = ", ".join(self.ids)
+        super().__init__(
+            driver,
+            f"no dead letter with id {listed} (taskctl queue dead {queue} lists them)",
+            queue,
+        )
+
+
 class BackendError(DriverError):
     """A result backend operation failed for good."""
 
@@ -135,3 +150,14 @@ class Retry(Exception):  # control flow, not an error: machinery's ErrRetryTaskL
     def __init__(self, countdown_s: float = 0.0, reason: str = "retry requested") -> None:
         self.countdown_s, self.reason = countdown_s, reason
         super().__init__(reason)
+
+
+class SoftTimeLimitExceeded(Exception):  # raised inside a task, to tell it, as Retry is by one
+    """Raised inside a task that runs past its soft time limit (``soft_time_limit``). The task
+    may catch it, clean up and return a result; uncaught, it fails the task like any other
+    exception (retried while RetryCount lasts). The hard limit (``time_limit``) gives no
+    such warning: the task's child is killed."""
+
+    def __init__(self, limit_s: float = 0.0) -> None:
+        self.limit_s = limit_s
+        super().__init__("soft time limit exceeded")

@@ -8,8 +8,10 @@ wrong argument fails with the argument and the expected type instead of deep in 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,22 +25,51 @@ from taskd.wire import args as typed
 
 TASKS_GROUP = "taskd.tasks"
 _MARK = "__taskd_task__"
+_LIMITS = "__taskd_time_limits__"  # (time_limit, soft_time_limit) given to @task
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def task(fn: F | None = None, *, name: str | None = None) -> Any:
+def task(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+) -> Any:
     """Mark a function as a task, registered under ``name`` (default: the function's name).
 
-    Use as ``@task`` or ``@task(name="sum_ints")``. The function is returned unchanged, so it
-    stays callable and testable as plain Python.
+    Use as ``@task`` or ``@task(name="sum_ints", time_limit=60, soft_time_limit=50)``. The
+    limits are seconds (0: none) and stand unless the signature's headers say otherwise; unset,
+    ``worker.time_limit`` and ``worker.soft_time_limit`` apply (``taskd.worker.limits``). The
+    function is returned unchanged, so it stays callable and testable as plain Python.
     """
+    limits = (
+        None if time_limit is None else limit_seconds(time_limit, "time_limit"),
+        None if soft_time_limit is None else limit_seconds(soft_time_limit, "soft_time_limit"),
+    )
 
     def mark(target: F) -> F:
         setattr(target, _MARK, name or target.__name__)
+        if limits != (None, None):
+            setattr(target, _LIMITS, limits)
         return target
 
     return mark(fn) if fn is not None else mark
+
+
+def limit_seconds(value: object, what: str) -> float:
+    """A time limit in seconds, 0 or more (0: none), from a number or its decimal text (as a
+    Go producer's string header carries it); ValueError naming ``what`` for anything else."""
+    number = math.nan
+    with contextlib.suppress(ValueError, OverflowError):  # not a number; past a float's range
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            number = float(value.strip())
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} must be a number of seconds, 0 or more (0: none), got {value!r}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +166,8 @@ class Task:
     returns: tuple[str | None, ...]  # declared machinery type per result
     wants_context: bool
     source: str
+    time_limit_s: float | None = None  # from @task(time_limit=...); None: not set there
+    soft_time_limit_s: float | None = None
 
     def bind(self, args: Sequence[Arg]) -> list[Any]:
         """Convert machinery args to Python values this function accepts; ArgumentError if not."""
@@ -165,6 +198,7 @@ def describe(fn: Callable[..., Any], name: str, source: str) -> Task:
     variadic = None
     required = 0
     wants_context = False
+    time_limit_s, soft_time_limit_s = getattr(fn, _LIMITS, (None, None))
     for position, parameter in enumerate(signature.parameters.values()):
         hint = hints.get(parameter.name, parameter.annotation)
         if position == 0 and hint is TaskContext:
@@ -190,6 +224,8 @@ def describe(fn: Callable[..., Any], name: str, source: str) -> Task:
         returns=_declared_results(hints.get("return", inspect.Signature.empty)),
         wants_context=wants_context,
         source=source,
+        time_limit_s=time_limit_s,
+        soft_time_limit_s=soft_time_limit_s,
     )
 
 

@@ -65,12 +65,36 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message set aside by ``reject``, with why."""
+    """A message set aside by ``reject``, with why. ``id`` names it for ``requeue_dead`` and
+    ``drop_dead``, and stays the same for as long as the message is kept."""
 
     queue: str
     body: bytes
     reason: str
     rejected_at: GoTime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterCap:
+    """How many dead letters a queue keeps and for how long (0: no limit); ``reject``
+    drops the oldest beyond either. From ``worker.dead_letters_max`` and
+    ``worker.dead_letters_max_age``."""
+
+    max_count: int
+    max_age_s: int
+
+    @classmethod
+    def of(cls, config: Config) -> DeadLetterCap:
+        return cls(config.worker.dead_letters_max, config.worker.dead_letters_max_age)
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Messages of a queue taken and not yet settled; None where the broker cannot tell."""
+
+    in_flight: int | None  # held by live consumers
+    orphaned: int | None  # held by consumers that died, until they are given back
 
 
 class Broker(ABC):
@@ -101,6 +125,14 @@ class Broker(ABC):
     releases_keep_order: ClassVar[bool] = True
     """Whether a released message goes back ahead of the rest of its queue, in order (not on
     RabbitMQ quorum queues, which requeue at the back)."""
+
+    caps_dead_letters_by_count: ClassVar[bool] = True
+    """Whether ``reject`` keeps at most ``DeadLetterCap.max_count`` dead letters per queue
+    (not on SQS, where a queue keeps messages for its retention period however many)."""
+
+    shortest_dead_letter_age_s: ClassVar[int] = 0
+    """The shortest ``DeadLetterCap.max_age_s`` the broker can apply (SQS: a queue keeps
+    messages at least 60 s); a shorter one is raised to it."""
 
     supports_priority: ClassVar[bool] = False
     """Whether ``Message.priority`` is honoured (higher first); drivers that cannot honour it
@@ -142,6 +174,14 @@ class Broker(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and stop background work; deliveries not settled come back."""
+
+    def check(self, queues: Sequence[str]) -> None:
+        """Refuse, before anything depends on it, a configuration that would fail later
+        (``taskd start``, ``check-config`` and a reload call this with the queues to serve):
+        ConfigError naming the key, say for a queue whose name the broker keeps something
+        else under. May ask the server; BrokerUnavailable then is no error (the caller goes
+        on, as the daemon rides out an outage). Nothing to check by default."""
+        return
 
     def routing_key(self, queue: str) -> str:
         """The RoutingKey of a message sent to ``queue`` without one (machinery's
@@ -196,3 +236,21 @@ class Broker(ABC):
     def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
         """The newest messages set aside by ``reject``."""
         raise NotSupported(self.driver, "dead_letters")
+
+    def requeue_dead(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Put dead letters of ``queue`` (those ``ids`` name, every one for None) back at
+        the tail of the queue as fresh messages (their count of deliveries reset), and
+        remove them from the dead letters; returns how many. UnknownDeadLetters, naming
+        them, when some ids are not there, and then nothing is done. Atomic where the broker
+        allows; elsewhere each is sent before it is removed (a failure between the two
+        leaves it in both places, never in neither)."""
+        raise NotSupported(self.driver, "requeue_dead")
+
+    def drop_dead(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Delete dead letters of ``queue`` (those ``ids`` name, every one for None); returns
+        how many. UnknownDeadLetters as ``requeue_dead``."""
+        raise NotSupported(self.driver, "drop_dead")
+
+    def holding(self, queue: str) -> Holding:
+        """Messages taken from a queue and not settled: by live consumers, by dead ones."""
+        raise NotSupported(self.driver, "holding")

@@ -16,13 +16,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Self
 
-from taskd.brokers import lease
-from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
+import structlog
+
+from taskd.brokers import lease, sqlite_dead
+from taskd.brokers.base import Broker, DeadLetter, DeadLetterCap, Delivery, Holding, Message
 from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config, Lease
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
-from taskd.wire import GoTime
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskd_messages (
@@ -41,15 +42,9 @@ CREATE TABLE IF NOT EXISTS taskd_consumers (
     pid INTEGER NOT NULL,
     beat_ns INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS taskd_dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    body BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    rejected_ns INTEGER NOT NULL
-);
 """
 
+log = structlog.get_logger("taskd.sqlite")
 IDLE_CHECK_S = 0.005  # how often a fetch looks for new commits (a cheap PRAGMA) when busy...
 IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
 
@@ -58,8 +53,11 @@ class SQLiteBroker(Broker):
     driver = "sqlite"
     counts_releases = False  # a release takes back the count its fetch added
 
-    def __init__(self, path: Path, synchronous: str, silence: Lease) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, silence: Lease, dead_cap: DeadLetterCap
+    ) -> None:
         self._path, self._synchronous, self._lease = path, synchronous, silence
+        self._dead_cap = dead_cap
         self._judge = SilenceJudge(silence.consumer_timeout_s, silence.heartbeat_interval_s)
         self._conn = self._connect()
         self._consumer_id: str | None = None
@@ -75,11 +73,17 @@ class SQLiteBroker(Broker):
             sqlite_path(url, "broker", config.source),
             synchronous_mode(url, "broker", config.source),
             config.lease,
+            DeadLetterCap.of(config),
         )
 
     def _connect(self) -> sqlite3.Connection:
         return opened(
-            self._path, self._synchronous, _SCHEMA, BrokerUnavailable, BrokerError, self.driver
+            self._path,
+            self._synchronous,
+            _SCHEMA + sqlite_dead.SCHEMA,
+            BrokerUnavailable,
+            BrokerError,
+            self.driver,
         )
 
     def _guard(self, queue: str | None = None) -> AbstractContextManager[None]:
@@ -176,11 +180,7 @@ class SQLiteBroker(Broker):
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         with self._guard(delivery.queue), self._lock, write_transaction(self._conn):
-            self._conn.execute(
-                "INSERT INTO taskd_dead_letters (queue, body, reason, rejected_ns)"
-                " VALUES (?, ?, ?, ?)",
-                (delivery.queue, delivery.body, reason, time.time_ns()),
-            )
+            sqlite_dead.set_aside(self._conn, delivery.queue, delivery.body, reason, self._dead_cap)
             self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
 
     def close(self) -> None:
@@ -232,15 +232,18 @@ class SQLiteBroker(Broker):
         ).fetchone()
         if gone or orphaned:
             with write_transaction(conn):
-                self._release_consumer(conn, gone)
+                recovered = self._release_consumer(conn, gone)
+            if recovered:
+                log.warning("messages_recovered", count=recovered, dead_consumers=gone)
 
     @staticmethod
-    def _release_consumer(conn: sqlite3.Connection, consumer_ids: Sequence[str]) -> None:
+    def _release_consumer(conn: sqlite3.Connection, consumer_ids: Sequence[str]) -> int:
+        """Forget these consumers; what no known consumer holds goes back. How many did."""
         conn.executemany("DELETE FROM taskd_consumers WHERE id = ?", [(c,) for c in consumer_ids])
-        conn.execute(
+        return conn.execute(
             "UPDATE taskd_messages SET consumer = NULL WHERE consumer IS NOT NULL"
             " AND consumer NOT IN (SELECT id FROM taskd_consumers)"
-        )
+        ).rowcount
 
     # -- taskctl --------------------------------------------------------------------------
 
@@ -278,11 +281,40 @@ class SQLiteBroker(Broker):
             )
             return cursor.rowcount
 
-    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+    def holding(self, queue: str) -> Holding:
         with self._guard(queue), self._lock:
             rows = self._conn.execute(
-                "SELECT body, reason, rejected_ns FROM taskd_dead_letters WHERE queue = ?"
-                " ORDER BY id DESC LIMIT ?",
-                (queue, limit),
+                "SELECT m.consumer, c.beat_ns, count(*) FROM taskd_messages m"
+                " LEFT JOIN taskd_consumers c ON c.id = m.consumer"
+                " WHERE m.queue = ? AND m.consumer IS NOT NULL GROUP BY m.consumer",
+                (queue,),
             ).fetchall()
-        return [DeadLetter(queue, bytes(body), reason, GoTime(ns)) for body, reason, ns in rows]
+        now_ns, timeout_s = time.time_ns(), self._lease.consumer_timeout_s
+        dead = sum(
+            count
+            for consumer, beat_ns, count in rows
+            if lease.seems_dead(
+                consumer, None if beat_ns is None else (now_ns - beat_ns) / 1e9, timeout_s
+            )
+        )
+        return Holding(sum(count for *_, count in rows) - dead, dead)
+
+    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        with self._guard(queue), self._lock:
+            return sqlite_dead.newest(self._conn, queue, limit)
+
+    def requeue_dead(self, queue: str, ids: Sequence[str] | None) -> int:
+        """In one transaction: out of the dead letters, in at the tail of the queue with no
+        deliveries counted."""
+        with self._guard(queue), self._lock, write_transaction(self._conn):
+            bodies = sqlite_dead.take(self._conn, queue, ids)
+            now = time.time_ns()
+            self._conn.executemany(
+                "INSERT INTO taskd_messages (queue, body, due_ns) VALUES (?, ?, ?)",
+                [(queue, body, now) for body in bodies],
+            )
+        return len(bodies)
+
+    def drop_dead(self, queue: str, ids: Sequence[str] | None) -> int:
+        with self._guard(queue), self._lock, write_transaction(self._conn):
+            return len(sqlite_dead.take(self._conn, queue, ids))

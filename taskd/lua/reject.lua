@@ -1,8 +1,23 @@
 -- Set the message ARGV[1] aside: out of the processing list KEYS[1], its dead-letter entry
--- ARGV[2] onto KEYS[2], its count of failed deliveries out of KEYS[3].
+-- ARGV[2] onto KEYS[2], its count of failed deliveries out of KEYS[3]. Then the oldest
+-- entries go: beyond the newest ARGV[3] (0: no cap), and those rejected before ARGV[4]
+-- (Unix ms; 0: no limit), read from the head, at most 100 a call. An entry's age is its
+-- leading "rejected_unix_ms" (taskd/brokers/redis/dead.py); one without it (written by an
+-- older taskd) ends the age trim, and only the count cap reaches it.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], redis.sha1hex(ARGV[1]))
+  local max_count = tonumber(ARGV[3])
+  if max_count > 0 then redis.call('LTRIM', KEYS[2], -max_count, -1) end
+  local oldest_ms = tonumber(ARGV[4])
+  if oldest_ms > 0 then
+    for _ = 1, 100 do
+      local head = redis.call('LINDEX', KEYS[2], 0)
+      local ms = head and tonumber(string.match(head, '^{"rejected_unix_ms":(%d+)'))
+      if not ms or ms >= oldest_ms then break end
+      redis.call('LPOP', KEYS[2])
+    end
+  end
   return 1
 end
 return 0

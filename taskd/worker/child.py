@@ -6,7 +6,8 @@ Following one message: ``serve`` fetches a batch; ``_handle_batch`` accepts each
 it. Helpers hold the rest: ``Pacing`` (batch sizes, quick tasks), ``WriteBuffer`` (states
 and acks shared between quick tasks, a state always written before its ack) and ``Outages``
 (transient driver errors ridden out; the message stays leased meanwhile, and comes back if
-the child dies).
+the child dies), ``limits`` (a task's time limits; the supervisor enforces the hard one) and
+``Recycling`` (leaving for a fresh child after max_tasks_per_child or max_memory_per_child).
 
 Round trips: one fetch per batch; quick tasks share one state write and one ack; a task that
 takes longer gets STARTED before it runs and its final state and ack right after. Backends
@@ -20,12 +21,11 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import structlog
 
-from taskd.backends import ResultBackend, open_backend
+from taskd.backends import ResultBackend
 from taskd.brokers import Broker, Delivery, open_broker
 from taskd.client import Client
 from taskd.config import Config
@@ -37,33 +37,28 @@ from taskd.errors import (
     GiveUp,
     TaskNotFound,
 )
-from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
+from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, Task
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
+from taskd.wire.signature import identity_of
 from taskd.worker import followups
-from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute
-from taskd.worker.liveness import ChildLiveness
+from taskd.worker.execute import (
+    Kind,
+    Outcome,
+    RetryPolicy,
+    attempt_of,
+    execute,
+    outcome_of_stored,
+)
+from taskd.worker.jobs import Job, final_state, pending_again
+from taskd.worker.limits import TaskClocks, deadline, killed_at_time_limit, limits_of
+from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.outages import Outages
 from taskd.worker.pacing import FAST_TASK_S, Pacing
+from taskd.worker.recycling import Recycling
 from taskd.worker.writes import WriteBuffer
 
 log = structlog.get_logger("taskd.worker")
-
-
-@dataclass(slots=True)
-class Job:
-    delivery: Delivery
-    sig: Signature
-    task: Task | None  # None: not registered here
-    received_at: GoTime
-    finished: TaskState | None = None  # stored final state of a redelivered message
-
-    def state(self, state: State, **fields: Any) -> TaskState:
-        # The backend keeps the stored PENDING record's TaskName and CreatedAt (machinery's
-        # merge rule); these are what a task without such a record gets.
-        return TaskState(
-            self.sig.uuid, state, task_name=self.sig.name, created_at=self.received_at, **fields
-        )
 
 
 class Child:
@@ -76,7 +71,7 @@ class Child:
         liveness: ChildLiveness,
         *,
         connect_broker: Callable[[Config], Broker] = open_broker,
-        connect_backend: Callable[[Config], ResultBackend] = open_backend,
+        connect_backend: Callable[[Config], ResultBackend] = reached_backend,
     ) -> None:
         self.config, self.registry, self.queue = config, registry, queue
         self.slot, self.liveness = slot, liveness
@@ -84,7 +79,10 @@ class Child:
         self.policy = RetryPolicy(config.worker.retry_jitter, config.worker.retry_max_delay)
         self.stopping = False
         self.pacing = Pacing(config.worker.prefetch)
-        self.outages = Outages(lambda: self.stopping, lambda: liveness.stamp(slot, busy=True))
+        self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
+        self.clocks: TaskClocks | None = None  # hard limits' deadlines: set by the supervisor
+        beat, report = partial(liveness.stamp, slot, busy=True), partial(liveness.outage, slot)
+        self.outages = Outages(lambda: self.stopping, beat, report)
         self.broker: Broker
         self.backend: ResultBackend
         self.sender: Client
@@ -121,8 +119,8 @@ class Child:
                 self.liveness.stamp(self.slot, busy=False)
                 deliveries = self._fetch()
                 if deliveries:
-                    self.liveness.stamp(self.slot, busy=True)
-                    self._handle_batch(deliveries)
+                    with self.liveness.busy(self.slot):  # stamps from a thread meanwhile
+                        self._handle_batch(deliveries)
         except GiveUp as exc:
             log.warning("child_left_during_outage", driver=str(exc))
         except Exception:
@@ -131,7 +129,7 @@ class Child:
         finally:
             self._close()
         log.info("child_stopped")
-        return EXIT_OK
+        return EXIT_CHILD_RECYCLE if self.recycling.due else EXIT_OK
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -159,7 +157,7 @@ class Child:
         try:
             deliveries = self.broker.fetch(
                 self.queue,
-                max_messages=self.pacing.batch_size(),
+                max_messages=self.recycling.batch_size(self.pacing.batch_size()),
                 wait_s=self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
@@ -170,6 +168,7 @@ class Child:
             self.outages.pause("broker", exc)
             return []
         self.outages.ended("broker")
+        self.liveness.mark_ready(self.slot)  # its backend answered at boot, its broker now
         return deliveries
 
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
@@ -199,11 +198,7 @@ class Child:
             if not sig.uuid or not sig.name:
                 raise DecodeError("UUID and Name must not be empty")
         except DecodeError as exc:
-            reason = f"malformed message: {exc.reason}"
-            log.error(
-                "message_rejected", queue=delivery.queue, reason=reason, body=_preview(delivery)
-            )
-            self.outages.call("broker", self.broker.reject, delivery, reason)
+            self._set_aside_malformed(delivery, f"malformed message: {exc.reason}", received_at)
             return None
         try:
             task: Task | None = self.registry.get(sig.name, delivery.queue)
@@ -217,26 +212,37 @@ class Child:
                 return None
         return Job(delivery, sig, task, received_at)
 
+    def _set_aside_malformed(self, delivery: Delivery, reason: str, received_at: GoTime) -> None:
+        """Into the dead letters; where its UUID can be read, its sender sees FAILURE with
+        the reason instead of waiting on PENDING for ever."""
+        task_id, name = identity_of(delivery.body)
+        body = _preview(delivery)
+        log.error("message_rejected", queue=delivery.queue, reason=reason, body=body)
+        if task_id:
+            failed = TaskState(task_id, State.FAILURE, task_name=name, created_at=received_at)
+            failed = failed.with_changes(error=reason)
+            self.outages.call("backend", self.backend.set_states, [failed])
+        self.outages.call("broker", self.broker.reject, delivery, reason)
+
     def _look_up_finished(self, jobs: Sequence[Job]) -> None:
         """A message whose worker died may have finished before it died (its state stored,
-        its ack lost): such a job is settled again without running a second time."""
+        its ack lost), or been killed at its hard time limit (its supervisor stored RETRY or
+        FAILURE): such a job is settled from that state without running a second time."""
         again = [job for job in jobs if job.delivery.redelivered and job.task is not None]
         if again:
             ids = [job.sig.uuid for job in again]
             states = self.outages.call("backend", self.backend.get_states, ids)
             for job, state in zip(again, states, strict=True):
-                if state is not None and state.is_completed:
+                if state is not None and (state.is_completed or killed_at_time_limit(state)):
                     job.finished = state
 
     def _would_hold_back(self, job: Job) -> bool:
-        """Whether running this job first would keep the rest of its batch from idle children:
-        a task not known to be quick, under auto prefetch, where a hand-back is free."""
-        return (
-            self.pacing.auto
-            and not self.broker.counts_releases
-            and job.task is not None
-            and not self.pacing.is_quick(job.sig.name)
-        )
+        """Whether running this job first would keep the rest of its batch from idle children
+        (a task not known to be quick, under auto prefetch) or see them killed with it (one
+        with a hard time limit: each would count a delivery), where a hand-back is free."""
+        if self.broker.counts_releases or job.task is None or self.pacing.is_quick(job.sig.name):
+            return False
+        return self.pacing.auto or limits_of(job.sig, job.task, self.config.worker).hard_s > 0
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Jobs not started go back to the head of the queue, in order, as PENDING again."""
@@ -248,7 +254,7 @@ class Child:
             ids = [job.sig.uuid for job in announced]
             stored = self.outages.call("backend", self.backend.get_states, ids)
             pending = [
-                _pending_again(job, prev) for job, prev in zip(announced, stored, strict=True)
+                pending_again(job, prev) for job, prev in zip(announced, stored, strict=True)
             ]
             self.outages.call("backend", self.backend.set_states, pending)
         self.outages.call("broker", self.broker.release_many, [job.delivery for job in jobs])
@@ -267,16 +273,23 @@ class Child:
                 self._log_outcome(job, outcome, 0.0)
                 return
             assert job.task is not None
-            quick = self.pacing.is_quick(job.sig.name)
+            limits = limits_of(job.sig, job.task, self.config.worker)
+            # A retry's STARTED overwrites the RETRY its attempt killed at a hard time limit
+            # left, so a crash of this attempt is never taken for that kill (limits.py).
+            may_follow_a_kill = limits.hard_s > 0 and attempt_of(job.sig) > 1
+            quick = self.pacing.is_quick(job.sig.name) and not may_follow_a_kill
             if not quick:  # visible before a task that may take a while
                 self.writes.add_state(job.state(State.STARTED))
                 self.writes.flush()
             started = time.perf_counter()
-            outcome = execute(job.task, job.sig, job.delivery.queue, self.policy)
+            with deadline(self.clocks, self.slot, job.sig, limits.hard_s):
+                outcome = execute(job.task, job.sig, job.delivery.queue, self.policy, limits)
             elapsed_s = time.perf_counter() - started
             self.pacing.ran(job.sig.name, elapsed_s)
             self._settle(job, outcome, quick=quick and elapsed_s < FAST_TASK_S)
             self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
+            if self.recycling.ran():
+                self.stopping = True  # the rest of its batch is handed back; a new child follows
         finally:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
 
@@ -290,9 +303,7 @@ class Child:
             log.warning(
                 "task_already_finished", state=job.finished.state.value, deliveries=deliveries
             )
-            if job.finished.state is State.SUCCESS:
-                return Outcome(Kind.SUCCEEDED, results=job.finished.results or ())
-            return Outcome(Kind.FAILED, error=job.finished.error)
+            return outcome_of_stored(job.finished, job.sig, self.policy)
         if limit and deliveries > limit:
             reason = (
                 f"delivered {deliveries} times, and each time its worker died before it"
@@ -307,7 +318,7 @@ class Child:
         A quick task with nothing to set off has its state and ack written with others, a
         few milliseconds later at most; anything else is written before the next step.
         """
-        self.writes.add_state(_final_state(job, outcome))
+        self.writes.add_state(final_state(job, outcome))
         dead_letter = outcome.dead_letter or (
             outcome.kind is Kind.FAILED and job.sig.stop_task_deletion_on_error
         )
@@ -341,6 +352,7 @@ class Child:
         return [sig.with_changes(priority=0) for sig in signatures]
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
+        self.liveness.count_done(self.slot)
         attempt = attempt_of(job.sig)
         if outcome.kind is Kind.SUCCEEDED:
             log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)
@@ -361,22 +373,6 @@ class Child:
                 error=outcome.error,
                 traceback=outcome.traceback or None,
             )
-
-
-def _final_state(job: Job, outcome: Outcome) -> TaskState:
-    if outcome.kind is Kind.SUCCEEDED:
-        return job.state(State.SUCCESS, results=outcome.results)
-    if outcome.kind is Kind.RETRY:
-        return job.state(State.RETRY, error=outcome.error)
-    return job.state(State.FAILURE, error=outcome.error)
-
-
-def _pending_again(job: Job, stored: TaskState | None) -> TaskState:
-    """PENDING again, as its sender wrote it (PENDING is stored as given, not merged)."""
-    pending = job.state(State.PENDING)
-    if stored is None:
-        return pending
-    return pending.with_changes(task_name=stored.task_name, created_at=stored.created_at)
 
 
 def _on_quit(_signum: int, _frame: object) -> None:

@@ -14,8 +14,9 @@ from enum import Enum
 from taskd.errors import ArgumentError, Retry
 from taskd.registry import Task, TaskContext
 from taskd.retry import fibonacci_next, with_jitter
-from taskd.wire import GoTime, Signature, TaskResult
+from taskd.wire import GoTime, Signature, State, TaskResult, TaskState
 from taskd.wire.state import results_from_return
+from taskd.worker.limits import NO_LIMITS, NOTHING, TIME_LIMIT_EXCEEDED, Limits, SoftLimit
 
 ATTEMPT_HEADER = "taskd_attempt"  # rides in Headers; Go workers ignore non-string headers
 
@@ -53,9 +54,15 @@ def error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def execute(task: Task, sig: Signature, queue: str, policy: RetryPolicy) -> Outcome:
+def execute(
+    task: Task, sig: Signature, queue: str, policy: RetryPolicy, limits: Limits = NO_LIMITS
+) -> Outcome:
     """Run ``task`` for ``sig``: SUCCEEDED with results, RETRY with the message to resend, or
-    FAILED with the error. Bad arguments fail at once, without retries, as in machinery."""
+    FAILED with the error. Bad arguments (or time limit headers) fail at once, without
+    retries, as in machinery. SoftTimeLimitExceeded, raised in the task at ``limits.soft_s``,
+    is a failure like any other unless the task catches it (the hard limit is the caller's)."""
+    if limits.error:
+        return Outcome(Kind.FAILED, error=limits.error)
     try:
         args = task.bind(sig.args or ())
     except ArgumentError as exc:
@@ -63,13 +70,14 @@ def execute(task: Task, sig: Signature, queue: str, policy: RetryPolicy) -> Outc
     if task.wants_context:
         args.insert(0, TaskContext(sig, attempt_of(sig), queue))
     try:
-        value = task.fn(*args)
+        with SoftLimit(limits.soft_s) if limits.soft_s else NOTHING:
+            value = task.fn(*args)
     except Retry as request:
-        return _retry_or_fail(sig, request.reason, request.countdown_s, policy, "")
+        return retry_or_fail(sig, request.reason, request.countdown_s, policy, "")
     except Exception as exc:
         trace = traceback.format_exc()
         if sig.retry_count > 0:
-            return _retry_or_fail(sig, error_text(exc), None, policy, trace)
+            return retry_or_fail(sig, error_text(exc), None, policy, trace)
         return Outcome(Kind.FAILED, error=error_text(exc), traceback=trace)
     try:
         results = results_from_return(value, task.returns)
@@ -78,7 +86,18 @@ def execute(task: Task, sig: Signature, queue: str, policy: RetryPolicy) -> Outc
     return Outcome(Kind.SUCCEEDED, results=results)
 
 
-def _retry_or_fail(
+def outcome_of_stored(stored: TaskState, sig: Signature, policy: RetryPolicy) -> Outcome:
+    """The outcome of a redelivered message whose state was stored before its worker died:
+    a task that finished ends as it did; one its supervisor killed at its hard time limit
+    (``taskd.worker.limits``) is retried while RetryCount lasts, else fails."""
+    if stored.state is State.SUCCESS:
+        return Outcome(Kind.SUCCEEDED, results=stored.results or ())
+    if stored.error == TIME_LIMIT_EXCEEDED:
+        return retry_or_fail(sig, TIME_LIMIT_EXCEEDED, None, policy, "")
+    return Outcome(Kind.FAILED, error=stored.error)
+
+
+def retry_or_fail(
     sig: Signature, error: str, countdown_s: float | None, policy: RetryPolicy, trace: str
 ) -> Outcome:
     """machinery's retry: RetryCount left -> decrement and send again after a delay.

@@ -11,6 +11,13 @@ work (reaping, respawning, forwarding) happens in the loop.
 | HUP         | reload the config; if valid, new children replace the old ones     |
 | TTIN / TTOU | one more / one fewer child (never below one)                       |
 | CHLD        | reap; replace a child that died unasked, with capped backoff       |
+
+Under systemd the loop also reports readiness, reloads, stops and the pool's progress over
+``$NOTIFY_SOCKET`` (``taskd.worker.service``, which defines "progress" for the watchdog).
+
+The loop also wakes at the next hard time limit of a running task: the child is stopped, the
+task recorded and the child killed (``taskd.worker.timekeeper``), then replaced at once, as is
+a child that leaves to be recycled (EXIT_CHILD_RECYCLE, ``taskd.worker.recycling``).
 """
 
 from __future__ import annotations
@@ -31,10 +38,14 @@ from taskd import __version__
 from taskd.checks import check_drivers
 from taskd.config import Config, load_config, redact_url
 from taskd.errors import TaskdError
-from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
+from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.worker.child import Child
+from taskd.worker.limits import TaskClocks
 from taskd.worker.liveness import MAX_CHILDREN, ChildLiveness
+from taskd.worker.sdnotify import Notifier
+from taskd.worker.service import Service
+from taskd.worker.timekeeper import Timekeeper
 
 log = structlog.get_logger("taskd.supervisor")
 
@@ -78,11 +89,15 @@ class Supervisor:
         concurrency: int | None = None,
         config_path: str | None = None,
         make_child: Callable[[Config, Registry, str, int, ChildLiveness], Child] = Child,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config, self.registry, self.config_path = config, registry, config_path
         self.make_child = make_child  # tests put in children with fake drivers
         self.queue_override, self.concurrency_override = queue, concurrency
         self.liveness = ChildLiveness()
+        self.timekeeper = Timekeeper(TaskClocks(MAX_CHILDREN))  # hard time limits
+        # systemd's notify protocol; $NOTIFY_SOCKET is read (and unset) here, before any fork
+        self.service = Service(notifier or Notifier.from_environ(), self.liveness)
         self.children: dict[int, ChildProcess] = {}
         self.generation = 0
         self.draining = False
@@ -133,14 +148,17 @@ class Supervisor:
         try:
             self._spawn_missing()
             while self.children or not self.draining:
-                for signum in self._wait(LOOP_TICK_S):
+                tick_s = self.timekeeper.wait_s(self.children.values(), LOOP_TICK_S)
+                for signum in self._wait(self.service.wait_s(tick_s)):
                     handler = self._handlers.get(signum)
                     if handler is not None:
                         handler(signum)
                 self._reap()
                 self._tend()
+                self.service.tick(self)
         finally:
             signal.set_wakeup_fd(-1)
+            self.service.close()
         log.info("taskd_stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -153,6 +171,8 @@ class Supervisor:
         return signals
 
     def _tend(self) -> None:
+        for child in self.timekeeper.enforce(self.children.values(), self.config):
+            child.stop_by = math.inf  # killed at its time limit: replaced at once, not a crash
         now = time.monotonic()
         late = [c for c in self.children.values() if c.stop_by is not None and now >= c.stop_by]
         if late:
@@ -176,7 +196,7 @@ class Supervisor:
     def _spawn(self) -> None:
         used = {child.slot for child in self.children.values()}
         slot = next(i for i in range(MAX_CHILDREN) if i not in used)
-        self.liveness.stamp(slot, busy=False)
+        self.liveness.reset(slot)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # no parent handler runs in the child
         try:
             pid = os.fork()
@@ -192,9 +212,11 @@ class Supervisor:
         try:
             _stop_with(self.pid)
             self._selector.close()
+            self.service.close()  # only the supervisor speaks to systemd
             os.close(self._wake_r)
             os.close(self._wake_w)
             child = self.make_child(self.config, self.registry, self.queue, slot, self.liveness)
+            child.clocks = self.timekeeper.clocks  # where it writes its tasks' deadlines
             code = child.run()
         except BaseException:  # never return into the supervisor's stack
             log.exception("child_crashed", child=slot)
@@ -217,15 +239,23 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         lived_s = round(time.monotonic() - child.started_at, 3)
         expected = child.asked_to_stop or self.draining
+        self.service.child_gone(child.slot)
         fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s}
+        if code == EXIT_CHILD_RECYCLE:  # max_tasks_per_child or max_memory_per_child
+            log.info("child_exited", exit_code=code, reason="recycled", **fields)
+            return  # replaced by _tend at once: no crash, no backoff
         if code < 0:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if -code == signal.SIGKILL and not expected else ""
             (log.info if expected else log.error)("child_exited", signal=name + hint, **fields)
+            if not expected:
+                self.service.error(f"child {child.slot} killed by {name}{hint}")
         else:
             (log.info if expected and code == EXIT_OK else log.error)(
                 "child_exited", exit_code=code, **fields
             )
+            if not expected or code != EXIT_OK:
+                self.service.error(f"child {child.slot} exited with status {code}")
         if code == EXIT_CHILD_BOOT_FAILURE and not self.draining:
             log.critical("taskd_cannot_start_children")
             self.exit_code = EXIT_FAILURE
@@ -251,6 +281,7 @@ class Supervisor:
                     child_pid=child.pid,
                     silent_s=round(now - last),
                 )
+                self.service.error(f"child {child.slot} stalled while idle; replaced")
                 self._stop(child, signal.SIGKILL, within_s=0)
 
     def _stop(self, child: ChildProcess, signum: int, within_s: float) -> None:
@@ -275,6 +306,7 @@ class Supervisor:
             self._fast_stop(signum)
             return
         self.draining = True
+        self.service.stopping(signal.Signals(signum).name)
         log.info(
             "taskd_draining",
             signal=signal.Signals(signum).name,
@@ -287,18 +319,21 @@ class Supervisor:
         if self.fast:
             return
         self.draining = self.fast = True
+        self.service.stopping(signal.Signals(signum).name)
         log.warning("taskd_stopping_now", signal=signal.Signals(signum).name)
         self._signal_children(signal.SIGQUIT, FAST_STOP_S)
 
     def _reload(self, _signum: int) -> None:
         if self.draining:
             return
+        self.service.reloading()
         try:
             config = load_config(self.config_path)
-            check_drivers(config)
+            check_drivers(config, [self.queue_override] if self.queue_override else [])
             registry = load_registry(config.imports)
         except TaskdError as exc:
             log.error("reload_failed", error=str(exc))
+            self.service.reload_failed(str(exc))
             return
         old = self._current()
         self.config, self.registry = config, registry

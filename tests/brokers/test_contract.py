@@ -7,6 +7,7 @@ drivers that keep their own leases do is in ``test_lease.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from taskd.brokers import Broker, Message, open_broker
-from taskd.errors import NotSupported
+from taskd.errors import NotSupported, UnknownDeadLetters
 from taskd.wire import GoTime
 from tests.support.harness import wait_until
 
@@ -189,6 +190,34 @@ def test_a_live_consumer_keeps_its_message_past_the_timeout(
         assert other.fetch(namespace, max_messages=1, wait_s=0.25) == []
 
 
+def test_holding_counts_messages_of_live_and_dead_consumers(
+    drivers: Callable[..., Any], namespace: str
+) -> None:
+    """In flight and orphaned, where the broker can tell (None where it cannot). Default
+    liveness: no consumer here reclaims the dead one's message before it is counted."""
+    from structlog.testing import capture_logs
+
+    def open_consumer() -> Broker:
+        return drivers(open_broker)
+
+    watcher = open_consumer()
+    watcher.publish_many([Message(namespace, b"a"), Message(namespace, b"b")])
+    assert take_and_die(open_consumer, namespace) == 0
+    held = watcher.holding(namespace)
+    if held.orphaned is not None:  # the broker tracks its consumers
+        assert (held.in_flight, held.orphaned) == (0, 1)
+    elif held.in_flight is not None:  # a visibility timeout: held until it runs out
+        assert held.in_flight == 1
+    with capture_logs() as logs:
+        taken = open_consumer().fetch(namespace, max_messages=1, wait_s=2)
+    assert len(taken) == 1
+    held = watcher.holding(namespace)
+    if held.orphaned is not None:  # taking the first message gave back the dead one's
+        assert (held.in_flight, held.orphaned) == (1, 0)
+        (recovered,) = [entry for entry in logs if entry["event"] == "messages_recovered"]
+        assert recovered["count"] == 1
+
+
 def test_close_hands_back_what_was_not_settled(
     open_driver: Callable[[], Broker], namespace: str
 ) -> None:
@@ -198,3 +227,120 @@ def test_close_hands_back_what_was_not_settled(
     first.close()
     second = open_driver()
     assert bodies(second.fetch(namespace, max_messages=1, wait_s=1)) == [b"unsettled"]
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def set_aside(broker: Broker, queue: str, *payloads: bytes) -> None:
+    """Send each message, take it and reject it, one at a time (so their order is known)."""
+    for payload in payloads:
+        broker.publish(queue, payload)
+        (delivery,) = fetch_all(broker, queue, 1)
+        broker.reject(delivery, f"set aside: {payload.decode()}")
+
+
+def dead_bodies(broker: Broker, queue: str) -> list[bytes]:
+    return [letter.body for letter in broker.dead_letters(queue, 100)]
+
+
+def take_each(broker: Broker, queue: str, count: int) -> list[Any]:
+    """``count`` messages, one fetch and ack at a time: on RabbitMQ, a fetch of another size
+    restarts the consumer, and a quorum queue counts what that hands back as a delivery."""
+    taken = []
+    for _ in range(count):
+        taken += fetch_all(broker, queue, 1)
+        broker.ack_many(taken[-1:])
+    return taken
+
+
+def test_a_dead_letter_requeued_by_id_comes_back_as_a_fresh_message(
+    open_driver: Callable[[], Broker], namespace: str
+) -> None:
+    open_driver().publish(namespace, b"poison")
+    assert take_and_die(open_driver, namespace) == 0
+    broker = open_driver()
+    (died,) = wait_until(lambda: broker.fetch(namespace, max_messages=1, wait_s=0.2), 15)
+    assert died.deliveries == 2
+    broker.reject(died, "task 'x' is not registered")
+    set_aside(broker, namespace, b"other")
+    letters = broker.dead_letters(namespace, 10)
+    assert [letter.body for letter in letters] == [b"other", b"poison"]
+    assert all(letter.id for letter in letters) and len({letter.id for letter in letters}) == 2
+    assert [letter.id for letter in broker.dead_letters(namespace, 10)] == [
+        letter.id for letter in letters
+    ]  # stable: the same message keeps its id
+
+    assert broker.requeue_dead(namespace, [letters[1].id]) == 1
+    (again,) = fetch_all(broker, namespace, 1)
+    assert again.body == b"poison"
+    assert again.deliveries == 1 and not again.redelivered  # its count starts again
+    broker.ack(again)
+    assert dead_bodies(broker, namespace) == [b"other"]
+
+
+def test_unknown_dead_letter_ids_are_named_and_nothing_is_done(
+    broker: Broker, namespace: str
+) -> None:
+    set_aside(broker, namespace, b"a", b"b")
+    known = broker.dead_letters(namespace, 10)[0].id
+    with pytest.raises(UnknownDeadLetters, match="no-such-id") as caught:
+        broker.requeue_dead(namespace, [known, "no-such-id"])
+    assert caught.value.ids == ("no-such-id",)
+    assert caught.value.queue == namespace
+    with pytest.raises(UnknownDeadLetters, match="no-such-id"):
+        broker.drop_dead(namespace, ["no-such-id", known])
+    assert dead_bodies(broker, namespace) == [b"b", b"a"]
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.2) == []
+
+
+def test_dead_letters_dropped_and_requeued_by_id_and_all(broker: Broker, namespace: str) -> None:
+    set_aside(broker, namespace, b"a", b"b", b"c", b"d")
+    _, c, b, a = (letter.id for letter in broker.dead_letters(namespace, 10))
+    assert broker.drop_dead(namespace, [b]) == 1
+    assert dead_bodies(broker, namespace) == [b"d", b"c", b"a"]
+    assert broker.requeue_dead(namespace, [a, c]) == 2
+    assert sorted(bodies(take_each(broker, namespace, 2))) == [b"a", b"c"]
+    assert dead_bodies(broker, namespace) == [b"d"]
+
+    set_aside(broker, namespace, b"e")
+    assert broker.requeue_dead(namespace, None) == 2
+    requeued = take_each(broker, namespace, 2)
+    assert sorted(bodies(requeued)) == [b"d", b"e"]
+    assert {delivery.deliveries for delivery in requeued} == {1}
+    set_aside(broker, namespace, b"f", b"g")
+    assert broker.drop_dead(namespace, None) == 2
+    assert dead_bodies(broker, namespace) == []
+    assert broker.drop_dead(namespace, None) == 0
+    assert broker.requeue_dead(namespace, None) == 0
+    assert broker.fetch(namespace, max_messages=1, wait_s=0.2) == []
+
+
+def test_dead_letters_beyond_the_cap_go_oldest_first(
+    drivers: Callable[..., Any], namespace: str
+) -> None:
+    broker = drivers(open_broker, worker={"dead_letters_max": 2})
+    set_aside(broker, namespace, b"1", b"2", b"3")
+    kept = dead_bodies(broker, namespace)
+    if broker.caps_dead_letters_by_count:
+        assert kept == [b"3", b"2"]
+    else:  # capped by age alone
+        assert sorted(kept) == [b"1", b"2", b"3"]
+
+
+def test_dead_letters_older_than_the_max_age_go(
+    drivers: Callable[..., Any], namespace: str
+) -> None:
+    broker = drivers(open_broker, worker={"dead_letters_max_age": 1})
+    if broker.shortest_dead_letter_age_s > 1:
+        shortest = broker.shortest_dead_letter_age_s
+        pytest.skip(f"{broker.driver} keeps messages {shortest} s at least (see test_sqs.py)")
+    set_aside(broker, namespace, b"old")
+    fresh = itertools.count()
+
+    def old_one_gone() -> bool:  # each look sets another aside: some drivers trim then
+        set_aside(broker, namespace, b"new %d" % next(fresh))
+        return b"old" not in dead_bodies(broker, namespace)
+
+    wait_until(old_one_gone, 15, 0.25, "the old dead letter to expire")
+    assert broker.dead_letters(namespace, 1)[0].body.startswith(b"new")

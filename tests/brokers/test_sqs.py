@@ -15,7 +15,7 @@ from taskd.brokers.sqs.queues import endpoint_of, new_client
 from taskd.config import Config, SQSConfig
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskd.wire import GoTime
-from tests.support.harness import wait_until
+from tests.support.harness import create_queue_with_redrive, wait_until
 
 
 @pytest.fixture
@@ -194,15 +194,7 @@ def test_a_queue_with_a_redrive_policy_hands_rejects_to_it(
 ) -> None:
     """machinery's StopTaskDeletionOnError: the message is not deleted, and after
     maxReceiveCount receives SQS moves it to the queue's own dead-letter queue."""
-    dead_url = raw.create_queue(QueueName=f"{namespace}-dlq")["QueueUrl"]
-    dead_arn = raw.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    policy = {"deadLetterTargetArn": dead_arn, "maxReceiveCount": 2}
-    raw.create_queue(
-        QueueName=namespace,
-        Attributes={"RedrivePolicy": json.dumps(policy), "VisibilityTimeout": "1"},
-    )
+    create_queue_with_redrive(raw, namespace, 2)
     broker = open_sqs(sqs={"receive_visibility_timeout": 1})
     broker.publish(namespace, b"doomed")
     for receive in (1, 2):

@@ -92,7 +92,8 @@ class MemoryBroker(Recorder, Broker):
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         self._record("reject", delivery.body)
-        self.dead.append(DeadLetter(delivery.queue, delivery.body, reason, GoTime.now()))
+        letter_id = str(len(self.dead) + 1)
+        self.dead.append(DeadLetter(delivery.queue, delivery.body, reason, GoTime.now(), letter_id))
 
     def close(self) -> None:
         self.closed = True

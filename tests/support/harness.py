@@ -325,3 +325,30 @@ def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = 
         '"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
         '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
     ).encode()
+
+
+def create_queue_with_redrive(raw: Any, name: str, max_receives: int) -> None:
+    """An SQS queue ``name`` with a redrive policy into ``<name>-dlq`` after
+    ``max_receives`` receives, as an operator sets one up (1 s visibility timeout)."""
+    dead_url = raw.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    attributes = raw.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["QueueArn"])
+    policy = {"deadLetterTargetArn": attributes["Attributes"]["QueueArn"]}
+    policy["maxReceiveCount"] = max_receives
+    raw.create_queue(
+        QueueName=name,
+        Attributes={"RedrivePolicy": json.dumps(policy), "VisibilityTimeout": "1"},
+    )
+
+
+def assert_refused(path: Any, key: str, reason: str) -> None:
+    """Loading the config file at ``path`` fails naming the file and ``key``, with ``reason``."""
+    import pytest
+
+    from taskd.config import load_config
+    from taskd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{path}: {key}: ")
+    assert reason in str(caught.value)

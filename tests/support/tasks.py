@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from taskd import Retry, TaskContext, task
+from taskd import Retry, SoftTimeLimitExceeded, TaskContext, task
 
 
 def _append(path: str, line: str) -> None:
@@ -116,3 +116,43 @@ def crash(path: str) -> None:
     """Kill the process running it, as a segfault or the OOM killer would."""
     _append(path, "crashing")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def soft_limited(path: str, seconds: float) -> str:
+    """Sleep, unless the soft time limit comes first: then clean up and return all the same."""
+    _append(path, "start")
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        _append(path, "cleaned_up")
+        return "cut short"
+    return "slept"
+
+
+@task
+def stubborn(path: str, seconds: float) -> None:
+    """Note a run, then sleep deaf to every signal it can block (as C code that never returns
+    to Python would be): only a kill stops it."""
+    _append(path, "start")
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+    time.sleep(seconds)
+    _append(path, "end")
+
+
+@task(time_limit=1, soft_time_limit=0)
+def limited_by_decorator(path: str, seconds: float) -> None:
+    """Note a run, then sleep past the time limit its decorator sets."""
+    _append(path, "start")
+    time.sleep(seconds)
+    _append(path, "end")
+
+
+_HELD: list[bytes] = []  # kept for the life of the process, as a leak would be
+
+
+@task
+def hold_memory(mib: int) -> int:
+    """Keep ``mib`` MiB resident in the process that runs it."""
+    _HELD.append(b"\x01" * (mib * 1024 * 1024))  # written, so resident (not lazily zero)
+    return mib

@@ -11,7 +11,7 @@ from typing import Any, Self, TypeVar
 
 from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
-from taskd.brokers.amqp.admin import AMQPQueueAdmin
+from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
@@ -31,7 +31,7 @@ class Received:
     body: bytes
 
 
-class AMQPBroker(AMQPQueueAdmin, Broker):
+class AMQPBroker(AMQPDeadLetters, Broker):
     driver = "amqp"
     counts_releases = True  # a requeue sets the redelivered flag (quorum queues: counts it)
 
@@ -295,7 +295,8 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         return tags
 
     def reject(self, delivery: Delivery, reason: str) -> None:
-        """Into ``taskd.dead.<queue>`` with the reason in headers (confirmed), then acked."""
+        """Into ``taskd.dead.<queue>`` with the reason in headers and an id as its
+        message_id (confirmed), then acked."""
         import pika
 
         done = [False]  # a retry on a new connection does not set it aside twice
@@ -303,14 +304,16 @@ class AMQPBroker(AMQPQueueAdmin, Broker):
         def set_aside(session: Session) -> None:
             if done[0]:
                 return
+            dead = self._topology.declare_dead(session, delivery.queue)
             channel = session.publishing()
-            dead = self._topology.declare_dead(session, channel, delivery.queue)
             headers = {
                 "x-taskd-reason": reason,
                 "x-taskd-queue": delivery.queue,
                 "x-taskd-rejected-at": GoTime.now().format(),
             }
-            properties = pika.BasicProperties(delivery_mode=2, headers=headers)
+            properties = pika.BasicProperties(
+                delivery_mode=2, headers=headers, message_id=new_dead_letter_id()
+            )
             channel.basic_publish("", dead, delivery.body, properties, mandatory=True)
             done[0] = True
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from taskd.amqplink import open_channel
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 
+log = structlog.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
+PRECONDITION_FAILED = 406  # a queue redeclared with other arguments than it has
+_warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged
 
 
 @dataclass
@@ -43,10 +48,16 @@ class Topology:
     queue_arguments: dict[str, Any]
     binding_arguments: dict[str, Any]
     default_queue: str
+    dead_arguments: dict[str, Any] = field(default_factory=dict)  # of taskd.dead.<queue>
 
     @classmethod
     def of(cls, config: Config) -> Topology:
-        amqp = config.amqp
+        amqp, worker = config.amqp, config.worker
+        dead: dict[str, Any] = {}
+        if worker.dead_letters_max:  # drop-head, RabbitMQ's default overflow: oldest first
+            dead["x-max-length"] = worker.dead_letters_max
+        if worker.dead_letters_max_age:
+            dead["x-message-ttl"] = worker.dead_letters_max_age * 1000
         return cls(
             amqp.exchange,
             amqp.exchange_type,
@@ -54,6 +65,7 @@ class Topology:
             dict(amqp.queue_declare_args),
             dict(amqp.queue_binding_args),
             config.default_queue,
+            dead,
         )
 
     @property
@@ -106,9 +118,31 @@ class Topology:
             self.ladder.declare_destination(channel, routing_key)
             session.declared.add(marker)
 
-    def declare_dead(self, session: Session, channel: Any, queue: str) -> str:
+    def declare_dead(self, session: Session, queue: str) -> str:
+        """``taskd.dead.<queue>``, capped by ``dead_arguments``, on the publishing channel
+        (taken again from the session afterwards: a refusal closes it). RabbitMQ refuses to
+        redeclare a queue with other arguments than it has (one declared by an older taskd,
+        or under another cap): that is logged once and the queue used as it is."""
+        import pika.exceptions
+
         name = DEAD_PREFIX + queue
         if name not in session.declared:
-            channel.queue_declare(name, durable=True)
+            try:
+                session.publishing().queue_declare(
+                    name, durable=True, arguments=self.dead_arguments or None
+                )
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != PRECONDITION_FAILED:
+                    raise
+                if name not in _warned_dead_queues:
+                    _warned_dead_queues.add(name)
+                    log.warning(
+                        "dead_letter_queue_not_capped",
+                        queue=name,
+                        wanted=self.dead_arguments,
+                        error=exc.reply_text,
+                        fix="delete the queue once empty, or cap it with a RabbitMQ policy"
+                        " (max-length, message-ttl)",
+                    )
             session.declared.add(name)
         return name

@@ -9,8 +9,8 @@ nanoseconds. taskd adds, under ``redis.key_prefix`` (``keys.py``):
 - ``consumers`` and ``consumer_queues``: each consumer beats from a thread; when one falls
   silent for ``consumer_timeout``, any other consumer moves its processing list back to the
   head of its queue (``consumers.py``);
-- ``dead:<queue>``: messages set aside by ``reject``, as JSON with the reason (read by
-  ``admin.py``, the operations for taskctl);
+- ``dead:<queue>``: messages set aside by ``reject``, as JSON with the reason and an id,
+  capped by count and age; listed, requeued and dropped by taskctl (``dead.py``);
 - ``deliveries``: for a message whose consumer died holding it, how many times that happened
   (so one that kills every worker that takes it can be set aside).
 

@@ -1,36 +1,17 @@
 """The Redis broker's operations for taskctl: sizes, a look at the next messages, purging,
-and the messages set aside. Kept apart from the fetch path, which never calls them."""
+and what consumers hold (the messages set aside are ``dead``'s). Kept apart from the fetch
+path, which never calls them."""
 
 from __future__ import annotations
 
-import base64
 from contextlib import AbstractContextManager
 from typing import Any
 
-import orjson
-
-from taskd.brokers.base import DeadLetter
+from taskd.brokers.base import Holding
+from taskd.brokers.lease import seems_dead
 from taskd.brokers.redis.keys import RedisKeys
-from taskd.wire import GoTime
+from taskd.config import Lease
 from taskd.wire.signature import peek_routing_key
-
-
-def dead_letter_entry(queue: str, body: bytes, reason: str) -> bytes:
-    """How ``reject`` keeps a message: JSON with its reason (base64 if it is not UTF-8)."""
-    entry: dict[str, Any] = {"queue": queue, "reason": reason, "rejected_at": GoTime.now().format()}
-    try:
-        entry["body"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        entry["body_base64"] = base64.b64encode(body).decode()
-    return orjson.dumps(entry)
-
-
-def _dead_letter(raw: bytes) -> DeadLetter:
-    entry = orjson.loads(raw)
-    body = (
-        base64.b64decode(entry["body_base64"]) if "body_base64" in entry else entry["body"].encode()
-    )
-    return DeadLetter(entry["queue"], body, entry["reason"], GoTime.parse(entry["rejected_at"]))
 
 
 class RedisQueueAdmin:
@@ -38,6 +19,7 @@ class RedisQueueAdmin:
 
     _redis: Any
     _keys: RedisKeys
+    _lease: Lease
 
     def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -72,7 +54,27 @@ class RedisQueueAdmin:
             ready = pipe.execute()[0]
         return int(ready) + len(delayed)
 
-    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+    def holding(self, queue: str) -> Holding:
+        keys = self._keys
         with self._translated(queue):
-            entries = self._redis.lrange(self._keys.dead(queue), -limit, -1)
-        return [_dead_letter(raw) for raw in reversed(entries)]
+            seconds, micros = self._redis.time()  # beats are on Redis's clock
+            now_ms = seconds * 1000 + micros // 1000
+            beats = dict(self._redis.zrange(keys.consumers, 0, -1, withscores=True))
+            holders = [
+                consumer.decode()
+                for consumer, of in self._redis.hgetall(keys.consumer_queues).items()
+                if of.decode() == queue
+            ]
+            pipe = self._redis.pipeline(transaction=False)
+            for consumer in holders:
+                pipe.llen(keys.processing(consumer))
+            counts = pipe.execute()
+        timeout_s, in_flight, orphaned = self._lease.consumer_timeout_s, 0, 0
+        for consumer, count in zip(holders, counts, strict=True):
+            beat = beats.get(consumer.encode())
+            silent_s = None if beat is None else (now_ms - beat) / 1000
+            if seems_dead(consumer, silent_s, timeout_s):
+                orphaned += count
+            else:
+                in_flight += count
+        return Holding(in_flight, orphaned)

@@ -9,9 +9,11 @@ from contextlib import AbstractContextManager
 from typing import Any, Self
 
 from taskd import redisdb
-from taskd.brokers.base import Broker, Delivery, Message
-from taskd.brokers.redis.admin import RedisQueueAdmin, dead_letter_entry
+from taskd.brokers.base import Broker, DeadLetterCap, Delivery, Message
+from taskd.brokers.redis import checks
+from taskd.brokers.redis.admin import RedisQueueAdmin
 from taskd.brokers.redis.consumers import RedisConsumers
+from taskd.brokers.redis.dead import RedisDeadLetters, dead_letter_entry
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
@@ -26,7 +28,7 @@ MOVE_BATCH = 1000  # due ETA messages moved per script call
 MOVE_BUDGET_S = 0.5  # longest a fetch spends moving due messages before taking its own
 
 
-class RedisBroker(RedisQueueAdmin, Broker):
+class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
     driver = "redis"
     counts_releases = False  # a release leaves the count of failed deliveries alone
 
@@ -35,6 +37,9 @@ class RedisBroker(RedisQueueAdmin, Broker):
             url, config, "broker", longest_block_s=config.worker.poll_interval
         )
         self._keys = RedisKeys.of(config)
+        self._source = config.source
+        self._lease = config.lease
+        self._dead_cap = DeadLetterCap.of(config)
         self._consumers = RedisConsumers(self._redis, self._keys, config.lease)
         self._poll_period_s = config.redis.delayed_tasks_poll_period / 1000
         self._in_flight: dict[str, int] = {}  # queue -> deliveries handed out, not settled
@@ -48,6 +53,13 @@ class RedisBroker(RedisQueueAdmin, Broker):
 
     def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
         return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
+
+    def check(self, queues: Sequence[str]) -> None:
+        """Names that collide (a queue named like the delayed set or one of taskd's own
+        keys), then keys already in Redis of another type: ConfigError naming the setting."""
+        checks.check_names(self._keys, queues, self._source)
+        with self._translated():
+            checks.check_types(self._redis, self._keys, queues, self._source)
 
     # -- producing ------------------------------------------------------------------------
 
@@ -185,11 +197,13 @@ class RedisBroker(RedisQueueAdmin, Broker):
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         entry = dead_letter_entry(delivery.queue, delivery.body, reason)
+        cap = self._dead_cap
+        oldest_ms = (time.time_ns() // 1_000_000 - cap.max_age_s * 1000) if cap.max_age_s else 0
         with self._translated(delivery.queue):
             REJECT(
                 self._redis,
                 keys=[delivery.handle, self._keys.dead(delivery.queue), self._keys.deliveries],
-                args=[delivery.body, entry],
+                args=[delivery.body, entry, cap.max_count, oldest_ms],
             )
         self._settled([delivery])
 

@@ -1,9 +1,9 @@
 """The SQS broker's operations for taskctl.
 
 Counts are SQS's approximate ones. SQS cannot show a message without receiving it: ``peek``
-and ``dead_letters`` receive with a visibility timeout of 0, so the messages stay visible,
-but each look counts as a receive (ApproximateReceiveCount, which ``worker.max_deliveries``
-reads on SQS), as a look from the AWS console does.
+and ``dead_letters`` (``dead.py``) receive with a visibility timeout of 0, so the messages
+stay visible, but each look counts as a receive (ApproximateReceiveCount, which
+``worker.max_deliveries`` reads on SQS), as a look from the AWS console does.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from taskd.brokers.base import DeadLetter
+from taskd.brokers.base import Holding
 from taskd.brokers.sqs.bodies import body_of
-from taskd.brokers.sqs.queues import Queue, Queues, dead_queue_name, error_code, translated
+from taskd.brokers.sqs.queues import Queue, Queues, error_code, translated
 from taskd.errors import BrokerError
-from taskd.wire import GoTime
 
 LOOK_ROUNDS = 5  # receives without a new message before a look gives up
 
@@ -38,6 +37,7 @@ class SQSQueueAdmin:
                     AttributeNames=[
                         "ApproximateNumberOfMessages",
                         "ApproximateNumberOfMessagesDelayed",
+                        "ApproximateNumberOfMessagesNotVisible",
                     ],
                 )
                 .get("Attributes", {})
@@ -50,6 +50,14 @@ class SQSQueueAdmin:
         """Messages whose DelaySeconds has not passed (FIFO messages waiting for their ETA
         are hidden, and counted as in flight instead)."""
         return int(self._counts(queue).get("ApproximateNumberOfMessagesDelayed", 0))
+
+    def holding(self, queue: str) -> Holding:
+        """In flight: SQS's count of messages received and not deleted (a dead consumer's
+        among them until their visibility timeout ends: SQS cannot tell them apart; FIFO
+        messages hidden until their ETA too)."""
+        return Holding(
+            int(self._counts(queue).get("ApproximateNumberOfMessagesNotVisible", 0)), None
+        )
 
     def _look(self, queue: Queue, limit: int) -> list[dict[str, Any]]:
         seen: dict[str, dict[str, Any]] = {}
@@ -95,30 +103,3 @@ class SQSQueueAdmin:
             int(counts.get(key, 0))
             for key in ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed")
         )
-
-    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
-        """taskd's ``taskd-dead-<queue>``, or the queue's redrive target where it has one."""
-        source = self._queues.get(queue, create=False)
-        if source is not None and source.redrive_target is not None:
-            url = source.redrive_target
-            dead: Queue | None = Queue(url.rsplit("/", 1)[1], url, source.fifo, 0, None)
-        else:
-            dead = self._queues.get(dead_queue_name(queue), create=False)
-        if dead is None:
-            return []
-        letters = []
-        for message in self._look(dead, limit)[::-1]:
-            attributes = message.get("MessageAttributes", {})
-
-            def text(name: str, attributes: dict[str, Any] = attributes) -> str:
-                return str(attributes.get(name, {}).get("StringValue", ""))
-
-            sent_ns = int(message["Attributes"].get("SentTimestamp", 0)) * 1_000_000
-            rejected_at = (
-                GoTime.parse(text("taskd-rejected-at"))
-                if text("taskd-rejected-at")
-                else GoTime(sent_ns)
-            )
-            reason = text("taskd-reason") or "moved by the queue's redrive policy"
-            letters.append(DeadLetter(queue, body_of(message), reason, rejected_at))
-        return letters[:limit]

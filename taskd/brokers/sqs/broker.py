@@ -29,11 +29,12 @@ from typing import Any, Self
 import structlog
 
 from taskd.brokers.base import Broker, Delivery, Message
-from taskd.brokers.sqs.admin import SQSQueueAdmin
 from taskd.brokers.sqs.bodies import body_of, sendable
+from taskd.brokers.sqs.dead import SQSDeadLetters
 from taskd.brokers.sqs.held import Handle, HeldMessages, by_queue, change_visibility, in_batches
 from taskd.brokers.sqs.queues import (
     DRIVER,
+    MIN_RETENTION_S,
     Endpoint,
     Queue,
     Queues,
@@ -80,8 +81,10 @@ class Poll:
         return self._value
 
 
-class SQSBroker(SQSQueueAdmin, Broker):
+class SQSBroker(SQSDeadLetters, Broker):
     driver = DRIVER
+    caps_dead_letters_by_count = False  # dead queues keep messages by age alone
+    shortest_dead_letter_age_s = MIN_RETENTION_S
     counts_releases = True  # every receive raises ApproximateReceiveCount
     releases_keep_order = False  # a message made visible again goes where SQS puts it
 

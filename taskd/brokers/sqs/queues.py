@@ -19,13 +19,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
+
 from taskd.config import Config, redact_url
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
+log = structlog.get_logger("taskd.sqs")
 T = TypeVar("T")
 DRIVER = "sqs"
 FIFO_SUFFIX = ".fifo"
 DEAD_PREFIX = "taskd-dead-"  # + the queue's name: where taskd sets rejected messages aside
+MIN_RETENTION_S = 60  # SQS's bounds of a queue's MessageRetentionPeriod
+MAX_RETENTION_S = 1_209_600  # (14 days)
 FALLBACK_REGION = "us-east-1"  # for a custom endpoint when nothing else names a region
 CONNECT_TIMEOUT_S = 5.0
 # SQS's own transient refusals: retried by the worker like a lost connection.
@@ -163,6 +168,7 @@ class Queues:
         self._create = config.sqs.create_queues
         visibility = config.sqs.receive_visibility_timeout
         self.visibility_s = visibility or max(1, round(config.lease.consumer_timeout_s))
+        self.dead_retention_s = dead_retention_s(config.worker.dead_letters_max_age)
         self._known: dict[str, Queue] = {}
         self._lock = threading.Lock()
 
@@ -200,13 +206,19 @@ class Queues:
         try:
             found = (
                 self._client()
-                .get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue", "RedrivePolicy"])
+                .get_queue_attributes(
+                    QueueUrl=url,
+                    AttributeNames=["FifoQueue", "RedrivePolicy", "MessageRetentionPeriod"],
+                )
                 .get("Attributes", {})
             )
         except aws.ClientError as exc:
             if error_code(exc) in MISSING_QUEUE_CODES:
                 return None
             raise
+        retention = str(self.dead_retention_s)
+        if name.startswith(DEAD_PREFIX) and found.get("MessageRetentionPeriod") != retention:
+            self._set_retention(name, url, retention)
         target = None
         if found.get("RedrivePolicy"):
             arn = json.loads(found["RedrivePolicy"]).get("deadLetterTargetArn", "")
@@ -222,11 +234,31 @@ class Queues:
         base = self._endpoint.base.rsplit("/", 1)[0]
         return f"{base}/{parts[4]}/{parts[5]}"
 
+    def _set_retention(self, name: str, url: str, retention: str) -> None:
+        """A dead queue made before (by an older taskd, or under another
+        ``worker.dead_letters_max_age``) keeps its messages as long as configured now; where
+        SQS refuses (permissions), that is logged and the queue used as it is."""
+        import botocore.exceptions as aws
+
+        try:
+            self._client().set_queue_attributes(
+                QueueUrl=url, Attributes={"MessageRetentionPeriod": retention}
+            )
+        except aws.ClientError as exc:
+            log.warning("dead_letter_queue_not_capped", queue=name, error=str(exc))
+
     def _attributes(self, name: str) -> dict[str, str]:
         attributes = {"VisibilityTimeout": str(self.visibility_s)}
+        if name.startswith(DEAD_PREFIX):
+            attributes["MessageRetentionPeriod"] = str(self.dead_retention_s)
         if name.endswith(FIFO_SUFFIX):
             attributes["FifoQueue"] = "true"
         return attributes
+
+
+def dead_retention_s(max_age_s: int) -> int:
+    """``worker.dead_letters_max_age`` as SQS can keep it (0, no limit: SQS's longest)."""
+    return min(max(max_age_s or MAX_RETENTION_S, MIN_RETENTION_S), MAX_RETENTION_S)
 
 
 def dead_queue_name(name: str) -> str:
