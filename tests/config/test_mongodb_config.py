@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from taskd.config import env_names, load_config
 from tests.support.harness import run_cli, write_config
 
@@ -18,26 +16,6 @@ def test_the_database_key_comes_from_the_file_or_the_environment(tmp_path: Path)
     overridden = load_config(path, env={"TASKD_MONGODB_DATABASE": "other"})
     assert overridden.mongodb.database == "other"
     assert load_config(env={"TASKD_STATE_DIR": str(tmp_path)}).mongodb.database == ""
-
-
-@pytest.mark.parametrize(
-    ("url", "reason"),
-    [
-        ("mongodb://", "Must provide at least one hostname"),
-        ("mongodb://127.0.0.1:99999", "Port must be an integer"),
-        ("mongodb+srv://user:hunter2@a.example:27017", "one host name and no port"),
-    ],
-)
-def test_check_config_names_result_backend_for_a_bad_mongodb_url(
-    tmp_path: Path, url: str, reason: str
-) -> None:
-    config = write_config(tmp_path, {"result_backend": url})
-    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
-    assert done.returncode == 2, done.stderr
-    assert f"{config}: result_backend: " in done.stderr
-    assert reason in done.stderr
-    assert "hunter2" not in done.stderr + done.stdout
-    assert "Traceback" not in done.stderr
 
 
 def test_check_config_names_a_bad_database(tmp_path: Path) -> None:

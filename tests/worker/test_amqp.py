@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, new_id
@@ -369,6 +371,7 @@ def test_poison_is_set_aside_and_the_next_task_runs(
     client.close()
 
 
+@pytest.mark.alone
 def test_a_rabbitmq_restart_mid_run_loses_nothing(
     amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
