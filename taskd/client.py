@@ -137,6 +137,11 @@ class Client:
         (sent,) = self.publish([sig])
         return AsyncResult(self, sent.uuid)
 
+    def send_many(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
+        """Send many tasks at once, in as few round trips as the drivers allow (one for their
+        PENDING states and one for the messages, on Redis), in order."""
+        return [AsyncResult(self, sent.uuid) for sent in self.publish(signatures)]
+
     def prepare(self, sig: Signature) -> Signature:
         """What machinery's SendTask fills in: the id, the routing key, empty headers.
 

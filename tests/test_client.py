@@ -19,3 +19,16 @@ def test_a_priority_the_broker_cannot_honour_is_refused_before_anything_is_recor
     assert broker.queues.get("tasks", []) == []
     client.send("count", 1)  # without one it goes
     assert len(broker.queues["tasks"]) == 1
+
+
+def test_send_many_records_every_pending_then_publishes_in_order() -> None:
+    from taskd.client import signature
+    from taskd.wire import State, decode_signature
+
+    broker, backend = MemoryBroker(), MemoryBackend()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=backend)
+    results = client.send_many([signature("count", n) for n in range(5)])
+    bodies = [decode_signature(body) for body, _ in broker.queues["tasks"]]
+    assert [sig.uuid for sig in bodies] == [result.task_id for result in results]
+    assert [sig.args[0].value for sig in bodies] == [0, 1, 2, 3, 4]
+    assert {backend.states[r.task_id].state for r in results} == {State.PENDING}
