@@ -127,6 +127,13 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = _opt(
+        "", "host:port of taskd start's /metrics and /healthz; empty: no listener", hostport=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """How long a consumer may stay silent before the broker gives its messages to others:
     the one setting group every broker driver maps onto its own mechanism (see
@@ -157,6 +164,7 @@ class Config:
     sqs: SQSConfig = _opt(SQSConfig(), "SQS broker")
     mongodb: MongoDBConfig = _opt(MongoDBConfig(), "MongoDB result backend")
     worker: WorkerConfig = _opt(WorkerConfig(), "the taskd daemon")
+    metrics: MetricsConfig = _opt(MetricsConfig(), "the daemon's Prometheus endpoint")
     # Where the settings came from, for messages; not a key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
     # machinery's keys found and ignored, with why (taskd.config_machinery); not a key.
@@ -302,6 +310,11 @@ def _coerce(hint: Any, value: Any, key: str, source: str | None, spec: Any) -> A
         choices = spec.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}", source)
+        if spec.metadata.get("hostport") and value:
+            try:
+                split_host_port(value)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc), source) from None
         return value
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
@@ -324,6 +337,15 @@ def _check_range(value: float, key: str, source: str | None, spec: Any) -> Any:
     if high is not None and value > high:
         raise ConfigError(key, f"must be at most {high}, got {value!r}", source)
     return value
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9808`` for IPv6) as (host, port); ValueError saying why not."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, the port 1 to 65535 (127.0.0.1:9808), got {text!r}")
+    return host, int(port)
 
 
 def env_names() -> dict[str, tuple[str, ...]]:

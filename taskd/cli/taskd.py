@@ -54,9 +54,12 @@ def start(
             result_backend=config.result_backend,
             hint="other hosts cannot read them: set result_backend",
         )
-    supervisor = Supervisor(
-        config, registry, queue=queue, concurrency=concurrency, config_path=config_path
-    )
+    try:
+        supervisor = Supervisor(
+            config, registry, queue=queue, concurrency=concurrency, config_path=config_path
+        )
+    except ConfigError as exc:  # metrics.listen cannot be bound: a port in use, say
+        raise ConfigFailure(str(exc)) from None
     sys.exit(supervisor.run())
 
 

@@ -53,6 +53,7 @@ from taskd.worker.execute import (
 from taskd.worker.jobs import Job, final_state, pending_again
 from taskd.worker.limits import TaskClocks, deadline, killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
+from taskd.worker.metrics import task_metrics
 from taskd.worker.outages import Outages
 from taskd.worker.pacing import FAST_TASK_S, Pacing
 from taskd.worker.recycling import Recycling
@@ -81,6 +82,7 @@ class Child:
         self.pacing = Pacing(config.worker.prefetch)
         self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
         self.clocks: TaskClocks | None = None  # hard limits' deadlines: set by the supervisor
+        self.metrics = task_metrics()  # None unless the supervisor serves metrics.listen
         beat, report = partial(liveness.stamp, slot, busy=True), partial(liveness.outage, slot)
         self.outages = Outages(lambda: self.stopping, beat, report)
         self.broker: Broker
@@ -353,6 +355,8 @@ class Child:
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
         self.liveness.count_done(self.slot)
+        if self.metrics is not None:
+            self.metrics.record(job, outcome, duration_ms)
         attempt = attempt_of(job.sig)
         if outcome.kind is Kind.SUCCEEDED:
             log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)

@@ -14,6 +14,8 @@ work (reaping, respawning, forwarding) happens in the loop.
 
 Under systemd the loop also reports readiness, reloads, stops and the pool's progress over
 ``$NOTIFY_SOCKET`` (``taskd.worker.service``, which defines "progress" for the watchdog).
+With ``metrics.listen`` set it serves /metrics and /healthz from a thread
+(``taskd.worker.metrics``), told of the pool each turn and of each child that exits.
 
 The loop also wakes at the next hard time limit of a running task: the child is stopped, the
 task recorded and the child killed (``taskd.worker.timekeeper``), then replaced at once, as is
@@ -43,6 +45,7 @@ from taskd.registry import Registry, load_registry
 from taskd.worker.child import Child
 from taskd.worker.limits import TaskClocks
 from taskd.worker.liveness import MAX_CHILDREN, ChildLiveness
+from taskd.worker.metrics import Metrics
 from taskd.worker.sdnotify import Notifier
 from taskd.worker.service import Service
 from taskd.worker.timekeeper import Timekeeper
@@ -98,6 +101,7 @@ class Supervisor:
         self.timekeeper = Timekeeper(TaskClocks(MAX_CHILDREN))  # hard time limits
         # systemd's notify protocol; $NOTIFY_SOCKET is read (and unset) here, before any fork
         self.service = Service(notifier or Notifier.from_environ(), self.liveness)
+        self.metrics = Metrics.start(config)  # metrics.listen; ConfigError if it cannot bind
         self.children: dict[int, ChildProcess] = {}
         self.generation = 0
         self.draining = False
@@ -148,6 +152,8 @@ class Supervisor:
         try:
             self._spawn_missing()
             while self.children or not self.draining:
+                if self.metrics is not None:  # what /metrics shows of the pool, as it waits
+                    self.metrics.tick(self)
                 tick_s = self.timekeeper.wait_s(self.children.values(), LOOP_TICK_S)
                 for signum in self._wait(self.service.wait_s(tick_s)):
                     handler = self._handlers.get(signum)
@@ -159,6 +165,8 @@ class Supervisor:
         finally:
             signal.set_wakeup_fd(-1)
             self.service.close()
+            if self.metrics is not None:
+                self.metrics.close()
         log.info("taskd_stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -213,6 +221,8 @@ class Supervisor:
             _stop_with(self.pid)
             self._selector.close()
             self.service.close()  # only the supervisor speaks to systemd
+            if self.metrics is not None:
+                self.metrics.in_child()  # ...and serves /metrics
             os.close(self._wake_r)
             os.close(self._wake_w)
             child = self.make_child(self.config, self.registry, self.queue, slot, self.liveness)
@@ -240,6 +250,8 @@ class Supervisor:
         lived_s = round(time.monotonic() - child.started_at, 3)
         expected = child.asked_to_stop or self.draining
         self.service.child_gone(child.slot)
+        if self.metrics is not None:
+            self.metrics.child_gone(child.pid, replaced=not self.draining)
         fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s}
         if code == EXIT_CHILD_RECYCLE:  # max_tasks_per_child or max_memory_per_child
             log.info("child_exited", exit_code=code, reason="recycled", **fields)

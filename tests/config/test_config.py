@@ -502,6 +502,7 @@ def test_dump_is_yaml_with_the_password_redacted(tmp_path: Path) -> None:
         "sqs",
         "mongodb",
         "worker",
+        "metrics",
     ]
 
 

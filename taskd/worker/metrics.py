@@ -1,0 +1,284 @@
+"""Prometheus metrics: ``metrics.listen`` (off by default) serves ``/metrics`` and ``/healthz``.
+
+The supervisor owns the listener (a daemon thread of its own) and a private directory for
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), made before any child
+forks and removed at exit. Each child writes its task metrics to files of its own there
+(mmapped: no round trip, no lock shared with other processes); a scrape sums them, those of
+children that have exited included, so counters never go back. What only the supervisor
+knows (children alive, restarts, the queue's depth, the build) comes from a collector that
+reads it at scrape time.
+
+- ``taskd_tasks_finished_total{task,state}``: SUCCESS, FAILURE or RETRY.
+- ``taskd_task_duration_seconds{task}``: tasks that ran (not those settled unrun).
+- ``taskd_task_queue_wait_seconds{task}``: received minus created; machinery's message
+  carries no creation time, so this is observed for messages with an ETA (countdowns,
+  retries), as received minus the ETA.
+- ``taskd_task_retries_total{task}``, ``taskd_children_alive``, ``taskd_child_restarts_total``
+- ``taskd_queue_messages{queue,kind}``: ready, delayed, dead, read from the broker when
+  scraped, at most every QUEUE_CACHE_S and within QUEUE_TIMEOUT_S; a broker that fails
+  or is slow leaves them out (logged), the rest of /metrics is served all the same.
+- ``taskd_build_info{version}``: 1.
+
+Import order matters: prometheus-client decides at import whether it writes to files, so
+it is imported only once the directory is set (nothing is imported while metrics are off).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from taskd import __version__
+from taskd.config import Config, split_host_port
+from taskd.errors import ConfigError
+from taskd.worker.execute import Kind, Outcome
+
+if TYPE_CHECKING:
+    from taskd.brokers import Broker
+    from taskd.worker.jobs import Job
+    from taskd.worker.supervisor import Supervisor
+
+log = structlog.get_logger("taskd.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+QUEUE_CACHE_S = 5.0  # queue depths are read from the broker at most this often...
+QUEUE_TIMEOUT_S = 2.0  # ...and left out of a scrape when the broker takes longer
+STATES = {Kind.SUCCEEDED: "SUCCESS", Kind.FAILED: "FAILURE", Kind.RETRY: "RETRY"}
+BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+# -- the children's side --------------------------------------------------------------------
+
+
+class TaskMetrics:
+    """What a child records after each task, to its own files in the shared directory."""
+
+    enabled = False  # set by the supervisor before it forks: then its children record
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.finished = Counter(
+            "taskd_tasks_finished", "Tasks finished", ["task", "state"], registry=None
+        )
+        self.duration = Histogram(
+            "taskd_task_duration_seconds",
+            "Task run time",
+            ["task"],
+            registry=None,
+            buckets=BUCKETS_S,
+        )
+        self.queue_wait = Histogram(
+            "taskd_task_queue_wait_seconds",
+            "Received minus created (the ETA, for messages that have one)",
+            ["task"],
+            registry=None,
+            buckets=BUCKETS_S,
+        )
+        self.retries = Counter("taskd_task_retries", "Retries sent", ["task"], registry=None)
+
+    def record(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
+        name = job.sig.name
+        self.finished.labels(name, STATES[outcome.kind]).inc()
+        if duration_ms > 0:  # 0: settled without running
+            self.duration.labels(name).observe(duration_ms / 1000)
+        if job.sig.eta is not None:
+            wait_s = job.received_at.to_unix() - job.sig.eta.to_unix()
+            self.queue_wait.labels(name).observe(max(wait_s, 0.0))
+        if outcome.kind is Kind.RETRY:
+            self.retries.labels(name).inc()
+
+
+def task_metrics() -> TaskMetrics | None:
+    """For a child: its recorder, or None when the daemon serves no metrics."""
+    return TaskMetrics() if TaskMetrics.enabled else None
+
+
+# -- the supervisor's side ------------------------------------------------------------------
+
+
+class Metrics:
+    """The supervisor's listener; the supervisor ticks it and tells it of children's exits."""
+
+    def __init__(self, config: Config) -> None:
+        self.listen = config.metrics.listen
+        host, port = split_host_port(self.listen)
+        self.directory = tempfile.mkdtemp(prefix="taskd-metrics-")
+        os.environ[MULTIPROC_ENV] = self.directory  # before prometheus_client is imported
+        try:
+            self.server = ThreadingHTTPServer((host, port), _Handler)
+        except OSError as exc:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                "metrics.listen", f"cannot listen on {self.listen}: {reason}", config.source
+            ) from None
+        TaskMetrics.enabled = True
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=self.directory)
+        self.registry.register(_PoolCollector(self))
+        self.server.daemon_threads = True
+        self.server.metrics = self  # type: ignore[attr-defined]
+        self.alive, self.restarts, self.draining = 0, 0, False
+        self.config, self.queue = config, config.default_queue
+        self._depth: dict[tuple[str, str], int] = {}
+        self._depth_at = -QUEUE_CACHE_S
+        self._depth_lock = threading.Lock()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="taskd-metrics-broker")
+        self._broker: Broker | None = None
+        self._broker_config: Config | None = None
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="taskd-metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics_listening", listen=self.listen, directory=self.directory)
+
+    @classmethod
+    def start(cls, config: Config) -> Metrics | None:
+        """The listener ``metrics.listen`` asks for, or None; ConfigError if it cannot bind."""
+        return cls(config) if config.metrics.listen else None
+
+    def tick(self, pool: Supervisor) -> None:
+        self.alive = sum(1 for child in pool.children.values() if not child.asked_to_stop)
+        self.draining = pool.draining
+        self.config, self.queue = pool.config, pool.queue
+
+    def child_gone(self, pid: int, *, replaced: bool) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.directory)
+        self.restarts += replaced
+
+    def in_child(self) -> None:
+        """In a freshly forked child: let go of the listening socket."""
+        self.server.socket.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._reader.submit(self._close_broker)
+        self._reader.shutdown(wait=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if os.environ.get(MULTIPROC_ENV) == self.directory:
+            del os.environ[MULTIPROC_ENV]
+        TaskMetrics.enabled = False
+
+    # -- what a scrape reads ----------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def queue_depth(self) -> dict[tuple[str, str], int]:
+        with self._depth_lock:
+            if time.monotonic() - self._depth_at >= QUEUE_CACHE_S:
+                future = self._reader.submit(self._read_depth, self.config, self.queue)
+                try:
+                    self._depth = future.result(timeout=QUEUE_TIMEOUT_S)
+                except Exception as exc:
+                    log.warning("metrics_queue_depth_failed", error=str(exc) or type(exc).__name__)
+                    self._depth = {}
+                self._depth_at = time.monotonic()
+            return dict(self._depth)
+
+    def _read_depth(self, config: Config, queue: str) -> dict[tuple[str, str], int]:
+        from taskd.brokers import open_broker
+        from taskd.brokers.base import NotSupported
+
+        if self._broker is None or self._broker_config is not config:
+            self._close_broker()
+            self._broker, self._broker_config = open_broker(config), config
+        broker, depth = self._broker, {}
+        cap = config.worker.dead_letters_max or 100_000
+        readers = {
+            "ready": lambda: broker.size(queue),
+            "delayed": lambda: broker.delayed(queue),
+            "dead": lambda: len(broker.dead_letters(queue, cap)),
+        }
+        try:
+            for kind, read in readers.items():
+                try:
+                    depth[(queue, kind)] = read()
+                except NotSupported:
+                    continue
+        except Exception:
+            self._close_broker()  # opened afresh next time
+            raise
+        return depth
+
+    def _close_broker(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            try:
+                broker.close()
+            except Exception as exc:
+                log.debug("metrics_broker_close_failed", error=str(exc))
+
+
+class _PoolCollector:
+    """What only the supervisor knows, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m = self.metrics
+        yield GaugeMetricFamily("taskd_children_alive", "Children running", value=m.alive)
+        yield CounterMetricFamily(
+            "taskd_child_restarts", "Children replaced after they exited", value=m.restarts
+        )
+        depth = GaugeMetricFamily(
+            "taskd_queue_messages", "Messages of the queue, by kind", labels=["queue", "kind"]
+        )
+        for (queue, kind), count in m.queue_depth().items():
+            depth.add_metric([queue, kind], count)
+        yield depth
+        info = GaugeMetricFamily("taskd_build_info", "taskd's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer
+
+    def do_GET(self) -> None:
+        metrics: Metrics = self.server.metrics  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            try:
+                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            except Exception as exc:
+                log.exception("metrics_scrape_failed")
+                self._send(500, f"{exc}\n".encode(), "text/plain; charset=utf-8")
+        elif path == "/healthz":
+            status, text = (503, b"draining\n") if metrics.draining else (200, b"ok\n")
+            self._send(status, text, "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds is not worth a log line

@@ -1,0 +1,211 @@
+"""Prometheus metrics of a real ``taskd start`` (``metrics.listen``), on SQLite and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskd import __version__, signature
+from taskd.config import split_host_port
+from taskd.worker.metrics import Metrics
+from tests.support.harness import (
+    Daemon,
+    client_for,
+    config_data,
+    free_port,
+    run_cli,
+    wait_until,
+    write_config,
+)
+from tests.support.tasks import runs
+
+# Daemons get TMPDIR=tmp_path: the fixture's kill -9 leaves their metrics directory behind.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def scrape(port: int) -> Samples:
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_metrics_sum_tasks_over_children(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    port = free_port()
+    config, client = client_for(
+        driver_kind, namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
+    )
+    with client:
+        taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
+        taskd.wait_ready(2)
+        results = client.send_many([signature("count", i) for i in range(100)])
+        assert [r.get(timeout=60) for r in results] == [1] * 100
+
+    def finished_all() -> Samples | None:
+        samples = scrape(port)
+        done = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
+        return samples if done == 100 else None
+
+    samples = wait_until(finished_all, 10, what="100 tasks counted")
+    assert value(samples, "taskd_task_duration_seconds_count", task="count") == 100
+    assert value(samples, "taskd_task_duration_seconds_bucket", task="count", le="+Inf") == 100
+    assert value(samples, "taskd_children_alive") == 2
+    assert value(samples, "taskd_child_restarts_total") == 0
+    assert value(samples, "taskd_build_info", version=__version__) == 1
+    assert value(samples, "taskd_queue_messages", queue=namespace, kind="ready") == 0
+    assert value(samples, "taskd_queue_messages", queue=namespace, kind="dead") == 0
+    assert get(port, "/healthz") == (200, "ok\n")
+
+    # A child that dies keeps its counts (its files stay); it is replaced and counted so.
+    os.kill(next(iter(taskd.child_pids())), signal.SIGKILL)
+
+    def replaced() -> Samples | None:
+        samples = scrape(port)
+        restarted = value(samples, "taskd_child_restarts_total") == 1
+        return samples if restarted and value(samples, "taskd_children_alive") == 2 else None
+
+    samples = wait_until(replaced, 20, what="the killed child replaced")
+    assert value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS") == 100
+
+
+def test_healthz_is_503_while_draining_and_the_directory_goes(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    port = free_port()
+    config, client = client_for(
+        driver_kind, namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
+    )
+    trace = tmp_path / "trace"
+    with client:
+        taskd = daemon(config, "--concurrency", "1", TMPDIR=str(tmp_path))
+        taskd.wait_ready(1)
+        (listening,) = taskd.events("metrics_listening")
+        directory = Path(listening["directory"])
+        assert directory.is_dir()
+        client.send("slow_record", str(trace), "slow", 3.0)
+        wait_until(lambda: "start:slow" in runs(trace), 10, what="the task started")
+        assert get(port, "/healthz") == (200, "ok\n")
+        taskd.signal(signal.SIGTERM)
+        wait_until(lambda: get(port, "/healthz") == (503, "draining\n"), 5, what="503")
+        assert taskd.wait(30) == 0
+    assert not directory.exists()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0  # the listener went with the daemon
+
+
+def listening_sockets(pid: int) -> set[str]:
+    """Inodes of the TCP sockets process ``pid`` holds in LISTEN state."""
+    held = {
+        os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+    }
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                listening.add(fields[9])
+    return held & listening
+
+
+def test_metrics_are_off_by_default(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    config, client = client_for(driver_kind, namespace, tmp_path)
+    with client:
+        taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
+        taskd.wait_ready(2)
+        assert client.send("count", 1, 2).get(timeout=30) == 2
+    assert taskd.events("metrics_listening") == []
+    assert listening_sockets(taskd.pid) == set()
+    for pid in taskd.child_pids():
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"PROMETHEUS_MULTIPROC_DIR=" not in environ
+
+
+def test_a_busy_port_is_a_config_error(driver_kind: str, namespace: str, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config, client = client_for(
+            driver_kind, namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
+        )
+        client.close()
+        done = run_cli(tmp_path, "taskd", "start", "-c", str(config), timeout_s=30)
+    assert done.returncode == 2, done.stderr
+    assert "metrics.listen" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_bad_listen_address_is_a_config_error(
+    driver_kind: str, namespace: str, tmp_path: Path
+) -> None:
+    data = config_data(driver_kind, namespace, tmp_path, metrics={"listen": "9808"})
+    config = write_config(tmp_path, data)
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 2, done.stderr
+    assert "metrics.listen: must be host:port" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9808", ("127.0.0.1", 9808)), ("[::1]:80", ("::1", 80)), ("h:1", ("h", 1))],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert split_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9808", ":9808", "host:", "host:0", "host:65536", "h:x"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(ValueError, match="must be host:port"):
+        split_host_port(text)
+
+
+def test_a_broker_error_leaves_out_the_queue_gauges_only(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    closed = free_port()  # nothing listens there
+    config = make_config(
+        "sqlite",
+        broker=f"redis://127.0.0.1:{closed}/0",
+        result_backend=f"sqlite://{tmp_path}/r.db",
+        metrics={"listen": f"127.0.0.1:{free_port()}"},
+    )
+    metrics = Metrics(config)
+    try:
+        text = metrics.exposition().decode()
+    finally:
+        metrics.close()
+    assert f'taskd_build_info{{version="{__version__}"}} 1.0' in text
+    assert "taskd_children_alive 0.0" in text
+    assert "taskd_queue_messages{" not in text
+    assert not Path(metrics.directory).exists()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
