@@ -8,6 +8,7 @@ short ``results_expire_in`` so whatever a test leaves behind expires on its own.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from tests.support.harness import (
     delete_namespace,
     delete_sqs_namespace,
     process_env,
-    wait_until,
+    server_on_free_port,
     write_config,
 )
 
@@ -71,34 +72,16 @@ def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A memcached of the test run's own on a free loopback port (Debian's ``memcached``,
     which .ci/run installs); the run fails if it cannot start."""
     import shutil
-    import socket
-    import subprocess
 
     from tests.support import harness
 
     binary = shutil.which("memcached")
     if binary is None:
         pytest.fail("memcached must be installed for the tests (.ci/run installs it)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "root"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        with socket.socket() as client:
-            return client.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        wait_until(answers, 10, 0.05, "memcached to start")
+    command = [binary, "-l", "127.0.0.1", "-U", "0", "-m", "64", "-u", "root", "-p"]
+    with server_on_free_port(lambda port: [*command, str(port)], "memcached", 10) as port:
         harness.MEMCACHE_URL = f"memcache://127.0.0.1:{port}"
         yield harness.MEMCACHE_URL
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -106,34 +89,27 @@ def sqs_server() -> Iterator[str]:
     """moto's SQS server on a free loopback port, for the whole run; the URL of its account.
     The AWS credentials are dummies (moto accepts any), set for the daemons under test too."""
     import os
-    import socket
-    import subprocess
     import sys
 
     from tests.support import harness
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     os.environ.pop("AWS_PROFILE", None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        with socket.socket() as client:
-            return client.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        wait_until(answers, 30, 0.1, "the moto SQS server to start")
+    moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p"]
+    with server_on_free_port(lambda port: [*moto, str(port)], "the moto SQS server") as port:
         harness.SQS_URL = f"sqs://127.0.0.1:{port}/{harness.SQS_ACCOUNT}"
         yield harness.SQS_URL
-    finally:
-        process.terminate()
-        process.wait(10)
+
+
+@pytest.fixture
+def raw(sqs_server: str) -> Iterator[Any]:
+    """A plain boto3 client of the moto server: what a Go producer or consumer sees."""
+    from taskd.brokers.sqs.queues import endpoint_of, new_client
+    from taskd.config import Config
+
+    client = new_client(endpoint_of(sqs_server, Config()), 10.0)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -148,47 +124,34 @@ def mongodb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     a real mongod at $TASKD_TEST_MONGODB_URL if set, else the wire server of
     ``tests/support/mongo_server.py`` (mockupdb + mongomock) on a free loopback port."""
     import os
-    import socket
-    import subprocess
     import sys
 
     import pymongo
 
     from tests.support import harness
 
-    url, process = os.environ.get("TASKD_TEST_MONGODB_URL", ""), None
-    log = tmp_path_factory.mktemp("mongodb") / "server.log"
-    if not url:
-        port = harness.free_port()
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.mongo_server", "--port", str(port)],
-                cwd=harness.REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
+    url = os.environ.get("TASKD_TEST_MONGODB_URL", "")
+    with contextlib.ExitStack() as stack:
+        if not url:
+            log = tmp_path_factory.mktemp("mongodb") / "server.log"
+            server = [sys.executable, "-m", "tests.support.mongo_server", "--port"]
+            port = stack.enter_context(
+                server_on_free_port(
+                    lambda port: [*server, str(port)],
+                    f"the MongoDB test server (its log: {log})",
+                    cwd=harness.REPO,
+                    stderr=stack.enter_context(log.open("wb")),
+                )
             )
-        url = f"mongodb://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"the MongoDB test server exited:\n{log.read_text()}")
-            with socket.socket() as client:
-                return client.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(answers, 30, 0.05, "the MongoDB test server to start")
-    client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000)
-    try:
+            url = f"mongodb://127.0.0.1:{port}"
+        client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000)
+        stack.callback(client.close)
         try:
             client.admin.command("ping")
         except pymongo.errors.PyMongoError as exc:
             pytest.fail(f"MongoDB does not answer at {url}: {exc}")
         harness.MONGODB_URL = url
         yield client
-    finally:
-        client.close()
-        if process is not None:
-            process.terminate()
-            process.wait(10)
 
 
 @pytest.fixture

@@ -8,13 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 from structlog.testing import capture_logs
 
 from taskd.brokers import Broker, Message, open_broker
 from taskd.brokers.sqs.queues import DEAD_PREFIX as SQS_DEAD_PREFIX
-from taskd.brokers.sqs.queues import endpoint_of, new_client
-from taskd.config import Config
 from tests.support.harness import AMQP_URL, create_queue_with_redrive, wait_until
 
 
@@ -114,11 +111,6 @@ def test_amqp_a_dead_queue_declared_without_caps_is_used_as_it_is(
 
 
 # -- SQS --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw(sqs_server: str) -> Any:
-    return new_client(endpoint_of(sqs_server, Config()), 10.0)
 
 
 def retention_of(raw: Any, name: str) -> str:

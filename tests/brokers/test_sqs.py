@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from taskd.brokers import Broker, Message, open_broker
-from taskd.brokers.sqs.queues import endpoint_of, new_client
+from taskd.brokers.sqs.queues import endpoint_of
 from taskd.config import Config, SQSConfig
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskd.wire import GoTime
@@ -32,12 +32,6 @@ def open_sqs(
     yield open_one
     for broker in opened:
         broker.close()
-
-
-@pytest.fixture
-def raw(sqs_server: str) -> Any:
-    """A plain boto3 client of the moto server: what a Go producer or consumer sees."""
-    return new_client(endpoint_of(sqs_server, Config()), 10.0)
 
 
 def take(broker: Broker, queue: str, timeout_s: float = 10) -> Any:

@@ -137,7 +137,7 @@ def test_each_key_of_the_table_says_why() -> None:
         ("broker: eager\n", "broker", "eager mode is not supported"),
         ("result_backend: https://dynamodb.us-east-1.amazonaws.com\n", "result_backend", "Dyn"),
         ("result_backend: 'null'\n", "result_backend", "null backend is not supported"),
-        ("broker: redis://10.0.0.1:6379,10.0.0.2:6379/0\n", "broker", "several Redis addresses"),
+        ("broker: redis://127.0.0.1:6379,127.0.0.1:6380/0\n", "broker", "several Redis addresses"),
     ],
 )
 def test_what_taskd_cannot_honour_is_refused_naming_the_key(

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,9 +73,12 @@ def delete_sqs_namespace(url: str, namespace: str) -> None:
     from taskd.config import Config
 
     client = new_client(endpoint_of(url, Config()), 10.0)
-    for prefix in (namespace, DEAD_PREFIX + namespace):
-        for queue_url in client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
-            client.delete_queue(QueueUrl=queue_url)
+    try:
+        for prefix in (namespace, DEAD_PREFIX + namespace):
+            for queue_url in client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+                client.delete_queue(QueueUrl=queue_url)
+    finally:
+        client.close()
 
 
 def delete_namespace(client: Any, namespace: str) -> None:
@@ -264,6 +267,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def server_on_free_port(
+    command: Callable[[int], list[str]], what: str, timeout_s: float = 30, **popen: Any
+) -> Iterator[int]:
+    """Start ``command(port)`` (a server of the test run's own) on a free loopback port;
+    yield the port once it accepts connections; stop it afterwards. A server that exits
+    first fails the wait at once."""
+    import socket
+
+    port = free_port()
+    process = subprocess.Popen(
+        command(port), stdout=subprocess.DEVNULL, stderr=popen.pop("stderr", subprocess.DEVNULL),
+        **popen,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with status {process.returncode}")
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(answers, timeout_s, 0.05, f"{what} to start")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 class PrivateRedis:
     """A redis-server of one test's own, on a loopback port, persisting every write (AOF), so
     it can be restarted mid-run without losing what it held."""
@@ -352,3 +384,31 @@ def assert_refused(path: Any, key: str, reason: str) -> None:
     assert caught.value.key == key
     assert str(caught.value).startswith(f"{path}: {key}: ")
     assert reason in str(caught.value)
+
+
+def assert_poison_set_aside(
+    tmp_path: Path, config: Path, client: Any, unknown: Any, after: Any, queue: str
+) -> None:
+    """A task sent after an unknown task (``unknown``) and a message that is not JSON
+    (``{not json at all``) still runs; both are set aside with their reasons, shown by
+    ``taskctl queue dead``, and the unknown task ends FAILURE."""
+    from taskd.wire import State, decode_signature
+
+    assert after.get(timeout=20) == 6  # the queue kept moving
+    failed = unknown.wait(5)
+    assert failed.state is State.FAILURE
+    assert failed.error == "task 'no_such_task' is not registered"
+    done = taskctl(tmp_path, config, "queue", "dead", "--json")
+    assert done.returncode == 0, done.stderr
+    letters = sorted(
+        (json.loads(line) for line in done.stdout.splitlines()),
+        key=lambda letter: letter["reason"],
+    )
+    assert [letter["reason"].split(":")[0] for letter in letters] == [
+        "malformed message",
+        "task 'no_such_task' is not registered",
+    ]
+    assert letters[0]["reason"].startswith("malformed message: not valid JSON")
+    assert letters[0]["body"] == "{not json at all"
+    assert decode_signature(letters[1]["body"].encode()).uuid == unknown.task_id
+    wait_until(lambda: client.broker.size(queue) == 0, 5, what=f"{queue} to be empty")

@@ -23,9 +23,9 @@ from tests.support.harness import (
     AMQP_URL,
     GO_FIELDS,
     Daemon,
+    assert_poison_set_aside,
     client_for,
     go_message,
-    taskctl,
     wait_until,
 )
 from tests.support.tasks import runs
@@ -323,7 +323,9 @@ def test_a_lost_connection_loses_nothing(
         lambda: len(c := daemon_connections(process)) >= 2 and c, 20, 0.2, "both children"
     )
     trace = tmp_path / "trace"
-    results = send_slow(client, trace, 200, 0.02)
+    # 6 s of work on 2 children: rabbitmqctl (an Erlang VM per call) closes the connections
+    # well before the end, even on a loaded machine.
+    results = send_slow(client, trace, 200, 0.06)
     wait_until(lambda: ended(trace) >= 20, 30, 0.01, "the run to be under way")
     close_connections(list(before))
     assert ended(trace) < 200  # the loss came mid-run
@@ -349,24 +351,7 @@ def test_poison_is_set_aside_and_the_next_task_runs(
         go_publish(connection, namespace, f"{namespace}.task", b"{not json at all")
     after = client.send("sum", [1, 2, 3])
 
-    assert after.get(timeout=20) == 6  # the queue kept moving
-    failed = unknown.wait(5)
-    assert failed.state is State.FAILURE
-    assert failed.error == "task 'no_such_task' is not registered"
-    done = taskctl(tmp_path, config, "queue", "dead", "--json")
-    assert done.returncode == 0, done.stderr
-    letters = sorted(
-        (json.loads(line) for line in done.stdout.splitlines()),
-        key=lambda letter: letter["reason"],
-    )
-    assert [letter["reason"].split(":")[0] for letter in letters] == [
-        "malformed message",
-        "task 'no_such_task' is not registered",
-    ]
-    assert letters[0]["reason"].startswith("malformed message: not valid JSON")
-    assert letters[0]["body"] == "{not json at all"
-    assert decode_signature(letters[1]["body"].encode()).uuid == unknown.task_id
-    assert client.broker.size(namespace) == 0
+    assert_poison_set_aside(tmp_path, config, client, unknown, after, namespace)
     assert process.process.poll() is None
     client.close()
 

@@ -10,29 +10,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from taskd.brokers.sqs.queues import endpoint_of, new_client
+from taskd.brokers.sqs.queues import endpoint_of
 from taskd.client import signature
 from taskd.config import Config
-from taskd.wire import GoTime, State, decode_signature, new_id
-from tests.support.harness import Daemon, client_for, go_message, taskctl, wait_until
+from taskd.wire import GoTime, State, new_id
+from tests.support.harness import (
+    Daemon,
+    assert_poison_set_aside,
+    client_for,
+    go_message,
+    wait_until,
+)
 from tests.support.tasks import runs
 
 
-def raw_client(url: str) -> tuple[Any, str]:
-    """A plain boto3 client, as a Go producer has, and the queue URL prefix."""
-    endpoint = endpoint_of(url, Config())
-    return new_client(endpoint, 10.0), endpoint.base
+def queue_url_base(url: str) -> str:
+    """Where the queues of the broker URL ``url`` live: machinery's broker + "/" + queue."""
+    return endpoint_of(url, Config()).base
 
 
 def test_messages_from_a_go_producer_run(
-    sqs_namespace: str, sqs_server: str, tmp_path: Path, daemon: Callable[..., Daemon]
+    sqs_namespace: str, sqs_server: str, raw: Any, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
     """Sent as machinery does: SendMessage with the JSON body, DelaySeconds for an ETA."""
     namespace = sqs_namespace
     config, client = client_for("sqs", namespace, tmp_path)
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
-    raw, base = raw_client(sqs_server)
+    base = queue_url_base(sqs_server)
     url = raw.create_queue(QueueName=namespace)["QueueUrl"]
     assert url == f"{base}/{namespace}"  # machinery's queue URL: broker + "/" + queue
     now_id, later_id = new_id(), new_id()
@@ -94,33 +99,17 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(
 
 
 def test_poison_is_set_aside_with_its_reason_and_the_next_task_runs(
-    sqs_namespace: str, sqs_server: str, tmp_path: Path, daemon: Callable[..., Daemon]
+    sqs_namespace: str, sqs_server: str, raw: Any, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
     namespace = sqs_namespace
     config, client = client_for("sqs", namespace, tmp_path)
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     unknown = client.send("no_such_task")
-    raw, base = raw_client(sqs_server)
+    base = queue_url_base(sqs_server)
     raw.send_message(QueueUrl=f"{base}/{namespace}", MessageBody="{not json at all")
     after = client.send("sum", [1, 2, 3])
 
-    assert after.get(timeout=20) == 6  # the queue kept moving
-    failed = unknown.wait(5)
-    assert failed.state is State.FAILURE
-    assert failed.error == "task 'no_such_task' is not registered"
-    done = taskctl(tmp_path, config, "queue", "dead", "--json")
-    assert done.returncode == 0, done.stderr
-    letters = sorted(
-        (json.loads(line) for line in done.stdout.splitlines()),
-        key=lambda letter: letter["reason"],
-    )
-    assert [letter["reason"].split(":")[0] for letter in letters] == [
-        "malformed message",
-        "task 'no_such_task' is not registered",
-    ]
-    assert letters[0]["body"] == "{not json at all"
-    assert decode_signature(letters[1]["body"].encode()).uuid == unknown.task_id
-    assert wait_until(lambda: client.broker.size(namespace) == 0, 5)
+    assert_poison_set_aside(tmp_path, config, client, unknown, after, namespace)
     assert process.process.poll() is None
     client.close()

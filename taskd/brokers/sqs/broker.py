@@ -337,3 +337,5 @@ class SQSBroker(SQSDeadLetters, Broker):
                 change_visibility(self._client(), held, 0)
             except DriverError as exc:  # they come back after their visibility timeout
                 log.warning("release_on_close_failed", error=str(exc))
+        if self._client_obj is not None and not self._polls:  # a running poll still needs it
+            self._client_obj.close()
