@@ -39,6 +39,7 @@ from taskd.wire import args as typed
 from taskd.wire.fields import want_bool, want_int, want_str
 from taskd.wire.gojson import encode_value
 from taskd.wire.gotime import ZERO_TIME
+from taskd.wire.state import want_state
 
 DRIVER = "mongodb"
 DEFAULT_DATABASE = "machinery"  # machinery's, when its config has no MongoDB section
@@ -305,11 +306,7 @@ def _decoded(decode: Any, doc: dict[str, Any], about: str, what: str) -> Any:
 
 
 def _state_of(doc: dict[str, Any]) -> TaskState:
-    state_name = want_str(doc.get("state"), "state")
-    try:
-        state = State(state_name)
-    except ValueError:
-        raise DecodeError(f"state {state_name!r} is not a machinery task state") from None
+    state = want_state(doc.get("state"), "state")
     results = doc.get("results")
     if results is not None and not isinstance(results, list):
         raise DecodeError(f"results must be an array, got {type(results).__name__}")

@@ -120,13 +120,18 @@ def _decode_result(obj: Any, index: int) -> TaskResult:
     return TaskResult(want_str(fields.get("Type"), f"Results[{index}].Type"), fields.get("Value"))
 
 
+def want_state(value: object, key: str) -> State:
+    """A stored state's name as a State; DecodeError naming ``key`` for anything else."""
+    name = want_str(value, key)
+    try:
+        return State(name)
+    except ValueError:
+        raise DecodeError(f"{key} {name!r} is not a machinery task state") from None
+
+
 def decode_state(raw: bytes | str) -> TaskState:
     f = gojson.fold_keys(gojson.loads(raw), _STATE_FIELDS, "TaskState")
-    state_name = want_str(f.get("State"), "State")
-    try:
-        state = State(state_name)
-    except ValueError:
-        raise DecodeError(f"State {state_name!r} is not a machinery task state") from None
+    state = want_state(f.get("State"), "State")
     raw_results = f.get("Results")
     if raw_results is not None and not isinstance(raw_results, list):
         raise DecodeError(f"Results must be an array, got {gojson.json_type(raw_results)}")
