@@ -21,6 +21,8 @@ programs using machinery's AMQP backend do not see these records (they share the
   it unacked, records itself in ``<exchange>.chord.<group id>.claimant``, flips ChordTriggered
   and then acks. A claimant that dies before the ack gives the token back (RabbitMQ requeues
   it), and whoever takes it next finds any claim already recorded, so one claimant wins.
+- Boards: a record ``<exchange>.board.<name>`` holding the whole board, which writers
+  rewrite one at a time (``taskd.backends.amqp_board``).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue as queues
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self, TypeVar
 
 from taskd.amqplink import Link, connection_parameters
+from taskd.backends import amqp_board
 from taskd.backends.amqp_records import Held, Inbox, RecordSession, Seen, Write, deliver
-from taskd.backends.base import ResultBackend
+from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, DriverError
 from taskd.wire import GroupMeta, State, TaskState
@@ -73,6 +77,11 @@ class AMQPBackend(ResultBackend):
         }
         # No length limit for the token: one held unacked would not count; init_group purges.
         self._token_arguments: dict[str, int | str] = {"x-expires": expire_ms}
+        # No message TTL for a board: each entry has its own expiry.
+        self._board_arguments = {
+            name: value for name, value in self._record_arguments.items() if name != "x-message-ttl"
+        }
+        self._posting = threading.Lock()  # one post at a time holds the connection's lock
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -339,6 +348,14 @@ class AMQPBackend(ResultBackend):
 
         with contextlib.suppress(DriverError):  # the connection is gone: so is the hold
             self._call(close, group_id)
+
+    # -- boards ---------------------------------------------------------------------------
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        amqp_board.post(self, board, entries, ttl_s)
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        return amqp_board.read(self, board)
 
     def close(self) -> None:
         self._link.close()

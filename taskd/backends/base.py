@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar, Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Self
 
 from taskd.config import Config
 from taskd.errors import BackendError, DecodeError, NotSupported
 from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
+
+Entry = dict[str, Any]  # a board's entry: a JSON object
 
 
 class ResultBackend(ABC):
@@ -49,6 +51,22 @@ class ResultBackend(ABC):
         The same claimant (the member task that claims) gets True again, so a claim whose
         reply was lost, or whose worker died before sending the callback, is not spent.
         """
+
+    @abstractmethod
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        """Pin ``entries`` on the shared ``board``, each kept ``ttl_s`` seconds from now.
+
+        A board is a small map of keys to JSON objects that every daemon and taskctl sharing
+        this backend can read: live workers' beats (``taskd.worker.beacon``) and revocations
+        (``taskd.revocations``). An entry replaces its key's previous one; None takes it
+        down. One call is atomic for concurrent readers and writers of the same board (no
+        entry another writer pinned meanwhile is lost) and prunes what has expired, so a
+        board holds only what is live and a post costs a few round trips whatever its size.
+        """
+
+    @abstractmethod
+    def read_board(self, board: str) -> dict[str, Entry]:
+        """The ``board``'s entries that have not expired, by key ({} for an unknown board)."""
 
     @abstractmethod
     def close(self) -> None:

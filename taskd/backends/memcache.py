@@ -12,17 +12,23 @@ Unlike machinery:
 - a chord is claimed with ``add`` of ``taskd:chord:<group id>`` (true for one claimant
   only; the same claimant again is told yes), not machinery's unlocked get-and-set, whose
   races fired chord callbacks twice.
+
+Boards (taskd's own): ``taskd:board:<name>`` holds the whole board as JSON
+(``taskd.backends.board_json``), posted by gets/cas like a state, and kept by Memcache as
+long as its longest-lived entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Self
 
 from taskd import drivers
-from taskd.backends.base import ResultBackend
+from taskd.backends import board_json
+from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config, redact_url
 from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.wire import GroupMeta, State, TaskState
@@ -33,6 +39,9 @@ CAS_ATTEMPTS = 50  # concurrent writers of one key retry this often before givin
 CONNECT_TIMEOUT_S = 5.0
 TIMEOUT_S = 15.0  # longest wait for a reply
 CLAIMS_PREFIX = "taskd:chord:"  # + group id: the claimant of a group's chord
+# + board name: the whole board. One item, so at most memcached's item size (-I, 1 MB by
+# default; a post past it fails with "object too large"): a few thousand entries.
+BOARDS_PREFIX = "taskd:board:"
 
 
 def servers_of(url: str, key: str, source: str | None = None) -> list[tuple[str, int]]:
@@ -90,8 +99,6 @@ class MemcacheBackend(ResultBackend):
         )
 
     def _expiry(self) -> int:
-        import time
-
         return int(time.time()) + self._expire_s
 
     # -- states -----------------------------------------------------------------------------
@@ -166,6 +173,31 @@ class MemcacheBackend(ResultBackend):
             value = replace(group, chord_triggered=True).encode()
             if self._client.cas(group_id, value, token, expire=self._expiry()):
                 return
+
+    # -- boards -----------------------------------------------------------------------------
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        key = BOARDS_PREFIX + board
+        with self._translated(f"board {board}"):
+            for _ in range(CAS_ATTEMPTS):
+                raw, token = self._client.gets(key)
+                now_s = time.time()
+                value, longest_s = board_json.pinned(
+                    raw, entries, ttl_s, now_s, driver=self.driver, board=board
+                )
+                # An absolute time (as _expiry), rounded up: Memcache counts whole seconds.
+                expire = int(now_s + longest_s) + 1
+                if raw is None:
+                    if self._client.add(key, value, expire=expire, noreply=False):
+                        return
+                elif self._client.cas(key, value, token, expire=expire):
+                    return
+        raise BackendUnavailable(self.driver, "too many concurrent writes", f"board {board}")
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        with self._translated(f"board {board}"):
+            raw = self._client.get(BOARDS_PREFIX + board)
+        return board_json.live(raw, time.time(), driver=self.driver, board=board)
 
     def close(self) -> None:
         self._client.close()

@@ -17,6 +17,8 @@ Unlike machinery:
 - a chord is claimed by one findAndModify recording ``chord_claimant``: true for one claimant
   only, and for it again. machinery's UpdateOne says yes even when nothing matched;
 - a string result holding JSON stays a string; machinery's ``{type: "json"}`` reads as one.
+
+Boards (taskd's own) are in ``taskd_boards``: see ``taskd.backends.mongodb_board``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
-from urllib.parse import unquote_plus
 
 from taskd import drivers
-from taskd.backends.base import ResultBackend
-from taskd.config import Config, redact_url
+from taskd.backends import mongodb_board as boards
+from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.mongodb_url import check_database, parse_url
+from taskd.config import Config
 from taskd.errors import ArgumentError, BackendError, BackendUnavailable, ConfigError, DecodeError
 from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState
 from taskd.wire import args as typed
@@ -50,36 +53,6 @@ CLIENT_DEFAULTS = dict(serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, soc
 ZERO_MS = ZERO_TIME.unix_ns // 1_000_000  # Go's zero time.Time as a BSON date
 FAR_FUTURE_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: "no delete_at" in comparisons
 INDEX_CONFLICTS = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
-_BAD_DATABASE_CHARS = frozenset('/\\. "$\0')
-
-
-def parse_url(url: str, key: str, source: str | None = None) -> tuple[str, set[str]]:
-    """The URL's database ("" if none) and its option names (lower case), with no DNS
-    lookup for ``mongodb+srv://``; ConfigError naming ``key`` for a malformed URL."""
-    from pymongo.errors import ConfigurationError, InvalidURI
-    from pymongo.uri_parser import parse_uri, split_hosts, split_options
-
-    try:
-        if url.startswith("mongodb+srv://"):  # checked here; resolved when first used
-            address, _, query = url.partition("://")[2].partition("?")
-            hosts, _, database = address.partition("/")
-            nodes = split_hosts(hosts.rpartition("@")[2], default_port=None)
-            if len(nodes) != 1 or nodes[0][1] is not None:
-                raise InvalidURI("mongodb+srv:// takes one host name and no port")
-            options = split_options(query) if query else {}
-            database = unquote_plus(database).partition(".")[0]
-        else:
-            parsed = parse_uri(url)
-            database, options = parsed["database"] or "", parsed["options"]
-    except (InvalidURI, ConfigurationError, ValueError) as exc:
-        raise ConfigError(key, f"{redact_url(url)!r}: {exc}", source) from None
-    return database, {name.lower() for name in options}
-
-
-def check_database(name: str, key: str, source: str | None = None) -> str:
-    if not name or len(name.encode()) > 63 or not _BAD_DATABASE_CHARS.isdisjoint(name):
-        raise ConfigError(key, f"{name!r} is not a MongoDB database name", source)
-    return name
 
 
 class MongoDBBackend(ResultBackend):
@@ -140,12 +113,13 @@ class MongoDBBackend(ResultBackend):
         if not self._indexed:
             from pymongo.errors import OperationFailure
 
-            for each in (TASKS, GROUPS):
+            for each in (TASKS, GROUPS, boards.BOARDS):
                 try:  # the same index machinery creates: {delete_at: 1}, expireAfterSeconds 0
                     self._collection(each).create_index("delete_at", expireAfterSeconds=0)
                 except OperationFailure as exc:
                     if exc.code not in INDEX_CONFLICTS:  # one of another shape is there
                         raise
+            boards.create_index(self._collection(boards.BOARDS))
             self._indexed = True
         return collection
 
@@ -252,6 +226,16 @@ class MongoDBBackend(ResultBackend):
             if self.get_group(group_id) is None:
                 raise BackendError(self.driver, "group metadata is missing or expired", group_id)
             return False
+
+    # -- boards -----------------------------------------------------------------------------
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        with self._translated(f"board {board}"):
+            boards.post(self._writable(boards.BOARDS), board, entries, ttl_s, _now_ms())
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        with self._translated(f"board {board}"):
+            return boards.read(self._collection(boards.BOARDS), board, _now_ms())
 
     def close(self) -> None:
         with self._lock:

@@ -7,13 +7,14 @@ serialises every chord of every group behind one ``TriggerChordMutex``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
+import orjson
 import structlog
 
 from taskd import redisdb
-from taskd.backends.base import ResultBackend
+from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
@@ -21,6 +22,8 @@ from taskd.wire import GroupMeta, State, TaskState
 log = structlog.get_logger("taskd.redis")
 SET_STATES = redisdb.Script.packaged("set_states.lua")
 CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
+POST = redisdb.Script.packaged("post.lua")
+READ_BOARD = redisdb.Script.packaged("read_board.lua")
 
 
 class RedisBackend(ResultBackend):
@@ -111,6 +114,22 @@ class RedisBackend(ResultBackend):
         if claimed == -1:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
         return claimed == 1
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        """A hash per board (``<key_prefix>board:<name>``); expiry by Redis's clock, so
+        hosts whose clocks disagree still agree on what is live."""
+        pairs = [
+            part
+            for key, entry in entries.items()
+            for part in (key, b"" if entry is None else orjson.dumps(entry))
+        ]
+        with self._translated():
+            POST(self._redis, [f"{self._prefix}board:{board}"], [round(ttl_s * 1000), *pairs])
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        with self._translated():
+            flat = READ_BOARD(self._redis, [f"{self._prefix}board:{board}"], [])
+        return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def purge(self, task_id: str) -> None:
         with self._translated(task_id):

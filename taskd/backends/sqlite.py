@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
-from taskd.backends.base import ResultBackend
+import orjson
+
+from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
@@ -27,6 +29,13 @@ CREATE TABLE IF NOT EXISTS taskd_chord_claims (
     group_id TEXT PRIMARY KEY,
     claimant TEXT NOT NULL,         -- the member task that triggered the chord
     expires_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS taskd_boards (
+    board TEXT NOT NULL,
+    key TEXT NOT NULL,
+    entry BLOB NOT NULL,            -- JSON object
+    expires_ns INTEGER NOT NULL,
+    PRIMARY KEY (board, key)
 );
 CREATE TABLE IF NOT EXISTS taskd_groups (
     group_id TEXT PRIMARY KEY,
@@ -144,6 +153,34 @@ class SQLiteBackend(ResultBackend):
                 (group_id, claimant, time.time_ns() + self._expire_ns),
             )
             return True
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        now = time.time_ns()
+        expires_ns = now + round(ttl_s * 1e9)
+        pinned = [
+            (board, key, orjson.dumps(entry), expires_ns)
+            for key, entry in entries.items()
+            if entry is not None
+        ]
+        down = [(board, key) for key, entry in entries.items() if entry is None]
+        with self._guard(), self._lock, write_transaction(self._conn):
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO taskd_boards (board, key, entry, expires_ns)"
+                " VALUES (?, ?, ?, ?)",
+                pinned,
+            )
+            self._conn.executemany("DELETE FROM taskd_boards WHERE board = ? AND key = ?", down)
+            self._conn.execute(
+                "DELETE FROM taskd_boards WHERE board = ? AND expires_ns <= ?", (board, now)
+            )
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        with self._guard(), self._lock:
+            rows = self._conn.execute(
+                "SELECT key, entry FROM taskd_boards WHERE board = ? AND expires_ns > ?",
+                (board, time.time_ns()),
+            ).fetchall()
+        return {key: orjson.loads(entry) for key, entry in rows}
 
     def purge(self, task_id: str) -> None:
         with self._guard(task_id), self._lock:

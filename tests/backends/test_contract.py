@@ -173,3 +173,50 @@ def test_pending_begun_before_publishing(backend: ResultBackend) -> None:
         backend.set_state(state(late, State.STARTED))  # a worker's, written first
         backend.begin_pending([state(late, State.PENDING)], fresh=True)()
         assert backend.get_state(late).state is State.STARTED
+
+
+# -- boards: live workers and revocations ----------------------------------------------------
+
+
+def test_a_board_keeps_entries_by_key_until_taken_down(backend: ResultBackend) -> None:
+    board = f"test-{new_id()}"
+    assert backend.read_board(board) == {}
+    backend.post(board, {"a": {"n": 1, "text": "é"}, "b": {"nested": [1, {"x": None}]}}, 60)
+    backend.post(board, {"a": {"n": 2}}, 60)  # replaces a, keeps b
+    assert backend.read_board(board) == {"a": {"n": 2}, "b": {"nested": [1, {"x": None}]}}
+    backend.post(board, {"b": None, "c": {}}, 60)
+    assert backend.read_board(board) == {"a": {"n": 2}, "c": {}}
+    assert backend.read_board(f"other-{board}") == {}  # boards are apart
+
+
+def test_board_entries_expire_each_on_its_own(backend: ResultBackend) -> None:
+    board = f"test-{new_id()}"
+    backend.post(board, {"short": {"n": 1}}, 1)
+    backend.post(board, {"long": {"n": 2}}, 60)
+    assert set(backend.read_board(board)) == {"short", "long"}
+    wait_until(lambda: set(backend.read_board(board)) == {"long"}, 5, 0.1, "one entry to expire")
+    backend.post(board, {"another": {}}, 60)  # a post after the expiry does not bring it back
+    assert set(backend.read_board(board)) == {"long", "another"}
+
+
+def test_concurrent_posts_to_one_board_lose_nothing(
+    driver_kind: str, make_config: Callable[..., Any], backend: ResultBackend
+) -> None:
+    board = f"test-{new_id()}"
+    config = make_config(driver_kind)
+    pids = []
+    for writer in range(6):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                own = open_backend(config)
+                for n in range(5):
+                    own.post(board, {f"w{writer}-{n}": {"writer": writer}}, 60)
+                own.close()
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    assert all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in pids)
+    assert set(backend.read_board(board)) == {f"w{w}-{n}" for w in range(6) for n in range(5)}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
-from taskd.backends.base import ResultBackend
+from taskd.backends.base import Entry, ResultBackend
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, BrokerUnavailable
@@ -113,6 +113,7 @@ class MemoryBackend(Recorder, ResultBackend):
         self.states: dict[str, TaskState] = {}
         self.groups: dict[str, GroupMeta] = {}
         self.claims: dict[str, str] = {}
+        self.boards: dict[str, dict[str, tuple[float, Entry]]] = {}  # key: (expiry, entry)
         self.closed = False
 
     @classmethod
@@ -141,6 +142,22 @@ class MemoryBackend(Recorder, ResultBackend):
         if group_id not in self.groups:
             raise BackendError(self.driver, "no such group", group_id)
         return self.claims.setdefault(group_id, claimant) == claimant
+
+    def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        self._record("post", (board, dict(entries)))
+        now, pinned = time.monotonic(), self.boards.setdefault(board, {})
+        for key, entry in entries.items():
+            if entry is None:
+                pinned.pop(key, None)
+            else:
+                pinned[key] = (now + ttl_s, entry)
+
+    def read_board(self, board: str) -> dict[str, Entry]:
+        self._record("read_board", board)
+        now = time.monotonic()
+        return {
+            k: entry for k, (expiry, entry) in self.boards.get(board, {}).items() if expiry > now
+        }
 
     def close(self) -> None:
         self.closed = True
