@@ -10,7 +10,10 @@ from taskd.cli.params import Failure
 from taskd.cli.session import Session, pass_session
 from taskd.errors import UnknownDeadLetters
 from taskd.exitcodes import EXIT_CANCELLED, EXIT_USAGE
-from taskd.wire import gojson
+from taskd.wire import GoTime, State, TaskState, gojson
+from taskd.wire.signature import identity_of
+
+REQUEUE_READ_MAX = 100_000  # dead letters read to find the tasks a requeue sends again
 
 
 @click.group()
@@ -159,6 +162,8 @@ def _act_on_dead(
     act = broker.requeue_dead if verb == "requeue" else broker.drop_dead
     done = "requeued" if verb == "requeue" else "dropped"
     try:
+        if verb == "requeue":
+            _pending_again(session, name, ids)
         count = act(name, ids)
     except UnknownDeadLetters as exc:
         raise Failure(f"{exc}; nothing was {done}", EXIT_USAGE) from None
@@ -168,6 +173,27 @@ def _act_on_dead(
         click.echo(f"requeued {count} message(s) to {name}")
     else:
         click.echo(f"dropped {count} dead letter(s) of {name}")
+
+
+def _pending_again(session: Session, name: str, ids: list[str] | None) -> None:
+    """Record the tasks about to be requeued PENDING, as when they were first sent: their
+    FAILURE (why they were set aside) must not pass for a finished task's when a message
+    comes back redelivered, and whoever waits on one sees it is on its way again."""
+    letters = session.client.broker.dead_letters(name, REQUEUE_READ_MAX)
+    if ids is not None:
+        missing = set(ids) - {letter.id for letter in letters}
+        if missing:
+            driver = session.client.broker.driver
+            raise UnknownDeadLetters(driver, name, [i for i in ids if i in missing])
+        letters = [letter for letter in letters if letter.id in ids]
+    now = GoTime.now()
+    pending = [
+        TaskState(task_id, State.PENDING, task_name=task_name, created_at=now)
+        for task_id, task_name in (identity_of(letter.body) for letter in letters)
+        if task_id
+    ]
+    if pending:
+        session.client.backend.set_states(pending)
 
 
 def shown(body: bytes) -> str:

@@ -52,6 +52,9 @@ def test_a_task_set_aside_as_unknown_is_requeued_once_installed_and_runs(
     assert "nothing was requeued" in typo.stderr
     requeued = taskctl(tmp_path, installed, "queue", "dead", "--requeue", letter["id"])
     assert (requeued.returncode, requeued.stdout) == (0, f"requeued 1 message(s) to {namespace}\n")
+    # Sent again: PENDING (or already run), never its old FAILURE, which a redelivery of the
+    # requeued message (an SQS long poll of the stopped daemon took it) would take as final.
+    assert taskctl(tmp_path, installed, "result", task_id).returncode in (0, 3)
 
     def succeeded() -> Any:
         done = taskctl(tmp_path, installed, "result", task_id)
