@@ -14,9 +14,11 @@ from datetime import datetime
 from typing import Any, Self
 
 from taskd.backends import ResultBackend, open_backend
+from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.errors import ResultTimeout, TaskFailed
+from taskd.revocations import Revocation, revoke
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
 from taskd.wire.gotime import LATEST_ETA
 from taskd.workflows import Chain, Chord, Group
@@ -199,7 +201,10 @@ class Client:
         return prepared
 
     def send_chain(self, workflow: Chain) -> ChainResult:
-        """Send a chain: its head, with the other links nested inside (machinery's SendChain)."""
+        """Send a chain: its head, with the other links nested inside (machinery's SendChain).
+        Every link is recorded PENDING first, so each can be looked up, and revoked, at once."""
+        now = GoTime.now()
+        self.backend.set_states([pending_state(link, now) for link in workflow.links[1:]])
         self.publish([workflow.head])
         return ChainResult(self, workflow.link_ids)
 
@@ -225,6 +230,15 @@ class Client:
 
     def result(self, task_id: str) -> AsyncResult:
         return AsyncResult(self, task_id)
+
+    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> list[Revocation]:
+        """Revoke tasks: what happened to each (``taskd.revocations``)."""
+        expire_s = self.config.results_expire_in_s
+        return revoke(self.backend, task_ids, terminate=terminate, expire_s=expire_s)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live daemons sharing this backend, as ``taskctl workers --json`` shows them."""
+        return live_workers(self.backend)
 
     def group_result(self, group_id: str) -> GroupResult | None:
         """The members of a stored group, or None when there is no such group."""

@@ -27,6 +27,15 @@ class Chain:
     head: Signature  # the first link, the rest nested in OnSuccess
     link_ids: tuple[str, ...]  # in order; the last one's result is the chain's
 
+    @property
+    def links(self) -> tuple[Signature, ...]:
+        """Every link in order, each as it travels (the links after it nested inside)."""
+        found, link = [self.head], self.head
+        for link_id in self.link_ids[1:]:
+            link = next(sig for sig in link.on_success or () if sig.uuid == link_id)
+            found.append(link)
+        return tuple(found)
+
 
 @dataclass(frozen=True, slots=True)
 class Group:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from taskd import __version__
-from taskd.cli import documents, taskctl_queue, taskctl_workflows
+from taskd.cli import documents, taskctl_queue, taskctl_workers, taskctl_workflows
 from taskd.cli.params import ISO_TIME, TYPED_ARG, config_option
 from taskd.cli.session import (
     Group,
@@ -168,7 +168,12 @@ def result(session: Session, task_id: str, wait_s: float | None, as_json: bool) 
 # -- the other commands ----------------------------------------------------------------------
 
 
-for command in (*taskctl_workflows.COMMANDS, taskctl_queue.queue):
+for command in (
+    *taskctl_workflows.COMMANDS,
+    taskctl_queue.queue,
+    taskctl_workers.workers,
+    taskctl_workers.revoke,
+):
     main.add_command(command)
 
 

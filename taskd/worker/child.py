@@ -26,6 +26,7 @@ from functools import partial
 import structlog
 
 from taskd.backends import ResultBackend
+from taskd.boards import REVOKED as REVOKED_BOARD
 from taskd.brokers import Broker, Delivery, open_broker
 from taskd.client import Client
 from taskd.config import Config
@@ -39,6 +40,7 @@ from taskd.errors import (
 )
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, Task
+from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
 from taskd.worker import followups
@@ -51,12 +53,13 @@ from taskd.worker.execute import (
     outcome_of_stored,
 )
 from taskd.worker.jobs import Job, final_state, pending_again
-from taskd.worker.limits import TaskClocks, deadline, killed_at_time_limit, limits_of
+from taskd.worker.limits import NOTHING, killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
 from taskd.worker.outages import Outages
 from taskd.worker.pacing import FAST_TASK_S, Pacing
 from taskd.worker.recycling import Recycling
+from taskd.worker.running import RunningTasks
 from taskd.worker.writes import WriteBuffer
 
 log = structlog.get_logger("taskd.worker")
@@ -81,7 +84,7 @@ class Child:
         self.stopping = False
         self.pacing = Pacing(config.worker.prefetch)
         self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
-        self.clocks: TaskClocks | None = None  # hard limits' deadlines: set by the supervisor
+        self.tasks: RunningTasks | None = None  # what it runs, for its supervisor (if any)
         self.metrics = task_metrics()  # None unless the supervisor serves metrics.listen
         beat, report = partial(liveness.stamp, slot, busy=True), partial(liveness.outage, slot)
         self.outages = Outages(lambda: self.stopping, beat, report)
@@ -111,6 +114,9 @@ class Child:
             self._close()
             return EXIT_OK
         self.sender = Client(self.config, broker=self.broker, backend=self.backend)
+        self.revoked = RevokedIds(
+            lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
+        )
         self.writes = WriteBuffer(
             lambda states: self.outages.call("backend", self.backend.set_states, states),
             lambda deliveries: self.outages.call("broker", self.broker.ack_many, deliveries),
@@ -284,7 +290,8 @@ class Child:
                 self.writes.add_state(job.state(State.STARTED))
                 self.writes.flush()
             started = time.perf_counter()
-            with deadline(self.clocks, self.slot, job.sig, limits.hard_s):
+            tasks = self.tasks
+            with NOTHING if tasks is None else tasks.running(self.slot, job.sig, limits.hard_s):
                 outcome = execute(job.task, job.sig, job.delivery.queue, self.policy, limits)
             elapsed_s = time.perf_counter() - started
             self.pacing.ran(job.sig.name, elapsed_s)
@@ -296,16 +303,18 @@ class Child:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
 
     def _outcome_without_running(self, job: Job) -> Outcome | None:
-        """The outcome of a job that must not run: unknown task, already finished before its
-        worker died, or one whose workers keep dying (worker.max_deliveries)."""
+        """The outcome of a job that must not run: already finished before its worker died,
+        revoked, unknown task, or one whose workers keep dying (worker.max_deliveries)."""
         limit, deliveries = self.config.worker.max_deliveries, job.delivery.deliveries
-        if job.task is None:
-            return Outcome(Kind.FAILED, error=str(TaskNotFound(job.sig.name)), dead_letter=True)
         if job.finished is not None:
             log.warning(
                 "task_already_finished", state=job.finished.state.value, deliveries=deliveries
             )
             return outcome_of_stored(job.finished, job.sig, self.policy)
+        if job.sig.uuid in self.revoked:
+            return Outcome(Kind.FAILED, error=REVOKED)
+        if job.task is None:
+            return Outcome(Kind.FAILED, error=str(TaskNotFound(job.sig.name)), dead_letter=True)
         if limit and deliveries > limit:
             reason = (
                 f"delivered {deliveries} times, and each time its worker died before it"
@@ -354,7 +363,7 @@ class Child:
         return [sig.with_changes(priority=0) for sig in signatures]
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
-        self.liveness.count_done(self.slot)
+        self.liveness.count_done(self.slot, failed=outcome.kind is Kind.FAILED)
         if self.metrics is not None:
             self.metrics.record(job, outcome, duration_ms)
         attempt = attempt_of(job.sig)

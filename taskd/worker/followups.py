@@ -41,7 +41,9 @@ def sets_off(sig: Signature, outcome: Outcome) -> bool:
         return True
     if sig.chord_callback is not None and sig.group_uuid:
         return True
-    return bool(sig.on_success if outcome.kind is Kind.SUCCEEDED else sig.on_error)
+    if outcome.kind is Kind.SUCCEEDED:
+        return bool(sig.on_success)
+    return bool(sig.on_error or sig.on_success)  # OnSuccess: recorded as never to run
 
 
 def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) -> FollowUp:
@@ -54,9 +56,12 @@ def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) 
     if outcome.kind is Kind.SUCCEEDED:
         chord = _chord(chord_after_success, backend, sig)
         return FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
-    chord = _chord(chord_after_failure, backend, sig, outcome.error, GoTime.now())
+    now = GoTime.now()
+    chord = _chord(chord_after_failure, backend, sig, outcome.error, now)
+    stopped = never_to_run(sig, f"chain stopped: {sig.uuid} failed: {outcome.error}", now)
     return FollowUp(
-        send=(*on_error(sig.on_error or (), outcome.error), *chord.send), record=chord.record
+        send=(*on_error(sig.on_error or (), outcome.error), *chord.send),
+        record=(*chord.record, *stopped),
     )
 
 
@@ -80,6 +85,23 @@ def on_success(sig: Signature, results: Sequence[TaskResult]) -> list[Signature]
     """The OnSuccess callbacks, with the results appended unless ``sig`` is Immutable."""
     extra = () if sig.immutable else _as_args(results)
     return [cb.with_changes(args=(*(cb.args or ()), *extra)) for cb in sig.on_success or ()]
+
+
+def never_to_run(sig: Signature, error: str, now: GoTime) -> list[TaskState]:
+    """FAILURE for the OnSuccess callbacks of a task that failed for good, and theirs: the
+    rest of its chain, whose links were recorded PENDING when it was sent, never runs, and
+    whoever waits on one is told why (machinery leaves them PENDING for ever)."""
+    return [
+        state
+        for callback in sig.on_success or ()
+        if callback.uuid
+        for state in (
+            TaskState(
+                callback.uuid, State.FAILURE, task_name=callback.name, error=error, created_at=now
+            ),
+            *never_to_run(callback, error, now),
+        )
+    ]
 
 
 def on_error(callbacks: Sequence[Signature], error: str) -> list[Signature]:

@@ -7,8 +7,8 @@ soft_time_limit=)``, and ``worker.time_limit`` / ``worker.soft_time_limit``.
 Soft: an ITIMER_REAL alarm raises SoftTimeLimitExceeded inside the task (tasks run in the
 child's main thread, where Python runs signal handlers); the task may catch it, clean up and
 return a result. Hard: before the task runs, the child writes its deadline, id and name in its
-slot of ``TaskClocks`` (shared memory, as ``ChildLiveness``); the supervisor
-(``taskd.worker.timekeeper``) stops a child whose task is past its deadline, records the task
+slot of ``RunningTasks`` (``taskd.worker.running``); the supervisor
+(``taskd.worker.kills``) stops a child whose task is past its deadline, records the task
 as RETRY (RetryCount left) or FAILURE with the error ``time limit exceeded``, and kills the
 child with SIGKILL, which no task can catch, ignore or outlast in C code. The message comes
 back because its consumer died; the child that takes it finds that state
@@ -19,14 +19,11 @@ error path run.
 
 from __future__ import annotations
 
-import mmap
-import os
 import signal
-import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -79,16 +76,6 @@ def _first(
     if value is not None:  # a null header is no header
         return limit_seconds(value, f"header {key!r}")
     return configured if decorated is None else decorated
-
-
-def deadline(
-    clocks: TaskClocks | None, slot: int, sig: Signature, limit_s: float
-) -> AbstractContextManager[None]:
-    """``with deadline(...):`` around a task: its hard limit in the supervisor's table; nothing
-    without a limit, or without a supervisor (a child run in-process)."""
-    if clocks is None or limit_s <= 0:
-        return NOTHING
-    return clocks.running(slot, sig, limit_s)
 
 
 def killed_at_time_limit(stored: TaskState) -> bool:
@@ -153,79 +140,3 @@ class SoftLimit:
         if delay_s > 0:  # someone else's timer, set back with what was left of it
             left_s = max(delay_s - (time.monotonic() - self._entered_at), 0.001)
             signal.setitimer(signal.ITIMER_REAL, left_s, interval_s)
-
-
-# -- the hard limit's table -----------------------------------------------------------------
-
-# deadline (monotonic seconds; 0: none), pid, limit (seconds), RetryCount left (0/1), and the
-# lengths of the task's id and name (UTF-8), which follow in the slot.
-_HEAD = struct.Struct("=dqdIHH")
-ID_BYTES = 256  # a longer task id cannot be recorded: the task is killed all the same
-NAME_BYTES = 128  # a longer name is cut (the stored record's own name is kept anyway)
-_ENTRY_SIZE = _HEAD.size + ID_BYTES + NAME_BYTES
-_DEADLINE = struct.Struct("=d")  # the head's first field: written last, cleared first
-
-
-@dataclass(frozen=True, slots=True)
-class Running:
-    """A task running under a hard limit, as its child wrote it in its slot."""
-
-    pid: int
-    deadline_s: float  # time.monotonic() (system-wide) at which it is past its limit
-    limit_s: float
-    retries_left: bool
-    task_id: str | None  # None: too long to keep here
-    task_name: str
-
-
-class TaskClocks:
-    """Per child slot, the task running under a hard limit: written by the child before and
-    after each such task, read by the supervisor. Shared anonymous memory, made before the
-    fork; a slot names its writer's pid, so whatever a dead child left is never taken for its
-    successor's."""
-
-    def __init__(self, slots: int) -> None:
-        self._slots = slots
-        self._mem = mmap.mmap(-1, slots * _ENTRY_SIZE)
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    def start(self, slot: int, sig: Signature, limit_s: float) -> None:
-        """The task of ``sig`` starts now in ``slot`` and may run ``limit_s`` (child)."""
-        offset = slot * _ENTRY_SIZE
-        task_id, name = sig.uuid.encode(), sig.name.encode()[:NAME_BYTES]
-        if len(task_id) > ID_BYTES:
-            task_id = b""
-        head = _HEAD.pack(
-            0.0, os.getpid(), limit_s, int(sig.retry_count > 0), len(task_id), len(name)
-        )
-        entry = head + task_id.ljust(ID_BYTES, b"\0") + name.ljust(NAME_BYTES, b"\0")
-        self._mem[offset : offset + _ENTRY_SIZE] = entry
-        _DEADLINE.pack_into(self._mem, offset, time.monotonic() + limit_s)  # now it counts
-
-    def finish(self, slot: int) -> None:
-        """The task ended (child): no deadline any more."""
-        _DEADLINE.pack_into(self._mem, slot * _ENTRY_SIZE, 0.0)
-
-    @contextmanager
-    def running(self, slot: int, sig: Signature, limit_s: float) -> Iterator[None]:
-        """``with clocks.running(slot, sig, limit_s):`` around a task (child)."""
-        self.start(slot, sig, limit_s)
-        try:
-            yield
-        finally:
-            self.finish(slot)
-
-    def read(self, slot: int) -> Running | None:
-        """The task running under a deadline in ``slot``, if any (supervisor)."""
-        offset = slot * _ENTRY_SIZE
-        deadline_s, pid, limit_s, retries, id_len, name_len = _HEAD.unpack_from(self._mem, offset)
-        if not deadline_s:
-            return None
-        at = offset + _HEAD.size
-        task_id = bytes(self._mem[at : at + min(id_len, ID_BYTES)]).decode("utf-8", "replace")
-        at += ID_BYTES
-        name = bytes(self._mem[at : at + min(name_len, NAME_BYTES)]).decode("utf-8", "replace")
-        return Running(pid, deadline_s, limit_s, bool(retries), task_id or None, name)

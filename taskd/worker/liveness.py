@@ -19,6 +19,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -28,13 +29,15 @@ from taskd.config import Config
 MAX_CHILDREN = 1024  # slots allocated up front; the pool never grows past this
 BUSY_BEAT_S = 1.0  # while a child runs tasks, its slot is stamped this often
 # last beat (monotonic seconds), busy flag, ready flag, tasks done; then since when its
-# broker (1) or backend (2) has been unreachable (monotonic seconds; kind 0: reachable)
-_SLOT = struct.Struct("=dIIQdI")
+# broker (1) or backend (2) has been unreachable (monotonic seconds; kind 0: reachable); and
+# how many of its tasks done failed
+_SLOT = struct.Struct("=dIIQdIQ")
 _STAMP = struct.Struct("=dI")  # the slot's first two fields
 _BEAT = struct.Struct("=d")
 _READY_AT = 12  # byte offsets of the ready flag and the task count in a slot
 _DONE_AT = 16
 _OUTAGE_AT = 24
+_FAILED_AT = 36
 _OUTAGE = struct.Struct("=dI")
 OUTAGE_KINDS = ("", "broker", "backend")
 _FLAG = struct.Struct("=I")
@@ -62,6 +65,7 @@ class SlotView:
     tasks_done: int  # tasks this child finished
     outage: str = ""  # "broker" or "backend" while the child cannot reach it...
     outage_since_s: float = 0.0  # ...since this time.monotonic()
+    tasks_failed: int = 0  # of tasks_done, those that failed
 
 
 class ChildLiveness:
@@ -69,6 +73,7 @@ class ChildLiveness:
         self._slots = slots
         self._mem = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared across fork
         self._clock: _BusyClock | None = None  # the child's own, made in the child
+        self.retired_done = self.retired_failed = 0  # by children that have exited
 
     @property
     def slots(self) -> int:
@@ -76,7 +81,7 @@ class ChildLiveness:
 
     def reset(self, slot: int) -> None:
         """A new child in ``slot``: stamped now, idle, not ready, nothing done (supervisor)."""
-        _SLOT.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), 0, 0, 0, 0.0, 0)
+        _SLOT.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), 0, 0, 0, 0.0, 0, 0)
 
     def stamp(self, slot: int, *, busy: bool) -> None:
         _STAMP.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), int(busy))
@@ -84,10 +89,24 @@ class ChildLiveness:
     def mark_ready(self, slot: int) -> None:
         _FLAG.pack_into(self._mem, slot * _SLOT.size + _READY_AT, 1)
 
-    def count_done(self, slot: int) -> None:
+    def count_done(self, slot: int, *, failed: bool) -> None:
         """One more task finished in ``slot`` (only its child writes it)."""
-        offset = slot * _SLOT.size + _DONE_AT
-        _COUNT.pack_into(self._mem, offset, _COUNT.unpack_from(self._mem, offset)[0] + 1)
+        at = slot * _SLOT.size
+        for offset in (at + _DONE_AT, at + _FAILED_AT) if failed else (at + _DONE_AT,):
+            _COUNT.pack_into(self._mem, offset, _COUNT.unpack_from(self._mem, offset)[0] + 1)
+
+    def retire(self, slot: int) -> None:
+        """The child in ``slot`` exited: keep its counts before the slot is reused."""
+        view = self.view(slot)
+        self.retired_done += view.tasks_done
+        self.retired_failed += view.tasks_failed
+
+    def totals(self, slots: Iterable[int]) -> tuple[int, int]:
+        """Tasks done and failed since the start, by the children in ``slots`` and those
+        retired."""
+        views = [self.view(slot) for slot in slots]
+        done = self.retired_done + sum(view.tasks_done for view in views)
+        return done, self.retired_failed + sum(view.tasks_failed for view in views)
 
     def read(self, slot: int) -> tuple[float, bool]:
         """When the slot's child last stamped, and whether it was running a task then."""
@@ -95,8 +114,10 @@ class ChildLiveness:
         return last, bool(busy)
 
     def view(self, slot: int) -> SlotView:
-        beat_s, busy, ready, done, since, kind = _SLOT.unpack_from(self._mem, slot * _SLOT.size)
-        return SlotView(beat_s, bool(busy), bool(ready), done, OUTAGE_KINDS[kind], since)
+        beat_s, busy, ready, done, since, kind, failed = _SLOT.unpack_from(
+            self._mem, slot * _SLOT.size
+        )
+        return SlotView(beat_s, bool(busy), bool(ready), done, OUTAGE_KINDS[kind], since, failed)
 
     def outage(self, slot: int, kind: str, since_s: float) -> None:
         """The child cannot reach its ``kind`` ("broker", "backend"; "" when it can again)

@@ -73,7 +73,6 @@ class Service:
         self.notifier, self.liveness = notifier, liveness
         self.phase = Phase.STARTING
         self.started_at = time.monotonic()
-        self.tasks_done_before = 0  # by children that have exited
         self.last_error = ""
         self._status, self._status_at = "", -math.inf
         self._next_ping = self._next_extend = 0.0
@@ -105,10 +104,6 @@ class Service:
         self.notifier.close()
 
     # -- what the supervisor reports --------------------------------------------------------
-
-    def child_gone(self, slot: int) -> None:
-        """A child exited: keep its count before its slot is reused."""
-        self.tasks_done_before += self.liveness.view(slot).tasks_done
 
     def error(self, text: str) -> None:
         """The last error STATUS= shows, with the local time it happened."""
@@ -224,7 +219,7 @@ class Service:
         parts = [head]
         if finishing and self.phase is not Phase.STOPPING:
             parts.append(f"{_count(finishing, 'old child')} finishing")
-        done = self.tasks_done_before + sum(view.tasks_done for view in views.values())
+        done, _failed = self.liveness.totals(views)
         parts += [f"{_count(done, 'task')} done", f"queue {pool.queue}"]
         if silent:
             withheld = ", watchdog withheld" if self.notifier.watchdog_timeout_s else ""

@@ -18,7 +18,7 @@ With ``metrics.listen`` set it serves /metrics and /healthz from a thread
 (``taskd.worker.metrics``), told of the pool each turn and of each child that exits.
 
 The loop also wakes at the next hard time limit of a running task: the child is stopped, the
-task recorded and the child killed (``taskd.worker.timekeeper``), then replaced at once, as is
+task recorded and the child killed (``taskd.worker.kills``), then replaced at once, as is
 a child that leaves to be recycled (EXIT_CHILD_RECYCLE, ``taskd.worker.recycling``).
 """
 
@@ -37,18 +37,21 @@ from dataclasses import dataclass
 import structlog
 
 from taskd import __version__
+from taskd.backends import ResultBackend, open_backend
 from taskd.checks import check_drivers
 from taskd.config import Config, load_config, redact_url
 from taskd.errors import TaskdError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
+from taskd.wire import GoTime
+from taskd.worker.beacon import Beacon, snapshot
 from taskd.worker.child import Child
-from taskd.worker.limits import TaskClocks
+from taskd.worker.kills import Kills
 from taskd.worker.liveness import MAX_CHILDREN, ChildLiveness
 from taskd.worker.metrics import Metrics
+from taskd.worker.running import RunningTasks
 from taskd.worker.sdnotify import Notifier
 from taskd.worker.service import Service
-from taskd.worker.timekeeper import Timekeeper
 
 log = structlog.get_logger("taskd.supervisor")
 
@@ -93,15 +96,18 @@ class Supervisor:
         config_path: str | None = None,
         make_child: Callable[[Config, Registry, str, int, ChildLiveness], Child] = Child,
         notifier: Notifier | None = None,
+        connect_backend: Callable[[Config], ResultBackend] = open_backend,
     ) -> None:
         self.config, self.registry, self.config_path = config, registry, config_path
         self.make_child = make_child  # tests put in children with fake drivers
         self.queue_override, self.concurrency_override = queue, concurrency
         self.liveness = ChildLiveness()
-        self.timekeeper = Timekeeper(TaskClocks(MAX_CHILDREN))  # hard time limits
+        self.kills = Kills(RunningTasks(MAX_CHILDREN), connect_backend)  # time limits, revoke
         # systemd's notify protocol; $NOTIFY_SOCKET is read (and unset) here, before any fork
         self.service = Service(notifier or Notifier.from_environ(), self.liveness)
         self.metrics = Metrics.start(config)  # metrics.listen; ConfigError if it cannot bind
+        self.beacon = Beacon(config, connect_backend)  # taskctl workers; revoke --terminate
+        self.started_at = str(GoTime.now())
         self.children: dict[int, ChildProcess] = {}
         self.generation = 0
         self.draining = False
@@ -149,12 +155,14 @@ class Supervisor:
             tasks=self.registry.names(),
             config=self.config.source,
         )
+        self.beacon.start()
         try:
             self._spawn_missing()
             while self.children or not self.draining:
                 if self.metrics is not None:  # what /metrics shows of the pool, as it waits
                     self.metrics.tick(self)
-                tick_s = self.timekeeper.wait_s(self.children.values(), LOOP_TICK_S)
+                self.beacon.update(self.config, snapshot(self))
+                tick_s = self.kills.wait_s(self.children.values(), LOOP_TICK_S)
                 for signum in self._wait(self.service.wait_s(tick_s)):
                     handler = self._handlers.get(signum)
                     if handler is not None:
@@ -164,6 +172,7 @@ class Supervisor:
                 self.service.tick(self)
         finally:
             signal.set_wakeup_fd(-1)
+            self.beacon.close()
             self.service.close()
             if self.metrics is not None:
                 self.metrics.close()
@@ -179,8 +188,12 @@ class Supervisor:
         return signals
 
     def _tend(self) -> None:
-        for child in self.timekeeper.enforce(self.children.values(), self.config):
-            child.stop_by = math.inf  # killed at its time limit: replaced at once, not a crash
+        children, revoked = self.children.values(), self.beacon.terminate
+        killed = self.kills.enforce_time_limits(children, self.config)
+        if revoked:
+            killed += self.kills.terminate(children, revoked, self.config)
+        for child in killed:
+            child.stop_by = math.inf  # killed at a time limit or revoked: replaced at once
         now = time.monotonic()
         late = [c for c in self.children.values() if c.stop_by is not None and now >= c.stop_by]
         if late:
@@ -226,7 +239,7 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             child = self.make_child(self.config, self.registry, self.queue, slot, self.liveness)
-            child.clocks = self.timekeeper.clocks  # where it writes its tasks' deadlines
+            child.tasks = self.kills.tasks  # where it writes what it runs
             code = child.run()
         except BaseException:  # never return into the supervisor's stack
             log.exception("child_crashed", child=slot)
@@ -249,7 +262,7 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         lived_s = round(time.monotonic() - child.started_at, 3)
         expected = child.asked_to_stop or self.draining
-        self.service.child_gone(child.slot)
+        self.liveness.retire(child.slot)
         if self.metrics is not None:
             self.metrics.child_gone(child.pid, replaced=not self.draining)
         fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s}

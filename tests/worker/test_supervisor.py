@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from taskd.boards import REVOKED as REVOKED_BOARD
+from taskd.boards import WORKERS
 from taskd.config import Config, WorkerConfig
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry
+from taskd.revocations import REVOKED
+from taskd.wire import Signature, State
 from taskd.worker import supervisor
 from taskd.worker.liveness import ChildLiveness
+from taskd.worker.running import RunningTasks
 from taskd.worker.supervisor import HANDLED, Supervisor
+from tests.support.fakes import MemoryBackend
 from tests.support.harness import wait_until
 
 
@@ -33,6 +39,7 @@ class FakeChild:
     ) -> None:
         self.slot, self.liveness = slot, liveness
         self.stopping = False
+        self.tasks: RunningTasks | None = None
 
     def run(self) -> int:
         signal.set_wakeup_fd(-1)
@@ -74,9 +81,17 @@ def run_supervisor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Su
         when_to_stop: Callable[[], bool] | None,
         children: int = 1,
         shutdown_timeout: float = 10.0,
+        backend: MemoryBackend | None = None,
     ) -> Supervisor:
         config = Config(worker=WorkerConfig(shutdown_timeout=shutdown_timeout))
-        boss = Supervisor(config, Registry(), concurrency=children, make_child=child_class)
+        backend = backend or MemoryBackend()  # the beacon's and the kills' (supervisor side)
+        boss = Supervisor(
+            config,
+            Registry(),
+            concurrency=children,
+            make_child=child_class,
+            connect_backend=lambda _config: backend,
+        )
         started.append(boss)
 
         def stop_when_ready() -> None:
@@ -169,3 +184,64 @@ def test_a_drain_lets_children_finish_and_kills_stragglers(
     assert len(marks(tmp_path, "finished")) == 1  # the one that listened finished
     assert time.monotonic() - started >= 1.0  # the straggler had its shutdown_timeout
     assert boss.children == {}
+
+
+# -- live workers and revoke --terminate --------------------------------------------------------
+
+
+class RunsOneTask(FakeChild):
+    """Child 0 runs ``task_r`` (as far as the supervisor can tell) until it is killed."""
+
+    folder: Path
+
+    def serve(self) -> int:
+        if self.slot == 0 and not marks(self.folder, "running"):
+            assert self.tasks is not None  # set by the supervisor: where it writes what it runs
+            self.tasks.start(self.slot, Signature(name="sleepy", uuid="task_r"))
+            mark(self.folder, "running")
+            time.sleep(60)
+            mark(self.folder, "woke")
+        mark(self.folder, "idle")
+        return self.idle_until_stopped()
+
+
+def test_the_beacon_posts_the_pool_and_takes_it_down_at_exit(
+    run_supervisor: Callable[..., Supervisor], tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    RunsOneTask.folder = tmp_path
+    seen: list[dict] = []
+
+    def pool_on_the_board() -> bool:
+        seen[:] = list(backend.read_board(WORKERS).values())
+        children = seen[0]["children"] if seen else []
+        return len(children) == 2 and children[0]["task"] is not None
+
+    boss = run_supervisor(RunsOneTask, pool_on_the_board, children=2, backend=backend)
+    (entry,) = seen
+    assert (entry["pid"], entry["concurrency"], entry["queues"]) == (os.getpid(), 2, [boss.queue])
+    running, idle = entry["children"]
+    assert (running["task"]["id"], running["task"]["name"], idle["task"]) == (
+        "task_r",
+        "sleepy",
+        None,
+    )
+    assert backend.read_board(WORKERS) == {}  # a clean stop takes the entry down
+
+
+def test_a_task_revoked_with_terminate_is_recorded_and_its_child_replaced(
+    run_supervisor: Callable[..., Supervisor], tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    backend.post(
+        REVOKED_BOARD, {"task_r": {"terminate": True}, "task_other": {"terminate": True}}, 60
+    )
+    RunsOneTask.folder = tmp_path
+    boss = run_supervisor(
+        RunsOneTask, lambda: len(marks(tmp_path, "idle")) == 1, children=1, backend=backend
+    )
+    assert boss.exit_code == EXIT_OK
+    assert marks(tmp_path, "woke") == []  # killed, not left to finish
+    stored = backend.states["task_r"]
+    assert (stored.state, stored.error, stored.task_name) == (State.FAILURE, REVOKED, "sleepy")
+    assert boss.early_deaths == 0  # a kill it asked for is no crash

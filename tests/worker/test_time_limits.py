@@ -19,18 +19,13 @@ from taskd.errors import SoftTimeLimitExceeded
 from taskd.exitcodes import EXIT_CHILD_RECYCLE, EXIT_OK
 from taskd.registry import describe, task
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
-from taskd.worker import recycling, timekeeper
+from taskd.worker import kills, recycling
 from taskd.worker.execute import ATTEMPT_HEADER
-from taskd.worker.limits import (
-    TIME_LIMIT_EXCEEDED,
-    Limits,
-    SoftLimit,
-    TaskClocks,
-    limits_of,
-)
+from taskd.worker.kills import Kills
+from taskd.worker.limits import TIME_LIMIT_EXCEEDED, Limits, SoftLimit, limits_of
 from taskd.worker.recycling import Recycling
+from taskd.worker.running import RunningTasks
 from taskd.worker.supervisor import ChildProcess
-from taskd.worker.timekeeper import Timekeeper
 from tests.support.harness import wait_until
 from tests.support.tasks import runs
 from tests.worker import test_supervisor
@@ -128,8 +123,8 @@ def test_the_soft_limit_does_nothing_outside_the_main_thread() -> None:
 # -- the table and the supervisor's side ------------------------------------------------------
 
 
-def test_the_table_holds_a_deadline_only_while_the_task_runs() -> None:
-    clocks = TaskClocks(2)
+def test_the_table_holds_a_task_only_while_it_runs() -> None:
+    clocks = RunningTasks(2)
     sig = Signature(name="n" * 300, uuid="task_x", retry_count=1)
     assert clocks.read(1) is None
     before = time.monotonic()
@@ -138,9 +133,16 @@ def test_the_table_holds_a_deadline_only_while_the_task_runs() -> None:
         assert running is not None
         assert (running.pid, running.task_id, running.retries_left) == (os.getpid(), "task_x", True)
         assert running.task_name == "n" * 128  # cut; the stored record keeps its own name
-        assert before + 5.0 <= running.deadline_s <= time.monotonic() + 5.0
+        assert before <= running.started_s <= time.monotonic()
+        assert running.started_s + 5.0 == running.deadline_s
         assert clocks.read(0) is None
     assert clocks.read(1) is None
+    with clocks.running(0, Signature(name="plain", uuid="task_y")):  # no hard limit
+        running = clocks.read(0)
+        assert running is not None
+        assert (running.task_id, running.task_name, running.deadline_s) == ("task_y", "plain", 0)
+        assert Kills(clocks).wait_s([ChildProcess(os.getpid(), 0, 0.0, 0)], 1.0) == 1.0
+    assert clocks.read(0) is None
     clocks.start(0, Signature(name="n", uuid="x" * 300), 1.0)
     long_id = clocks.read(0)
     assert long_id is not None and long_id.task_id is None  # cannot be recorded
@@ -158,7 +160,7 @@ def sleeper() -> Iterator[Callable[..., ChildProcess]]:
     limit in slot 0 and sleeps; killed at teardown if still there."""
     started: list[int] = []
 
-    def start(clocks: TaskClocks, sig: Signature, limit_s: float) -> ChildProcess:
+    def start(clocks: RunningTasks, sig: Signature, limit_s: float) -> ChildProcess:
         pid = os.fork()
         if pid == 0:
             try:
@@ -186,13 +188,13 @@ def test_a_task_past_its_deadline_is_recorded_then_killed(
     retry_count: int,
     recorded: State,
 ) -> None:
-    clocks = TaskClocks(1)
-    keeper = Timekeeper(clocks)
+    clocks = RunningTasks(1)
+    keeper = Kills(clocks)
     child = sleeper(clocks, Signature(name="sleepy", uuid="task_k", retry_count=retry_count), 0.2)
-    assert keeper.enforce([child], sqlite_config) == []  # not yet
+    assert keeper.enforce_time_limits([child], sqlite_config) == []  # not yet
     assert 0 < keeper.wait_s([child], 1.0) <= 0.2  # the loop wakes at the deadline
     wait_until(lambda: keeper.wait_s([child], 1.0) == 0, 5)
-    assert keeper.enforce([child], sqlite_config) == [child]
+    assert keeper.enforce_time_limits([child], sqlite_config) == [child]
     _pid, status = os.waitpid(child.pid, 0)
     assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
     backend = open_backend(sqlite_config)
@@ -209,18 +211,18 @@ def test_a_task_past_its_deadline_is_recorded_then_killed(
 def test_a_task_that_ends_as_it_is_stopped_is_left_to_go_on(
     sqlite_config: Config, sleeper: Callable[..., ChildProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clocks = TaskClocks(1)
+    clocks = RunningTasks(1)
     child = sleeper(clocks, Signature(name="sleepy", uuid="task_k"), 0.05)
-    real_stopped = timekeeper._stopped
+    real_stopped = kills._stopped
 
     def stopped_just_after_it_finished(pid: int) -> bool:
         result = real_stopped(pid)
         clocks.finish(0)  # as if the task had returned the instant before the stop
         return result
 
-    monkeypatch.setattr(timekeeper, "_stopped", stopped_just_after_it_finished)
-    wait_until(lambda: Timekeeper(clocks).wait_s([child], 1.0) == 0, 5)
-    assert Timekeeper(clocks).enforce([child], sqlite_config) == []
+    monkeypatch.setattr(kills, "_stopped", stopped_just_after_it_finished)
+    wait_until(lambda: Kills(clocks).wait_s([child], 1.0) == 0, 5)
+    assert Kills(clocks).enforce_time_limits([child], sqlite_config) == []
 
     def state() -> str:
         return Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -234,11 +236,11 @@ def test_a_task_that_ends_as_it_is_stopped_is_left_to_go_on(
 def test_a_slot_left_by_a_dead_child_does_not_count_for_its_successor(
     sleeper: Callable[..., ChildProcess], sqlite_config: Config
 ) -> None:
-    clocks = TaskClocks(1)
+    clocks = RunningTasks(1)
     child = sleeper(clocks, Signature(name="sleepy", uuid="task_k"), 0.01)
     successor = ChildProcess(child.pid + 1_000_000, 0, time.monotonic(), 0)
-    assert Timekeeper(clocks).wait_s([successor], 1.0) == 1.0
-    assert Timekeeper(clocks).enforce([successor], sqlite_config) == []
+    assert Kills(clocks).wait_s([successor], 1.0) == 1.0
+    assert Kills(clocks).enforce_time_limits([successor], sqlite_config) == []
 
 
 # -- the child's side -------------------------------------------------------------------------

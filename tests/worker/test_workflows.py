@@ -60,7 +60,10 @@ def test_a_failing_link_stops_the_chain_and_runs_its_on_error(
         sent.get(30)
     wait_until(lambda: lines(errors), 15, what="the OnError callback")
     assert lines(errors) == ["link broke"]
-    assert client.result(sent.link_ids[-1]).state() is None  # never sent
+    # Never sent; recorded PENDING with the chain, then FAILURE with the reason once it broke.
+    last = client.result(sent.link_ids[-1]).wait(15)
+    assert (last.state, last.task_name) == (State.FAILURE, "collect")
+    assert last.error == f"chain stopped: {sent.link_ids[0]} failed: link broke"
     assert lines(after) == []
 
 

@@ -1,0 +1,142 @@
+"""The supervisor's beacon: keeps this daemon on the backend's ``workers`` board, and finds
+the revoked tasks it must stop.
+
+A thread of the supervisor, so that a slow or unreachable backend never holds up its loop.
+The loop hands it a snapshot of the pool each turn (``snapshot``); every
+``worker.heartbeat_interval`` the thread posts the latest one, kept ``worker.consumer_timeout``
+seconds, so a daemon that dies (kill -9, a lost host) drops off the board within that, and one
+that stops cleanly takes its entry down. That is one small write per beat whatever the pool
+does. While a child runs a task the thread also reads the ``revoked`` board every
+``taskd.revocations.REFRESH_S``; the ids revoked with ``terminate`` are what the loop then
+stops (``Kills.terminate``).
+
+``taskctl workers`` reads the board (``taskd.boards.live_workers``). An entry is a JSON
+object: host, pid, version, queues, concurrency, started_at and beat_at (RFC 3339),
+tasks_done and tasks_failed since the daemon started, and children: each one's slot, pid,
+tasks done and the task it runs (id, name, started_at), or null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from taskd import __version__
+from taskd.backends import ResultBackend, open_backend
+from taskd.backends.base import Entry
+from taskd.boards import REVOKED, WORKERS
+from taskd.config import Config
+from taskd.revocations import REFRESH_S, to_terminate
+from taskd.wire import GoTime
+
+if TYPE_CHECKING:
+    from taskd.worker.supervisor import Supervisor
+
+log = structlog.get_logger("taskd.supervisor")
+
+CLOSE_WAIT_S = 5.0  # longest wait for the thread's last round trip at exit
+
+
+def snapshot(pool: Supervisor) -> Entry:
+    """The pool as ``taskctl workers`` shows it (made in the supervisor's loop)."""
+    now_ns, now_s = time.time_ns(), time.monotonic()
+    children = []
+    current = [child for child in pool.children.values() if not child.asked_to_stop]
+    for child in sorted(current, key=lambda child: child.slot):
+        running = pool.kills.running(child)
+        task = None
+        if running is not None:
+            started = GoTime(now_ns - round((now_s - running.started_s) * 1e9))
+            task = {"id": running.task_id, "name": running.task_name, "started_at": str(started)}
+        done = pool.liveness.view(child.slot).tasks_done
+        children.append({"slot": child.slot, "pid": child.pid, "tasks_done": done, "task": task})
+    done, failed = pool.liveness.totals(child.slot for child in pool.children.values())
+    return {
+        "host": socket.gethostname(),
+        "pid": pool.pid,
+        "version": __version__,
+        "queues": [pool.queue],
+        "concurrency": pool.desired,
+        "started_at": pool.started_at,
+        "tasks_done": done,
+        "tasks_failed": failed,
+        "children": children,
+    }
+
+
+class Beacon:
+    def __init__(
+        self, config: Config, connect: Callable[[Config], ResultBackend] = open_backend
+    ) -> None:
+        self.key = f"{socket.gethostname()}:{os.getpid()}"
+        self._config, self._connect = config, connect
+        self._snapshot: Entry | None = None
+        self.terminate: frozenset[str] = frozenset()  # revoked with terminate (read by the loop)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskd-beacon", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def update(self, config: Config, pool: Entry) -> None:
+        """The latest config and snapshot of the pool (from the supervisor's loop)."""
+        self._config, self._snapshot = config, pool
+
+    def close(self) -> None:
+        """Stop the thread; it takes this daemon's entry down on its way out."""
+        self._stopped.set()
+        self._thread.join(CLOSE_WAIT_S)
+
+    def _run(self) -> None:
+        backend: ResultBackend | None = None
+        config: Config | None = None
+        next_beat = next_read = 0.0
+        failing = False
+        while True:
+            try:
+                if config is not self._config:  # started, or reloaded: maybe another backend
+                    _close(backend)
+                    backend, config = None, self._config
+                if backend is None:
+                    backend = self._connect(config)
+                if self._stopped.is_set():
+                    backend.post(WORKERS, {self.key: None}, 1)
+                    break
+                now = time.monotonic()
+                pool = self._snapshot
+                if pool is not None and now >= next_beat:
+                    entry = {**pool, "beat_at": str(GoTime.now())}
+                    ttl_s = config.worker.consumer_timeout
+                    backend.post(WORKERS, {self.key: entry}, ttl_s)
+                    next_beat = now + config.worker.heartbeat_interval
+                if pool is not None and now >= next_read:
+                    busy = any(child["task"] for child in pool["children"])
+                    board = backend.read_board(REVOKED) if busy else {}
+                    self.terminate = frozenset(to_terminate(board))
+                    next_read = now + REFRESH_S
+                if failing:
+                    log.info("beacon_resumed")
+                    failing = False
+            except Exception as exc:  # never the supervisor's end: try again next beat
+                if not failing:
+                    log.warning("beacon_failed", error=str(exc))
+                    failing = True
+                _close(backend)
+                backend = None
+                if self._stopped.is_set():
+                    break
+            self._stopped.wait(min(REFRESH_S, self._config.worker.heartbeat_interval))
+        _close(backend)
+
+
+def _close(backend: ResultBackend | None) -> None:
+    if backend is not None:
+        with contextlib.suppress(Exception):
+            backend.close()

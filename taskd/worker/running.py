@@ -1,0 +1,103 @@
+"""What each child is running: a table in shared memory, written by children, read by the
+supervisor.
+
+Before each task a child writes, in its slot, the task's id and name, when it started and its
+hard time limit's deadline (``taskd.worker.limits``); after it, it clears the slot. The
+supervisor reads the table to kill a task past its deadline (``taskd.worker.kills``), to
+stop a revoked one (``taskctl revoke --terminate``) and to tell ``taskctl workers`` what each
+child runs (``taskd.worker.beacon``). Made before the fork, as ``ChildLiveness``; an entry
+names its writer's pid, so whatever a dead child left is never taken for its successor's. A
+write is a memory copy of a few hundred bytes: cheap enough for every task.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from taskd.wire import Signature
+
+# started (monotonic seconds; 0: idle), deadline (monotonic seconds; 0: no hard limit), pid,
+# limit (seconds), RetryCount left (0/1), and the lengths of the task's id and name (UTF-8),
+# which follow in the slot.
+_HEAD = struct.Struct("=ddqdIHH")
+ID_BYTES = 256  # a longer task id is not kept: that task cannot be recorded or revoked
+NAME_BYTES = 128  # a longer name is cut (the stored record's own name is kept anyway)
+_ENTRY_SIZE = _HEAD.size + ID_BYTES + NAME_BYTES
+_STARTED = struct.Struct("=d")  # the head's first field: written last, cleared first
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A task running in a child, as the child wrote it in its slot."""
+
+    pid: int
+    started_s: float  # time.monotonic() (system-wide) when it started
+    deadline_s: float  # ...at which it is past its hard limit; 0: it has none
+    limit_s: float
+    retries_left: bool
+    task_id: str | None  # None: too long to keep here
+    task_name: str
+
+
+class RunningTasks:
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._mem = mmap.mmap(-1, slots * _ENTRY_SIZE)
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def start(self, slot: int, sig: Signature, limit_s: float = 0.0) -> None:
+        """The task of ``sig`` starts now in ``slot``, with a hard limit of ``limit_s``
+        seconds (0: none) (child)."""
+        offset = slot * _ENTRY_SIZE
+        task_id, name = sig.uuid.encode(), sig.name.encode()[:NAME_BYTES]
+        if len(task_id) > ID_BYTES:
+            task_id = b""
+        now = time.monotonic()
+        head = _HEAD.pack(
+            0.0,
+            now + limit_s if limit_s > 0 else 0.0,
+            os.getpid(),
+            limit_s,
+            int(sig.retry_count > 0),
+            len(task_id),
+            len(name),
+        )
+        entry = head + task_id.ljust(ID_BYTES, b"\0") + name.ljust(NAME_BYTES, b"\0")
+        self._mem[offset : offset + _ENTRY_SIZE] = entry
+        _STARTED.pack_into(self._mem, offset, now)  # now it counts
+
+    def finish(self, slot: int) -> None:
+        """The task ended (child): the slot is idle."""
+        _STARTED.pack_into(self._mem, slot * _ENTRY_SIZE, 0.0)
+
+    @contextmanager
+    def running(self, slot: int, sig: Signature, limit_s: float = 0.0) -> Iterator[None]:
+        """``with tasks.running(slot, sig, limit_s):`` around a task (child)."""
+        self.start(slot, sig, limit_s)
+        try:
+            yield
+        finally:
+            self.finish(slot)
+
+    def read(self, slot: int) -> Running | None:
+        """The task running in ``slot``, if any (supervisor)."""
+        offset = slot * _ENTRY_SIZE
+        started_s, deadline_s, pid, limit_s, retries, id_len, name_len = _HEAD.unpack_from(
+            self._mem, offset
+        )
+        if not started_s:
+            return None
+        at = offset + _HEAD.size
+        task_id = bytes(self._mem[at : at + min(id_len, ID_BYTES)]).decode("utf-8", "replace")
+        at += ID_BYTES
+        name = bytes(self._mem[at : at + min(name_len, NAME_BYTES)]).decode("utf-8", "replace")
+        return Running(pid, started_s, deadline_s, limit_s, bool(retries), task_id or None, name)
