@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Arg": "taskd.wire",
-    "AsyncResult": "taskd.client",
+    "AsyncResult": "taskd.results",
     "Client": "taskd.client",
     "Retry": "taskd.errors",
     "Signature": "taskd.wire",
@@ -48,9 +48,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from taskd.client import AsyncResult, Client, signature
+    from taskd.client import Client, signature
     from taskd.errors import Retry, SoftTimeLimitExceeded, TaskFailed
     from taskd.registry import TaskContext, task
+    from taskd.results import AsyncResult
     from taskd.wire import Arg, Signature, TaskResult
     from taskd.workflows import chain, chord, group
 

@@ -8,8 +8,8 @@ retries sent by the worker go through the same code.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Self
 
@@ -17,15 +17,12 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
-from taskd.errors import ResultTimeout, TaskFailed
+from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
+from taskd.sending import Send, sender_for
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
 from taskd.wire.gotime import LATEST_ETA
 from taskd.workflows import Chain, Chord, Group
-
-POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
-POLL_GROWTH = 1.15
-POLL_MAX_S = 0.05  # ...and backs off to this
 
 
 def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None) -> GoTime | None:
@@ -99,6 +96,7 @@ class Client:
     ) -> None:
         self.config = config if config is not None else load_config()
         self._broker, self._backend = broker, backend
+        self._send: Send | None = None  # how this pair of drivers sends (taskd.sending)
         self._owns_drivers = broker is None and backend is None
 
     @property
@@ -119,6 +117,7 @@ class Client:
                 if driver is not None:
                     driver.close()
             self._broker = self._backend = None
+            self._send = None
 
     def __enter__(self) -> Self:
         return self
@@ -167,9 +166,9 @@ class Client:
         """Record each task's state (PENDING unless ``states`` says otherwise), then publish.
 
         The states go out first so a fast worker's RECEIVED is never overwritten by a late
-        PENDING; PENDING states are completed after the messages are published, so where the
-        backend can split a write (Redis) the two round trips overlap, and a PENDING for an
-        id given here never overwrites a state already stored (a worker's, if it beat it).
+        PENDING, in as few round trips as the drivers allow (``taskd.sending``); a PENDING
+        for an id given here never overwrites a state already stored (a worker's, if it beat
+        it).
         """
         prepared = [self.prepare(sig) for sig in signatures]
         messages = [
@@ -189,15 +188,11 @@ class Client:
                 self.backend.set_states(states)
             self.broker.publish_many(messages)
             return prepared
+        if self._send is None:
+            self._send = sender_for(self.broker, self.backend)
         now = GoTime.now()
         fresh = not any(sig.uuid for sig in signatures)  # ids given here, just now
-        complete = self.backend.begin_pending(
-            [pending_state(s, now) for s in prepared], fresh=fresh
-        )
-        try:
-            self.broker.publish_many(messages)
-        finally:
-            complete()
+        self._send(messages, [pending_state(s, now) for s in prepared], fresh)
         return prepared
 
     def send_chain(self, workflow: Chain) -> ChainResult:
@@ -249,146 +244,3 @@ class Client:
 def pending_state(sig: Signature, created_at: GoTime) -> TaskState:
     """machinery's NewPendingTaskState."""
     return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=created_at)
-
-
-Progress = Callable[[int, int], None]  # (members finished, members in all)
-
-
-def wait_for_states(
-    client: Client,
-    task_ids: Sequence[str],
-    timeout: float | None = None,
-    progress: Progress | None = None,
-) -> list[TaskState]:
-    """Poll until every task is SUCCESS or FAILURE; their states, in order.
-
-    Raises ResultTimeout (naming the first unfinished task) after ``timeout`` seconds. Only
-    the unfinished tasks are read again, with a short pause that grows (a no-op task takes
-    about a millisecond, a long one should not be polled hot).
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    finished: dict[str, TaskState] = {}
-    interval = POLL_FIRST_S
-    while True:
-        waiting = [task_id for task_id in task_ids if task_id not in finished]
-        for task_id, state in zip(waiting, client.backend.get_states(waiting), strict=True):
-            if state is not None and state.is_completed:
-                finished[task_id] = state
-            elif deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(task_id, timeout or 0.0, state.state if state else None)
-        if progress is not None:
-            progress(len(finished), len(task_ids))
-        if len(finished) == len(task_ids):
-            return [finished[task_id] for task_id in task_ids]
-        pause = interval if deadline is None else min(interval, deadline - time.monotonic())
-        time.sleep(max(pause, 0.0))
-        interval = min(interval * POLL_GROWTH, POLL_MAX_S)
-
-
-@dataclass(frozen=True, slots=True)
-class AsyncResult:
-    """A handle on one task's state and results."""
-
-    client: Client
-    task_id: str
-
-    def state(self) -> TaskState | None:
-        return self.client.backend.get_state(self.task_id)
-
-    def wait(self, timeout: float | None = None) -> TaskState:
-        """The task's final state (SUCCESS or FAILURE); ResultTimeout after ``timeout`` s."""
-        return wait_for_states(self.client, [self.task_id], timeout)[0]
-
-    def get(self, timeout: float | None = None) -> Any:
-        """The task's return value: one result as is, several as a tuple, none as None.
-
-        Raises TaskFailed when the task failed, ResultTimeout when it did not finish in time.
-        """
-        return python_value(self.wait(timeout))
-
-
-@dataclass(frozen=True, slots=True)
-class ChainResult:
-    """A chain's links; its result is the last link's."""
-
-    client: Client
-    link_ids: tuple[str, ...]
-
-    @property
-    def task_id(self) -> str:
-        return self.link_ids[-1]
-
-    def wait(self, timeout: float | None = None) -> TaskState:
-        """The last link's final state, or the state of the link that failed and stopped it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        state = None
-        for link_id in self.link_ids:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            state = AsyncResult(self.client, link_id).wait(left)
-            if state.state is State.FAILURE:
-                break
-        assert state is not None
-        return state
-
-    def get(self, timeout: float | None = None) -> Any:
-        return python_value(self.wait(timeout))
-
-
-@dataclass(frozen=True, slots=True)
-class GroupResult:
-    """A group's members, in order."""
-
-    client: Client
-    group_id: str
-    member_ids: tuple[str, ...]
-
-    def states(self) -> list[TaskState | None]:
-        return self.client.backend.get_states(self.member_ids)
-
-    def wait(
-        self, timeout: float | None = None, progress: Progress | None = None
-    ) -> list[TaskState]:
-        return wait_for_states(self.client, self.member_ids, timeout, progress)
-
-    def get(self, timeout: float | None = None) -> list[Any]:
-        """Each member's return value, in member order; TaskFailed if a member failed."""
-        return [python_value(state) for state in self.wait(timeout)]
-
-
-@dataclass(frozen=True, slots=True)
-class ChordResult:
-    """A chord: its group, then its callback, whose result is the chord's."""
-
-    group: GroupResult
-    callback: AsyncResult
-
-    @property
-    def task_id(self) -> str:
-        return self.callback.task_id
-
-    def wait(self, timeout: float | None = None, progress: Progress | None = None) -> TaskState:
-        """The callback's final state: FAILURE with the member's error if a member failed.
-
-        ``progress`` hears how many members have finished while the chord runs.
-        """
-        if progress is None:
-            return self.callback.wait(timeout)
-
-        def report(_done: int, _total: int) -> None:
-            states = self.group.states()
-            progress(sum(1 for s in states if s is not None and s.is_completed), len(states))
-
-        return wait_for_states(self.group.client, [self.callback.task_id], timeout, report)[0]
-
-    def get(self, timeout: float | None = None) -> Any:
-        return python_value(self.wait(timeout))
-
-
-def python_value(state: TaskState) -> Any:
-    """A finished state's results as the task returned them; TaskFailed for FAILURE."""
-    if state.state is State.FAILURE:
-        raise TaskFailed(state.task_uuid, state.error)
-    values = state.python_results()
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)

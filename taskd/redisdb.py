@@ -7,7 +7,7 @@ password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
@@ -122,6 +122,47 @@ def translated(
         driver,
         **context,
     )
+
+
+def same_server(one: Any, other: Any) -> bool:
+    """Whether two redis-py clients talk to the same server and database as the same user."""
+    fields = ("host", "port", "db", "path", "username")
+    a, b = one.connection_pool.connection_kwargs, other.connection_pool.connection_kwargs
+    return all(a.get(field) == b.get(field) for field in fields)
+
+
+def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[[], list[Any]]:
+    """Write ``commands`` in one go on a connection of ``client``'s pool, without waiting;
+    the function returned reads their replies, each error reply (ResponseError) in its
+    command's place, and gives the connection back. redis-py errors pass to the caller:
+    then the connection is dropped, not given back."""
+    import redis
+
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
+
+    def replies() -> list[Any]:
+        out: list[Any] = []
+        try:
+            for _ in commands:
+                try:
+                    out.append(connection.read_response())
+                except redis.ResponseError as exc:  # the next reply is still there to read
+                    out.append(exc)
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+        return out
+
+    return replies
 
 
 class Script:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from taskd.config import Config
-from taskd.errors import BackendError, DecodeError, NotSupported
+from taskd.errors import BackendError, DecodeError, NotSupported, ResultTimeout
 from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
 Entry = dict[str, Any]  # a board's entry: a JSON object
+Progress = Callable[[int, int], None]  # (tasks finished, tasks in all), told while waiting
+POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
+POLL_GROWTH = 1.15
+POLL_MAX_S = 0.05  # ...and backs off to this
 
 
 class ResultBackend(ABC):
@@ -95,6 +100,31 @@ class ResultBackend(ABC):
         """Forget a task's state."""
         raise NotSupported(self.driver, "purge")
 
+    def wait_states(
+        self,
+        task_ids: Sequence[str],
+        timeout_s: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[TaskState]:
+        """Wait until every task is SUCCESS or FAILURE; their states, in order.
+
+        Raises ResultTimeout (naming the first unfinished task) after ``timeout_s``. This
+        one polls: only the unfinished tasks are read again, after a pause that grows (a
+        no-op task takes about a millisecond; a long one should not be polled hot). A driver
+        that can be told when a state is written overrides it.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        seen: dict[str, TaskState | None] = {}  # the last state read of each task
+        interval = POLL_FIRST_S
+        while True:
+            waiting = [task_id for task_id in task_ids if not is_final(seen.get(task_id))]
+            seen.update(zip(waiting, self.get_states(waiting), strict=True))
+            if all_final(task_ids, seen, deadline, timeout_s, progress):
+                return [seen[task_id] for task_id in task_ids]  # type: ignore[misc]
+            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(pause, 0.0))
+            interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
     # -- for drivers that store machinery's JSON ------------------------------------------
 
     def _load_state(self, raw: bytes | str, task_id: str) -> TaskState:
@@ -112,3 +142,28 @@ class ResultBackend(ABC):
 
 def _written() -> None:
     """The write was complete already."""
+
+
+def is_final(state: TaskState | None) -> bool:
+    """SUCCESS or FAILURE (None: no state)."""
+    return state is not None and state.is_completed
+
+
+def all_final(
+    task_ids: Sequence[str],
+    seen: Mapping[str, TaskState | None],
+    deadline: float | None,
+    timeout_s: float | None,
+    progress: Progress | None,
+) -> bool:
+    """Whether every task finished; past the deadline, ResultTimeout naming the first that
+    did not and the state it was in. Tells ``progress`` first. (For ``wait_states``.)"""
+    unfinished = [task_id for task_id in task_ids if not is_final(seen.get(task_id))]
+    if progress is not None:
+        progress(len(task_ids) - len(unfinished), len(task_ids))
+    if not unfinished:
+        return True
+    if deadline is not None and time.monotonic() >= deadline:
+        last = seen.get(unfinished[0])
+        raise ResultTimeout(unfinished[0], timeout_s or 0.0, last.state if last else None)
+    return False

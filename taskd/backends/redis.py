@@ -7,6 +7,8 @@ serialises every chord of every group behind one ``TriggerChordMutex``).
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
@@ -14,7 +16,7 @@ import orjson
 import structlog
 
 from taskd import redisdb
-from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.base import Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
@@ -22,21 +24,43 @@ from taskd.wire import GroupMeta, State, TaskState
 log = structlog.get_logger("taskd.redis")
 SET_STATES = redisdb.Script.packaged("set_states.lua")
 CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
+# set_states.lua's code for each state: replace (PENDING), merge, or merge and wake waiters
+_MERGE = {
+    state: "2" if state.is_completed else "0" if state is State.PENDING else "1" for state in State
+}
+WAITER_TTL_S = 60  # a waiter's registration (and list) outlives this client by this much
+WAKE_FIRST_CHECK_S = 0.05  # with nothing pushed, the states are read again after this...
+WAKE_GROWTH = 1.5
+WAKE_CHECK_S = 1.0  # ...growing to this
+MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would block for ever)
 POST = redisdb.Script.packaged("post.lua")
 READ_BOARD = redisdb.Script.packaged("read_board.lua")
+
+
+def unconfirmed(states: Sequence[TaskState], answers: Sequence[Any]) -> None:
+    """Log the PENDING writes whose reply was an error, or lost: not raised, because the
+    messages went out, and their workers' states are stored whether or not it was."""
+    failed = [answer for answer in answers if isinstance(answer, Exception)]
+    if failed:
+        log.warning("pending_state_unconfirmed", task_id=states[0].task_uuid, error=str(failed[0]))
 
 
 class RedisBackend(ResultBackend):
     driver = "redis"
 
     def __init__(self, url: str, config: Config) -> None:
-        self._redis = redisdb.connect(url, config, "result_backend")
+        self._redis = redisdb.connect(url, config, "result_backend", longest_block_s=WAKE_CHECK_S)
         self._expire_s = config.results_expire_in_s
         self._prefix = config.redis.key_prefix
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
+
+    @property
+    def redis(self) -> Any:
+        """The redis-py client (``taskd.sending`` packs PENDING writes with a publish)."""
+        return self._redis
 
     def _translated(self, task_id: str | None = None) -> Any:
         return redisdb.translated(BackendUnavailable, BackendError, self.driver, task_id=task_id)
@@ -46,47 +70,40 @@ class RedisBackend(ResultBackend):
             return
         keys = [state.task_uuid for state in states]
         values = [state.encode() for state in states]
-        merge = "".join("0" if state.state is State.PENDING else "1" for state in states)
+        merge = "".join(_MERGE[state.state] for state in states)
         with self._translated(keys[0]):
             if merge == "0":
                 self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
             else:
-                SET_STATES(self._redis, keys, [*values, merge, self._expire_s])
+                SET_STATES(
+                    self._redis,
+                    keys,
+                    [*values, self._prefix, WAITER_TTL_S, merge, self._expire_s],
+                )
 
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
         """SETs (``NX`` for fresh ids) sent on a connection of their own without waiting;
-        the replies are read when the sender completes the write. A reply that cannot be
-        read then is logged, not raised: the messages are out, and their workers' states
-        are stored whether or not the PENDING was."""
+        the replies are read when the sender completes the write (``unconfirmed``)."""
         if not states:
             return lambda: None
-        pool = self._redis.connection_pool
-        only_new = ("NX",) if fresh else ()
-        commands = [
-            ("SET", s.task_uuid, s.encode(), "EX", self._expire_s, *only_new) for s in states
-        ]
         with self._translated(states[0].task_uuid):
-            connection = pool.get_connection()
-            try:
-                connection.send_packed_command(connection.pack_commands(commands))
-            except BaseException:
-                connection.disconnect()
-                pool.release(connection)
-                raise
+            replies = redisdb.send_packed(self._redis, self.pending_commands(states, fresh=fresh))
 
         def complete() -> None:
             try:
-                for _ in commands:
-                    connection.read_response()
+                answers = replies()
             except Exception as exc:  # the messages went out: say so, do not fail the send
-                connection.disconnect()
-                log.warning(
-                    "pending_state_unconfirmed", task_id=states[0].task_uuid, error=str(exc)
-                )
-            finally:
-                pool.release(connection)
+                answers = [exc]
+            unconfirmed(states, answers)
 
         return complete
+
+    def pending_commands(self, states: Sequence[TaskState], *, fresh: bool) -> list[tuple]:
+        """The SETs storing senders' PENDING states (``NX`` for fresh ids: see
+        ``begin_pending``), for a sender that packs them with its messages
+        (``taskd.sending``)."""
+        only_new = ("NX",) if fresh else ()
+        return [("SET", s.task_uuid, s.encode(), "EX", self._expire_s, *only_new) for s in states]
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
@@ -130,6 +147,62 @@ class RedisBackend(ResultBackend):
         with self._translated():
             flat = READ_BOARD(self._redis, [f"{self._prefix}board:{board}"], [])
         return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def wait_states(
+        self,
+        task_ids: Sequence[str],
+        timeout_s: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[TaskState]:
+        """Woken, not polled: the waiter names a list of its own in each task's set of
+        waiters (``<key_prefix>waiting:<task id>``), reads the states, then blocks on the
+        list, to which a worker pushes each final state as it stores it (set_states.lua).
+        A read follows every WAKE_CHECK_S without a push (a Go worker pushes nothing; a
+        waiter registered for longer than WAITER_TTL_S is registered again), so polling
+        remains the fallback."""
+        waiter = f"{self._prefix}waiter:{secrets.token_hex(8)}"
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        seen: dict[str, TaskState | None] = {}
+        check_s = WAKE_FIRST_CHECK_S
+        while True:
+            waiting = [task_id for task_id in task_ids if not is_final(seen.get(task_id))]
+            seen.update(zip(waiting, self._register(waiter, waiting), strict=True))
+            heard_at = time.monotonic()
+            while not all_final(task_ids, seen, deadline, timeout_s, progress):
+                wait_s = check_s - (time.monotonic() - heard_at)
+                if deadline is not None:
+                    wait_s = min(wait_s, deadline - time.monotonic())
+                if wait_s < MIN_WAIT_S:
+                    break  # nothing pushed for check_s: read again
+                pushed = self._pushed(waiter, wait_s)
+                if pushed is not None:
+                    seen[pushed.task_uuid], heard_at = pushed, time.monotonic()
+            else:
+                # Nothing to clean up: Redis deletes a list once popped empty, and whatever
+                # is pushed later expires with the registrations (WAITER_TTL_S).
+                return [seen[task_id] for task_id in task_ids]  # type: ignore[misc]
+            check_s = min(check_s * WAKE_GROWTH, WAKE_CHECK_S)
+
+    def _register(self, waiter: str, task_ids: Sequence[str]) -> list[TaskState | None]:
+        """Add ``waiter`` to each task's waiters, then read the tasks' states (one round
+        trip): a state stored after the read is pushed to the waiter."""
+        pipe = self._redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.sadd(f"{self._prefix}waiting:{task_id}", waiter)
+            pipe.expire(f"{self._prefix}waiting:{task_id}", WAITER_TTL_S)
+        pipe.mget(task_ids)
+        with self._translated(task_ids[0]):
+            raws = pipe.execute()[-1]
+        return [
+            None if raw is None else self._load_state(raw, task_id)
+            for task_id, raw in zip(task_ids, raws, strict=True)
+        ]
+
+    def _pushed(self, waiter: str, wait_s: float) -> TaskState | None:
+        """The next final state pushed to ``waiter``, waiting up to ``wait_s``; None if none."""
+        with self._translated():
+            popped = self._redis.blpop([waiter], timeout=wait_s)
+        return None if popped is None else self._load_state(popped[1], waiter)
 
     def purge(self, task_id: str) -> None:
         with self._translated(task_id):

@@ -11,8 +11,9 @@ from typing import Any, NoReturn
 
 import click
 
+from taskd.backends.base import Progress
 from taskd.cli.params import as_click_error, load
-from taskd.client import Client, GroupResult, Progress
+from taskd.client import Client
 from taskd.config import Config
 from taskd.errors import ResultTimeout, TaskdError
 from taskd.exitcodes import (
@@ -23,6 +24,7 @@ from taskd.exitcodes import (
     EXIT_NOT_FINISHED,
     EXIT_OK,
 )
+from taskd.results import GroupResult
 from taskd.wire import State, TaskState
 
 

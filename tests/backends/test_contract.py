@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from taskd.backends import ResultBackend, open_backend
-from taskd.errors import BackendError
+from taskd.errors import BackendError, ResultTimeout
 from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState, new_id
 from tests.support.harness import wait_until
 
@@ -220,3 +222,40 @@ def test_concurrent_posts_to_one_board_lose_nothing(
         pids.append(pid)
     assert all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in pids)
     assert set(backend.read_board(board)) == {f"w{w}-{n}" for w in range(6) for n in range(5)}
+
+
+# -- waiting for results ------------------------------------------------------------------
+
+
+def test_waiting_returns_once_every_state_is_final(
+    backend: ResultBackend, open_driver: Callable[..., ResultBackend]
+) -> None:
+    ids = [new_id() for _ in range(3)]
+    backend.set_states([state(task_id, State.PENDING) for task_id in ids])
+    writer = open_driver()  # another process's, as a worker's would be
+
+    def finish_them() -> None:
+        time.sleep(0.2)  # the waiter is waiting by now (it is a test of waking it)
+        writer.set_states([state(ids[0], State.STARTED)])
+        writer.set_states([state(ids[0]), state(ids[1], State.FAILURE, error="no")])
+        time.sleep(0.1)
+        writer.set_states([state(ids[2])])
+
+    thread = threading.Thread(target=finish_them)
+    thread.start()
+    told: list[tuple[int, int]] = []
+    got = backend.wait_states(ids, 20, lambda done, total: told.append((done, total)))
+    thread.join()
+    assert [(s.task_uuid, s.state) for s in got] == [
+        (ids[0], State.SUCCESS),
+        (ids[1], State.FAILURE),
+        (ids[2], State.SUCCESS),
+    ]
+    assert told[0][1] == 3 and told[-1] == (3, 3)
+
+
+def test_waiting_too_long_names_the_task_and_its_state(backend: ResultBackend) -> None:
+    done, late = new_id(), new_id()
+    backend.set_states([state(done), state(late, State.STARTED)])
+    with pytest.raises(ResultTimeout, match=f"task {late} not finished after 0.3s .state STARTED"):
+        backend.wait_states([done, late], 0.3)

@@ -136,7 +136,8 @@ def test_a_message_that_kills_every_worker_is_set_aside(
     assert state.state is State.FAILURE
     assert "delivered 3 times, and each time its worker died" in state.error
     assert runs(trace) == ["crashing", "crashing"]  # it ran twice, not forever
-    (letter,) = client.broker.dead_letters(namespace, 5)
+    # The state is stored before the message is set aside (a waiter may hear of it first).
+    (letter,) = wait_until(lambda: client.broker.dead_letters(namespace, 5), 10)
     assert "worker.max_deliveries" in letter.reason
     assert client.send("sum", [4]).get(timeout=60) == 4  # the daemon carries on
     assert process.process.poll() is None

@@ -51,6 +51,14 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
 
+    @property
+    def redis(self) -> Any:
+        """The redis-py client (``taskd.sending`` packs other writes with a publish)."""
+        return self._redis
+
+    def translated(self, queue: str | None = None) -> AbstractContextManager[None]:
+        return self._translated(queue)
+
     def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
         return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
 
@@ -71,6 +79,17 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         """
         if not messages:
             return
+        commands = self.publish_commands(messages)
+        with self._translated(messages[0].queue):
+            if len(commands) == 1:
+                self._redis.execute_command(*commands[0])
+                return
+            replies = redisdb.send_packed(self._redis, commands)()
+        self.raise_first(replies, messages[0].queue)
+
+    def publish_commands(self, messages: Sequence[Message]) -> list[tuple]:
+        """The commands that publish ``messages`` (for a sender that packs others with them,
+        ``taskd.sending``); BrokerError for a priority this broker cannot honour."""
         self.check_priorities(messages)
         now_ns = time.time_ns()
         ready: dict[str, list[bytes]] = {}
@@ -80,17 +99,16 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
                 delayed.extend((message.eta.unix_ns, message.body))
             else:
                 ready.setdefault(message.queue, []).append(message.body)
-        with self._translated(messages[0].queue):
-            if len(ready) == 1 and not delayed:
-                ((queue, bodies),) = ready.items()
-                self._redis.execute_command("RPUSH", queue, *bodies)
-                return
-            pipe = self._redis.pipeline(transaction=False)
-            for queue, bodies in ready.items():
-                pipe.execute_command("RPUSH", queue, *bodies)
-            if delayed:
-                pipe.execute_command("ZADD", self._keys.delayed, *delayed)
-            pipe.execute()
+        commands: list[tuple] = [("RPUSH", queue, *bodies) for queue, bodies in ready.items()]
+        if delayed:
+            commands.append(("ZADD", self._keys.delayed, *delayed))
+        return commands
+
+    def raise_first(self, replies: Sequence[Any], queue: str) -> None:
+        """BrokerError for the first error among publish replies."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BrokerError(self.driver, f"publish failed: {reply}", queue)
 
     # -- consuming ------------------------------------------------------------------------
 

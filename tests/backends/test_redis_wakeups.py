@@ -1,0 +1,82 @@
+"""Redis results without polling: a waiter registers, a worker's final state is pushed to it,
+and polling stays the fallback for states written by others (Go workers)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from taskd.backends import ResultBackend, open_backend
+from taskd.backends import redis as redis_backend
+from taskd.wire import GoTime, State, TaskState, new_id
+
+
+@pytest.fixture
+def backend(drivers: Callable[..., Any]) -> ResultBackend:
+    return drivers(open_backend)
+
+
+@pytest.fixture
+def driver_kind() -> str:
+    return "redis"
+
+
+def _state(task_id: str, state: State) -> TaskState:
+    return TaskState(task_id, state, task_name="t", created_at=GoTime.now())
+
+
+def test_a_final_state_is_pushed_to_each_registered_waiter(
+    backend: Any, redis_server: Any, namespace: str
+) -> None:
+    task_id, other = new_id(), new_id()
+    waiters = [f"{namespace}:waiter:{n}" for n in range(2)]
+    for waiter in waiters:
+        assert backend._register(waiter, [task_id]) == [None]
+    backend.set_states([_state(task_id, State.STARTED), _state(other, State.SUCCESS)])
+    assert [redis_server.llen(waiter) for waiter in waiters] == [0, 0]  # not final; not theirs
+    backend.set_states([_state(task_id, State.SUCCESS)])
+    for waiter in waiters:
+        pushed = backend._pushed(waiter, 1.0)
+        assert (pushed.task_uuid, pushed.state) == (task_id, State.SUCCESS)
+        assert redis_server.ttl(waiter) > 0 or not redis_server.exists(waiter)
+    assert not redis_server.exists(f"{namespace}:waiting:{task_id}")  # told: registrations go
+    backend.set_states([_state(task_id, State.FAILURE)])  # nobody waits any more: no push
+    assert [redis_server.exists(waiter) for waiter in waiters] == [0, 0]
+
+
+def test_a_waiter_is_woken_by_the_push_not_by_reading_again(
+    backend: Any, drivers: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)  # no read again in time
+    task_id = new_id()
+    backend.set_states([_state(task_id, State.PENDING)])
+    worker = drivers(open_backend)
+    reads: list[int] = []
+    register = backend._register
+    monkeypatch.setattr(backend, "_register", lambda *a: reads.append(1) or register(*a))
+
+    def finish() -> None:
+        time.sleep(0.3)  # the waiter blocks by now
+        worker.set_states([_state(task_id, State.SUCCESS)])
+
+    threading.Thread(target=finish).start()
+    (got,) = backend.wait_states([task_id], 10)
+    assert got.state is State.SUCCESS
+    assert reads == [1]  # registered once, then woken
+
+
+def test_a_state_written_without_a_push_is_still_found(backend: Any, redis_server: Any) -> None:
+    task_id = new_id()
+    backend.set_states([_state(task_id, State.PENDING)])
+
+    def as_go_writes_it() -> None:  # a plain SET, as machinery's Go worker stores a state
+        time.sleep(0.2)
+        redis_server.set(task_id, _state(task_id, State.SUCCESS).encode(), ex=60)
+
+    threading.Thread(target=as_go_writes_it).start()
+    (got,) = backend.wait_states([task_id], 10)
+    assert got.state is State.SUCCESS
