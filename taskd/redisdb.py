@@ -131,11 +131,12 @@ def same_server(one: Any, other: Any) -> bool:
     return all(a.get(field) == b.get(field) for field in fields)
 
 
-def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[[], list[Any]]:
+def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
     """Write ``commands`` in one go on a connection of ``client``'s pool, without waiting;
     the function returned reads their replies, each error reply (ResponseError) in its
-    command's place, and gives the connection back. redis-py errors pass to the caller:
-    then the connection is dropped, not given back."""
+    command's place: the next ``count`` of them, or all that are left; the connection goes
+    back to the pool once all are read. redis-py errors pass to the caller: then the
+    connection is dropped."""
     import redis
 
     pool = client.connection_pool
@@ -146,20 +147,24 @@ def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[[], 
         connection.disconnect()
         pool.release(connection)
         raise
+    left = [len(commands)]
 
-    def replies() -> list[Any]:
+    def replies(count: int | None = None) -> list[Any]:
         out: list[Any] = []
         try:
-            for _ in commands:
+            for _ in range(left[0] if count is None else min(count, left[0])):
+                left[0] -= 1
                 try:
                     out.append(connection.read_response())
                 except redis.ResponseError as exc:  # the next reply is still there to read
                     out.append(exc)
         except BaseException:
             connection.disconnect()
+            left[0] = 0
             raise
         finally:
-            pool.release(connection)
+            if not left[0]:
+                pool.release(connection)
         return out
 
     return replies

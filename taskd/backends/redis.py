@@ -166,43 +166,69 @@ class RedisBackend(ResultBackend):
         check_s = WAKE_FIRST_CHECK_S
         while True:
             waiting = [task_id for task_id in task_ids if not is_final(seen.get(task_id))]
-            seen.update(zip(waiting, self._register(waiter, waiting), strict=True))
+            wait_s = check_s if deadline is None else min(check_s, deadline - time.monotonic())
+            states, pushed = self._register(waiter, waiting, max(wait_s, MIN_WAIT_S))
+            seen.update(zip(waiting, states, strict=True))
             heard_at = time.monotonic()
-            while not all_final(task_ids, seen, deadline, timeout_s, progress):
+            while pushed is not None or not all_final(
+                task_ids, seen, deadline, timeout_s, progress
+            ):
+                if pushed is not None:
+                    seen[pushed.task_uuid], heard_at = pushed, time.monotonic()
+                    pushed = None
+                    continue
                 wait_s = check_s - (time.monotonic() - heard_at)
                 if deadline is not None:
                     wait_s = min(wait_s, deadline - time.monotonic())
                 if wait_s < MIN_WAIT_S:
                     break  # nothing pushed for check_s: read again
                 pushed = self._pushed(waiter, wait_s)
-                if pushed is not None:
-                    seen[pushed.task_uuid], heard_at = pushed, time.monotonic()
             else:
                 # Nothing to clean up: Redis deletes a list once popped empty, and whatever
                 # is pushed later expires with the registrations (WAITER_TTL_S).
                 return [seen[task_id] for task_id in task_ids]  # type: ignore[misc]
             check_s = min(check_s * WAKE_GROWTH, WAKE_CHECK_S)
 
-    def _register(self, waiter: str, task_ids: Sequence[str]) -> list[TaskState | None]:
-        """Add ``waiter`` to each task's waiters, then read the tasks' states (one round
-        trip): a state stored after the read is pushed to the waiter."""
-        pipe = self._redis.pipeline(transaction=False)
+    def _register(
+        self, waiter: str, task_ids: Sequence[str], wait_s: float
+    ) -> tuple[list[TaskState | None], TaskState | None]:
+        """Add ``waiter`` to each task's waiters, read the tasks' states and block up to
+        ``wait_s`` for a push, in one write: a state stored after the read is pushed to the
+        waiter. Where every state read is final already, the block is released at once
+        (an empty push from another connection). The states, and what was pushed."""
+        commands: list[tuple[Any, ...]] = []
         for task_id in task_ids:
-            pipe.sadd(f"{self._prefix}waiting:{task_id}", waiter)
-            pipe.expire(f"{self._prefix}waiting:{task_id}", WAITER_TTL_S)
-        pipe.mget(task_ids)
+            commands.append(("SADD", f"{self._prefix}waiting:{task_id}", waiter))
+            commands.append(("EXPIRE", f"{self._prefix}waiting:{task_id}", WAITER_TTL_S))
+        commands += [("MGET", *task_ids), ("BLPOP", waiter, wait_s)]
         with self._translated(task_ids[0]):
-            raws = pipe.execute()[-1]
-        return [
-            None if raw is None else self._load_state(raw, task_id)
-            for task_id, raw in zip(task_ids, raws, strict=True)
-        ]
+            replies = redisdb.send_packed(self._redis, commands)
+            raws = replies(len(commands) - 1)[-1]
+            if isinstance(raws, Exception):
+                replies()
+                raise raws
+            states = [
+                None if raw is None else self._load_state(raw, task_id)
+                for task_id, raw in zip(task_ids, raws, strict=True)
+            ]
+            if all(is_final(state) for state in states):
+                release = self._redis.pipeline(transaction=False)
+                release.rpush(waiter, b"").expire(waiter, WAITER_TTL_S)  # the block ends
+                release.execute()
+            (popped,) = replies()
+        return states, self._popped(popped, waiter)
 
     def _pushed(self, waiter: str, wait_s: float) -> TaskState | None:
         """The next final state pushed to ``waiter``, waiting up to ``wait_s``; None if none."""
         with self._translated():
-            popped = self._redis.blpop([waiter], timeout=wait_s)
-        return None if popped is None else self._load_state(popped[1], waiter)
+            return self._popped(self._redis.blpop([waiter], timeout=wait_s), waiter)
+
+    def _popped(self, popped: Any, waiter: str) -> TaskState | None:
+        if isinstance(popped, Exception):
+            raise popped
+        if popped is None or not popped[1]:  # timed out, or released
+            return None
+        return self._load_state(popped[1], waiter)
 
     def purge(self, task_id: str) -> None:
         with self._translated(task_id):

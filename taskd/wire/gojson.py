@@ -136,14 +136,24 @@ def loads(raw: bytes | str) -> Any:
         raise DecodeError(f"not valid JSON: {exc}", data) from exc
 
 
+_CANONICAL: dict[int, frozenset[str]] = {}  # id of a fields mapping -> its canonical names
+
+
 def fold_keys(obj: Mapping[str, Any], fields: Mapping[str, str], what: str) -> dict[str, Any]:
     """Map a decoded JSON object's keys onto canonical field names, Go-style.
 
-    ``fields`` maps lower-cased JSON names to canonical ones. Exact names match first, then any
-    case; unknown keys are ignored; a later key wins over an earlier one, as in Go.
+    ``fields`` maps lower-cased JSON names to canonical ones (a module-level constant: its
+    canonical names are cached by identity). Names match in any case; unknown keys are
+    ignored; a later key wins over an earlier one, as in Go. An object whose keys are all
+    canonical is returned as it is, not copied.
     """
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} must be a JSON object, got {json_type(obj)}")
+    canonical = _CANONICAL.get(id(fields))
+    if canonical is None:
+        canonical = _CANONICAL[id(fields)] = frozenset(fields.values())
+    if canonical.issuperset(obj):  # as Go and taskd write them: nothing to fold (the hot path)
+        return obj
     out: dict[str, Any] = {}
     for key, value in obj.items():
         name = fields.get(key.lower())

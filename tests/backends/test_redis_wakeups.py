@@ -35,7 +35,7 @@ def test_a_final_state_is_pushed_to_each_registered_waiter(
     task_id, other = new_id(), new_id()
     waiters = [f"{namespace}:waiter:{n}" for n in range(2)]
     for waiter in waiters:
-        assert backend._register(waiter, [task_id]) == [None]
+        assert backend._register(waiter, [task_id], 0.01) == ([None], None)
     backend.set_states([_state(task_id, State.STARTED), _state(other, State.SUCCESS)])
     assert [redis_server.llen(waiter) for waiter in waiters] == [0, 0]  # not final; not theirs
     backend.set_states([_state(task_id, State.SUCCESS)])
@@ -80,3 +80,15 @@ def test_a_state_written_without_a_push_is_still_found(backend: Any, redis_serve
     threading.Thread(target=as_go_writes_it).start()
     (got,) = backend.wait_states([task_id], 10)
     assert got.state is State.SUCCESS
+
+
+def test_registering_for_a_finished_task_does_not_block(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)  # the block sent with it
+    task_id = new_id()
+    backend.set_states([_state(task_id, State.SUCCESS)])
+    started = time.monotonic()
+    (got,) = backend.wait_states([task_id], 120)
+    assert got.state is State.SUCCESS
+    assert time.monotonic() - started < 30  # released, not left to block for 60 s
