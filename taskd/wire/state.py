@@ -168,7 +168,8 @@ def results_from_return(value: Any, declared: Sequence[str | None] = ()) -> tupl
                 result = TaskResult.of(type_name, item)
             else:
                 result = TaskResult.infer(item)
-            result.encode()  # NaN and infinities have no JSON form: fail the task, not the write
+            if "float" in result.type:  # NaN and infinity have no JSON form: fail the task
+                result.encode()  # here, not the write of its state
         except (ArgumentError, ValueError) as exc:
             raise ArgumentError(f"return value {index + 1} cannot be stored: {exc}") from None
         results.append(result)
