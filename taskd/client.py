@@ -17,9 +17,9 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
+from taskd.pairs import Send, sender_for
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
-from taskd.sending import Send, sender_for
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
 from taskd.wire.gotime import LATEST_ETA
 from taskd.workflows import Chain, Chord, Group
@@ -96,7 +96,7 @@ class Client:
     ) -> None:
         self.config = config if config is not None else load_config()
         self._broker, self._backend = broker, backend
-        self._send: Send | None = None  # how this pair of drivers sends (taskd.sending)
+        self._send: Send | None = None  # how this pair of drivers sends (taskd.pairs)
         self._owns_drivers = broker is None and backend is None
 
     @property
@@ -166,7 +166,7 @@ class Client:
         """Record each task's state (PENDING unless ``states`` says otherwise), then publish.
 
         The states go out first so a fast worker's RECEIVED is never overwritten by a late
-        PENDING, in as few round trips as the drivers allow (``taskd.sending``); a PENDING
+        PENDING, in as few round trips as the drivers allow (``taskd.pairs``); a PENDING
         for an id given here never overwrites a state already stored (a worker's, if it beat
         it).
         """

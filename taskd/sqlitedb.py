@@ -74,6 +74,20 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+@contextmanager
+def unsynced(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
+    """Commits in the block are not synced to disk (``synchronous=NORMAL`` in WAL mode: a
+    power cut may lose them, never corrupt the file); the connection's mode after it."""
+    if synchronous == "NORMAL":
+        yield
+        return
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+
+
 def translated(
     unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
 ) -> AbstractContextManager[None]:

@@ -59,7 +59,7 @@ class RedisBackend(ResultBackend):
 
     @property
     def redis(self) -> Any:
-        """The redis-py client (``taskd.sending`` packs PENDING writes with a publish)."""
+        """The redis-py client (``taskd.pairs`` packs PENDING writes with a publish)."""
         return self._redis
 
     def _translated(self, task_id: str | None = None) -> Any:
@@ -101,7 +101,7 @@ class RedisBackend(ResultBackend):
     def pending_commands(self, states: Sequence[TaskState], *, fresh: bool) -> list[tuple]:
         """The SETs storing senders' PENDING states (``NX`` for fresh ids: see
         ``begin_pending``), for a sender that packs them with its messages
-        (``taskd.sending``)."""
+        (``taskd.pairs``)."""
         only_new = ("NX",) if fresh else ()
         return [("SET", s.task_uuid, s.encode(), "EX", self._expire_s, *only_new) for s in states]
 

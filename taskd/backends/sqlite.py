@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS taskd_groups (
 );
 """
 
+UPSERT_STATES = "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns) VALUES (?, ?, ?)"
 SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records
 
 
@@ -75,23 +77,27 @@ class SQLiteBackend(ResultBackend):
             return
         with self._guard(states[0].task_uuid), self._lock:
             with write_transaction(self._conn):
-                later = [state.task_uuid for state in states if state.state is not State.PENDING]
-                stored = dict(zip(later, self._read_states(later), strict=True))
-                expires_ns = time.time_ns() + self._expire_ns
-                rows = [
-                    (
-                        state.task_uuid,
-                        merged(state, stored.get(state.task_uuid)).encode(),
-                        expires_ns,
-                    )
-                    for state in states
-                ]
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns)"
-                    " VALUES (?, ?, ?)",
-                    rows,
-                )
+                self._store(self._conn, states)
             self._sweep()
+
+    def _store(self, conn: sqlite3.Connection, states: Sequence[TaskState]) -> None:
+        later = [state.task_uuid for state in states if state.state is not State.PENDING]
+        stored = dict(zip(later, self._read_states(later, conn), strict=True))
+        expires_ns = time.time_ns() + self._expire_ns
+        rows = [
+            (state.task_uuid, merged(state, stored.get(state.task_uuid)).encode(), expires_ns)
+            for state in states
+        ]
+        conn.executemany(UPSERT_STATES, rows)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def writing(self, states: Sequence[TaskState]) -> Callable[[sqlite3.Connection], None]:
+        """``states`` stored, by machinery's merge rule, on the connection of a broker sharing
+        the file, inside its transaction (``taskd.pairs``): one commit for both."""
+        return lambda conn: self._store(conn, states)
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
@@ -99,15 +105,21 @@ class SQLiteBackend(ResultBackend):
         with self._guard(task_ids[0]), self._lock:
             return self._read_states(task_ids)
 
-    def _read_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+    def _read_states(
+        self, task_ids: Sequence[str], conn: sqlite3.Connection | None = None
+    ) -> list[TaskState | None]:
         if not task_ids:
             return []
         marks = ",".join("?" * len(task_ids))
-        rows = self._conn.execute(
-            f"SELECT task_id, state FROM taskd_states WHERE task_id IN ({marks})"
-            " AND expires_ns > ?",
-            (*task_ids, time.time_ns()),
-        ).fetchall()
+        rows = (
+            (conn or self._conn)
+            .execute(
+                f"SELECT task_id, state FROM taskd_states WHERE task_id IN ({marks})"
+                " AND expires_ns > ?",
+                (*task_ids, time.time_ns()),
+            )
+            .fetchall()
+        )
         found = dict(rows)
         return [
             self._load_state(found[task_id], task_id) if task_id in found else None

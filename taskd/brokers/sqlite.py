@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Self
@@ -20,10 +20,18 @@ import structlog
 
 from taskd.brokers import lease, sqlite_dead
 from taskd.brokers.base import Broker, DeadLetter, DeadLetterCap, Delivery, Holding, Message
+from taskd.brokers.doorbell import Doorbell
 from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config, Lease
 from taskd.errors import BrokerError, BrokerUnavailable
-from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
+from taskd.sqlitedb import (
+    opened,
+    sqlite_path,
+    synchronous_mode,
+    translated,
+    unsynced,
+    write_transaction,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskd_messages (
@@ -47,6 +55,7 @@ CREATE TABLE IF NOT EXISTS taskd_consumers (
 log = structlog.get_logger("taskd.sqlite")
 IDLE_CHECK_S = 0.005  # how often a fetch looks for new commits (a cheap PRAGMA) when busy...
 IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
+InTransaction = Callable[[sqlite3.Connection], None] | None  # more writes, in the same commit
 
 
 class SQLiteBroker(Broker):
@@ -66,6 +75,7 @@ class SQLiteBroker(Broker):
         self._data_version = -1
         self._idle_pause_s = IDLE_CHECK_S
         self._lock = threading.Lock()  # the main connection is used from one thread at a time
+        self._doorbell = Doorbell(path)  # rung after each publish, waited on by idle fetches
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -91,14 +101,23 @@ class SQLiteBroker(Broker):
 
     # -- producing ------------------------------------------------------------------------
 
-    def publish_many(self, messages: Sequence[Message]) -> None:
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def publish_many(self, messages: Sequence[Message], also: InTransaction = None) -> None:
+        """Insert the messages in one transaction, with what ``also`` writes (a result
+        backend sharing the file: ``taskd.pairs``), then ring the doorbell."""
         self.check_priorities(messages)
         now = time.time_ns()
         rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
         with self._guard(), self._lock, write_transaction(self._conn):
+            if also is not None:
+                also(self._conn)
             self._conn.executemany(
                 "INSERT INTO taskd_messages (queue, body, due_ns) VALUES (?, ?, ?)", rows
             )
+        self._doorbell.ring()
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -134,7 +153,7 @@ class SQLiteBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            time.sleep(min(self._idle_pause_s, remaining))
+            self._doorbell.wait(min(self._idle_pause_s, remaining))
             self._idle_pause_s = min(self._idle_pause_s * 2, IDLE_CHECK_MAX_S)
 
     def _due_now(self, queue: str) -> bool:
@@ -147,7 +166,10 @@ class SQLiteBroker(Broker):
         return row is not None
 
     def _take(self, queue: str, consumer: str, limit: int) -> list[Delivery]:
-        with write_transaction(self._conn):
+        """Lease messages, committed without syncing to disk: a lease lost to a power cut
+        only delivers its messages again, and the next synced commit (a state, an ack)
+        syncs it too, in order."""
+        with unsynced(self._conn, self._synchronous), write_transaction(self._conn):
             rows = self._conn.execute(
                 "UPDATE taskd_messages SET consumer = ?, deliveries = deliveries + 1"
                 " WHERE id IN (SELECT id FROM taskd_messages"
@@ -161,10 +183,14 @@ class SQLiteBroker(Broker):
             Delivery(queue, bytes(body), deliveries, msg_id) for msg_id, body, deliveries, _ in rows
         ]
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+    def ack_many(self, deliveries: Sequence[Delivery], also: InTransaction = None) -> None:
+        """Delete settled messages, in one transaction with what ``also`` writes first (their
+        states, by a result backend sharing the file: ``taskd.pairs``)."""
         ids = [(delivery.handle,) for delivery in deliveries]
         queue = deliveries[0].queue if deliveries else None
         with self._guard(queue), self._lock, write_transaction(self._conn):
+            if also is not None:
+                also(self._conn)
             self._conn.executemany("DELETE FROM taskd_messages WHERE id = ?", ids)
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
@@ -177,6 +203,8 @@ class SQLiteBroker(Broker):
                 " WHERE id = ? AND consumer = ?",
                 ids,
             )
+        for _ in deliveries[:2]:  # idle consumers can take them now
+            self._doorbell.ring()
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         with self._guard(delivery.queue), self._lock, write_transaction(self._conn):
@@ -196,6 +224,7 @@ class SQLiteBroker(Broker):
                 except sqlite3.Error:
                     pass  # the next reclaim by another consumer does the same
             self._conn.close()
+        self._doorbell.close()
 
     # -- liveness -------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from taskd.errors import (
     TaskNotFound,
 )
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
+from taskd.pairs import settler_for
 from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
@@ -117,9 +118,11 @@ class Child:
         self.revoked = RevokedIds(
             lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
         )
+        settle = settler_for(self.broker, self.backend)
         self.writes = WriteBuffer(
             lambda states: self.outages.call("backend", self.backend.set_states, states),
             lambda deliveries: self.outages.call("broker", self.broker.ack_many, deliveries),
+            settle and (lambda states, acks: self.outages.call("broker", settle, states, acks)),
         )
         log.info("child_ready", queue=self.queue)
         try:

@@ -22,8 +22,10 @@ class WriteBuffer:
         self,
         write_states: Callable[[Sequence[TaskState]], None],
         ack: Callable[[Sequence[Delivery]], None],
+        settle: Callable[[Sequence[TaskState], Sequence[Delivery]], None] | None = None,
     ) -> None:
-        self._write_states, self._ack = write_states, ack
+        """``settle``: both in one call, states first, where the drivers can (``taskd.pairs``)."""
+        self._write_states, self._ack, self._settle = write_states, ack, settle
         self._states: dict[str, TaskState] = {}  # task id -> newest state not yet written
         self._acks: list[Delivery] = []  # settled; acked once their states are written
         self._since: float | None = None  # when the oldest unwritten thing was added
@@ -50,6 +52,10 @@ class WriteBuffer:
 
     def flush(self) -> None:
         """Write the waiting states, then ack the messages they settle (never the reverse)."""
+        if self._states and self._acks and self._settle is not None:
+            self._settle(list(self._states.values()), self._acks)
+            self._states.clear()
+            self._acks = []
         if self._states:
             self._write_states(list(self._states.values()))
             self._states.clear()

@@ -53,7 +53,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
 
     @property
     def redis(self) -> Any:
-        """The redis-py client (``taskd.sending`` packs other writes with a publish)."""
+        """The redis-py client (``taskd.pairs`` packs other writes with a publish)."""
         return self._redis
 
     def translated(self, queue: str | None = None) -> AbstractContextManager[None]:
@@ -89,7 +89,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
 
     def publish_commands(self, messages: Sequence[Message]) -> list[tuple]:
         """The commands that publish ``messages`` (for a sender that packs others with them,
-        ``taskd.sending``); BrokerError for a priority this broker cannot honour."""
+        ``taskd.pairs``); BrokerError for a priority this broker cannot honour."""
         self.check_priorities(messages)
         now_ns = time.time_ns()
         ready: dict[str, list[bytes]] = {}

@@ -1,0 +1,105 @@
+"""What a broker and a result backend do together, in as few round trips as the pair allows.
+
+Sending (``sender_for``): storing PENDING states and publishing the messages.
+
+- Any pair: the backend starts its PENDING write (``ResultBackend.begin_pending``), the
+  broker publishes, then the write is completed: two round trips that overlap where the
+  backend can split a write.
+- The Redis broker with Redis results on the same server: the SETs and the RPUSH (or ZADD)
+  are packed into one write on one connection, one round trip for both; the SETs first, so a
+  fast worker's later state is never overwritten by a late PENDING.
+- The embedded broker with results in the same SQLite file: one transaction for both, so one
+  commit (and one sync to disk) per send instead of two.
+
+Settling (``settler_for``), in a worker: storing final states, then acking their messages.
+With the embedded broker and results in one SQLite file, one transaction does both; other
+pairs write the states, then ack (two round trips: a state is never acked before it is
+stored, and only one transaction can promise both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from taskd import redisdb
+from taskd.backends import ResultBackend
+from taskd.backends.redis import RedisBackend, unconfirmed
+from taskd.backends.sqlite import SQLiteBackend
+from taskd.brokers import Broker, Delivery, Message
+from taskd.brokers.redis import RedisBroker
+from taskd.brokers.sqlite import SQLiteBroker
+from taskd.wire import TaskState
+
+Send = Callable[[Sequence[Message], Sequence[TaskState], bool], None]  # (messages, PENDING, fresh)
+
+
+def sender_for(broker: Broker, backend: ResultBackend) -> Send:
+    """The way to send through this pair of drivers."""
+    if (
+        isinstance(broker, RedisBroker)
+        and isinstance(backend, RedisBackend)
+        and redisdb.same_server(broker.redis, backend.redis)
+    ):
+        return lambda messages, pending, fresh: _packed(broker, backend, messages, pending, fresh)
+    sqlite = _one_sqlite_file(broker, backend)
+    if sqlite is not None:
+        return lambda messages, pending, _fresh: sqlite[0].publish_many(
+            messages, also=sqlite[1].writing(pending)
+        )
+    return lambda messages, pending, fresh: _overlapped(broker, backend, messages, pending, fresh)
+
+
+def _one_sqlite_file(
+    broker: Broker, backend: ResultBackend
+) -> tuple[SQLiteBroker, SQLiteBackend] | None:
+    """The embedded broker and result backend, where they share one file."""
+    if (
+        isinstance(broker, SQLiteBroker)
+        and isinstance(backend, SQLiteBackend)
+        and broker.path.resolve() == backend.path.resolve()
+    ):
+        return broker, backend
+    return None
+
+
+def _overlapped(
+    broker: Broker,
+    backend: ResultBackend,
+    messages: Sequence[Message],
+    pending: Sequence[TaskState],
+    fresh: bool,
+) -> None:
+    complete = backend.begin_pending(pending, fresh=fresh)
+    try:
+        broker.publish_many(messages)
+    finally:
+        complete()
+
+
+def _packed(
+    broker: RedisBroker,
+    backend: RedisBackend,
+    messages: Sequence[Message],
+    pending: Sequence[TaskState],
+    fresh: bool,
+) -> None:
+    sets = backend.pending_commands(pending, fresh=fresh)
+    queue = messages[0].queue
+    with broker.translated(queue):
+        replies = redisdb.send_packed(broker.redis, [*sets, *broker.publish_commands(messages)])()
+    broker.raise_first(replies[len(sets) :], queue)
+    unconfirmed(pending, replies[: len(sets)])
+
+
+Settle = Callable[[Sequence[TaskState], Sequence[Delivery]], None]  # (states, then their acks)
+
+
+def settler_for(broker: Broker, backend: ResultBackend) -> Settle | None:
+    """One call that stores states and acks their messages together; None where the pair
+    has none (the caller writes the states, then acks)."""
+    sqlite = _one_sqlite_file(broker, backend)
+    if sqlite is not None:
+        return lambda states, deliveries: sqlite[0].ack_many(
+            deliveries, also=sqlite[1].writing(states)
+        )
+    return None
