@@ -188,6 +188,13 @@ class Broker(ABC):
         AdjustRoutingKey): the queue's name, except where the broker routes by another key."""
         return queue
 
+    def more_ready(self, queue: str) -> bool:
+        """Whether the next fetch from ``queue`` is known to find messages at once (its last
+        fetch saw a backlog): a worker then lets its quick tasks' states and acks wait, for
+        a few milliseconds at most, to share a write with the next batch's. A hint; False
+        (the default) when the driver cannot tell."""
+        return False
+
     # -- single forms ----------------------------------------------------------------------
 
     def publish(

@@ -76,6 +76,7 @@ class SQLiteBroker(Broker):
         self._idle_pause_s = IDLE_CHECK_S
         self._lock = threading.Lock()  # the main connection is used from one thread at a time
         self._doorbell = Doorbell(path)  # rung after each publish, waited on by idle fetches
+        self._backlog = False  # the last fetch filled its batch: more may wait
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -146,6 +147,7 @@ class SQLiteBroker(Broker):
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version or self._due_now(queue):
                     taken = self._take(queue, consumer, max_messages)
+                    self._backlog = len(taken) == max_messages  # more may wait behind them
                     if taken:
                         self._idle_pause_s = IDLE_CHECK_S
                         return taken
@@ -155,6 +157,9 @@ class SQLiteBroker(Broker):
                 return []
             self._doorbell.wait(min(self._idle_pause_s, remaining))
             self._idle_pause_s = min(self._idle_pause_s * 2, IDLE_CHECK_MAX_S)
+
+    def more_ready(self, queue: str) -> bool:
+        return self._backlog
 
     def _due_now(self, queue: str) -> bool:
         """Whether a delayed message fell due (commits by others are seen via data_version)."""

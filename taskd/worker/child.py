@@ -53,7 +53,7 @@ from taskd.worker.execute import (
     execute,
     outcome_of_stored,
 )
-from taskd.worker.jobs import Job, final_state, pending_again
+from taskd.worker.jobs import Job, final_state, log_outcome, pending_again
 from taskd.worker.limits import NOTHING, killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
@@ -132,6 +132,9 @@ class Child:
                 if deliveries:
                     with self.liveness.busy(self.slot):  # stamps from a thread meanwhile
                         self._handle_batch(deliveries)
+                else:
+                    self.writes.flush()  # what the last batch left to share, before waiting
+            self.writes.flush()
         except GiveUp as exc:
             log.warning("child_left_during_outage", driver=str(exc))
         except Exception:
@@ -169,7 +172,9 @@ class Child:
             deliveries = self.broker.fetch(
                 self.queue,
                 max_messages=self.recycling.batch_size(self.pacing.batch_size()),
-                wait_s=self.config.worker.poll_interval,
+                # Writes waiting to be shared: look without waiting; if nothing came, the
+                # loop writes them and then waits.
+                wait_s=0.0 if self.writes.pending else self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
             self.outages.pause("broker", exc)
@@ -199,7 +204,8 @@ class Child:
                 self._handle(job)
                 break
             self._handle(job)
-        self.writes.flush()
+        if self.writes.due or not self.broker.more_ready(self.queue):
+            self.writes.flush()  # else the next batch's quick tasks share the write
 
     def _accept(self, delivery: Delivery, received_at: GoTime) -> Job | None:
         """A Job, or None after setting aside a message that can never run (or dropping one
@@ -369,26 +375,7 @@ class Child:
         self.liveness.count_done(self.slot, failed=outcome.kind is Kind.FAILED)
         if self.metrics is not None:
             self.metrics.record(job, outcome, duration_ms)
-        attempt = attempt_of(job.sig)
-        if outcome.kind is Kind.SUCCEEDED:
-            log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)
-        elif outcome.kind is Kind.RETRY:
-            log.warning(
-                "task_retrying",
-                attempt=attempt,
-                duration_ms=duration_ms,
-                error=outcome.error,
-                retry_in_s=round(outcome.retry_in_s, 3),
-                retries_left=job.sig.retry_count - 1,
-            )
-        else:
-            log.error(
-                "task_failed",
-                attempt=attempt,
-                duration_ms=duration_ms,
-                error=outcome.error,
-                traceback=outcome.traceback or None,
-            )
+        log_outcome(job, outcome, duration_ms)
 
 
 def _on_quit(_signum: int, _frame: object) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from taskd.brokers import Delivery
 from taskd.registry import Task
 from taskd.wire import GoTime, Signature, State, TaskState
-from taskd.worker.execute import Kind, Outcome
+from taskd.worker.execute import Kind, Outcome, attempt_of
+
+log = structlog.get_logger("taskd.worker")
 
 
 @dataclass(slots=True)
@@ -43,3 +47,27 @@ def pending_again(job: Job, stored: TaskState | None) -> TaskState:
         if stored is None
         else pending.with_changes(task_name=stored.task_name, created_at=stored.created_at)
     )
+
+
+def log_outcome(job: Job, outcome: Outcome, duration_ms: float) -> None:
+    """One event per task run: task_succeeded, task_retrying or task_failed."""
+    attempt = attempt_of(job.sig)
+    if outcome.kind is Kind.SUCCEEDED:
+        log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)
+    elif outcome.kind is Kind.RETRY:
+        log.warning(
+            "task_retrying",
+            attempt=attempt,
+            duration_ms=duration_ms,
+            error=outcome.error,
+            retry_in_s=round(outcome.retry_in_s, 3),
+            retries_left=job.sig.retry_count - 1,
+        )
+    else:
+        log.error(
+            "task_failed",
+            attempt=attempt,
+            duration_ms=duration_ms,
+            error=outcome.error,
+            traceback=outcome.traceback or None,
+        )

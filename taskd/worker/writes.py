@@ -1,9 +1,11 @@
 """States not yet written and messages not yet acked, written together in few round trips.
 
 A quick task's final state and ack wait up to COALESCE_S to share one state write and one
-ack with its neighbours of the same batch (the child flushes at the end of each batch). The
-one rule: a message is acked only after its state is written (``flush`` writes states first),
-so a crash in between runs a task twice at worst, never loses its result.
+ack with its neighbours: those of its batch, and of the next batches while the broker knows
+more messages are ready (the child flushes at the end of a batch otherwise, so a result is
+never held while the child waits for work). The one rule: a message is acked only after its
+state is written (``flush`` writes states first), so a crash in between runs a task twice at
+worst, never loses its result.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ class WriteBuffer:
             self._since = time.monotonic()
         if not wait or time.monotonic() - self._since >= COALESCE_S:
             self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """States or acks wait to be written."""
+        return bool(self._states or self._acks)
+
+    @property
+    def due(self) -> bool:
+        """Something has waited COALESCE_S or more."""
+        return self._since is not None and time.monotonic() - self._since >= COALESCE_S
 
     def flush(self) -> None:
         """Write the waiting states, then ack the messages they settle (never the reverse)."""

@@ -187,3 +187,35 @@ def test_follow_ups_drop_a_priority_the_broker_cannot_honour() -> None:
     rig.client.send("count", 1, on_success=[callback])
     assert rig.serve() == EXIT_OK
     assert rig.state("cb_1") is State.SUCCESS
+
+
+class BacklogMemoryBroker(MemoryBroker):
+    """A broker whose last fetch saw more messages waiting (as Redis's after a full batch)."""
+
+    def more_ready(self, queue: str) -> bool:
+        return bool(self.queues.get(queue))
+
+
+@pytest.mark.parametrize("broker_class", [MemoryBroker, BacklogMemoryBroker])
+def test_quick_tasks_share_writes_across_fetches_while_more_are_ready(
+    broker_class: type[MemoryBroker],
+) -> None:
+    rig = Rig(broker_class, prefetch=2)
+    for _ in range(40):
+        rig.child.pacing.ran("count", 0.0001)  # known to be quick
+    sent = [rig.client.send("count", n) for n in range(4)]
+    assert rig.serve() == EXIT_OK
+    assert all(rig.state(r.task_id) is State.SUCCESS for r in sent)
+    fetched = rig.broker.called("fetch")
+    written, acked = rig.backend.called("set_states"), rig.broker.called("ack_many")
+    if broker_class is MemoryBroker:  # nothing known to wait: written after each batch
+        assert (len(written), len(acked)) == (2, 2)
+    else:  # two batches of two, one write of their states and one ack
+        assert (len(written), [len(bodies) for bodies in acked]) == (1, [4])
+        assert len(fetched) == 3  # the third, without waiting, found nothing: then written
+    for index, (method, detail) in enumerate(rig.journal):  # never an ack before its state
+        if method == "ack_many":
+            ids = {decode_signature(body).uuid for body in detail}
+            states = [d for m, d in rig.journal[:index] if m == "set_states"]
+            stored = {task_id for batch in states for task_id, state in batch}
+            assert ids <= stored

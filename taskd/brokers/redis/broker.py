@@ -131,6 +131,9 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         self._in_flight[queue] += len(taken)
         return [Delivery(queue, bytes(body), 1 + failed, processing) for body, failed in taken]
 
+    def more_ready(self, queue: str) -> bool:
+        return self._backlog.get(queue, 0) > 0
+
     def _take(
         self, queue: str, processing: str, max_messages: int, wait_s: float
     ) -> list[tuple[bytes, int]]:
