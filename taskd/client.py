@@ -22,6 +22,7 @@ from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
 from taskd.wire.gotime import LATEST_ETA
+from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
 from taskd.workflows import Chain, Chord, Group
 
 
@@ -60,11 +61,14 @@ def signature(
     on_success: Sequence[Signature] | None = None,
     on_error: Sequence[Signature] | None = None,
     task_id: str = "",
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
 ) -> Signature:
     """A task signature; plain Python args are typed after their values (int -> int64...).
 
     The id is ``task_id`` if given, else one is assigned when the signature is sent or built
-    into a workflow (a chord's callback gets ``chord_<uuid4>``).
+    into a workflow (a chord's callback gets ``chord_<uuid4>``). ``time_limit`` and
+    ``soft_time_limit`` (seconds; 0: none) travel as headers and override the task's own.
 
     Pass ``Arg`` objects (``Arg.of("uint8", 5)``, ``Arg.parse("[]int64:[1,2]")``) for any
     other machinery type.
@@ -81,7 +85,23 @@ def signature(
         priority=priority,
         on_success=tuple(on_success) if on_success else None,
         on_error=tuple(on_error) if on_error else None,
+        headers=_limit_headers(time_limit, soft_time_limit),
     )
+
+
+def _limit_headers(hard_s: float | None, soft_s: float | None) -> dict[str, Any] | None:
+    """Time limit headers: whole seconds as numbers, others as decimal text (AMQP headers
+    cannot carry floats through pika); None where no limit is given."""
+    given = ((TIME_LIMIT_HEADER, hard_s), (SOFT_TIME_LIMIT_HEADER, soft_s))
+    for key, value in given:
+        if value is not None and not value >= 0:
+            raise ValueError(f"{key} must be a number of seconds, 0 or more, got {value!r}")
+    headers = {
+        key: int(value) if float(value).is_integer() else repr(float(value))
+        for key, value in given
+        if value is not None
+    }
+    return headers or None
 
 
 class Client:

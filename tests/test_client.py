@@ -32,3 +32,15 @@ def test_send_many_records_every_pending_then_publishes_in_order() -> None:
     assert [sig.uuid for sig in bodies] == [result.task_id for result in results]
     assert [sig.args[0].value for sig in bodies] == [0, 1, 2, 3, 4]
     assert {backend.states[r.task_id].state for r in results} == {State.PENDING}
+
+
+def test_signature_time_limits_travel_as_headers() -> None:
+    from taskd.client import signature
+
+    assert signature("t").headers is None
+    assert signature("t", time_limit=10, soft_time_limit=0.5).headers == {
+        "time_limit": 10,
+        "soft_time_limit": "0.5",
+    }
+    with pytest.raises(ValueError, match="time_limit must be a number of seconds"):
+        signature("t", time_limit=-1)

@@ -52,6 +52,8 @@ def _sent_signature(
     priority: int,
     on_success: Sequence[str],
     on_error: Sequence[str],
+    time_limit: float | None,
+    soft_time_limit: float | None,
 ) -> Signature:
     if eta is not None and countdown is not None:
         raise click.UsageError("give --eta or --countdown, not both")
@@ -72,6 +74,8 @@ def _sent_signature(
         retry_timeout=retry_timeout,
         immutable=immutable,
         priority=priority,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
         **callbacks,
     )
 
@@ -92,6 +96,16 @@ def _sent_signature(
     help="Retry delays are the Fibonacci numbers after this (0: 1, 2, 3, 5... s).",
 )
 @click.option("--immutable", is_flag=True, help="Do not append the results to --on-success tasks.")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0),
+    help="Kill it after this many seconds (0: none), overriding its own limit.",
+)
+@click.option(
+    "--soft-time-limit",
+    type=click.FloatRange(min=0),
+    help="Raise SoftTimeLimitExceeded in it after this many seconds (0: none).",
+)
 @click.option("--priority", default=0, type=click.IntRange(0, 255))
 @click.option(
     "--on-success",

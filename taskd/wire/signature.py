@@ -24,6 +24,12 @@ def new_id(prefix: str = "task") -> str:
     return f"{prefix}_{uuid.uuid4()}"
 
 
+# Headers taskd reads (Go producers set them too): a task's limits in seconds, a number or its
+# decimal text (taskd.worker.limits).
+TIME_LIMIT_HEADER = "time_limit"
+SOFT_TIME_LIMIT_HEADER = "soft_time_limit"
+
+
 @dataclass(frozen=True, slots=True)
 class Arg:
     """One positional argument: a machinery type name and its value as JSON carries it.

@@ -92,7 +92,8 @@ class Beacon:
     def close(self) -> None:
         """Stop the thread; it takes this daemon's entry down on its way out."""
         self._stopped.set()
-        self._thread.join(CLOSE_WAIT_S)
+        if self._thread.ident is not None:  # started
+            self._thread.join(CLOSE_WAIT_S)
 
     def _run(self) -> None:
         backend: ResultBackend | None = None

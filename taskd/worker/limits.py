@@ -32,9 +32,8 @@ from taskd.config import WorkerConfig
 from taskd.errors import SoftTimeLimitExceeded
 from taskd.registry import Task, limit_seconds
 from taskd.wire import Signature, State, TaskState
+from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
 
-TIME_LIMIT_HEADER = "time_limit"  # Headers keys, seconds: a number, or its decimal text
-SOFT_TIME_LIMIT_HEADER = "soft_time_limit"
 TIME_LIMIT_EXCEEDED = "time limit exceeded"  # the error of a task killed at its hard limit
 LONGEST_ALARM_S = 10 * 365 * 86_400.0  # a longer soft limit is this one (setitimer's range)
 

@@ -155,9 +155,9 @@ class Supervisor:
             tasks=self.registry.names(),
             config=self.config.source,
         )
-        self.beacon.start()
         try:
             self._spawn_missing()
+            self.beacon.start()  # after the first forks: none may copy its imports half done
             while self.children or not self.draining:
                 if self.metrics is not None:  # what /metrics shows of the pool, as it waits
                     self.metrics.tick(self)

@@ -229,3 +229,16 @@ def test_chord_prints_the_error_callbacks_id(tmp_path: Path, namespace: str) -> 
     stored = taskctl(tmp_path, config, "queue", "peek", "--limit", "1")
     (member,) = (json.loads(line) for line in stored.stdout.splitlines())
     assert member["ChordCallback"]["OnError"][0]["UUID"] == error_id
+
+
+def test_send_sets_time_limit_headers(tmp_path: Path, namespace: str) -> None:
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    sent = taskctl(
+        tmp_path, config, "send", "sleep", "--arg", "float64:9", "--json",
+        "--time-limit", "30", "--soft-time-limit", "2.5",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    # Whole seconds as a number, others as text (pika cannot put a float in AMQP headers).
+    assert json.loads(sent.stdout)["Headers"] == {"soft_time_limit": "2.5", "time_limit": 30}
+    negative = taskctl(tmp_path, config, "send", "sleep", "--time-limit", "-1")
+    assert negative.returncode == 2 and "--time-limit" in negative.stderr
