@@ -54,7 +54,7 @@ from taskd.worker.execute import (
     outcome_of_stored,
 )
 from taskd.worker.jobs import Job, final_state, log_outcome, pending_again
-from taskd.worker.limits import NOTHING, killed_at_time_limit, limits_of
+from taskd.worker.limits import killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
 from taskd.worker.outages import Outages
@@ -191,9 +191,12 @@ class Child:
         received_at = GoTime.now()
         jobs = [job for d in deliveries if (job := self._accept(d, received_at)) is not None]
         self._look_up_finished(jobs)
-        for job in jobs[1:]:  # visible as waiting behind the first
-            if job.task is not None:
-                self.writes.add_state(job.state(State.RECEIVED))
+        # Visible as waiting behind the first, unless all are quick: then each is done before
+        # its RECEIVED could be read, and writing it would only cost a write.
+        if not all(self.pacing.is_quick(job.sig.name) for job in jobs):
+            for job in jobs[1:]:
+                if job.task is not None:
+                    self.writes.add_state(job.state(State.RECEIVED))
         for index, job in enumerate(jobs):
             if self.stopping:
                 self._hand_back(jobs[index:])
@@ -299,9 +302,13 @@ class Child:
                 self.writes.add_state(job.state(State.STARTED))
                 self.writes.flush()
             started = time.perf_counter()
-            tasks = self.tasks
-            with NOTHING if tasks is None else tasks.running(self.slot, job.sig, limits.hard_s):
+            if self.tasks is not None:  # what it runs, for its supervisor
+                self.tasks.start(self.slot, job.sig, limits.hard_s)
+            try:
                 outcome = execute(job.task, job.sig, job.delivery.queue, self.policy, limits)
+            finally:
+                if self.tasks is not None:
+                    self.tasks.finish(self.slot)
             elapsed_s = time.perf_counter() - started
             self.pacing.ran(job.sig.name, elapsed_s)
             self._settle(job, outcome, quick=quick and elapsed_s < FAST_TASK_S)

@@ -56,13 +56,15 @@ class RunningTasks:
 
     def start(self, slot: int, sig: Signature, limit_s: float = 0.0) -> None:
         """The task of ``sig`` starts now in ``slot``, with a hard limit of ``limit_s``
-        seconds (0: none) (child)."""
+        seconds (0: none) (child). Written in place: this runs before every task."""
         offset = slot * _ENTRY_SIZE
         task_id, name = sig.uuid.encode(), sig.name.encode()[:NAME_BYTES]
         if len(task_id) > ID_BYTES:
             task_id = b""
         now = time.monotonic()
-        head = _HEAD.pack(
+        _HEAD.pack_into(
+            self._mem,
+            offset,
             0.0,
             now + limit_s if limit_s > 0 else 0.0,
             os.getpid(),
@@ -71,8 +73,10 @@ class RunningTasks:
             len(task_id),
             len(name),
         )
-        entry = head + task_id.ljust(ID_BYTES, b"\0") + name.ljust(NAME_BYTES, b"\0")
-        self._mem[offset : offset + _ENTRY_SIZE] = entry
+        at = offset + _HEAD.size
+        self._mem[at : at + len(task_id)] = task_id  # the lengths say where each one ends
+        at += ID_BYTES
+        self._mem[at : at + len(name)] = name
         _STARTED.pack_into(self._mem, offset, now)  # now it counts
 
     def finish(self, slot: int) -> None:
