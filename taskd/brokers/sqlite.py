@@ -159,10 +159,18 @@ class SQLiteBroker(Broker):
             self._idle_pause_s = min(self._idle_pause_s * 2, IDLE_CHECK_MAX_S)
 
     def more_ready(self, queue: str) -> bool:
-        return self._backlog
+        """A full last batch, or a look at the file (a read, far cheaper than the synced
+        commit a settle costs, which the next batch can then share)."""
+        if self._backlog:
+            return True
+        with self._guard(queue), self._lock:
+            return self._ready_now(queue)
 
     def _due_now(self, queue: str) -> bool:
         """Whether a delayed message fell due (commits by others are seen via data_version)."""
+        return self._ready_now(queue)
+
+    def _ready_now(self, queue: str) -> bool:
         row = self._conn.execute(
             "SELECT 1 FROM taskd_messages WHERE queue = ? AND consumer IS NULL AND due_ns <= ?"
             " LIMIT 1",

@@ -79,3 +79,17 @@ def test_one_sqlite_file_sends_and_settles_in_one_transaction(
     assert broker.holding("q").in_flight == 0 and broker.size("q") == 0
     for driver in (broker, backend, elsewhere):
         driver.close()
+
+
+def test_the_embedded_broker_knows_when_more_messages_are_ready(one_file: Any) -> None:
+    broker = open_broker(one_file)
+    assert not broker.more_ready("q")
+    broker.publish_many([Message("q", b"one"), Message("q", b"two"), Message("q", b"three")])
+    assert broker.more_ready("q")
+    assert len(broker.fetch("q", max_messages=2, wait_s=0)) == 2
+    assert broker.more_ready("q")  # a full batch, and one left
+    assert len(broker.fetch("q", max_messages=2, wait_s=0)) == 1
+    assert not broker.more_ready("q")
+    broker.publish_many([Message("q", b"later", GoTime(time.time_ns() + 60 * 10**9))])
+    assert not broker.more_ready("q")  # not due for a minute
+    broker.close()
