@@ -63,8 +63,10 @@ def test_a_waiter_is_woken_by_the_push_not_by_reading_again(
         time.sleep(0.3)  # the waiter blocks by now
         worker.set_states([_state(task_id, State.SUCCESS)])
 
-    threading.Thread(target=finish).start()
+    writer = threading.Thread(target=finish)
+    writer.start()
     (got,) = backend.wait_states([task_id], 10)
+    writer.join()  # its reply may still be on its way when the push has woken the waiter
     assert got.state is State.SUCCESS
     assert reads == [1]  # registered once, then woken
 
@@ -77,8 +79,10 @@ def test_a_state_written_without_a_push_is_still_found(backend: Any, redis_serve
         time.sleep(0.2)
         redis_server.set(task_id, _state(task_id, State.SUCCESS).encode(), ex=60)
 
-    threading.Thread(target=as_go_writes_it).start()
+    writer = threading.Thread(target=as_go_writes_it)
+    writer.start()
     (got,) = backend.wait_states([task_id], 10)
+    writer.join()
     assert got.state is State.SUCCESS
 
 
