@@ -23,7 +23,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import structlog
@@ -81,6 +82,9 @@ class Beacon:
         self.terminate: frozenset[str] = frozenset()  # revoked with terminate (read by the loop)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskd-beacon", daemon=True)
+        self._backend: ResultBackend | None = None
+        self._backend_config: Config | None = None  # the config it was opened with
+        self._lock = threading.Lock()  # held while the backend is in use, and around forks
 
     def start(self) -> None:
         self._thread.start()
@@ -89,6 +93,15 @@ class Beacon:
         """The latest config and snapshot of the pool (from the supervisor's loop)."""
         self._config, self._snapshot = config, pool
 
+    @contextmanager
+    def forking(self) -> Iterator[None]:
+        """``with beacon.forking(): os.fork()``: no connection of the beacon's is open in the
+        fork. A child must not inherit one: an SQLite connection's locks would be taken for
+        its own and the file corrupted. The thread opens a new one for its next round."""
+        with self._lock:
+            self._drop()
+            yield
+
     def close(self) -> None:
         """Stop the thread; it takes this daemon's entry down on its way out."""
         self._stopped.set()
@@ -96,45 +109,59 @@ class Beacon:
             self._thread.join(CLOSE_WAIT_S)
 
     def _run(self) -> None:
-        backend: ResultBackend | None = None
-        config: Config | None = None
         next_beat = next_read = 0.0
         failing = False
         while True:
-            try:
-                if config is not self._config:  # started, or reloaded: maybe another backend
-                    _close(backend)
-                    backend, config = None, self._config
-                if backend is None:
-                    backend = self._connect(config)
-                if self._stopped.is_set():
-                    backend.post(WORKERS, {self.key: None}, 1)
-                    break
-                now = time.monotonic()
-                pool = self._snapshot
-                if pool is not None and now >= next_beat:
-                    entry = {**pool, "beat_at": str(GoTime.now())}
-                    ttl_s = config.worker.consumer_timeout
-                    backend.post(WORKERS, {self.key: entry}, ttl_s)
-                    next_beat = now + config.worker.heartbeat_interval
-                if pool is not None and now >= next_read:
-                    busy = any(child["task"] for child in pool["children"])
-                    board = backend.read_board(REVOKED) if busy else {}
-                    self.terminate = frozenset(to_terminate(board))
-                    next_read = now + REFRESH_S
-                if failing:
-                    log.info("beacon_resumed")
-                    failing = False
-            except Exception as exc:  # never the supervisor's end: try again next beat
-                if not failing:
-                    log.warning("beacon_failed", error=str(exc))
-                    failing = True
-                _close(backend)
-                backend = None
-                if self._stopped.is_set():
-                    break
+            stopping = self._stopped.is_set()
+            with self._lock:
+                try:
+                    backend, config = self._opened()
+                    if stopping:
+                        backend.post(WORKERS, {self.key: None}, 1)
+                    else:
+                        next_beat, next_read = self._round(backend, config, next_beat, next_read)
+                    if failing:
+                        log.info("beacon_resumed")
+                        failing = False
+                except Exception as exc:  # never the supervisor's end: try again next beat
+                    if not failing:
+                        log.warning("beacon_failed", error=str(exc))
+                        failing = True
+                    self._drop()
+                if stopping:
+                    self._drop()
+                    return
             self._stopped.wait(min(REFRESH_S, self._config.worker.heartbeat_interval))
-        _close(backend)
+
+    def _opened(self) -> tuple[ResultBackend, Config]:
+        """The backend of the latest config, opened (again) if need be (under the lock)."""
+        config = self._config
+        if self._backend is None or self._backend_config is not config:  # or reloaded
+            self._drop()
+            self._backend, self._backend_config = self._connect(config), config
+        return self._backend, config
+
+    def _round(
+        self, backend: ResultBackend, config: Config, next_beat: float, next_read: float
+    ) -> tuple[float, float]:
+        """Post the pool when a beat is due, read the revocations when due while a child
+        runs a task; when each is due next."""
+        now, pool = time.monotonic(), self._snapshot
+        if pool is None:
+            return next_beat, next_read
+        if now >= next_beat:
+            entry = {**pool, "beat_at": str(GoTime.now())}
+            backend.post(WORKERS, {self.key: entry}, config.worker.consumer_timeout)
+            next_beat = now + config.worker.heartbeat_interval
+        if now >= next_read:
+            busy = any(child["task"] for child in pool["children"])
+            self.terminate = frozenset(to_terminate(backend.read_board(REVOKED) if busy else {}))
+            next_read = now + REFRESH_S
+        return next_beat, next_read
+
+    def _drop(self) -> None:
+        _close(self._backend)
+        self._backend = self._backend_config = None
 
 
 def _close(backend: ResultBackend | None) -> None:

@@ -157,7 +157,7 @@ class Supervisor:
         )
         try:
             self._spawn_missing()
-            self.beacon.start()  # after the first forks: none may copy its imports half done
+            self.beacon.start()
             while self.children or not self.draining:
                 if self.metrics is not None:  # what /metrics shows of the pool, as it waits
                     self.metrics.tick(self)
@@ -220,7 +220,8 @@ class Supervisor:
         self.liveness.reset(slot)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # no parent handler runs in the child
         try:
-            pid = os.fork()
+            with self.beacon.forking():  # no connection of the supervisor's goes with it
+                pid = os.fork()
             if pid == 0:
                 self._become_child(slot)
         finally:
@@ -300,12 +301,8 @@ class Supervisor:
         for child in self._current():
             last, busy = self.liveness.read(child.slot)
             if not busy and now - last > CHILD_STALL_S:
-                log.error(
-                    "child_stalled",
-                    child=child.slot,
-                    child_pid=child.pid,
-                    silent_s=round(now - last),
-                )
+                fields = {"child": child.slot, "child_pid": child.pid}
+                log.error("child_stalled", silent_s=round(now - last), **fields)
                 self.service.error(f"child {child.slot} stalled while idle; replaced")
                 self._stop(child, signal.SIGKILL, within_s=0)
 

@@ -24,6 +24,7 @@ from taskd.registry import Registry
 from taskd.revocations import REVOKED
 from taskd.wire import Signature, State
 from taskd.worker import supervisor
+from taskd.worker.beacon import Beacon
 from taskd.worker.liveness import ChildLiveness
 from taskd.worker.running import RunningTasks
 from taskd.worker.supervisor import HANDLED, Supervisor
@@ -245,3 +246,24 @@ def test_a_task_revoked_with_terminate_is_recorded_and_its_child_replaced(
     stored = backend.states["task_r"]
     assert (stored.state, stored.error, stored.task_name) == (State.FAILURE, REVOKED, "sleepy")
     assert boss.early_deaths == 0  # a kill it asked for is no crash
+
+
+def test_no_connection_of_the_beacon_is_open_across_a_fork() -> None:
+    """An SQLite connection a child inherits corrupts the file's locking (seen once as
+    "database disk image is malformed" after a TTIN): the beacon's is closed around forks."""
+    opened: list[MemoryBackend] = []
+
+    def connect(_config: Config) -> MemoryBackend:
+        opened.append(MemoryBackend())
+        return opened[-1]
+
+    beacon = Beacon(Config(), connect)
+    beacon.update(Config(), {"host": "h", "pid": 1, "children": []})
+    beacon.start()
+    wait_until(lambda: opened and opened[0].read_board(WORKERS), 10, what="the first beat")
+    with beacon.forking():
+        assert all(backend.closed for backend in opened)
+    wait_until(lambda: len(opened) == 2, 10, what="a connection for the next round")
+    beacon.close()
+    assert all(backend.closed for backend in opened)
+    assert opened[-1].read_board(WORKERS) == {}  # taken down at the end
