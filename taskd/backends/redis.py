@@ -167,26 +167,22 @@ class RedisBackend(ResultBackend):
         while True:
             waiting = [task_id for task_id in task_ids if not is_final(seen.get(task_id))]
             wait_s = check_s if deadline is None else min(check_s, deadline - time.monotonic())
+            heard_at = time.monotonic()  # the read: its block counts towards check_s
             states, pushed = self._register(waiter, waiting, max(wait_s, MIN_WAIT_S))
             seen.update(zip(waiting, states, strict=True))
-            heard_at = time.monotonic()
-            while pushed is not None or not all_final(
-                task_ids, seen, deadline, timeout_s, progress
-            ):
+            while True:
                 if pushed is not None:
                     seen[pushed.task_uuid], heard_at = pushed, time.monotonic()
-                    pushed = None
-                    continue
+                if all_final(task_ids, seen, deadline, timeout_s, progress):
+                    # Nothing to clean up: Redis deletes a list once popped empty, and what is
+                    # pushed later expires with the registrations (WAITER_TTL_S).
+                    return [seen[task_id] for task_id in task_ids]  # type: ignore[misc]
                 wait_s = check_s - (time.monotonic() - heard_at)
                 if deadline is not None:
                     wait_s = min(wait_s, deadline - time.monotonic())
                 if wait_s < MIN_WAIT_S:
                     break  # nothing pushed for check_s: read again
                 pushed = self._pushed(waiter, wait_s)
-            else:
-                # Nothing to clean up: Redis deletes a list once popped empty, and whatever
-                # is pushed later expires with the registrations (WAITER_TTL_S).
-                return [seen[task_id] for task_id in task_ids]  # type: ignore[misc]
             check_s = min(check_s * WAKE_GROWTH, WAKE_CHECK_S)
 
     def _register(

@@ -145,7 +145,7 @@ class SQLiteBroker(Broker):
         while True:
             with self._guard(queue), self._lock:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._data_version or self._due_now(queue):
+                if version != self._data_version or self._ready_now(queue):
                     taken = self._take(queue, consumer, max_messages)
                     self._backlog = len(taken) == max_messages  # more may wait behind them
                     if taken:
@@ -166,11 +166,9 @@ class SQLiteBroker(Broker):
         with self._guard(queue), self._lock:
             return self._ready_now(queue)
 
-    def _due_now(self, queue: str) -> bool:
-        """Whether a delayed message fell due (commits by others are seen via data_version)."""
-        return self._ready_now(queue)
-
     def _ready_now(self, queue: str) -> bool:
+        """Whether a message waits that is due now (one that fell due since the last look
+        included: commits by others are seen via data_version, not ETAs passing)."""
         row = self._conn.execute(
             "SELECT 1 FROM taskd_messages WHERE queue = ? AND consumer IS NULL AND due_ns <= ?"
             " LIMIT 1",

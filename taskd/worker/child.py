@@ -118,11 +118,13 @@ class Child:
         self.revoked = RevokedIds(
             lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
         )
-        settle = settler_for(self.broker, self.backend)
+        settle = settler_for(self.broker, self.backend)  # states and acks in one call, or None
         self.writes = WriteBuffer(
             lambda states: self.outages.call("backend", self.backend.set_states, states),
             lambda deliveries: self.outages.call("broker", self.broker.ack_many, deliveries),
-            settle and (lambda states, acks: self.outages.call("broker", settle, states, acks)),
+            None
+            if settle is None
+            else lambda states, acks: self.outages.call("broker", settle, states, acks),
         )
         log.info("child_ready", queue=self.queue)
         try:

@@ -16,8 +16,6 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from taskd.wire import Signature
@@ -82,15 +80,6 @@ class RunningTasks:
     def finish(self, slot: int) -> None:
         """The task ended (child): the slot is idle."""
         _STARTED.pack_into(self._mem, slot * _ENTRY_SIZE, 0.0)
-
-    @contextmanager
-    def running(self, slot: int, sig: Signature, limit_s: float = 0.0) -> Iterator[None]:
-        """``with tasks.running(slot, sig, limit_s):`` around a task (child)."""
-        self.start(slot, sig, limit_s)
-        try:
-            yield
-        finally:
-            self.finish(slot)
 
     def read(self, slot: int) -> Running | None:
         """The task running in ``slot``, if any (supervisor)."""

@@ -128,20 +128,22 @@ def test_the_table_holds_a_task_only_while_it_runs() -> None:
     sig = Signature(name="n" * 300, uuid="task_x", retry_count=1)
     assert clocks.read(1) is None
     before = time.monotonic()
-    with clocks.running(1, sig, 5.0):
-        running = clocks.read(1)
-        assert running is not None
-        assert (running.pid, running.task_id, running.retries_left) == (os.getpid(), "task_x", True)
-        assert running.task_name == "n" * 128  # cut; the stored record keeps its own name
-        assert before <= running.started_s <= time.monotonic()
-        assert running.started_s + 5.0 == running.deadline_s
-        assert clocks.read(0) is None
+    clocks.start(1, sig, 5.0)
+    running = clocks.read(1)
+    assert running is not None
+    assert (running.pid, running.task_id, running.retries_left) == (os.getpid(), "task_x", True)
+    assert running.task_name == "n" * 128  # cut; the stored record keeps its own name
+    assert before <= running.started_s <= time.monotonic()
+    assert running.started_s + 5.0 == running.deadline_s
+    assert clocks.read(0) is None
+    clocks.finish(1)
     assert clocks.read(1) is None
-    with clocks.running(0, Signature(name="plain", uuid="task_y")):  # no hard limit
-        running = clocks.read(0)
-        assert running is not None
-        assert (running.task_id, running.task_name, running.deadline_s) == ("task_y", "plain", 0)
-        assert Kills(clocks).wait_s([ChildProcess(os.getpid(), 0, 0.0, 0)], 1.0) == 1.0
+    clocks.start(0, Signature(name="plain", uuid="task_y"))  # no hard limit
+    running = clocks.read(0)
+    assert running is not None
+    assert (running.task_id, running.task_name, running.deadline_s) == ("task_y", "plain", 0)
+    assert Kills(clocks).wait_s([ChildProcess(os.getpid(), 0, 0.0, 0)], 1.0) == 1.0
+    clocks.finish(0)
     assert clocks.read(0) is None
     clocks.start(0, Signature(name="n", uuid="x" * 300), 1.0)
     long_id = clocks.read(0)
