@@ -20,6 +20,7 @@ long as its longest-lived entry.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -99,7 +100,9 @@ class MemcacheBackend(ResultBackend):
         )
 
     def _expiry(self) -> int:
-        return int(time.time()) + self._expire_s
+        # Rounded up: memcached counts whole seconds, and int() could take most of the
+        # first one away (a state kept for 1 s vanished at once, now and then).
+        return math.ceil(time.time()) + self._expire_s
 
     # -- states -----------------------------------------------------------------------------
 
