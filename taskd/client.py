@@ -2,7 +2,8 @@
 
 ``Client.send`` does what machinery's ``SendTask`` does: fill in the id, routing key and
 headers, record PENDING (TaskName, CreatedAt), then publish. Callbacks, chain links and
-retries sent by the worker go through the same code.
+retries sent by the worker go through the same code. Up to ``client.pipeline`` sends may
+still await their broker's confirm when ``send`` returns (``taskd.confirms``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
+from taskd.confirms import Window
 from taskd.pairs import Send, sender_for
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
@@ -113,11 +115,15 @@ class Client:
         *,
         broker: Broker | None = None,
         backend: ResultBackend | None = None,
+        pipeline: int | None = None,
     ) -> None:
+        """``pipeline``: how many sends may await their confirms (default:
+        ``client.pipeline``; 0: each send returns once confirmed)."""
         self.config = config if config is not None else load_config()
         self._broker, self._backend = broker, backend
         self._send: Send | None = None  # how this pair of drivers sends (taskd.pairs)
         self._owns_drivers = broker is None and backend is None
+        self._window = Window(self.config.client.pipeline if pipeline is None else pipeline)
 
     @property
     def broker(self) -> Broker:
@@ -131,13 +137,28 @@ class Client:
             self._backend = open_backend(self.config)
         return self._backend
 
+    def flush(self) -> None:
+        """Wait until the broker confirmed every send so far; SendError names those it
+        refused or could not confirm (they may be sent again)."""
+        self._window.flush()
+
     def close(self) -> None:
-        if self._owns_drivers:
-            for driver in (self._broker, self._backend):
-                if driver is not None:
-                    driver.close()
-            self._broker = self._backend = None
-            self._send = None
+        """Flush, then close the drivers this client opened."""
+        try:
+            self.flush()
+        finally:
+            if self._owns_drivers:
+                for driver in (self._broker, self._backend):
+                    if driver is not None:
+                        driver.close()
+                self._broker = self._backend = None
+                self._send = None
+
+    @property
+    def reading_backend(self) -> ResultBackend:
+        """The result backend, once every send so far is confirmed, so that reads see them."""
+        self.flush()
+        return self.backend
 
     def __enter__(self) -> Self:
         return self
@@ -210,9 +231,10 @@ class Client:
             return prepared
         if self._send is None:
             self._send = sender_for(self.broker, self.backend)
-        now = GoTime.now()
+        send, now = self._send, GoTime.now()
         fresh = not any(sig.uuid for sig in signatures)  # ids given here, just now
-        self._send(messages, [pending_state(s, now) for s in prepared], fresh)
+        pending = [pending_state(s, now) for s in prepared]
+        self._window.send(lambda: (send(messages, pending, fresh), prepared))
         return prepared
 
     def send_chain(self, workflow: Chain) -> ChainResult:
@@ -249,7 +271,7 @@ class Client:
     def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> list[Revocation]:
         """Revoke tasks: what happened to each (``taskd.revocations``)."""
         expire_s = self.config.results_expire_in_s
-        return revoke(self.backend, task_ids, terminate=terminate, expire_s=expire_s)
+        return revoke(self.reading_backend, task_ids, terminate=terminate, expire_s=expire_s)
 
     def workers(self) -> list[dict[str, Any]]:
         """The live daemons sharing this backend, as ``taskctl workers --json`` shows them."""
@@ -257,7 +279,7 @@ class Client:
 
     def group_result(self, group_id: str) -> GroupResult | None:
         """The members of a stored group, or None when there is no such group."""
-        meta = self.backend.get_group(group_id)
+        meta = self.reading_backend.get_group(group_id)
         return None if meta is None else GroupResult(self, group_id, meta.task_uuids)
 
 

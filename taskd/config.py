@@ -134,6 +134,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientConfig:
+    pipeline: int = _opt(
+        64,
+        "sends that may still await their broker's confirm when send returns; 0: none",
+        min=0,
+        max=100_000,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """How long a consumer may stay silent before the broker gives its messages to others:
     the one setting group every broker driver maps onto its own mechanism (see
@@ -165,6 +175,7 @@ class Config:
     mongodb: MongoDBConfig = _opt(MongoDBConfig(), "MongoDB result backend")
     worker: WorkerConfig = _opt(WorkerConfig(), "the taskd daemon")
     metrics: MetricsConfig = _opt(MetricsConfig(), "the daemon's Prometheus endpoint")
+    client: ClientConfig = _opt(ClientConfig(), "senders: taskctl and the Python client")
     # Where the settings came from, for messages; not a key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
     # machinery's keys found and ignored, with why (taskd.config_machinery); not a key.

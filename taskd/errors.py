@@ -8,6 +8,7 @@ logs can carry it as keys.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class TaskdError(Exception):
@@ -137,6 +138,19 @@ class ResultTimeout(TaskdError):
         super().__init__(
             f"task {task_id} not finished after {timeout_s:g}s (state {state or 'unknown'})"
         )
+
+
+class SendError(TaskdError):
+    """Sends the broker refused, or did not confirm before its connection was lost: they
+    may or may not be queued. ``signatures`` holds them, to send again (a task run twice
+    is what at-least-once allows; a task never sent is what this error prevents)."""
+
+    def __init__(self, signatures: Sequence[Any], cause: BaseException) -> None:
+        self.signatures, self.cause = tuple(signatures), cause
+        self.task_ids = tuple(sig.uuid for sig in self.signatures)
+        names = ", ".join(f"{sig.name} {sig.uuid}" for sig in self.signatures[:5])
+        more = f" and {len(self.signatures) - 5} more" if len(self.signatures) > 5 else ""
+        super().__init__(f"not confirmed by the broker: {names}{more}: {cause}")
 
 
 class GiveUp(Exception):  # control flow, not an error

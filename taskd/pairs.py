@@ -1,13 +1,16 @@
 """What a broker and a result backend do together, in as few round trips as the pair allows.
 
-Sending (``sender_for``): storing PENDING states and publishing the messages.
+Sending (``sender_for``): storing PENDING states and publishing the messages. A send
+returns the confirm still to be awaited (``taskd.confirms``): the Redis pair's replies, read
+later; other pairs wait for their own confirms before returning.
 
 - Any pair: the backend starts its PENDING write (``ResultBackend.begin_pending``), the
   broker publishes, then the write is completed: two round trips that overlap where the
   backend can split a write.
 - The Redis broker with Redis results on the same server: the SETs and the RPUSH (or ZADD)
   are packed into one write on one connection, one round trip for both; the SETs first, so a
-  fast worker's later state is never overwritten by a late PENDING.
+  fast worker's later state is never overwritten by a late PENDING. Consecutive sends share
+  that connection (``redisdb.Pipe``), so their replies can be read in one go.
 - The embedded broker with results in the same SQLite file: one transaction for both, so one
   commit (and one sync to disk) per send instead of two.
 
@@ -28,9 +31,11 @@ from taskd.backends.sqlite import SQLiteBackend
 from taskd.brokers import Broker, Delivery, Message
 from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
+from taskd.confirms import Confirm, confirmed
 from taskd.wire import TaskState
 
-Send = Callable[[Sequence[Message], Sequence[TaskState], bool], None]  # (messages, PENDING, fresh)
+# (messages, their PENDING states, fresh ids) -> the confirm still to be awaited
+Send = Callable[[Sequence[Message], Sequence[TaskState], bool], Confirm]
 
 
 def sender_for(broker: Broker, backend: ResultBackend) -> Send:
@@ -40,12 +45,20 @@ def sender_for(broker: Broker, backend: ResultBackend) -> Send:
         and isinstance(backend, RedisBackend)
         and redisdb.same_server(broker.redis, backend.redis)
     ):
-        return lambda messages, pending, fresh: _packed(broker, backend, messages, pending, fresh)
+        pipe = redisdb.Pipe(broker.redis)
+        return lambda messages, pending, fresh: _packed(
+            pipe, broker, backend, messages, pending, fresh
+        )
     sqlite = _one_sqlite_file(broker, backend)
     if sqlite is not None:
-        return lambda messages, pending, _fresh: sqlite[0].publish_many(
-            messages, also=sqlite[1].writing(pending)
-        )
+
+        def one_transaction(
+            messages: Sequence[Message], pending: Sequence[TaskState], _fresh: bool
+        ) -> Confirm:
+            sqlite[0].publish_many(messages, also=sqlite[1].writing(pending))
+            return confirmed  # the commit, synced to disk, was the confirm
+
+        return one_transaction
     return lambda messages, pending, fresh: _overlapped(broker, backend, messages, pending, fresh)
 
 
@@ -68,27 +81,35 @@ def _overlapped(
     messages: Sequence[Message],
     pending: Sequence[TaskState],
     fresh: bool,
-) -> None:
+) -> Confirm:
     complete = backend.begin_pending(pending, fresh=fresh)
     try:
         broker.publish_many(messages)
     finally:
         complete()
+    return confirmed
 
 
 def _packed(
+    pipe: redisdb.Pipe,
     broker: RedisBroker,
     backend: RedisBackend,
     messages: Sequence[Message],
     pending: Sequence[TaskState],
     fresh: bool,
-) -> None:
+) -> Confirm:
     sets = backend.pending_commands(pending, fresh=fresh)
     queue = messages[0].queue
     with broker.translated(queue):
-        replies = redisdb.send_packed(broker.redis, [*sets, *broker.publish_commands(messages)])()
-    broker.raise_first(replies[len(sets) :], queue)
-    unconfirmed(pending, replies[: len(sets)])
+        replies = pipe.write([*sets, *broker.publish_commands(messages)])
+
+    def confirm() -> None:
+        with broker.translated(queue):
+            answers = replies()
+        broker.raise_first(answers[len(sets) :], queue)
+        unconfirmed(pending, answers[: len(sets)])
+
+    return confirm
 
 
 Settle = Callable[[Sequence[TaskState], Sequence[Delivery]], None]  # (states, then their acks)

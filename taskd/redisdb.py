@@ -7,6 +7,7 @@ password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -133,41 +134,77 @@ def same_server(one: Any, other: Any) -> bool:
 
 def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
     """Write ``commands`` in one go on a connection of ``client``'s pool, without waiting;
-    the function returned reads their replies, each error reply (ResponseError) in its
-    command's place: the next ``count`` of them, or all that are left; the connection goes
-    back to the pool once all are read. redis-py errors pass to the caller: then the
-    connection is dropped."""
-    import redis
+    the function returned reads their replies (``Pipe.write``)."""
+    return Pipe(client).write(commands)
 
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_commands(commands))
-    except BaseException:
-        connection.disconnect()
-        pool.release(connection)
-        raise
-    left = [len(commands)]
 
-    def replies(count: int | None = None) -> list[Any]:
-        out: list[Any] = []
+class Pipe:
+    """Writes whose replies are read later, all on one connection of a client's pool, so
+    several writes can be on their way at once (pipelining across calls).
+
+    ``write`` sends at once and returns the function that reads that write's replies, each
+    error reply (ResponseError) in its command's place: the next ``count`` of them, or all
+    that are left. Replies come in the order of the writes, so their readers must be called
+    in that order. The connection is taken from the pool for the first write and goes back
+    once every reply is read. redis-py errors pass to the caller and drop the connection:
+    the replies of every write still unread on it are lost, and reading them raises
+    ConnectionError. In a forked child the parent's connection is left alone.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+        self._unread = 0
+        self._pid = os.getpid()
+
+    def write(self, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
+        connection = self._take()
         try:
-            for _ in range(left[0] if count is None else min(count, left[0])):
-                left[0] -= 1
-                try:
-                    out.append(connection.read_response())
-                except redis.ResponseError as exc:  # the next reply is still there to read
-                    out.append(exc)
+            connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
-            connection.disconnect()
-            left[0] = 0
+            self._drop()
             raise
-        finally:
-            if not left[0]:
-                pool.release(connection)
-        return out
+        self._unread += len(commands)
+        left = [len(commands)]
 
-    return replies
+        def replies(count: int | None = None) -> list[Any]:
+            import redis
+
+            if connection is not self._connection:
+                left[0] = 0
+                raise redis.ConnectionError("connection lost before the replies were read")
+            out: list[Any] = []
+            try:
+                for _ in range(left[0] if count is None else min(count, left[0])):
+                    left[0] -= 1
+                    self._unread -= 1
+                    try:
+                        out.append(connection.read_response())
+                    except redis.ResponseError as exc:  # the next reply is still there to read
+                        out.append(exc)
+            except BaseException:
+                left[0] = 0
+                self._drop()
+                raise
+            if not self._unread:
+                self._connection = None
+                self._pool.release(connection)
+            return out
+
+        return replies
+
+    def _take(self) -> Any:
+        if self._pid != os.getpid():  # forked: the parent's socket is not this process's
+            self._connection, self._unread, self._pid = None, 0, os.getpid()
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        return self._connection
+
+    def _drop(self) -> None:
+        connection, self._connection, self._unread = self._connection, None, 0
+        if connection is not None:
+            connection.disconnect()
+            self._pool.release(connection)
 
 
 class Script:

@@ -114,7 +114,8 @@ class Child:
         except GiveUp:
             self._close()
             return EXIT_OK
-        self.sender = Client(self.config, broker=self.broker, backend=self.backend)
+        # pipeline=0: what a task sends is confirmed before its message is acked
+        self.sender = Client(self.config, broker=self.broker, backend=self.backend, pipeline=0)
         self.revoked = RevokedIds(
             lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
         )

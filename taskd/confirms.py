@@ -1,0 +1,109 @@
+"""Sends whose broker confirms are still to come: a client's window of pipelined sends.
+
+A send writes its message (and PENDING state) at once; where the drivers can split a write
+from its confirmation (a Redis reply, a RabbitMQ publisher confirm), waiting for the confirm
+is left to later, so a producer sending many tasks pays one round trip per window instead of
+one per task. Nothing is given up silently: a send that finds the window full first takes
+in the oldest confirms, ``flush`` takes in all, and a refused or unconfirmed send is raised
+as ``SendError`` naming its tasks. Reading a result flushes first, as does closing the
+client; at interpreter exit the windows still open are flushed and any failure logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import structlog
+
+from taskd.errors import SendError
+from taskd.wire import Signature
+
+log = structlog.get_logger("taskd.client")
+
+Confirm = Callable[[], None]  # returns once the send is confirmed, raises if it was not
+
+
+def confirmed() -> None:
+    """The confirm of a send that waited for its own."""
+
+
+T = TypeVar("T")
+
+
+class Window:
+    """At most ``limit`` sends awaiting their confirms, oldest first; 0: none (every send
+    is confirmed before it returns). Safe to share between threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: deque[tuple[Confirm, Sequence[Signature]]] = deque()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        _open_windows.add(self)
+
+    def send(self, write: Callable[[], tuple[Confirm, Sequence[Signature]]]) -> None:
+        """Call ``write`` (which sends and returns its confirm and what it sent), once the
+        window has room; SendError, and nothing written, when an earlier send failed."""
+        with self._lock:
+            self._forget_parents()
+            if len(self._waiting) >= max(self.limit, 1):
+                self._take_in(len(self._waiting) - self.limit + 1)
+            confirm, signatures = write()
+            if self.limit == 0:
+                confirm()
+            else:
+                self._waiting.append((confirm, signatures))
+
+    def flush(self) -> None:
+        """Wait for every confirm; SendError naming each task not confirmed."""
+        with self._lock:
+            self._forget_parents()
+            self._take_in(len(self._waiting))
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def _take_in(self, count: int) -> None:
+        """Confirm the ``count`` oldest sends, all of them even after a failure (their
+        replies come in order), then raise for the ones that failed."""
+        failed: list[Signature] = []
+        first_error: Exception | None = None
+        for _ in range(count):
+            confirm, signatures = self._waiting.popleft()
+            try:
+                confirm()
+            except Exception as exc:
+                failed.extend(signatures)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise SendError(failed, first_error) from first_error
+
+    def _forget_parents(self) -> None:
+        """In a forked child, the parent's sends are the parent's to confirm."""
+        if self._pid != os.getpid():
+            self._waiting.clear()
+            self._pid = os.getpid()
+
+
+_open_windows: weakref.WeakSet[Window] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """A program that ends without closing its client still has its sends confirmed, or
+    hears which were not."""
+    for window in list(_open_windows):
+        if window._pid != os.getpid() or not len(window):
+            continue
+        try:
+            window.flush()
+        except SendError as exc:
+            log.error("sends_unconfirmed_at_exit", task_ids=exc.task_ids, error=str(exc.cause))
+        except Exception as exc:  # the drivers may be half torn down by now
+            log.error("sends_unconfirmed_at_exit", error=f"{type(exc).__name__}: {exc}")
