@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -45,7 +44,6 @@ class Window:
         self._waiting: deque[tuple[Confirm, Sequence[Signature]]] = deque()
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        _open_windows.add(self)
 
     def send(self, write: Callable[[], tuple[Confirm, Sequence[Signature]]]) -> None:
         """Call ``write`` (which sends and returns its confirm and what it sent), once the
@@ -59,6 +57,7 @@ class Window:
                 confirm()
             else:
                 self._waiting.append((confirm, signatures))
+                _awaiting.add(self)
 
     def flush(self) -> None:
         """Wait for every confirm; SendError naming each task not confirmed."""
@@ -76,6 +75,8 @@ class Window:
         first_error: Exception | None = None
         for _ in range(count):
             confirm, signatures = self._waiting.popleft()
+            if not self._waiting:
+                _awaiting.discard(self)
             try:
                 confirm()
             except Exception as exc:
@@ -91,14 +92,16 @@ class Window:
             self._pid = os.getpid()
 
 
-_open_windows: weakref.WeakSet[Window] = weakref.WeakSet()
+# Windows with sends awaiting confirms, held here so that a client dropped without closing
+# is still flushed at exit.
+_awaiting: set[Window] = set()
 
 
 @atexit.register
 def _flush_at_exit() -> None:
     """A program that ends without closing its client still has its sends confirmed, or
     hears which were not."""
-    for window in list(_open_windows):
+    for window in list(_awaiting):
         if window._pid != os.getpid() or not len(window):
             continue
         try:

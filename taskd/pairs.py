@@ -5,7 +5,8 @@ returns the confirm still to be awaited (``taskd.confirms``): the Redis pair's r
 later; other pairs wait for their own confirms before returning.
 
 - Any pair: the backend starts its PENDING write (``ResultBackend.begin_pending``), the
-  broker publishes, then the write is completed: two round trips that overlap where the
+  broker publishes (``Broker.begin_publish``: its confirm awaited later where the broker
+  can split the two), then the write is completed: two round trips that overlap where the
   backend can split a write.
 - The Redis broker with Redis results on the same server: the SETs and the RPUSH (or ZADD)
   are packed into one write on one connection, one round trip for both; the SETs first, so a
@@ -84,10 +85,9 @@ def _overlapped(
 ) -> Confirm:
     complete = backend.begin_pending(pending, fresh=fresh)
     try:
-        broker.publish_many(messages)
+        return broker.begin_publish(messages)
     finally:
         complete()
-    return confirmed
 
 
 def _packed(

@@ -21,11 +21,12 @@ maps it onto what its broker has:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from taskd.config import Config
+from taskd.confirms import confirmed
 from taskd.errors import NotSupported
 from taskd.wire import GoTime
 
@@ -148,6 +149,14 @@ class Broker(ABC):
         """Enqueue messages at the tail of their queues, or in the delay store until their
         ETA, in as few round trips as the broker allows. All or nothing where the broker
         allows it; on an error the caller must assume none was sent."""
+
+    def begin_publish(self, messages: Sequence[Message]) -> Callable[[], None]:
+        """Publish without waiting for the broker's confirm where the driver can split the
+        two; the function returned waits for it (raising as ``publish_many`` would), and
+        senders call those functions in the order of their publishes. By default the
+        publish is confirmed here and the function does nothing (``taskd.confirms``)."""
+        self.publish_many(messages)
+        return confirmed
 
     @abstractmethod
     def fetch(self, queue: str, *, max_messages: int, wait_s: float) -> list[Delivery]:

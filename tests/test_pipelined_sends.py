@@ -1,0 +1,184 @@
+"""Pipelined sends (``taskd.confirms``): a send returns before its confirm, and no refused or
+unconfirmed send goes unnoticed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.client import Client, signature
+from taskd.confirms import Window
+from taskd.errors import BrokerError, SendError
+from taskd.wire import State, decode_signature
+from tests.support.harness import config_data, write_config
+
+# -- the window, with confirms the test controls ---------------------------------------------
+
+
+def _sends(window: Window, log: list[str], count: int, fail: set[int] = frozenset()) -> None:
+    """``count`` sends named t0, t1...; the confirms of the numbers in ``fail`` raise."""
+    for n in range(count):
+
+        def confirm(n: int = n) -> None:
+            log.append(f"confirm t{n}")
+            if n in fail:
+                raise BrokerError("fake", f"t{n} refused")
+
+        def write(n: int = n) -> tuple[Callable[[], None], list[Any]]:
+            log.append(f"write t{n}")
+            return confirm, [signature("task", task_id=f"t{n}")]
+
+        window.send(write)
+
+
+def test_a_full_window_takes_in_the_oldest_confirm_before_writing() -> None:
+    window, log = Window(2), []
+    _sends(window, log, 4)
+    assert log == ["write t0", "write t1", "confirm t0", "write t2", "confirm t1", "write t3"]
+    window.flush()
+    assert log[-2:] == ["confirm t2", "confirm t3"]
+    assert len(window) == 0
+
+
+def test_without_a_window_each_send_is_confirmed_before_it_returns() -> None:
+    window, log = Window(0), []
+    _sends(window, log, 2)
+    assert log == ["write t0", "confirm t0", "write t1", "confirm t1"]
+
+
+def test_a_failed_confirm_names_its_tasks_and_the_later_ones_are_still_confirmed() -> None:
+    window, log = Window(10), []
+    _sends(window, log, 4, fail={1, 2})
+    with pytest.raises(SendError) as caught:
+        window.flush()
+    assert caught.value.task_ids == ("t1", "t2")
+    assert [sig.name for sig in caught.value.signatures] == ["task", "task"]
+    assert "t1 refused" in str(caught.value)
+    assert "confirm t3" in log
+    window.flush()  # nothing left: no error twice
+
+
+def test_a_send_that_finds_an_earlier_failure_is_not_written() -> None:
+    window, log = Window(1), []
+    _sends(window, log, 1, fail={0})
+    with pytest.raises(SendError, match="t0"):
+        _sends(window, log, 1)
+    assert log == ["write t0", "confirm t0"]  # the second send was never written
+
+
+# -- on Redis --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_client(redis_namespace: str, tmp_path: Path) -> Iterator[Callable[..., Client]]:
+    from taskd.config import load_config
+
+    opened: list[Client] = []
+    data = config_data("redis", redis_namespace, tmp_path, default_queue=f"{redis_namespace}:q")
+    path = write_config(tmp_path, data)
+
+    def make(**options: Any) -> Client:
+        client = Client(load_config(path), **options)
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        with contextlib.suppress(SendError):  # the tests that provoke one have checked it
+            client.close()
+
+
+def test_sends_on_their_way_are_all_queued_and_recorded_once_flushed(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    client = redis_client(pipeline=64)
+    results = [client.send("count", n) for n in range(200)]
+    assert len(client._window) > 0  # some still await their replies
+    client.flush()
+    assert len(client._window) == 0
+    queued = [decode_signature(raw) for raw in redis_server.lrange(f"{redis_namespace}:q", 0, -1)]
+    assert [sig.uuid for sig in queued] == [r.task_id for r in results]
+    states = client.backend.get_states([r.task_id for r in results])
+    assert {state.state for state in states} == {State.PENDING}
+
+
+def test_reading_a_result_first_takes_in_the_sends_before_it(
+    redis_client: Callable[..., Client],
+) -> None:
+    client = redis_client(pipeline=64)
+    result = client.send("count", 1)
+    assert len(client._window) == 1
+    assert result.state().state == State.PENDING
+    assert len(client._window) == 0
+
+
+def test_a_refused_send_is_raised_from_the_flush_naming_its_task(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    redis_server.set(f"{redis_namespace}:q", "not a list")  # RPUSH gets WRONGTYPE
+    client = redis_client(pipeline=64)
+    sent = client.send("count", 1)  # written; its reply is read later
+    with pytest.raises(SendError) as caught:
+        client.flush()
+    assert caught.value.task_ids == (sent.task_id,)
+    assert isinstance(caught.value.cause, BrokerError)
+    assert "WRONGTYPE" in str(caught.value)
+
+
+def test_without_a_pipeline_the_refusal_is_raised_by_the_send_itself(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    redis_server.set(f"{redis_namespace}:q", "not a list")
+    client = redis_client(pipeline=0)
+    with pytest.raises(BrokerError, match="WRONGTYPE"):  # as the drivers raise it
+        client.send("count", 1)
+    assert len(client._window) == 0
+
+
+def test_sends_whose_connection_is_lost_before_their_replies_are_raised(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    client = redis_client(pipeline=64)
+    lost = [client.send("count", n).task_id for n in range(3)]
+    client.broker.redis.connection_pool.disconnect()  # their replies can no longer be read
+    with pytest.raises(SendError) as caught:
+        client.flush()
+    assert caught.value.task_ids == tuple(lost)
+    again = client.send("count", 9)  # a new connection
+    client.flush()
+    queued = [
+        decode_signature(raw).uuid for raw in redis_server.lrange(f"{redis_namespace}:q", 0, -1)
+    ]
+    assert queued[-1] == again.task_id
+
+
+def test_a_program_that_exits_without_closing_hears_of_its_refused_sends(
+    redis_server: Any, redis_namespace: str, tmp_path: Path
+) -> None:
+    redis_server.set(f"{redis_namespace}:q", "not a list")
+    data = config_data("redis", redis_namespace, tmp_path, default_queue=f"{redis_namespace}:q")
+    path = write_config(tmp_path, data)
+    program = (
+        "from taskd import Client\n"
+        "print(Client().send('count', 1).task_id, flush=True)\n"  # no close(), no flush()
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "TASKD_CONFIG": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    task_id = done.stdout.splitlines()[0]
+    assert task_id.startswith("task_")
+    said = done.stdout + done.stderr  # structlog's default: stdout
+    assert "sends_unconfirmed_at_exit" in said
+    assert task_id in said.split("sends_unconfirmed_at_exit", 1)[1]  # the log line names it
