@@ -128,6 +128,8 @@ worker:
   prefetch: 2
   shutdown_timeout: 5
   retry_jitter: 0.25
+client:
+  pipeline: 8
 """
 
 
@@ -158,6 +160,7 @@ def test_file_values(tmp_path: Path) -> None:
     assert config.sqs.visibility_heartbeat is False
     assert config.worker.concurrency == 4
     assert config.worker.prefetch == 2
+    assert config.client.pipeline == 8
     assert config.worker.shutdown_timeout == 5.0
     assert config.worker.retry_jitter == 0.25
 
@@ -503,6 +506,7 @@ def test_dump_is_yaml_with_the_password_redacted(tmp_path: Path) -> None:
         "mongodb",
         "worker",
         "metrics",
+        "client",
     ]
 
 

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
+from taskd import confirms
 from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
+from taskd.brokers.amqp.pipeline import confirm_timeout_s, pipeline_of
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
@@ -42,9 +44,9 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         self._link = Link(
             connection_parameters(url, config, "broker"), Session, BrokerUnavailable, self.driver
         )
-        self._sender = DirectLink(
-            connection_parameters(url, config, "broker"), Session, BrokerUnavailable, self.driver
-        )
+        sending = connection_parameters(url, config, "broker")
+        self._sender = DirectLink(sending, Session, BrokerUnavailable, self.driver)
+        self._confirm_timeout_s = confirm_timeout_s(sending)
         self._inboxes: dict[str, queues.SimpleQueue[Received]] = {}
         self._consuming: dict[str, int] = {}  # queue -> the prefetch it is consumed with
         self._channel: Any = None  # the consuming channel; deliveries of others are void
@@ -100,21 +102,10 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         self._call(publish, messages[0].queue, sending=True)
 
     def _publish(self, session: Session, messages: Sequence[Message], confirmed: list[int]) -> None:
-        import pika
-
         channel = session.publishing()
         for message in messages:
-            headers = dict(message.headers or {})
-            properties = pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=2,
-                priority=message.priority,
-                headers=headers,
-            )
-            if (
-                message.eta is not None
-                and message.eta.unix_ns - time.time_ns() > EARLY_TOLERANCE_NS
-            ):
+            properties = _properties(message)
+            if _delayed(message):
                 self._publish_delayed(session, channel, message, properties)
             else:
                 queue = self._topology.queue_for(message.queue)
@@ -123,6 +114,50 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                     self._topology.exchange, message.queue, message.body, properties, mandatory=True
                 )
             confirmed[0] += 1
+
+    def begin_publish(self, messages: Sequence[Message]) -> Callable[[], None]:
+        """Ready messages are published at once, as by publish_many, on a channel whose
+        confirms are collected as they come (``pipeline.py``); the function returned waits
+        for theirs. Delayed ones are confirmed here, by publish_many."""
+        if not messages or any(_delayed(message) for message in messages):
+            self.publish_many(messages)
+            return confirms.confirmed
+        self.check_priorities(messages)
+        queue = messages[0].queue
+        sent: list[Any] = []  # pipeline, first tag, last tag: of the last attempt
+
+        def publish(session: Session) -> None:
+            channel = session.publishing()  # declarations wait for their replies on this one
+            for message in messages:
+                self._topology.declare_queue(
+                    session, channel, self._topology.queue_for(message.queue)
+                )
+            pipeline = pipeline_of(session, self._confirm_timeout_s)
+            tags = [
+                pipeline.publish(self._topology.exchange, m.queue, m.body, _properties(m))
+                for m in messages
+            ]
+            pipeline.flush()
+            sent[:] = [pipeline, tags[0], tags[-1]]
+
+        self._call(publish, queue, sending=True)  # a retry on a new connection sends all again
+        pipeline, first, last = sent
+
+        def drive(session: Session) -> None:
+            if session.pipeline is pipeline:  # else its connection is gone, and its tags void
+                pipeline.wait(first, last)
+
+        def confirm() -> None:
+            if pipeline.lost is None and not pipeline.settled(first, last):
+                # If the connection is lost meanwhile, the outcome tells whether the
+                # confirm came first.
+                with contextlib.suppress(BrokerError):
+                    self._call(drive, queue, sending=True)
+            refused = pipeline.outcome(first, last)
+            if refused is not None:
+                raise BrokerError(self.driver, refused, queue)
+
+        return confirm
 
     def _publish_delayed(
         self, session: Session, channel: Any, message: Message, properties: Any
@@ -337,6 +372,22 @@ def _deliveries(item: Received) -> int:
 def _open(channel: Any) -> bool:
     """Whether a channel is open (read without the lock: a stale answer costs one call)."""
     return channel is not None and bool(channel.is_open)
+
+
+def _properties(message: Message) -> Any:
+    import pika
+
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=2,
+        priority=message.priority,
+        headers=dict(message.headers or {}),
+    )
+
+
+def _delayed(message: Message) -> bool:
+    """Whether a message waits in the delay ladder (one due within the tolerance does not)."""
+    return message.eta is not None and message.eta.unix_ns - time.time_ns() > EARLY_TOLERANCE_NS
 
 
 def _early(item: Received) -> bool:

@@ -23,6 +23,7 @@ class Session:
 
     connection: Any
     publisher: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
+    pipeline: Any = None  # a Pipeline: publishes whose confirms are awaited later
     consumer: Any = None
     prefetch: int = 0
     consuming: dict[str, str] = field(default_factory=dict)  # queue -> consumer tag
