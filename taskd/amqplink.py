@@ -208,7 +208,8 @@ class Link(_Connector):
 class DirectLink(_Connector):
     """A connection used by the calling thread itself (one at a time), for publishing.
 
-    A sender waits for each publisher confirm anyway, so handing the publish to another
+    A sender drives the connection itself, publishing and then waiting for confirms (each
+    one's, or a window's: ``brokers.amqp.pipeline``), so handing the publish to another
     thread would only add thread switches to every send. pika checks heartbeats while it
     waits for a confirm, so a dead peer is an error, not a hang; between sends nothing drives
     the connection, and RabbitMQ may drop it for silence. A connection found dead on use is

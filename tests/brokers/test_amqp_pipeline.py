@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from taskd.brokers import Broker, Message, open_broker
+from taskd.brokers.amqp.pipeline import Pipeline
 from taskd.client import Client
 from taskd.config import load_config
 from taskd.errors import BrokerError, BrokerUnavailable
@@ -110,14 +111,32 @@ def test_a_delayed_message_is_confirmed_at_once(
     assert broker.delayed(amqp_namespace) == 1
 
 
+def test_a_publish_whose_channel_rabbitmq_closes_is_unavailable_then_sent_again(
+    open_amqp: Callable[..., Broker], amqp_namespace: str
+) -> None:
+    import pika
+
+    broker = open_amqp()
+    broker.begin_publish([Message(amqp_namespace, b"first")])()
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection.channel().exchange_delete(amqp_namespace)  # publishing to it closes the channel
+    connection.close()
+    confirm = broker.begin_publish([Message(amqp_namespace, b"lost")])
+    with pytest.raises(BrokerUnavailable, match="NOT_FOUND"):
+        confirm()
+    broker.begin_publish([Message(amqp_namespace, b"again")])()  # the exchange declared again
+    assert drain(amqp_namespace) == [b"first", b"again"]
+
+
 class Relay:
-    """A TCP relay to RabbitMQ that can hold back RabbitMQ's answers and cut its
-    connections, as a network failure would."""
+    """A TCP relay to RabbitMQ that can silence its connections (RabbitMQ's answers to them
+    are dropped) or cut them, as network failures would."""
 
     def __init__(self) -> None:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.url = AMQP_URL.replace("5672", str(self._server.getsockname()[1]))
-        self.holding = threading.Event()  # what RabbitMQ sends is dropped meanwhile
+        self._upstreams: list[socket.socket] = []
+        self._silenced: set[socket.socket] = set()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -129,28 +148,29 @@ class Relay:
                 return
             upstream = socket.create_connection(RABBITMQ)
             self._sockets += [client, upstream]
-            for source, sink, answers in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(
-                    target=self._pump, args=(source, sink, answers), daemon=True
-                ).start()
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                if not (answers and self.holding.is_set()):
+                if source not in self._silenced:
                     sink.sendall(data)
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
 
+    def silence(self) -> None:
+        """From now on, nothing RabbitMQ sends on the connections made so far gets through."""
+        self._silenced.update(self._sockets)
+
     def cut(self) -> None:
-        """Drop every connection made so far; later ones pass again."""
+        """Drop the connections made so far; later ones pass."""
         for end in self._sockets:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
         self._sockets.clear()
-        self.holding.clear()
 
     def close(self) -> None:
         self._server.close()
@@ -169,7 +189,7 @@ def test_publishes_unconfirmed_when_the_connection_is_lost_are_unavailable(
 ) -> None:
     broker = open_amqp(broker=relay.url)
     broker.begin_publish([Message(amqp_namespace, b"confirmed")])()
-    relay.holding.set()  # the next confirms never reach the broker driver
+    relay.silence()  # the next confirms never reach the broker driver
     confirms = [broker.begin_publish([Message(amqp_namespace, b"unconfirmed")]) for _ in range(5)]
     relay.cut()
     for confirm in confirms:
@@ -190,6 +210,43 @@ def test_a_confirm_that_came_before_the_connection_was_lost_counts(
     relay.cut()
     confirm()
     assert drain(amqp_namespace) == [b"confirmed"]
+
+
+def test_a_confirm_from_a_silent_rabbitmq_is_not_awaited_for_ever(
+    open_amqp: Callable[..., Broker], amqp_namespace: str, relay: Relay
+) -> None:
+    # Heartbeats every second (half the consumer_timeout): a silent connection is given up
+    # within seconds.
+    worker = {"heartbeat_interval": 0.2, "consumer_timeout": 2}
+    broker = open_amqp(broker=relay.url, worker=worker)
+    broker.begin_publish([Message(amqp_namespace, b"confirmed")])()
+    relay.silence()
+    confirm = broker.begin_publish([Message(amqp_namespace, b"unconfirmed")])
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="closed before RabbitMQ confirmed"):
+        confirm()
+    assert time.monotonic() - started < 15
+    broker.begin_publish([Message(amqp_namespace, b"again")])()  # on a new connection
+
+
+def test_a_confirm_that_never_comes_is_given_up_in_time(rabbitmq: None, relay: Relay) -> None:
+    import pika
+    import pika.exceptions
+
+    connection = pika.BlockingConnection(pika.URLParameters(relay.url))
+    try:
+        pipeline = Pipeline(connection, 0.5)
+        relay.silence()  # heartbeats too: with the 60 s RabbitMQ proposes, noticed in minutes
+        tag = pipeline.publish("", "taskd-t-nowhere", b"x", pika.BasicProperties())
+        pipeline.flush()
+        with pytest.raises(pika.exceptions.AMQPConnectionError, match=r"within 0\.5 s"):
+            pipeline.wait(tag, tag)  # the broker driver drops the connection then
+        with pytest.raises(BrokerUnavailable, match=r"no publisher confirm within 0\.5 s"):
+            pipeline.outcome(tag, tag)
+    finally:
+        relay.cut()
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
 
 
 def test_pipelined_sends_of_a_client_are_all_queued_once(

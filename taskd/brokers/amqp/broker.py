@@ -127,12 +127,13 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         sent: list[Any] = []  # pipeline, first tag, last tag: of the last attempt
 
         def publish(session: Session) -> None:
+            # First: after a channel RabbitMQ closed, everything is declared again.
+            pipeline = pipeline_of(session, self._confirm_timeout_s)
             channel = session.publishing()  # declarations wait for their replies on this one
             for message in messages:
                 self._topology.declare_queue(
                     session, channel, self._topology.queue_for(message.queue)
                 )
-            pipeline = pipeline_of(session, self._confirm_timeout_s)
             tags = [
                 pipeline.publish(self._topology.exchange, m.queue, m.body, _properties(m))
                 for m in messages

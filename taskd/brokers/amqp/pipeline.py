@@ -15,15 +15,15 @@ from taskd.errors import BrokerUnavailable
 
 
 def confirm_timeout_s(parameters: Any) -> float:
-    """How long a confirm may keep a sender waiting: never less than pika takes to give up a
-    silent peer (two heartbeats) or a connection RabbitMQ keeps blocked, so this only catches
-    a RabbitMQ that answers but never confirms (a quorum queue without its quorum)."""
+    """How long a confirm may keep a sender waiting: no less than pika takes to give up a
+    silent peer (it checks every heartbeat + 5 s) or a connection RabbitMQ keeps blocked, so
+    this only catches a RabbitMQ that answers but never confirms (a quorum queue without its
+    quorum)."""
     return float(
         max(
-            2 * (parameters.heartbeat or 0),
+            2 * ((parameters.heartbeat or 0) + 5),
             parameters.blocked_connection_timeout or 0,
             parameters.socket_timeout or 0,
-            1,
         )
     )
 
@@ -35,7 +35,7 @@ def pipeline_of(session: Any, timeout_s: float) -> Pipeline:
 
     old = session.pipeline
     if old is None or old.lost is not None:
-        if isinstance(old and old.lost, pika.exceptions.ChannelClosedByBroker):
+        if old is not None and isinstance(old.lost, pika.exceptions.ChannelClosedByBroker):
             session.declared.clear()  # what the channel lacked may have been deleted
         session.pipeline = Pipeline(session.connection, timeout_s)
     return session.pipeline
@@ -55,7 +55,7 @@ class Pipeline:
     def __init__(self, connection: Any, timeout_s: float) -> None:
         self._connection = connection
         self._timeout_s = timeout_s
-        self._blocking = connection.channel()  # kept open with it; only its pika channel is used
+        self._blocking = connection.channel()  # only the pika channel under it is used
         self._channel = self._blocking._impl
         self._tag = 0  # the last tag given out
         self._unsettled: set[int] = set()
@@ -97,7 +97,7 @@ class Pipeline:
                 # Returns early once a callback below wakes it (or the channel closes).
                 self._connection.process_data_events(time_limit=left)
             except Exception as exc:
-                self.lost = self.lost or exc  # pika closed the channel, or will not again
+                self.lost = self.lost or exc  # the connection is lost, if pika has not said so
                 raise
             finally:
                 self._waiting = False
@@ -145,8 +145,8 @@ class Pipeline:
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         # A lost connection makes process_data_events raise; a channel RabbitMQ closes
-        # ends it through pika's BlockingChannel.
-        self.lost = reason
+        # ends it through pika's BlockingChannel. The first reason is kept (a timeout's).
+        self.lost = self.lost or reason
 
 
 def _nothing() -> None:
