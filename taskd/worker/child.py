@@ -200,6 +200,7 @@ class Child:
             for job in jobs[1:]:
                 if job.task is not None:
                     self.writes.add_state(job.state(State.RECEIVED))
+                    job.announced = True
         for index, job in enumerate(jobs):
             if self.stopping:
                 self._hand_back(jobs[index:])
@@ -269,10 +270,10 @@ class Child:
 
     def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Jobs not started go back to the head of the queue, in order, as PENDING again."""
-        unannounced = {job.sig.uuid for job in jobs if self.writes.drop_state(job.sig.uuid)}
+        unwritten = {job.sig.uuid for job in jobs if self.writes.drop_state(job.sig.uuid)}
         self.writes.flush()
         # A RECEIVED already written is undone; one still waiting was just not written.
-        announced = [j for j in jobs if j.task is not None and j.sig.uuid not in unannounced]
+        announced = [j for j in jobs if j.announced and j.sig.uuid not in unwritten]
         if announced:
             ids = [job.sig.uuid for job in announced]
             stored = self.outages.call("backend", self.backend.get_states, ids)

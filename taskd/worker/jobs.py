@@ -22,6 +22,7 @@ class Job:
     task: Task | None  # None: not registered here
     received_at: GoTime
     finished: TaskState | None = None  # stored final state (or time-limit kill) of a redelivery
+    announced: bool = False  # RECEIVED was recorded for it (written, or waiting to be)
 
     def state(self, state: State, **fields: Any) -> TaskState:
         # The backend keeps the stored PENDING record's TaskName and CreatedAt (machinery's

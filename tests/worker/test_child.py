@@ -133,6 +133,25 @@ def test_a_slow_task_hands_back_its_batch_only_where_that_is_free(
     assert {rig.state(r.task_id) for r in [unknown, *quick]} == {State.SUCCESS}
 
 
+def test_a_task_found_slow_mid_batch_hands_back_the_rest_without_undoing_unwritten_states(
+    tmp_path: Path,
+) -> None:
+    rig = Rig()
+    for _ in range(10):  # quick tasks before: this child takes batches
+        rig.child.pacing.ran("count", 0.0001)
+    rig.child.pacing.ran("slow_record", 0.0019)  # just quick: its batch gets no RECEIVED
+    trace = str(tmp_path / "trace")
+    sent = [rig.client.send("slow_record", trace, str(n), 0.05) for n in range(3)]
+    assert rig.serve() == EXIT_OK
+    assert rig.broker.called("release_many")  # the first run was slow: the rest went back
+    # Nothing was announced, so there is nothing to look up or set PENDING again.
+    assert rig.backend.called("get_states") == []
+    written = [state for states in rig.backend.called("set_states") for _id, state in states]
+    assert State.RECEIVED not in written
+    assert State.PENDING not in written
+    assert {rig.state(r.task_id) for r in sent} == {State.SUCCESS}
+
+
 def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
     rig = Rig()
     rig.broker.publish(QUEUE, b"not json")
