@@ -15,10 +15,12 @@ from datetime import datetime
 from typing import Any, Self
 
 from taskd.backends import ResultBackend, open_backend
+from taskd.backends.base import Progress
 from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.confirms import Window
+from taskd.errors import ResultTimeout
 from taskd.pairs import Send, sender_for
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
@@ -26,6 +28,9 @@ from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_
 from taskd.wire.gotime import LATEST_ETA
 from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
 from taskd.workflows import Chain, Chord, Group
+
+# How long a wait for results goes before it takes in the confirms of earlier sends.
+FIRST_WAIT_S = 0.05
 
 
 def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None) -> GoTime | None:
@@ -159,6 +164,32 @@ class Client:
         """The result backend, once every send so far is confirmed, so that reads see them."""
         self.flush()
         return self.backend
+
+    def wait_states(
+        self,
+        task_ids: Sequence[str],
+        timeout_s: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[TaskState]:
+        """The backend's ``wait_states``, overlapped with the confirms of earlier sends: a
+        task usually runs while its send is being confirmed, so waiting for the confirm
+        first would add a round trip. After at most FIRST_WAIT_S the confirms are taken in
+        (a refused send raises SendError instead of being waited for), then the wait goes
+        on."""
+        if not len(self._window):
+            return self.backend.wait_states(task_ids, timeout_s, progress)
+        started = time.monotonic()
+        first_s = FIRST_WAIT_S if timeout_s is None else min(FIRST_WAIT_S, timeout_s)
+        try:
+            states = self.backend.wait_states(task_ids, first_s, progress)
+        except ResultTimeout:
+            self.flush()
+            if timeout_s is not None and first_s >= timeout_s:
+                raise
+            left = None if timeout_s is None else timeout_s - (time.monotonic() - started)
+            return self.backend.wait_states(task_ids, left, progress)
+        self.flush()
+        return states
 
     def __enter__(self) -> Self:
         return self

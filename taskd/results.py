@@ -30,7 +30,7 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = None) -> TaskState:
         """The task's final state (SUCCESS or FAILURE); ResultTimeout after ``timeout`` s."""
-        return self.client.reading_backend.wait_states([self.task_id], timeout)[0]
+        return self.client.wait_states([self.task_id], timeout)[0]
 
     def get(self, timeout: float | None = None) -> Any:
         """The task's return value: one result as is, several as a tuple, none as None.
@@ -81,7 +81,7 @@ class GroupResult:
     def wait(
         self, timeout: float | None = None, progress: Progress | None = None
     ) -> list[TaskState]:
-        return self.client.reading_backend.wait_states(self.member_ids, timeout, progress)
+        return self.client.wait_states(self.member_ids, timeout, progress)
 
     def get(self, timeout: float | None = None) -> list[Any]:
         """Each member's return value, in member order; TaskFailed if a member failed."""
@@ -111,9 +111,7 @@ class ChordResult:
             states = self.group.states()
             progress(sum(1 for s in states if s is not None and s.is_completed), len(states))
 
-        return self.group.client.reading_backend.wait_states(
-            [self.callback.task_id], timeout, report
-        )[0]
+        return self.group.client.wait_states([self.callback.task_id], timeout, report)[0]
 
     def get(self, timeout: float | None = None) -> Any:
         return python_value(self.wait(timeout))

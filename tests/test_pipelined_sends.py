@@ -16,7 +16,7 @@ import pytest
 from taskd.client import Client, signature
 from taskd.confirms import Window
 from taskd.errors import BrokerError, SendError
-from taskd.wire import State, decode_signature
+from taskd.wire import Arg, State, TaskState, decode_signature
 from tests.support.harness import config_data, write_config
 
 # -- the window, with confirms the test controls ---------------------------------------------
@@ -117,6 +117,29 @@ def test_reading_a_result_first_takes_in_the_sends_before_it(
     assert len(client._window) == 1
     assert result.state().state == State.PENDING
     assert len(client._window) == 0
+
+
+def test_a_wait_for_a_result_takes_in_the_confirms_once_the_result_is_there(
+    redis_client: Callable[..., Client],
+) -> None:
+    client = redis_client(pipeline=64)
+    result = client.send("count", 1)
+    done = TaskState(result.task_id, State.SUCCESS, results=(Arg.of("int64", 7),))
+    client.backend.set_states([done])  # as a worker would
+    assert len(client._window) == 1
+    assert result.get(timeout=10) == 7
+    assert len(client._window) == 0
+
+
+def test_a_refused_send_is_raised_from_a_wait_for_its_result_not_waited_for(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    redis_server.set(f"{redis_namespace}:q", "not a list")
+    client = redis_client(pipeline=64)
+    result = client.send("count", 1)
+    with pytest.raises(SendError) as caught:  # not ResultTimeout after 60 s
+        result.get(timeout=60)
+    assert caught.value.task_ids == (result.task_id,)
 
 
 def test_a_refused_send_is_raised_from_the_flush_naming_its_task(
