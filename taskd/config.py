@@ -175,7 +175,7 @@ class Config:
     mongodb: MongoDBConfig = _opt(MongoDBConfig(), "MongoDB result backend")
     worker: WorkerConfig = _opt(WorkerConfig(), "the taskd daemon")
     metrics: MetricsConfig = _opt(MetricsConfig(), "the daemon's Prometheus endpoint")
-    client: ClientConfig = _opt(ClientConfig(), "senders: taskctl and the Python client")
+    client: ClientConfig = _opt(ClientConfig(), "the Python client (taskctl always waits)")
     # Where the settings came from, for messages; not a key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
     # machinery's keys found and ignored, with why (taskd.config_machinery); not a key.

@@ -63,7 +63,9 @@ class Session:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(load(self.config_path))
+            # Each send confirmed before taskctl goes on: a failure is its exit status, and
+            # an id it prints is of a task that is queued.
+            self._client = Client(load(self.config_path), pipeline=0)
         return self._client
 
     def close(self) -> None:
