@@ -211,8 +211,8 @@ class Client:
         return AsyncResult(self, sent.uuid)
 
     def send_many(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
-        """Send many tasks at once, in as few round trips as the drivers allow (one for their
-        PENDING states and one for the messages, on Redis), in order."""
+        """Send many tasks at once, in as few round trips as the drivers allow (one write for
+        their PENDING states and messages with the Redis broker and results), in order."""
         return [AsyncResult(self, sent.uuid) for sent in self.publish(signatures)]
 
     def prepare(self, sig: Signature) -> Signature:
