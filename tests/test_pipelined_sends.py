@@ -205,3 +205,28 @@ def test_a_program_that_exits_without_closing_hears_of_its_refused_sends(
     said = done.stdout + done.stderr  # structlog's default: stdout
     assert "sends_unconfirmed_at_exit" in said
     assert task_id in said.split("sends_unconfirmed_at_exit", 1)[1]  # the log line names it
+
+
+def test_a_forked_child_sends_on_its_own_connection_and_leaves_the_parents_confirms(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
+) -> None:
+    client = redis_client(pipeline=64)
+    before = [client.send("count", n).task_id for n in range(3)]  # awaiting their replies
+    pid = os.fork()
+    if pid == 0:  # the child: its send must not read, or answer for, the parent's replies
+        status = 1
+        try:
+            sent = client.send("count", 99)
+            client.flush()
+            status = 0 if len(client._window) == 0 and sent.task_id not in before else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(client._window) == 3  # still the parent's to take in
+    client.flush()
+    queued = [
+        decode_signature(raw).uuid for raw in redis_server.lrange(f"{redis_namespace}:q", 0, -1)
+    ]
+    assert queued[:3] == before
+    assert len(queued) == 4
