@@ -19,7 +19,7 @@ from taskd.client import Client
 from taskd.config import load_config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime, State, decode_signature
-from tests.support.harness import AMQP_URL, REDIS_URL, config_data, write_config
+from tests.support.harness import AMQP_URL, REDIS_URL, config_data, wait_until, write_config
 
 RABBITMQ = ("127.0.0.1", 5672)
 
@@ -138,6 +138,7 @@ class Relay:
         self._upstreams: list[socket.socket] = []
         self._silenced: set[socket.socket] = set()
         self._sockets: list[socket.socket] = []
+        self.answered = 0  # bytes RabbitMQ's answers passed on to the broker driver
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -148,14 +149,18 @@ class Relay:
                 return
             upstream = socket.create_connection(RABBITMQ)
             self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, answers), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 if source not in self._silenced:
                     sink.sendall(data)
+                    if answers:
+                        self.answered += len(data)
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
@@ -205,11 +210,14 @@ def test_a_confirm_that_came_before_the_connection_was_lost_counts(
     open_amqp: Callable[..., Broker], amqp_namespace: str, relay: Relay
 ) -> None:
     broker = open_amqp(broker=relay.url)
+    broker.begin_publish([Message(amqp_namespace, b"first")])()  # connected, channel open
+    answered = relay.answered
     confirm = broker.begin_publish([Message(amqp_namespace, b"confirmed")])
-    time.sleep(0.5)  # its confirm arrives, and waits to be read
+    # Its confirm, all RabbitMQ has to say now, reaches the driver's socket and waits there.
+    wait_until(lambda: relay.answered > answered, what="the publisher confirm")
     relay.cut()
     confirm()
-    assert drain(amqp_namespace) == [b"confirmed"]
+    assert drain(amqp_namespace) == [b"first", b"confirmed"]
 
 
 def test_a_confirm_from_a_silent_rabbitmq_is_not_awaited_for_ever(
