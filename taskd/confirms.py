@@ -18,7 +18,6 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import structlog
 
@@ -31,10 +30,8 @@ Confirm = Callable[[], None]  # returns once the send is confirmed, raises if it
 
 
 def confirmed() -> None:
-    """The confirm of a send that waited for its own."""
-
-
-T = TypeVar("T")
+    """The completion of a write that was complete already (a send that waited for its own
+    confirm, a backend write that could not be split)."""
 
 
 class Window:

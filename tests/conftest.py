@@ -201,18 +201,25 @@ def make_config(namespace: str, tmp_path: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def drivers(driver_kind: str, make_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """``drivers(open_broker, **overrides)``: a driver of this test's kind, closed at teardown."""
+def driver_opener(make_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """``driver_opener(open_broker, kind, **overrides)``: a driver of that kind for this test's
+    namespace, closed at teardown."""
     opened: list[Any] = []
 
-    def open_one(opener: Callable[[Any], Any], **overrides: Any) -> Any:
-        driver = opener(make_config(driver_kind, **overrides))
+    def open_one(opener: Callable[[Any], Any], kind: str, **overrides: Any) -> Any:
+        driver = opener(make_config(kind, **overrides))
         opened.append(driver)
         return driver
 
     yield open_one
     for driver in opened:
         driver.close()
+
+
+@pytest.fixture
+def drivers(driver_kind: str, driver_opener: Callable[..., Any]) -> Callable[..., Any]:
+    """``drivers(open_broker, **overrides)``: a driver of this test's kind, closed at teardown."""
+    return lambda opener, **overrides: driver_opener(opener, driver_kind, **overrides)
 
 
 @pytest.fixture

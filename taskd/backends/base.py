@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from taskd.config import Config
+from taskd.confirms import confirmed
 from taskd.errors import BackendError, DecodeError, NotSupported, ResultTimeout
 from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
@@ -88,7 +89,7 @@ class ResultBackend(ABC):
         stores the states here and returns a no-op.
         """
         self.set_states(states)
-        return _written
+        return confirmed
 
     def set_state(self, state: TaskState) -> None:
         self.set_states([state])
@@ -138,10 +139,6 @@ class ResultBackend(ABC):
             return decode_group(raw)
         except DecodeError as exc:
             raise BackendError(self.driver, f"stored group is not valid: {exc}", group_id) from exc
-
-
-def _written() -> None:
-    """The write was complete already."""
 
 
 def is_final(state: TaskState | None) -> bool:

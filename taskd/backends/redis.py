@@ -18,6 +18,7 @@ import structlog
 from taskd import redisdb
 from taskd.backends.base import Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
+from taskd.confirms import confirmed
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 
@@ -85,7 +86,7 @@ class RedisBackend(ResultBackend):
         """SETs (``NX`` for fresh ids) sent on a connection of their own without waiting;
         the replies are read when the sender completes the write (``unconfirmed``)."""
         if not states:
-            return lambda: None
+            return confirmed
         with self._translated(states[0].task_uuid):
             replies = redisdb.send_packed(self._redis, self.pending_commands(states, fresh=fresh))
 

@@ -16,17 +16,9 @@ from tests.support.harness import AMQP_URL, wait_until
 
 @pytest.fixture
 def open_amqp(
-    amqp_namespace: str, make_config: Callable[..., Any]
-) -> Iterator[Callable[..., ResultBackend]]:
-    opened: list[ResultBackend] = []
-
-    def open_one(**overrides: Any) -> ResultBackend:
-        opened.append(open_backend(make_config("amqp", **overrides)))
-        return opened[-1]
-
-    yield open_one
-    for backend in opened:
-        backend.close()
+    amqp_namespace: str, driver_opener: Callable[..., Any]
+) -> Callable[..., ResultBackend]:
+    return lambda **overrides: driver_opener(open_backend, "amqp", **overrides)
 
 
 @pytest.fixture

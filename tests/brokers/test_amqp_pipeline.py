@@ -25,18 +25,8 @@ RABBITMQ = ("127.0.0.1", 5672)
 
 
 @pytest.fixture
-def open_amqp(
-    amqp_namespace: str, make_config: Callable[..., Any]
-) -> Iterator[Callable[..., Broker]]:
-    opened: list[Broker] = []
-
-    def open_one(**overrides: Any) -> Broker:
-        opened.append(open_broker(make_config("amqp", **overrides)))
-        return opened[-1]
-
-    yield open_one
-    for broker in opened:
-        broker.close()
+def open_amqp(amqp_namespace: str, driver_opener: Callable[..., Any]) -> Callable[..., Broker]:
+    return lambda **overrides: driver_opener(open_broker, "amqp", **overrides)
 
 
 def drain(queue: str) -> list[bytes]:

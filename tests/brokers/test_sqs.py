@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,19 +19,8 @@ from tests.support.harness import create_queue_with_redrive, wait_until
 
 
 @pytest.fixture
-def open_sqs(
-    sqs_namespace: str, make_config: Callable[..., Any]
-) -> Iterator[Callable[..., Broker]]:
-    opened: list[Broker] = []
-
-    def open_one(kind: str = "sqs", **overrides: Any) -> Broker:
-        broker = open_broker(make_config(kind, **overrides))
-        opened.append(broker)
-        return broker
-
-    yield open_one
-    for broker in opened:
-        broker.close()
+def open_sqs(sqs_namespace: str, driver_opener: Callable[..., Any]) -> Callable[..., Broker]:
+    return lambda kind="sqs", **overrides: driver_opener(open_broker, kind, **overrides)
 
 
 def take(broker: Broker, queue: str, timeout_s: float = 10) -> Any:

@@ -13,7 +13,7 @@ from taskd import confirms
 from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
-from taskd.brokers.amqp.pipeline import confirm_timeout_s, pipeline_of
+from taskd.brokers.amqp.pipeline import Pipeline, confirm_timeout_s, pipeline_of
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
@@ -124,9 +124,8 @@ class AMQPBroker(AMQPDeadLetters, Broker):
             return confirms.confirmed
         self.check_priorities(messages)
         queue = messages[0].queue
-        sent: list[Any] = []  # pipeline, first tag, last tag: of the last attempt
 
-        def publish(session: Session) -> None:
+        def publish(session: Session) -> tuple[Pipeline, int, int]:
             # First: after a channel RabbitMQ closed, everything is declared again.
             pipeline = pipeline_of(session, self._confirm_timeout_s)
             channel = session.publishing()  # declarations wait for their replies on this one
@@ -139,10 +138,10 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                 for m in messages
             ]
             pipeline.flush()
-            sent[:] = [pipeline, tags[0], tags[-1]]
+            return pipeline, tags[0], tags[-1]
 
-        self._call(publish, queue, sending=True)  # a retry on a new connection sends all again
-        pipeline, first, last = sent
+        # A retry on a new connection sends them all again: the tags are of the last attempt.
+        pipeline, first, last = self._call(publish, queue, sending=True)
 
         def drive(session: Session) -> None:
             if session.pipeline is pipeline:  # else its connection is gone, and its tags void
