@@ -21,7 +21,6 @@ from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime
 
 T = TypeVar("T")
-EARLY_TOLERANCE_NS = 50_000_000  # a delayed message this close to its ETA runs, not waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         channel = session.publishing()
         for message in messages:
             properties = _properties(message)
-            if _delayed(message):
+            if delays.waits(message.eta):
                 self._publish_delayed(session, channel, message, properties)
             else:
                 queue = self._topology.queue_for(message.queue)
@@ -119,7 +118,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         """Ready messages are published at once, as by publish_many, on a channel whose
         confirms are collected as they come (``pipeline.py``); the function returned waits
         for theirs. Delayed ones are confirmed here, by publish_many."""
-        if not messages or any(_delayed(message) for message in messages):
+        if not messages or any(delays.waits(message.eta) for message in messages):
             self.publish_many(messages)
             return confirms.confirmed
         self.check_priorities(messages)
@@ -207,7 +206,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                 continue  # what arrived went to the inbox, in this thread
             if item.channel is not channel:
                 continue  # from a lost channel: RabbitMQ has put it back already
-            if _early(item):
+            if delays.waits(item.headers.get(delays.ETA_HEADER)):  # came round early
                 early.append(item)
                 continue
             taken.append(Delivery(queue, item.body, _deliveries(item), (channel, item.tag)))
@@ -383,15 +382,3 @@ def _properties(message: Message) -> Any:
         priority=message.priority,
         headers=dict(message.headers or {}),
     )
-
-
-def _delayed(message: Message) -> bool:
-    """Whether a message waits in the delay ladder (one due within the tolerance does not)."""
-    return message.eta is not None and message.eta.unix_ns - time.time_ns() > EARLY_TOLERANCE_NS
-
-
-def _early(item: Received) -> bool:
-    """Whether a delayed message came round before its ETA (delays past the ladder's
-    longest trip go round again)."""
-    eta_ns = item.headers.get(delays.ETA_HEADER)
-    return isinstance(eta_ns, int) and eta_ns - time.time_ns() > EARLY_TOLERANCE_NS

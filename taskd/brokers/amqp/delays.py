@@ -21,12 +21,24 @@ keep working: they deliver into the same exchange and queues.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
+
+from taskd.wire import GoTime
 
 UNIT_MS = 100  # delays are rounded up to this
 LEVELS = 28  # 2^28 units: the longest delay in one trip
 MAX_UNITS = 2**LEVELS - 1
 ETA_HEADER = "x-taskd-eta-ns"  # when a delayed message is due (Unix ns)
+EARLY_TOLERANCE_NS = 50_000_000  # a delayed message this close to its ETA runs, not waits
+
+
+def waits(eta: GoTime | int | None) -> bool:
+    """Whether a message due at ``eta`` (Unix ns as in ETA_HEADER; None: no ETA) is to wait:
+    in the ladder, or, come round before it, for another trip (a delay past the ladder's
+    longest). One due within EARLY_TOLERANCE_NS runs now."""
+    eta_ns = eta.unix_ns if isinstance(eta, GoTime) else eta
+    return isinstance(eta_ns, int) and eta_ns - time.time_ns() > EARLY_TOLERANCE_NS
 
 
 def units_for(delay_ms: float) -> int:
