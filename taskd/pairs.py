@@ -123,4 +123,41 @@ def settler_for(broker: Broker, backend: ResultBackend) -> Settle | None:
         return lambda states, deliveries: sqlite[0].ack_many(
             deliveries, also=sqlite[1].writing(states)
         )
+    if (
+        isinstance(broker, RedisBroker)
+        and isinstance(backend, RedisBackend)
+        and redisdb.same_server(broker.redis, backend.redis)
+    ):
+        return lambda states, deliveries: _settle_redis(broker, backend, states, deliveries)
     return None
+
+
+# The states, then the acks, in one script: never pipelined as two, where the acks would
+# still run if the states' script failed (NOSCRIPT after a restart, an error reply).
+SETTLE = redisdb.Script.packaged(
+    "set_states.lua",
+    "ack.lua",
+    call="local n = #KEYS - 2\nset_states(n, KEYS, ARGV)\n"
+    "return ack(KEYS[n + 1], KEYS[n + 2], ARGV, n + 5)",
+)
+
+
+def _settle_redis(
+    broker: RedisBroker,
+    backend: RedisBackend,
+    states: Sequence[TaskState],
+    deliveries: Sequence[Delivery],
+) -> None:
+    """One EVALSHA for the Redis pair on one server: the states (as ``set_states``), then
+    the acks (as ``ack_many``). Messages from several processing lists (not a worker's
+    case) are settled in two steps instead."""
+    acks = broker.ack_arguments(deliveries)
+    if len(acks) != 1:
+        backend.set_states(states)
+        broker.ack_many(deliveries)
+        return
+    ((ack_keys, bodies),) = acks
+    state_keys, state_args = backend.state_arguments(states)
+    with broker.translated(deliveries[0].queue):
+        SETTLE(broker.redis, [*state_keys, *ack_keys], [*state_args, *bodies])
+    broker.settled(deliveries)

@@ -219,11 +219,14 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1
 
     @classmethod
-    def packaged(cls, *names: str) -> Script:
+    def packaged(cls, *names: str, call: str = "") -> Script:
         """The script made of these files of ``taskd/lua/``, in order (a shared prelude
-        first), shipped as package data."""
+        first), shipped as package data, then ``call``: Lua that runs the functions the
+        files define (``set_states.lua`` and ``ack.lua`` are functions, so one script can
+        run both)."""
         folder = resources.files("taskd") / "lua"
-        return cls("\n".join((folder / name).read_text(encoding="utf-8") for name in names))
+        parts = [(folder / name).read_text(encoding="utf-8") for name in names]
+        return cls("\n".join([*parts, call] if call else parts))
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         import redis

@@ -23,7 +23,7 @@ from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 
 log = structlog.get_logger("taskd.redis")
-SET_STATES = redisdb.Script.packaged("set_states.lua")
+SET_STATES = redisdb.Script.packaged("set_states.lua", call="return set_states(#KEYS, KEYS, ARGV)")
 CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
 # set_states.lua's code for each state: replace (PENDING), merge, or merge and wake waiters
 _MERGE = {
@@ -69,18 +69,20 @@ class RedisBackend(ResultBackend):
     def set_states(self, states: Sequence[TaskState]) -> None:
         if not states:
             return
-        keys = [state.task_uuid for state in states]
-        values = [state.encode() for state in states]
-        merge = "".join(_MERGE[state.state] for state in states)
+        keys, args = self.state_arguments(states)
         with self._translated(keys[0]):
-            if merge == "0":
-                self._redis.execute_command("SET", keys[0], values[0], "EX", self._expire_s)
+            if len(states) == 1 and states[0].state is State.PENDING:  # nothing to merge
+                self._redis.execute_command("SET", keys[0], args[0], "EX", self._expire_s)
             else:
-                SET_STATES(
-                    self._redis,
-                    keys,
-                    [*values, self._prefix, WAITER_TTL_S, merge, self._expire_s],
-                )
+                SET_STATES(self._redis, keys, args)
+
+    def state_arguments(self, states: Sequence[TaskState]) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``set_states(#keys, keys, args)`` (set_states.lua) for
+        these states: ``taskd.pairs`` runs it in the script that acks their messages."""
+        merge = "".join(_MERGE[state.state] for state in states)
+        values = [state.encode() for state in states]
+        keys = [state.task_uuid for state in states]
+        return keys, [*values, self._prefix, WAITER_TTL_S, merge, self._expire_s]
 
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
         """SETs (``NX`` for fresh ids) sent on a connection of their own without waiting;

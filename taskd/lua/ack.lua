@@ -1,8 +1,11 @@
--- Remove settled messages (ARGV) from the processing list KEYS[1], and their count of failed
--- deliveries from KEYS[2].
-local counted = redis.call('HLEN', KEYS[2]) > 0
-for i = 1, #ARGV do
-  redis.call('LREM', KEYS[1], 1, ARGV[i])
-  if counted then redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[i])) end
+-- ack(processing, deliveries, argv, first): remove settled messages (argv[first] onwards) from
+-- the processing list, and their count of failed deliveries from the hash deliveries.
+-- A function, so that one script can store states and then ack their messages (taskd.pairs).
+local function ack(processing, deliveries, argv, first)
+  local counted = redis.call('HLEN', deliveries) > 0
+  for i = first, #argv do
+    redis.call('LREM', processing, 1, argv[i])
+    if counted then redis.call('HDEL', deliveries, redis.sha1hex(argv[i])) end
+  end
+  return #argv - first + 1
 end
-return #ARGV

@@ -1,7 +1,8 @@
 """machinery's merge rule, in its two implementations held to the same cases.
 
 Python (``wire.state.merged``, used by the SQLite backend) and Lua (``taskd/lua/set_states.lua``,
-run by the Redis backend on the real Redis, against records stored as Go writes them).
+run by the Redis backend and by a worker's settle script on the real Redis, against records
+stored as Go writes them).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from taskd.backends import open_backend
+from taskd.brokers import Message, open_broker
+from taskd.pairs import settler_for
 from taskd.wire import ZERO_TIME, GoTime, State, TaskResult, TaskState, decode_state
 from taskd.wire.state import merged
 
@@ -101,22 +104,34 @@ def test_python(case: str, stored: TaskState | None, new: TaskState, expected: T
     assert merged(with_id(new, "t"), with_id(stored, "t")) == with_id(expected, "t")
 
 
+@pytest.mark.parametrize("write", ["set_states", "settle"])
 @pytest.mark.parametrize(("case", "stored", "new", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_lua_on_redis(
     case: str,
     stored: TaskState | None,
     new: TaskState,
     expected: TaskState,
+    write: str,
     redis_namespace: str,
     redis_server: Any,
     make_config: Callable[..., Any],
 ) -> None:
+    """Through the backend, and through a worker's settle (the same Lua, then an ack)."""
     task_id = f"{redis_namespace}-task"
     if stored is not None:  # as a Go worker or sender would have written it
         redis_server.set(task_id, with_id(stored, task_id).encode(), ex=300)
-    backend = open_backend(make_config("redis"))
+    config = make_config("redis")
+    broker, backend = open_broker(config), open_backend(config)
     try:
-        backend.set_states([with_id(new, task_id)])
+        if write == "settle":
+            broker.publish_many([Message(redis_namespace, b"message")])
+            deliveries = broker.fetch(redis_namespace, max_messages=1, wait_s=0)
+            settle = settler_for(broker, backend)
+            assert settle is not None and len(deliveries) == 1
+            settle([with_id(new, task_id)], deliveries)
+        else:
+            backend.set_states([with_id(new, task_id)])
     finally:
+        broker.close()
         backend.close()
     assert decode_state(redis_server.get(task_id)) == with_id(expected, task_id)

@@ -19,7 +19,7 @@ from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 
 FETCH = redisdb.Script.packaged("fetch.lua")
-ACK = redisdb.Script.packaged("ack.lua")
+ACK = redisdb.Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
 RELEASE = redisdb.Script.packaged("release.lua")
 REJECT = redisdb.Script.packaged("reject.lua")
 PROMOTE = redisdb.Script.packaged("promote.lua")
@@ -193,19 +193,28 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
 
     # -- settling -------------------------------------------------------------------------
 
-    def _settled(self, deliveries: Sequence[Delivery]) -> None:
+    def settled(self, deliveries: Sequence[Delivery]) -> None:
+        """These deliveries are acked, released or rejected (by this driver, or by a script
+        of ``taskd.pairs`` made with ``ack_arguments``): no longer in flight."""
         for delivery in deliveries:
             left = self._in_flight.get(delivery.queue, 0) - 1
             self._in_flight[delivery.queue] = max(left, 0)
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+    def ack_arguments(self, deliveries: Sequence[Delivery]) -> list[tuple[list[str], list[bytes]]]:
+        """The keys and arguments of ``ack(keys[1], keys[2], args, 1)`` (ack.lua) for these
+        deliveries, one pair per processing list they came from."""
         by_list: dict[str, list[bytes]] = {}
         for delivery in deliveries:
             by_list.setdefault(delivery.handle, []).append(delivery.body)
+        return [
+            ([processing, self._keys.deliveries], bodies) for processing, bodies in by_list.items()
+        ]
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         with self._translated(deliveries[0].queue if deliveries else None):
-            for processing, bodies in by_list.items():
-                ACK(self._redis, keys=[processing, self._keys.deliveries], args=bodies)
-        self._settled(deliveries)
+            for keys, bodies in self.ack_arguments(deliveries):
+                ACK(self._redis, keys, bodies)
+        self.settled(deliveries)
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         groups: dict[tuple[str, str], list[bytes]] = {}
@@ -214,7 +223,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         with self._translated(deliveries[0].queue if deliveries else None):
             for (processing, queue), bodies in groups.items():
                 RELEASE(self._redis, keys=[processing, queue], args=bodies)
-        self._settled(deliveries)
+        self.settled(deliveries)
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         entry = dead_letter_entry(delivery.queue, delivery.body, reason)
@@ -226,7 +235,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
                 keys=[delivery.handle, self._keys.dead(delivery.queue), self._keys.deliveries],
                 args=[delivery.body, entry, cap.max_count, oldest_ms],
             )
-        self._settled([delivery])
+        self.settled([delivery])
 
     def close(self) -> None:
         self._consumers.leave()
