@@ -15,23 +15,28 @@ from taskd.wire.gotime import GoTime
 _GO_INT_MAX = 2**63 - 1
 
 
+# Each reader tests for the usual case first: a message's fields are read on every task.
+
+
 def want_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
     if value is None:
         return ""
-    if not isinstance(value, str):
-        raise DecodeError(f"{key} must be a string, got {gojson.json_type(value)}")
-    return value
+    raise DecodeError(f"{key} must be a string, got {gojson.json_type(value)}")
 
 
 def want_bool(value: Any, key: str) -> bool:
+    if value is False or value is True:
+        return value
     if value is None:
         return False
-    if not isinstance(value, bool):
-        raise DecodeError(f"{key} must be a boolean, got {gojson.json_type(value)}")
-    return value
+    raise DecodeError(f"{key} must be a boolean, got {gojson.json_type(value)}")
 
 
 def want_int(value: Any, key: str, low: int = -_GO_INT_MAX - 1, high: int = _GO_INT_MAX) -> int:
+    if value.__class__ is int and low <= value <= high:
+        return value
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):

@@ -168,45 +168,51 @@ def _decode_signatures(value: Any, key: str) -> tuple[Signature, ...] | None:
 def decode_signature_object(obj: Any, path: str = "") -> Signature:
     """A Signature from decoded JSON; DecodeError names the offending field by its path
     (``Priority``, ``OnSuccess[0].Args[1].Type``)."""
-    prefix = f"{path}." if path else ""
     f = gojson.fold_keys(obj, SIGNATURE_FIELDS, path or "signature")
+    try:
+        return _signature_of(f)
+    except DecodeError as exc:
+        if not path:
+            raise
+        # The path is joined here, on error only: a message is decoded on every task.
+        raise DecodeError(f"{path}.{exc.reason}", exc.raw) from None
+
+
+def _signature_of(f: dict[str, Any]) -> Signature:
+    """A Signature from an object's canonical fields; errors name fields from here."""
     raw_args = f.get("Args")
     args: tuple[Arg, ...] | None = None
     if raw_args is not None:
         if not isinstance(raw_args, list):
-            raise DecodeError(f"{prefix}Args must be an array, got {gojson.json_type(raw_args)}")
-        args = tuple(_decode_arg(item, f"{prefix}Args[{i}]") for i, item in enumerate(raw_args))
+            raise DecodeError(f"Args must be an array, got {gojson.json_type(raw_args)}")
+        args = tuple(_decode_arg(item, f"Args[{i}]") for i, item in enumerate(raw_args))
     headers = f.get("Headers")
     if headers is not None and not isinstance(headers, dict):
-        raise DecodeError(f"{prefix}Headers must be an object, got {gojson.json_type(headers)}")
+        raise DecodeError(f"Headers must be an object, got {gojson.json_type(headers)}")
     chord = f.get("ChordCallback")
     return Signature(
-        uuid=want_str(f.get("UUID"), f"{prefix}UUID"),
-        name=want_str(f.get("Name"), f"{prefix}Name"),
-        routing_key=want_str(f.get("RoutingKey"), f"{prefix}RoutingKey"),
-        eta=want_time(f.get("ETA"), f"{prefix}ETA"),
-        group_uuid=want_str(f.get("GroupUUID"), f"{prefix}GroupUUID"),
-        group_task_count=want_int(f.get("GroupTaskCount"), f"{prefix}GroupTaskCount"),
+        uuid=want_str(f.get("UUID"), "UUID"),
+        name=want_str(f.get("Name"), "Name"),
+        routing_key=want_str(f.get("RoutingKey"), "RoutingKey"),
+        eta=want_time(f.get("ETA"), "ETA"),
+        group_uuid=want_str(f.get("GroupUUID"), "GroupUUID"),
+        group_task_count=want_int(f.get("GroupTaskCount"), "GroupTaskCount"),
         args=args,
         headers=headers,
-        priority=want_int(f.get("Priority"), f"{prefix}Priority", 0, 255),
-        immutable=want_bool(f.get("Immutable"), f"{prefix}Immutable"),
-        retry_count=want_int(f.get("RetryCount"), f"{prefix}RetryCount"),
-        retry_timeout=want_int(f.get("RetryTimeout"), f"{prefix}RetryTimeout"),
-        on_success=_decode_signatures(f.get("OnSuccess"), f"{prefix}OnSuccess"),
-        on_error=_decode_signatures(f.get("OnError"), f"{prefix}OnError"),
-        chord_callback=None
-        if chord is None
-        else decode_signature_object(chord, f"{prefix}ChordCallback"),
-        broker_message_group_id=want_str(
-            f.get("BrokerMessageGroupId"), f"{prefix}BrokerMessageGroupId"
-        ),
-        sqs_receipt_handle=want_str(f.get("SQSReceiptHandle"), f"{prefix}SQSReceiptHandle"),
+        priority=want_int(f.get("Priority"), "Priority", 0, 255),
+        immutable=want_bool(f.get("Immutable"), "Immutable"),
+        retry_count=want_int(f.get("RetryCount"), "RetryCount"),
+        retry_timeout=want_int(f.get("RetryTimeout"), "RetryTimeout"),
+        on_success=_decode_signatures(f.get("OnSuccess"), "OnSuccess"),
+        on_error=_decode_signatures(f.get("OnError"), "OnError"),
+        chord_callback=None if chord is None else decode_signature_object(chord, "ChordCallback"),
+        broker_message_group_id=want_str(f.get("BrokerMessageGroupId"), "BrokerMessageGroupId"),
+        sqs_receipt_handle=want_str(f.get("SQSReceiptHandle"), "SQSReceiptHandle"),
         stop_task_deletion_on_error=want_bool(
-            f.get("StopTaskDeletionOnError"), f"{prefix}StopTaskDeletionOnError"
+            f.get("StopTaskDeletionOnError"), "StopTaskDeletionOnError"
         ),
         ignore_when_task_not_registered=want_bool(
-            f.get("IgnoreWhenTaskNotRegistered"), f"{prefix}IgnoreWhenTaskNotRegistered"
+            f.get("IgnoreWhenTaskNotRegistered"), "IgnoreWhenTaskNotRegistered"
         ),
     )
 

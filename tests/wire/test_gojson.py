@@ -183,6 +183,17 @@ def test_loads_integers_beyond_64_bits_stay_exact() -> None:
     assert all(type(item) is int for item in value)
 
 
+def test_loads_integers_below_int64_min_stay_exact() -> None:
+    value = gojson.loads(b'{"low":-9223372036854775809,"min":-9223372036854775808}')
+    assert value == {"low": -9223372036854775809, "min": -(2**63)}
+    assert all(type(item) is int for item in value.values())
+
+
+def test_loads_long_digit_runs_in_strings_change_nothing() -> None:
+    text = "1" * 30
+    assert gojson.loads(f'{{"s":"{text}","n":-1.5e-7}}'.encode()) == {"s": text, "n": -1.5e-7}
+
+
 @pytest.mark.parametrize("raw", [b"{", b"", b"[1,]", b"{'a':1}", b"\xff", b"tru"])
 def test_loads_rejects_invalid_json(raw: bytes) -> None:
     with pytest.raises(DecodeError, match="not valid JSON"):

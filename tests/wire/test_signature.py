@@ -485,6 +485,24 @@ def test_wrong_value_types_are_rejected_naming_the_field(raw: bytes, field: str)
     assert field in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b'{"ChordCallback":{"OnSuccess":[{"Args":[{"Type":"x","Name":1}]}]}}',
+            "ChordCallback.OnSuccess[0].Args[0].Name must be a string, got number",
+        ),
+        (b'{"OnSuccess":[{"Priority":300}]}', "OnSuccess[0].Priority 300 is out of range"),
+        (b'{"ChordCallback":{"OnError":[5]}}', "ChordCallback.OnError[0] must be a JSON object"),
+        (b'{"OnError":[{"Headers":[]}]}', "OnError[0].Headers must be an object, got array"),
+    ],
+)
+def test_a_nested_field_is_named_by_its_whole_path(raw: bytes, message: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_signature(raw)
+    assert str(caught.value).startswith(message)
+
+
 def test_wrong_number_error_shows_the_value_as_sent() -> None:
     with pytest.raises(DecodeError, match=r"GroupTaskCount.*2\.0"):
         decode_signature(b'{"GroupTaskCount":2.0}')
