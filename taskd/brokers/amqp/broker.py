@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from taskd import confirms
-from taskd.amqplink import DirectLink, Link, connection_parameters
+from taskd.amqplink import DirectLink, Link, connection_parameters, send_now
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
 from taskd.brokers.amqp.pipeline import Pipeline, confirm_timeout_s, pipeline_of
@@ -263,7 +263,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         except BrokerError:
             self._settle([handle], lambda channel, tag: channel.basic_nack(tag, requeue=True))
             raise
-        self._settle([handle], lambda channel, tag: channel.basic_ack(tag), wait=False)
+        self._settle([handle], _ack, wait=False)
 
     # -- settling -------------------------------------------------------------------------
 
@@ -286,6 +286,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                 if _open(channel):
                     with contextlib.suppress(pika.exceptions.AMQPChannelError):
                         how(channel, tag)
+            send_now(session.connection)  # what ``how`` left buffered (acks), in one write
 
         if deliveries:
             if wait:
@@ -298,7 +299,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Sent without waiting for anything: RabbitMQ answers no ack, and one lost with its
         connection only means the message comes again (at-least-once)."""
-        self._settle(deliveries, lambda channel, tag: channel.basic_ack(tag), wait=False)
+        self._settle(deliveries, _ack, wait=False)
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         """Requeued, together with what RabbitMQ pushed here meanwhile, so that all go back
@@ -366,6 +367,10 @@ def _deliveries(item: Received) -> int:
     if isinstance(counted, int) and counted >= 0:
         return counted + 1
     return 2 if item.redelivered else 1
+
+
+def _ack(channel: Any, tag: int) -> None:
+    channel._impl.basic_ack(tag)  # buffered, not flushed ack by ack: _settle sends them
 
 
 def _open(channel: Any) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from taskd.amqplink import send_now, take_in
 from taskd.errors import BrokerUnavailable
 
 
@@ -77,8 +78,8 @@ class Pipeline:
         return self._tag
 
     def flush(self) -> None:
-        """Send what was published, taking in the confirms that arrived meanwhile."""
-        self._connection.process_data_events(time_limit=0)
+        """Send what was published, at once; confirms are taken in by ``wait``."""
+        send_now(self._connection)
 
     def wait(self, first: int, last: int) -> None:
         """Drive the connection until tags ``first`` to ``last`` are settled or the channel
@@ -87,20 +88,22 @@ class Pipeline:
         import pika.exceptions
 
         deadline = time.monotonic() + self._timeout_s
-        while self.lost is None and not self.settled(first, last):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.lost = TimeoutError(f"no publisher confirm within {self._timeout_s:g} s")
-                raise pika.exceptions.AMQPConnectionError(str(self.lost))
-            self._waiting = True
-            try:
-                # Returns early once a callback below wakes it (or the channel closes).
-                self._connection.process_data_events(time_limit=left)
-            except Exception as exc:
-                self.lost = self.lost or exc  # the connection is lost, if pika has not said so
-                raise
-            finally:
-                self._waiting = False
+        try:
+            take_in(self._connection)  # confirms that came already need no wait (nor its timer)
+            while self.lost is None and not self.settled(first, last):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.lost = TimeoutError(f"no publisher confirm within {self._timeout_s:g} s")
+                    raise pika.exceptions.AMQPConnectionError(str(self.lost))
+                self._waiting = True
+                try:
+                    # Returns early once a callback below wakes it (or the channel closes).
+                    self._connection.process_data_events(time_limit=left)
+                finally:
+                    self._waiting = False
+        except Exception as exc:
+            self.lost = self.lost or exc  # the connection is lost, if pika has not said so
+            raise
 
     def settled(self, first: int, last: int) -> bool:
         return not any(tag in self._unsettled for tag in range(first, last + 1))
