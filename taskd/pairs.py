@@ -2,7 +2,8 @@
 
 Sending (``sender_for``): storing PENDING states and publishing the messages. A send
 returns the confirm still to be awaited (``taskd.confirms``): the Redis pair's replies, read
-later; other pairs wait for their own confirms before returning.
+later; the SQLite pair's sync to disk, under way meanwhile; other pairs wait for their own
+confirms before returning where the broker cannot split them.
 
 - Any pair: the backend starts its PENDING write (``ResultBackend.begin_pending``), the
   broker publishes (``Broker.begin_publish``: its confirm awaited later where the broker
@@ -13,10 +14,11 @@ later; other pairs wait for their own confirms before returning.
   fast worker's later state is never overwritten by a late PENDING. Consecutive sends share
   that connection (``redisdb.Pipe``), so their replies can be read in one go.
 - The embedded broker with results in the same SQLite file: one transaction for both, so one
-  commit (and one sync to disk) per send instead of two.
+  commit per send instead of two, synced to disk in groups (``sqlite_writer``).
 
 Settling (``settler_for``), in a worker: storing final states, then acking their messages.
-With the embedded broker and results in one SQLite file, one transaction does both; other
+With the embedded broker and results in one SQLite file, one transaction does both (not
+waited for on disk: a power cut loses the states with their acks, so the tasks run again); other
 pairs write the states, then ack (two round trips: a state is never acked before it is
 stored, and only one transaction can promise both).
 """
@@ -32,7 +34,7 @@ from taskd.backends.sqlite import SQLiteBackend
 from taskd.brokers import Broker, Delivery, Message
 from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
-from taskd.confirms import Confirm, confirmed
+from taskd.confirms import Confirm
 from taskd.wire import TaskState
 
 # (messages, their PENDING states, fresh ids) -> the confirm still to be awaited
@@ -56,8 +58,7 @@ def sender_for(broker: Broker, backend: ResultBackend) -> Send:
         def one_transaction(
             messages: Sequence[Message], pending: Sequence[TaskState], _fresh: bool
         ) -> Confirm:
-            sqlite[0].publish_many(messages, also=sqlite[1].writing(pending))
-            return confirmed  # the commit, synced to disk, was the confirm
+            return sqlite[0].begin_publish(messages, also=sqlite[1].writing(pending))
 
         return one_transaction
     return lambda messages, pending, fresh: _overlapped(broker, backend, messages, pending, fresh)

@@ -1,7 +1,10 @@
 """SQLite plumbing shared by the embedded broker and result backend (one file serves both).
 
 URL: ``sqlite:///absolute/path.db`` or ``sqlite://relative.db``; ``?synchronous=normal`` trades
-durability on power loss for speed (the default, ``full``, syncs every commit).
+durability on power loss for speed (the default, ``full``, has every commit that was
+promised synced to disk).
+The drivers' own connections write through ``taskd.sqlite_writer`` (one writer at a time
+across processes, commits synced in groups).
 """
 
 from __future__ import annotations
@@ -72,20 +75,6 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-@contextmanager
-def unsynced(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
-    """Commits in the block are not synced to disk (``synchronous=NORMAL`` in WAL mode: a
-    power cut may lose them, never corrupt the file); the connection's mode after it."""
-    if synchronous == "NORMAL":
-        yield
-        return
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA synchronous={synchronous}")
 
 
 def translated(

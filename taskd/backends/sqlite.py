@@ -15,8 +15,15 @@ import orjson
 
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
+from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
-from taskd.sqlitedb import opened, sqlite_path, synchronous_mode, translated, write_transaction
+from taskd.sqlite_writer import Writer
+from taskd.sqlitedb import (
+    opened,
+    sqlite_path,
+    synchronous_mode,
+    translated,
+)
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
@@ -46,6 +53,7 @@ CREATE TABLE IF NOT EXISTS taskd_groups (
 """
 
 UPSERT_STATES = "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns) VALUES (?, ?, ?)"
+INSERT_FRESH = "INSERT OR IGNORE INTO taskd_states (task_id, state, expires_ns) VALUES (?, ?, ?)"
 SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records
 
 
@@ -58,6 +66,7 @@ class SQLiteBackend(ResultBackend):
         self._conn = opened(
             path, synchronous, _SCHEMA, BackendUnavailable, BackendError, self.driver
         )
+        self._writer = Writer(self._conn, path, synchronous, BackendError, self.driver)
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
@@ -73,22 +82,35 @@ class SQLiteBackend(ResultBackend):
         return translated(BackendUnavailable, BackendError, self.driver, task_id=task_id)
 
     def set_states(self, states: Sequence[TaskState]) -> None:
+        self.begin_pending(states, fresh=False)()
+
+    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:
+        """Store the states; the function returned waits until they are on disk (whoever
+        acks their messages on another broker calls it first: ``set_states``). ``fresh``
+        records are only added: the sync is split off, so keep the contract of drivers
+        whose write may land late."""
         if not states:
-            return
+            return confirmed
         with self._guard(states[0].task_uuid), self._lock:
-            with write_transaction(self._conn):
-                self._store(self._conn, states)
+            with self._writer.transaction():
+                if fresh:
+                    self._conn.executemany(INSERT_FRESH, self._rows(states))
+                else:
+                    self._store(self._conn, states)
             self._sweep()
+        return self._writer.committed()
 
     def _store(self, conn: sqlite3.Connection, states: Sequence[TaskState]) -> None:
         later = [state.task_uuid for state in states if state.state is not State.PENDING]
         stored = dict(zip(later, self._read_states(later, conn), strict=True))
+        conn.executemany(
+            UPSERT_STATES,
+            self._rows([merged(state, stored.get(state.task_uuid)) for state in states]),
+        )
+
+    def _rows(self, states: Sequence[TaskState]) -> list[tuple[str, bytes, int]]:
         expires_ns = time.time_ns() + self._expire_ns
-        rows = [
-            (state.task_uuid, merged(state, stored.get(state.task_uuid)).encode(), expires_ns)
-            for state in states
-        ]
-        conn.executemany(UPSERT_STATES, rows)
+        return [(state.task_uuid, state.encode(), expires_ns) for state in states]
 
     @property
     def path(self) -> Path:
@@ -142,7 +164,7 @@ class SQLiteBackend(ResultBackend):
         return None if row is None else self._load_group(row[0], group_id)
 
     def claim_chord(self, group_id: str, claimant: str) -> bool:
-        with self._guard(group_id), self._lock, write_transaction(self._conn):
+        with self._guard(group_id), self._lock, self._writer.transaction():
             owner = self._conn.execute(
                 "SELECT claimant FROM taskd_chord_claims WHERE group_id = ?", (group_id,)
             ).fetchone()
@@ -175,7 +197,7 @@ class SQLiteBackend(ResultBackend):
             if entry is not None
         ]
         down = [(board, key) for key, entry in entries.items() if entry is None]
-        with self._guard(), self._lock, write_transaction(self._conn):
+        with self._guard(), self._lock, self._writer.transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO taskd_boards (board, key, entry, expires_ns)"
                 " VALUES (?, ?, ?, ?)",
@@ -197,8 +219,10 @@ class SQLiteBackend(ResultBackend):
     def purge(self, task_id: str) -> None:
         with self._guard(task_id), self._lock:
             self._conn.execute("DELETE FROM taskd_states WHERE task_id = ?", (task_id,))
+        self._writer.synced()
 
     def close(self) -> None:
+        self._writer.close()
         with self._lock:
             self._conn.close()
 

@@ -23,13 +23,14 @@ from taskd.brokers.base import Broker, DeadLetter, DeadLetterCap, Delivery, Hold
 from taskd.brokers.doorbell import Doorbell
 from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config, Lease
+from taskd.confirms import Confirm
 from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
     opened,
     sqlite_path,
     synchronous_mode,
     translated,
-    unsynced,
     write_transaction,
 )
 
@@ -69,6 +70,7 @@ class SQLiteBroker(Broker):
         self._dead_cap = dead_cap
         self._judge = SilenceJudge(silence.consumer_timeout_s, silence.heartbeat_interval_s)
         self._conn = self._connect()
+        self._writer = Writer(self._conn, path, synchronous, BrokerError, self.driver)
         self._consumer_id: str | None = None
         self._beats: BeatThread | None = None
         self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
@@ -107,18 +109,23 @@ class SQLiteBroker(Broker):
         return self._path
 
     def publish_many(self, messages: Sequence[Message], also: InTransaction = None) -> None:
+        self.begin_publish(messages, also)()
+
+    def begin_publish(self, messages: Sequence[Message], also: InTransaction = None) -> Confirm:
         """Insert the messages in one transaction, with what ``also`` writes (a result
-        backend sharing the file: ``taskd.pairs``), then ring the doorbell."""
+        backend sharing the file: ``taskd.pairs``), and ring the doorbell; the confirm
+        returned waits until the commit is on disk (``sqlite_writer``)."""
         self.check_priorities(messages)
         now = time.time_ns()
         rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
-        with self._guard(), self._lock, write_transaction(self._conn):
+        with self._guard(), self._lock, self._writer.transaction():
             if also is not None:
                 also(self._conn)
             self._conn.executemany(
                 "INSERT INTO taskd_messages (queue, body, due_ns) VALUES (?, ?, ?)", rows
             )
-        self._doorbell.ring()
+        self._doorbell.ring()  # the task may start while the commit is being synced
+        return self._writer.committed()
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -177,10 +184,9 @@ class SQLiteBroker(Broker):
         return row is not None
 
     def _take(self, queue: str, consumer: str, limit: int) -> list[Delivery]:
-        """Lease messages, committed without syncing to disk: a lease lost to a power cut
-        only delivers its messages again, and the next synced commit (a state, an ack)
-        syncs it too, in order."""
-        with unsynced(self._conn, self._synchronous), write_transaction(self._conn):
+        """Lease messages; no sync is asked for (``sqlite_writer``): a lease lost to a
+        power cut only delivers its messages again."""
+        with self._writer.transaction():
             rows = self._conn.execute(
                 "UPDATE taskd_messages SET consumer = ?, deliveries = deliveries + 1"
                 " WHERE id IN (SELECT id FROM taskd_messages"
@@ -196,18 +202,22 @@ class SQLiteBroker(Broker):
 
     def ack_many(self, deliveries: Sequence[Delivery], also: InTransaction = None) -> None:
         """Delete settled messages, in one transaction with what ``also`` writes first (their
-        states, by a result backend sharing the file: ``taskd.pairs``)."""
+        states, by a result backend sharing the file: ``taskd.pairs``).
+
+        Synced soon after, not waited for: a power cut that loses the commit loses the
+        states with it, so the messages are delivered again."""
         ids = [(delivery.handle,) for delivery in deliveries]
         queue = deliveries[0].queue if deliveries else None
-        with self._guard(queue), self._lock, write_transaction(self._conn):
+        with self._guard(queue), self._lock, self._writer.transaction():
             if also is not None:
                 also(self._conn)
             self._conn.executemany("DELETE FROM taskd_messages WHERE id = ?", ids)
+        self._writer.committed()
 
     def release_many(self, deliveries: Sequence[Delivery]) -> None:
         ids = [(delivery.handle, self._consumer_id) for delivery in deliveries]
         queue = deliveries[0].queue if deliveries else None
-        with self._guard(queue), self._lock, write_transaction(self._conn):
+        with self._guard(queue), self._lock, self._writer.transaction():
             # due_ns is kept: each goes back to its place at the head of the queue
             self._conn.executemany(
                 "UPDATE taskd_messages SET consumer = NULL, deliveries = deliveries - 1"
@@ -218,9 +228,10 @@ class SQLiteBroker(Broker):
             self._doorbell.ring()
 
     def reject(self, delivery: Delivery, reason: str) -> None:
-        with self._guard(delivery.queue), self._lock, write_transaction(self._conn):
+        with self._guard(delivery.queue), self._lock, self._writer.transaction():
             sqlite_dead.set_aside(self._conn, delivery.queue, delivery.body, reason, self._dead_cap)
             self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
+        self._writer.committed()
 
     def close(self) -> None:
         if self._beats is not None:
@@ -230,10 +241,11 @@ class SQLiteBroker(Broker):
         with self._lock:
             if self._consumer_id is not None:
                 try:
-                    with write_transaction(self._conn):
+                    with self._writer.transaction():
                         self._release_consumer(self._conn, [self._consumer_id])
                 except sqlite3.Error:
                     pass  # the next reclaim by another consumer does the same
+            self._writer.close()  # what this process committed is on disk
             self._conn.close()
         self._doorbell.close()
 
@@ -319,7 +331,8 @@ class SQLiteBroker(Broker):
             cursor = self._conn.execute(
                 "DELETE FROM taskd_messages WHERE queue = ? AND consumer IS NULL", (queue,)
             )
-            return cursor.rowcount
+        self._writer.synced()  # an operator's change sticks once taskctl says it is done
+        return cursor.rowcount
 
     def holding(self, queue: str) -> Holding:
         with self._guard(queue), self._lock:
@@ -346,15 +359,18 @@ class SQLiteBroker(Broker):
     def requeue_dead(self, queue: str, ids: Sequence[str] | None) -> int:
         """In one transaction: out of the dead letters, in at the tail of the queue with no
         deliveries counted."""
-        with self._guard(queue), self._lock, write_transaction(self._conn):
+        with self._guard(queue), self._lock, self._writer.transaction():
             bodies = sqlite_dead.take(self._conn, queue, ids)
             now = time.time_ns()
             self._conn.executemany(
                 "INSERT INTO taskd_messages (queue, body, due_ns) VALUES (?, ?, ?)",
                 [(queue, body, now) for body in bodies],
             )
+        self._writer.synced()
         return len(bodies)
 
     def drop_dead(self, queue: str, ids: Sequence[str] | None) -> int:
-        with self._guard(queue), self._lock, write_transaction(self._conn):
-            return len(sqlite_dead.take(self._conn, queue, ids))
+        with self._guard(queue), self._lock, self._writer.transaction():
+            dropped = len(sqlite_dead.take(self._conn, queue, ids))
+        self._writer.synced()
+        return dropped
