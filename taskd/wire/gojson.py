@@ -9,6 +9,7 @@ escaped, non-ASCII as raw UTF-8, integral floats without ``.0``, exponent form o
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -35,6 +36,8 @@ _LONG_RUNS = (b"0" * 20, b"-" + b"0" * 19)
 
 def encode_str(text: str) -> str:
     """A JSON string literal with Go's escaping."""
+    if not text:  # most errors and many names: the commonest string of all
+        return '""'
     try:
         out = orjson.dumps(text).decode()
     except orjson.JSONEncodeError:  # lone surrogates: Go writes U+FFFD for invalid UTF-8
@@ -43,6 +46,13 @@ def encode_str(text: str) -> str:
     if _UNSAFE_CHARS.isdisjoint(text):
         return out
     return out.translate(_HTML_UNSAFE)
+
+
+@functools.lru_cache(maxsize=1024)
+def encode_name(text: str) -> str:
+    """``encode_str`` for a string that recurs (a task or type name), remembered: one is
+    written with every state."""
+    return encode_str(text)
 
 
 def _to_float32(value: float) -> float:

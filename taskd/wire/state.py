@@ -50,7 +50,7 @@ class TaskResult:
 
     def encode(self) -> str:
         value = typed.encode(self.type, self.value)
-        return f'{{"Type":{gojson.encode_str(self.type)},"Value":{value}}}'
+        return f'{{"Type":{gojson.encode_name(self.type)},"Value":{value}}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +86,12 @@ class TaskState:
             else "[" + ",".join(result.encode() for result in self.results) + "]"
         )
         s = gojson.encode_str
+        # A state's name and an RFC 3339 time are ASCII letters, digits and "-:.+": JSON
+        # strings as they are, quoted without the escaper (run for every state written).
         return (
-            f'{{"TaskUUID":{s(self.task_uuid)},"TaskName":{s(self.task_name)},'
-            f'"State":{s(self.state.value)},"Results":{results},"Error":{s(self.error)},'
-            f'"CreatedAt":{s(self.created_at.format())},"TTL":{self.ttl}}}'
+            f'{{"TaskUUID":{s(self.task_uuid)},"TaskName":{gojson.encode_name(self.task_name)},'
+            f'"State":"{self.state.value}","Results":{results},"Error":{s(self.error)},'
+            f'"CreatedAt":"{self.created_at.format()}","TTL":{self.ttl}}}'
         ).encode()
 
 

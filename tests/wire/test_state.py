@@ -93,6 +93,28 @@ def test_strings_are_escaped_the_go_way() -> None:
     assert b'"Error":"a \\u0026 b\\u2028",' in encoded
 
 
+def test_names_and_times_encode_as_go_each_time() -> None:
+    """Task and type names are remembered once encoded; times are quoted as they are."""
+    east = GoTime(CREATED.unix_ns, 5 * 3600 + 30 * 60)
+    west = GoTime(CREATED.unix_ns, -3600)
+    for _ in range(2):  # the second time from what was remembered
+        state = TaskState(
+            "t",
+            State.RETRY,
+            task_name="a<b>&\u2029",
+            created_at=east,
+            results=(TaskResult("string", "x"),),
+        )
+        encoded = state.encode()
+        assert b'"TaskName":"a\\u003cb\\u003e\\u0026\\u2029","State":"RETRY",' in encoded
+        assert b'"Results":[{"Type":"string","Value":"x"}],' in encoded
+        assert b'"CreatedAt":"2025-06-01T17:30:05.123456789+05:30",' in encoded
+    assert (
+        b'"CreatedAt":"2025-06-01T11:00:05.123456789-01:00",'
+        in TaskState("t", State.PENDING, created_at=west).encode()
+    )
+
+
 def test_several_result_types_encode_as_go() -> None:
     state = TaskState(
         "task_3",
