@@ -39,6 +39,9 @@ from taskd.sqlitedb import write_transaction
 
 log = structlog.get_logger("taskd.sqlite")
 SYNC_THREAD_IDLE_S = 5.0  # a sync thread with nothing to sync for this long ends
+CHECKPOINT_EVERY = 100  # commits of a connection between its checkpoints (about SQLite's own
+# 1,000 pages of log at the 7 or so pages a send or a settle writes)
+LOG_RESTART_PAGES = 4000  # a log longer than this is made to start over (16 MB at 4 KiB)
 
 
 class Writer:
@@ -56,7 +59,9 @@ class Writer:
         self._conn, self._database = conn, database
         self._failed, self._driver = failed, driver
         self._lock = _WriteLock(Path(f"{database}.lock"))
+        self._commits = 0
         self._group: GroupSync | None = None
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # its checkpoints: transaction()
         if synchronous != "NORMAL":
             conn.execute("PRAGMA synchronous=NORMAL")  # this connection's syncs are ours
             key = (database.resolve(), os.getpid())
@@ -65,9 +70,27 @@ class Writer:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, holding the writers' lock."""
+        """BEGIN IMMEDIATE ... COMMIT, holding the writers' lock; now and then a checkpoint
+        after it (``_checkpoint``)."""
         with self._lock, write_transaction(self._conn):
             yield self._conn
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            try:
+                self._checkpoint()
+            except sqlite3.Error as exc:  # the commit stands; a later checkpoint catches up
+                log.warning("sqlite_checkpoint_failed", database=str(self._database), error=exc)
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database. SQLite's automatic checkpoint would run inside a
+        commit, with two syncs, while other writers wait on the lock; this one runs after
+        it and lets them write meanwhile. But the log starts over only once a checkpoint
+        has copied all of it, which writers that never pause prevent: past LOG_RESTART_PAGES
+        one runs holding the lock, so that the next commit starts the log over."""
+        _busy, pages, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if pages > LOG_RESTART_PAGES:
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def committed(self) -> Confirm:
         """After a commit: what waits until it is on disk (raising the driver's error if
