@@ -1,0 +1,76 @@
+"""taskd.redisdb: the lean command path the Redis drivers' scripts take."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from taskd import redisdb
+from tests.support.harness import REDIS_URL
+
+
+@pytest.fixture
+def client(redis_namespace: str) -> Iterator[Any]:
+    one = redis.Redis.from_url(REDIS_URL)
+    yield one
+    one.close()
+
+
+@pytest.fixture(params=["hiredis", "redis-py"])
+def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs with hiredis packing commands, and with redis-py's packer instead."""
+    if request.param == "redis-py":
+        monkeypatch.setattr(redisdb, "_HIREDIS_PACK", [None])
+    return str(request.param)
+
+
+def test_a_command_answers_as_redis_sends_it(
+    client: Any, redis_namespace: str, packer: str
+) -> None:
+    key = f"{redis_namespace}:n"
+    assert redisdb.command(client, ("SET", key, b"40", "EX", 60)) == b"OK"
+    assert redisdb.command(client, ("INCRBY", key, 2)) == 42
+    assert redisdb.command(client, ("GET", key)) == b"42"
+    assert redisdb.command(client, ("MGET", key, "é")) == [b"42", None]
+
+
+def test_an_error_reply_raises_and_leaves_the_connection_in_the_pool(
+    client: Any, redis_namespace: str, packer: str
+) -> None:
+    key = f"{redis_namespace}:text"
+    client.set(key, "not a number", ex=60)
+    redisdb.command(client, ("PING",))  # a connection made and given back
+    pool = client.connection_pool
+    idle = list(pool._available_connections)
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        redisdb.command(client, ("INCR", key))
+    assert list(pool._available_connections) == idle  # given back, still connected
+    assert idle[0].is_connected
+    assert redisdb.command(client, ("GET", key)) == b"not a number"
+
+
+def test_a_failed_connection_is_dropped(redis_namespace: str, packer: str) -> None:
+    impatient = redis.Redis.from_url(REDIS_URL, socket_timeout=0.2)
+    try:
+        redisdb.command(impatient, ("PING",))
+        (connection,) = impatient.connection_pool._available_connections
+        with pytest.raises(redis.TimeoutError):  # its reply may still come: unusable
+            redisdb.command(impatient, ("BLPOP", f"{redis_namespace}:empty", 5))
+        assert not connection.is_connected
+        assert redisdb.command(impatient, ("PING",)) == b"PONG"  # connected again
+    finally:
+        impatient.close()
+
+
+def test_a_script_not_loaded_yet_runs_with_eval(
+    client: Any, redis_namespace: str, packer: str
+) -> None:
+    script = redisdb.Script(f"return {{KEYS[1], ARGV[1], '{secrets.token_hex(8)}'}}")
+    key = f"{redis_namespace}:k"
+    first = script(client, [key], [7])  # NOSCRIPT: sent again with its source
+    assert first[:2] == [key.encode(), b"7"]
+    assert script(client, [key], [7]) == first  # by its SHA-1 now
