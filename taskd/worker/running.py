@@ -28,6 +28,9 @@ ID_BYTES = 256  # a longer task id is not kept: that task cannot be recorded or 
 NAME_BYTES = 128  # a longer name is cut (the stored record's own name is kept anyway)
 _ENTRY_SIZE = _HEAD.size + ID_BYTES + NAME_BYTES
 _STARTED = struct.Struct("=d")  # the head's first field: written last, cleared first
+# This process's pid, kept current across forks: looking it up is a syscall, once per task.
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,7 @@ class RunningTasks:
             offset,
             0.0,
             now + limit_s if limit_s > 0 else 0.0,
-            os.getpid(),
+            _PID[0],
             limit_s,
             int(sig.retry_count > 0),
             len(task_id),
