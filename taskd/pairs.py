@@ -18,9 +18,10 @@ confirms before returning where the broker cannot split them.
 
 Settling (``settler_for``), in a worker: storing final states, then acking their messages.
 With the embedded broker and results in one SQLite file, one transaction does both (not
-waited for on disk: a power cut loses the states with their acks, so the tasks run again); other
-pairs write the states, then ack (two round trips: a state is never acked before it is
-stored, and only one transaction can promise both).
+waited for on disk: a power cut loses the states with their acks, so the tasks run again).
+The Redis broker with Redis results on the same server: one script stores the states, then
+acks (``SETTLE``), one round trip. Other pairs write the states, then ack (two round trips:
+a state is never acked before it is stored, and only one transaction can promise both).
 """
 
 from __future__ import annotations
