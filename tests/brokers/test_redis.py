@@ -12,6 +12,7 @@ import pytest
 from taskd.brokers import Message, open_broker
 from taskd.brokers.redis import RedisBroker
 from taskd.client import Client, signature
+from taskd.errors import BrokerError
 from taskd.wire import GoTime
 from tests.support.harness import GO_FIELDS
 
@@ -187,3 +188,24 @@ def test_a_due_message_naming_a_key_that_is_not_a_list_is_not_lost(
     assert delivery.body == member
     assert redis_server.zcard(f"{namespace}:delayed") == 0
     broker.close()
+
+
+def test_a_blocking_fetch_on_a_key_that_is_not_a_list_is_a_broker_error_naming_the_queue(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    """The blocking move an idle consumer waits in reports the error reply, and the
+    connection stays usable for the next fetch."""
+    broker = open_broker(make_config("redis"))
+    queue = f"{redis_namespace}-string"
+    try:
+        assert broker.fetch(queue, max_messages=1, wait_s=0.05) == []  # now known empty...
+        redis_server.set(queue, "not a list")
+        with pytest.raises(BrokerError, match="WRONGTYPE") as caught:
+            broker.fetch(queue, max_messages=1, wait_s=0.2)  # ...so it blocks in BLMOVE
+        assert caught.value.queue == queue
+        redis_server.delete(queue)
+        redis_server.rpush(queue, b"after")
+        (delivery,) = broker.fetch(queue, max_messages=1, wait_s=1)
+        assert delivery.body == b"after"
+    finally:
+        broker.close()

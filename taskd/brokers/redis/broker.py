@@ -154,18 +154,25 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
                     for i, body in enumerate(bodies)
                 ]
         block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.blmove(queue, processing, block_s, "LEFT", "RIGHT")
-        pipe.llen(queue)
-        pipe.hlen(self._keys.deliveries)
-        body, backlog, counted = pipe.execute()
+        replies = redisdb.send_packed(  # not a redis-py pipeline: far less CPU per fetch
+            self._redis,
+            [
+                ("BLMOVE", queue, processing, "LEFT", "RIGHT", block_s),
+                ("LLEN", queue),
+                ("HLEN", self._keys.deliveries),
+            ],
+        )()
+        for reply in replies:
+            if isinstance(reply, Exception):  # WRONGTYPE, say: BrokerError, by _translated
+                raise reply
+        body, backlog, counted = replies
         self._backlog[queue] = int(backlog)
         if body is None:
             return []
         failed = 0
         if counted:  # some message somewhere came back from a dead consumer: is it this one?
-            count = self._redis.hget(self._keys.deliveries, hashlib.sha1(body).hexdigest())
-            failed = int(count or 0)
+            digest = hashlib.sha1(body).hexdigest()
+            failed = int(redisdb.command(self._redis, ("HGET", self._keys.deliveries, digest)) or 0)
         return [(body, failed)]
 
     def _promote_due(self) -> None:
