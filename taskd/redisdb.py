@@ -160,7 +160,7 @@ class Pipe:
     def write(self, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
         connection = self._take()
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            connection.send_packed_command(_packed(connection, commands))
         except BaseException:
             self._drop()
             raise
@@ -251,10 +251,7 @@ def command(client: Any, args: tuple[Any, ...]) -> Any:
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        pack = _hiredis_packer()
-        connection.send_packed_command(
-            connection.pack_command(*args) if pack is None else [pack(args)]
-        )
+        connection.send_packed_command(_packed(connection, [args]))
         return connection.read_response()
     except redis.ResponseError:
         raise
@@ -266,6 +263,15 @@ def command(client: Any, args: tuple[Any, ...]) -> Any:
 
 
 _HIREDIS_PACK: list[Callable[[tuple[Any, ...]], bytes] | None] = []  # looked up once
+
+
+def _packed(connection: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
+    """``commands`` in Redis's protocol, to be written with one system call: by hiredis in
+    one call each where it is installed (redis-py packs each argument in Python)."""
+    pack = _hiredis_packer()
+    if pack is None:
+        return connection.pack_commands(commands)
+    return [b"".join([pack(tuple(command)) for command in commands])]
 
 
 def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:

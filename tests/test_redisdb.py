@@ -74,3 +74,16 @@ def test_a_script_not_loaded_yet_runs_with_eval(
     first = script(client, [key], [7])  # NOSCRIPT: sent again with its source
     assert first[:2] == [key.encode(), b"7"]
     assert script(client, [key], [7]) == first  # by its SHA-1 now
+
+
+def test_a_pipe_writes_several_commands_at_once_and_reads_their_replies_in_order(
+    client: Any, redis_namespace: str, packer: str
+) -> None:
+    """Packed by hiredis or redis-py alike: bytes, text, whole and fractional numbers."""
+    key, queue = f"{redis_namespace}:k", f"{redis_namespace}:q"
+    pipe = redisdb.Pipe(client)
+    first = pipe.write([("SET", key, b"\x00\xff", "EX", 60), ("RPUSH", queue, "é", b"b")])
+    second = pipe.write([("BLMOVE", queue, f"{queue}:2", "LEFT", "RIGHT", 0.5), ("GET", key)])
+    assert first() == [b"OK", 2]
+    assert second() == ["é".encode(), b"\x00\xff"]
+    client.delete(queue, f"{queue}:2")
