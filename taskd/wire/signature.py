@@ -66,7 +66,7 @@ class Arg:
 
     def encode(self) -> str:
         return (
-            f'{{"Name":{gojson.encode_str(self.name)},"Type":{gojson.encode_str(self.type)},'
+            f'{{"Name":{gojson.encode_name(self.name)},"Type":{gojson.encode_name(self.type)},'
             f'"Value":{typed.encode(self.type, self.value)}}}'
         )
 
@@ -109,9 +109,9 @@ def _encode_list(items: tuple[Any, ...] | None, encode_item: Callable[[Any], str
 
 
 def _encode_signature(sig: Signature) -> str:
-    s = gojson.encode_str
+    s, name = gojson.encode_str, gojson.encode_name  # names recur: remembered
     return (
-        f'{{"UUID":{s(sig.uuid)},"Name":{s(sig.name)},"RoutingKey":{s(sig.routing_key)},'
+        f'{{"UUID":{s(sig.uuid)},"Name":{name(sig.name)},"RoutingKey":{name(sig.routing_key)},'
         f'"ETA":{"null" if sig.eta is None else s(sig.eta.format())},'
         f'"GroupUUID":{s(sig.group_uuid)},"GroupTaskCount":{sig.group_task_count},'
         f'"Args":{_encode_list(sig.args, Arg.encode)},'
