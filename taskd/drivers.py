@@ -6,8 +6,7 @@ under the URL scheme it serves (``redis``, ``sqlite``...).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +45,6 @@ def driver_class(group: str, url: str, key: str, source: str | None = None) -> A
         ) from None
 
 
-@contextmanager
 def translated(
     transient: type[Exception] | tuple[type[Exception], ...],
     permanent: type[Exception] | tuple[type[Exception], ...],
@@ -54,13 +52,41 @@ def translated(
     failed: type[DriverError],
     driver: str,
     **context: Any,
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """A client library's errors as taskd's, at a driver's boundary: ``transient`` ones
     (connection trouble, a busy file) as ``unavailable``, to be retried; other ``permanent``
     ones as ``failed``."""
-    try:
-        yield
-    except transient as exc:
-        raise unavailable(driver, f"{type(exc).__name__}: {exc}", **context) from exc
-    except permanent as exc:
-        raise failed(driver, f"{type(exc).__name__}: {exc}", **context) from exc
+    return _Translated(transient, permanent, unavailable, failed, driver, context)
+
+
+class _Translated:
+    """``translated``'s context manager: a class, as a generator-based one costs several
+    times as much, and the hot path enters one for each call to a server."""
+
+    __slots__ = ("_context", "_driver", "_failed", "_permanent", "_transient", "_unavailable")
+
+    def __init__(
+        self,
+        transient: type[Exception] | tuple[type[Exception], ...],
+        permanent: type[Exception] | tuple[type[Exception], ...],
+        unavailable: type[DriverError],
+        failed: type[DriverError],
+        driver: str,
+        context: dict[str, Any],
+    ) -> None:
+        self._transient, self._permanent = transient, permanent
+        self._unavailable, self._failed = unavailable, failed
+        self._driver, self._context = driver, context
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, self._transient):
+            raise self._unavailable(
+                self._driver, f"{type(exc).__name__}: {exc}", **self._context
+            ) from exc
+        if isinstance(exc, self._permanent):
+            raise self._failed(
+                self._driver, f"{type(exc).__name__}: {exc}", **self._context
+            ) from exc
