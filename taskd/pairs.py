@@ -6,9 +6,9 @@ later; the SQLite pair's sync to disk, under way meanwhile; other pairs wait for
 confirms before returning where the broker cannot split them.
 
 - Any pair: the backend starts its PENDING write (``ResultBackend.begin_pending``), the
-  broker publishes (``Broker.begin_publish``: its confirm awaited later where the broker
-  can split the two), then the write is completed: two round trips that overlap where the
-  backend can split a write.
+  broker publishes (``Broker.begin_publish``), and the send's confirm completes both: the
+  backend's reply and the broker's confirm are awaited later where the drivers can split a
+  write from its reply.
 - The Redis broker with Redis results on the same server: the SETs and the RPUSH (or ZADD)
   are packed into one write on one connection, one round trip for both; the SETs first, so a
   fast worker's later state is never overwritten by a late PENDING. Consecutive sends share
@@ -87,9 +87,18 @@ def _overlapped(
 ) -> Confirm:
     complete = backend.begin_pending(pending, fresh=fresh)
     try:
-        return broker.begin_publish(messages)
-    finally:
+        confirm = broker.begin_publish(messages)
+    except BaseException:
         complete()
+        raise
+
+    def both() -> None:  # taken in with the send's confirm, not a round trip per send now
+        try:
+            complete()
+        finally:
+            confirm()
+
+    return both
 
 
 def _packed(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -144,67 +145,93 @@ class Pipe:
 
     ``write`` sends at once and returns the function that reads that write's replies, each
     error reply (ResponseError) in its command's place: the next ``count`` of them, or all
-    that are left. Replies come in the order of the writes, so their readers must be called
-    in that order. The connection is taken from the pool for the first write and goes back
-    once every reply is read. redis-py errors pass to the caller and drop the connection:
-    the replies of every write still unread on it are lost, and reading them raises
-    ConnectionError. In a forked child the parent's connection is left alone.
+    that are left. Readers may be called in any order and from any thread: reading a
+    write's replies first reads, and keeps for their own readers, those of earlier writes.
+    The connection is taken from the pool for the first write and goes back once every
+    reply is read off it. redis-py errors pass to the caller and drop the connection: the
+    replies still on it are lost, and reading them raises ConnectionError. In a forked
+    child the parent's connection is left alone.
     """
 
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
+        self._lock = threading.Lock()
         self._connection: Any = None
-        self._unread = 0
+        self._written = 0  # replies asked for by every write so far: the next one's index
+        self._read = 0  # index of the next reply to read off the connection
+        self._kept: dict[int, Any] = {}  # read, waiting for their own reader
         self._pid = os.getpid()
 
     def write(self, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
-        connection = self._take()
-        try:
-            connection.send_packed_command(_packed(connection, commands))
-        except BaseException:
-            self._drop()
-            raise
-        self._unread += len(commands)
-        left = [len(commands)]
-
-        def replies(count: int | None = None) -> list[Any]:
-            import redis
-
-            if connection is not self._connection:
-                left[0] = 0
-                raise redis.ConnectionError("connection lost before the replies were read")
-            out: list[Any] = []
+        with self._lock:
+            connection = self._take()
             try:
-                for _ in range(left[0] if count is None else min(count, left[0])):
-                    left[0] -= 1
-                    self._unread -= 1
-                    try:
-                        out.append(connection.read_response())
-                    except redis.ResponseError as exc:  # the next reply is still there to read
-                        out.append(exc)
+                connection.send_packed_command(_packed(connection, commands))
             except BaseException:
-                left[0] = 0
                 self._drop()
                 raise
-            if not self._unread:
-                self._connection = None
-                self._pool.release(connection)
+            first = self._written
+            self._written += len(commands)
+        end = first + len(commands)
+        unread = [first]  # index of this write's next reply its reader has not had
+
+        def replies(count: int | None = None) -> list[Any]:
+            with self._lock:
+                stop = end if count is None else min(end, unread[0] + count)
+                try:
+                    self._read_up_to(stop)
+                except BaseException:
+                    unread[0] = end
+                    raise
+                out = [self._kept.pop(i, _LOST) for i in range(unread[0], stop)]
+                unread[0] = stop
+            if _LOST in out:
+                import redis
+
+                raise redis.ConnectionError("connection lost before the replies were read")
             return out
 
         return replies
 
+    def _read_up_to(self, stop: int) -> None:
+        """Read replies off the connection until the one before index ``stop``."""
+        import redis
+
+        if self._pid != os.getpid():  # forked: the parent's replies are the parent's
+            self._forget_parents()
+        while self._read < stop:
+            try:
+                reply = self._connection.read_response()
+            except redis.ResponseError as exc:  # the next reply is still there to read
+                reply = exc
+            except BaseException:
+                self._drop()
+                raise
+            self._kept[self._read] = reply
+            self._read += 1
+        if self._connection is not None and self._read == self._written:
+            self._pool.release(self._connection)
+            self._connection = None
+
     def _take(self) -> Any:
-        if self._pid != os.getpid():  # forked: the parent's socket is not this process's
-            self._connection, self._unread, self._pid = None, 0, os.getpid()
+        if self._pid != os.getpid():
+            self._forget_parents()
         if self._connection is None:
             self._connection = self._pool.get_connection()
         return self._connection
 
+    def _forget_parents(self) -> None:
+        self._connection, self._read, self._pid = None, self._written, os.getpid()
+
     def _drop(self) -> None:
-        connection, self._connection, self._unread = self._connection, None, 0
+        """Close the connection; the replies still on it are lost."""
+        connection, self._connection, self._read = self._connection, None, self._written
         if connection is not None:
             connection.disconnect()
             self._pool.release(connection)
+
+
+_LOST = object()  # a reply that was on a connection dropped before it was read
 
 
 class Script:

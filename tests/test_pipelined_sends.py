@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from taskd.client import Client, signature
 from taskd.confirms import Window
@@ -230,3 +231,35 @@ def test_a_forked_child_sends_on_its_own_connection_and_leaves_the_parents_confi
     ]
     assert queued[:3] == before
     assert len(queued) == 4
+
+
+def test_other_pairs_take_in_their_pending_writes_with_the_confirms_on_one_connection(
+    redis_namespace: str, redis_server: Any, tmp_path: Path
+) -> None:
+    """Results in another database than the broker's: the PENDING writes are not awaited
+    one by one, and their replies wait on one connection, so a pool of two is plenty."""
+    from taskd.config import load_config
+
+    data = config_data(
+        "redis",
+        redis_namespace,
+        tmp_path,
+        result_backend="redis://127.0.0.1:6379/1",
+        redis={"max_active": 2, "wait": True},
+    )
+    client = Client(load_config(write_config(tmp_path, data)), pipeline=64)
+    results = [client.send("count", n) for n in range(100)]
+    try:
+        assert len(client._window) > 0
+        pool = client.backend._redis.connection_pool  # redis-py's BlockingConnectionPool
+        idle = {connection for connection in pool.pool.queue if connection}
+        assert len(pool._connections) - len(idle) == 1  # the replies still to read are on it
+        client.flush()
+        states = client.backend.get_states([r.task_id for r in results])
+        assert {state.state for state in states} == {State.PENDING}
+        assert redis_server.llen(redis_namespace) == 100
+    finally:
+        client.close()
+        results_db = redis.Redis.from_url("redis://127.0.0.1:6379/1")
+        results_db.delete(*(r.task_id for r in results))
+        results_db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,3 +88,52 @@ def test_a_pipe_writes_several_commands_at_once_and_reads_their_replies_in_order
     assert first() == [b"OK", 2]
     assert second() == ["é".encode(), b"\x00\xff"]
     client.delete(queue, f"{queue}:2")
+
+
+def test_a_pipes_readers_may_come_in_any_order_and_from_any_thread(
+    client: Any, redis_namespace: str
+) -> None:
+    """Two clients sharing a backend take in their confirms each in its own order."""
+    key = f"{redis_namespace}:n"
+    pipe = redisdb.Pipe(client)
+    first = pipe.write([("INCR", key), ("INCR", key)])
+    second = pipe.write([("INCR", key)])
+    assert second() == [3]  # read first's replies off the connection, kept for it
+    assert first(1) == [1]
+    assert first() == [2]
+    assert client.connection_pool._in_use_connections == set()  # every reply read: given back
+
+    results: dict[int, list[Any]] = {}
+
+    def send(n: int) -> None:
+        for _ in range(50):
+            reply = pipe.write([("INCR", f"{key}:{n}")])
+            results.setdefault(n, []).extend(reply())
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert {n: results[n] for n in range(4)} == {n: list(range(1, 51)) for n in range(4)}
+    client.delete(key, *(f"{key}:{n}" for n in range(4)))
+
+
+def test_replies_lost_with_the_connection_raise_and_those_read_before_do_not(
+    client: Any, redis_namespace: str
+) -> None:
+    key = f"{redis_namespace}:n"
+    pipe = redisdb.Pipe(client)
+    (connection_id,) = pipe.write([("CLIENT", "ID")])()
+    first, second = pipe.write([("INCR", key)]), pipe.write([("INCR", key)])
+    assert second() == [2]  # the first's reply is read and kept
+    blocked = pipe.write([("BLPOP", f"{key}:empty", 10)])
+    behind = pipe.write([("INCR", key)])  # waits behind the BLPOP, never runs
+    client.execute_command("CLIENT", "KILL", "ID", connection_id)
+    with pytest.raises(redis.ConnectionError):
+        blocked()
+    with pytest.raises(redis.ConnectionError, match="lost before the replies were read"):
+        behind()
+    assert first() == [1]
+    assert pipe.write([("INCR", key)])() == [3]  # on a new connection
+    client.delete(key)

@@ -53,6 +53,7 @@ class RedisBackend(ResultBackend):
         self._redis = redisdb.connect(url, config, "result_backend", longest_block_s=WAKE_CHECK_S)
         self._expire_s = config.results_expire_in_s
         self._prefix = config.redis.key_prefix
+        self._pending = redisdb.Pipe(self._redis)  # begin_pending's writes, replies read later
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -85,12 +86,13 @@ class RedisBackend(ResultBackend):
         return keys, [*values, self._prefix, WAITER_TTL_S, merge, self._expire_s]
 
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
-        """SETs (``NX`` for fresh ids) sent on a connection of their own without waiting;
-        the replies are read when the sender completes the write (``unconfirmed``)."""
+        """SETs (``NX`` for fresh ids) sent without waiting, on a connection that senders'
+        PENDING writes share; the replies are read when the sender completes the write
+        (``unconfirmed``), which may be many sends later (``taskd.confirms``)."""
         if not states:
             return confirmed
         with self._translated(states[0].task_uuid):
-            replies = redisdb.send_packed(self._redis, self.pending_commands(states, fresh=fresh))
+            replies = self._pending.write(self.pending_commands(states, fresh=fresh))
 
         def complete() -> None:
             try:
