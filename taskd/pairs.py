@@ -44,15 +44,10 @@ Send = Callable[[Sequence[Message], Sequence[TaskState], bool], Confirm]
 
 def sender_for(broker: Broker, backend: ResultBackend) -> Send:
     """The way to send through this pair of drivers."""
-    if (
-        isinstance(broker, RedisBroker)
-        and isinstance(backend, RedisBackend)
-        and redisdb.same_server(broker.redis, backend.redis)
-    ):
+    redis = _one_redis_server(broker, backend)
+    if redis is not None:
         pipe = redisdb.Pipe(broker.redis)
-        return lambda messages, pending, fresh: _packed(
-            pipe, broker, backend, messages, pending, fresh
-        )
+        return lambda messages, pending, fresh: _packed(pipe, *redis, messages, pending, fresh)
     sqlite = _one_sqlite_file(broker, backend)
     if sqlite is not None:
 
@@ -73,6 +68,19 @@ def _one_sqlite_file(
         isinstance(broker, SQLiteBroker)
         and isinstance(backend, SQLiteBackend)
         and broker.path.resolve() == backend.path.resolve()
+    ):
+        return broker, backend
+    return None
+
+
+def _one_redis_server(
+    broker: Broker, backend: ResultBackend
+) -> tuple[RedisBroker, RedisBackend] | None:
+    """The Redis broker and result backend, where they share one server and database."""
+    if (
+        isinstance(broker, RedisBroker)
+        and isinstance(backend, RedisBackend)
+        and redisdb.same_server(broker.redis, backend.redis)
     ):
         return broker, backend
     return None
@@ -134,12 +142,9 @@ def settler_for(broker: Broker, backend: ResultBackend) -> Settle | None:
         return lambda states, deliveries: sqlite[0].ack_many(
             deliveries, also=sqlite[1].writing(states)
         )
-    if (
-        isinstance(broker, RedisBroker)
-        and isinstance(backend, RedisBackend)
-        and redisdb.same_server(broker.redis, backend.redis)
-    ):
-        return lambda states, deliveries: _settle_redis(broker, backend, states, deliveries)
+    redis = _one_redis_server(broker, backend)
+    if redis is not None:
+        return lambda states, deliveries: _settle_redis(*redis, states, deliveries)
     return None
 
 

@@ -264,29 +264,24 @@ class Script:
             return command(client, ("EVAL", self.source, len(keys), *keys, *args))
 
 
+def execute(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``commands`` written in one go on a connection of ``client``'s pool, and their
+    replies, not parsed further (as redis-py does for EVAL); the first error reply is
+    raised (ResponseError: the connection stays usable).
+
+    redis-py's ``execute_command`` and pipelines without the layers that cost a worker
+    most: packing each argument in Python (hiredis packs a whole command), the retry
+    wrapper (taskd's retries are off) and its observability hooks."""
+    replies = send_packed(client, commands)()
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def command(client: Any, args: tuple[Any, ...]) -> Any:
-    """One command (str, bytes and int arguments) and its reply, on a connection of
-    ``client``'s pool; the reply is not parsed further (as redis-py does for EVAL).
-
-    redis-py's ``execute_command`` without the layers that cost a worker most per batch:
-    packing each argument in Python (hiredis packs the whole command), the retry wrapper
-    (taskd's retries are off) and its observability hooks. Errors are redis-py's: an error
-    reply raises ResponseError and leaves the connection usable; any other failure drops it.
-    """
-    import redis
-
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(_packed(connection, [args]))
-        return connection.read_response()
-    except redis.ResponseError:
-        raise
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
+    """One command and its reply (``execute``)."""
+    return execute(client, [args])[0]
 
 
 _HIREDIS_PACK: list[Callable[[tuple[Any, ...]], bytes] | None] = []  # looked up once

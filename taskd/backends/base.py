@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from taskd.config import Config
-from taskd.confirms import confirmed
+from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, DecodeError, NotSupported, ResultTimeout
 from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
@@ -78,7 +78,7 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
+    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:
         """Start storing senders' PENDING states; the function returned completes the write.
 
         Called before the messages go out, so the write is on its way ahead of anything a

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import orjson
@@ -18,7 +18,7 @@ import structlog
 from taskd import redisdb
 from taskd.backends.base import Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
-from taskd.confirms import confirmed
+from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 
@@ -85,7 +85,7 @@ class RedisBackend(ResultBackend):
         keys = [state.task_uuid for state in states]
         return keys, [*values, self._prefix, WAITER_TTL_S, merge, self._expire_s]
 
-    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Callable[[], None]:
+    def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:
         """SETs (``NX`` for fresh ids) sent without waiting, on a connection that senders'
         PENDING writes share; the replies are read when the sender completes the write
         (``unconfirmed``), which may be many sends later (``taskd.confirms``)."""

@@ -21,12 +21,12 @@ maps it onto what its broker has:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from taskd.config import Config
-from taskd.confirms import confirmed
+from taskd.confirms import Confirm, confirmed
 from taskd.errors import NotSupported
 from taskd.wire import GoTime
 
@@ -150,7 +150,7 @@ class Broker(ABC):
         ETA, in as few round trips as the broker allows. All or nothing where the broker
         allows it; on an error the caller must assume none was sent."""
 
-    def begin_publish(self, messages: Sequence[Message]) -> Callable[[], None]:
+    def begin_publish(self, messages: Sequence[Message]) -> Confirm:
         """Publish without waiting for the broker's confirm where the driver can split the
         two; the function returned waits for it (raising as ``publish_many`` would), and
         senders call those functions in the order of their publishes. By default the

@@ -114,7 +114,7 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                 )
             confirmed[0] += 1
 
-    def begin_publish(self, messages: Sequence[Message]) -> Callable[[], None]:
+    def begin_publish(self, messages: Sequence[Message]) -> confirms.Confirm:
         """Ready messages are published at once, as by publish_many, on a channel whose
         confirms are collected as they come (``pipeline.py``); the function returned waits
         for theirs. Delayed ones are confirmed here, by publish_many."""

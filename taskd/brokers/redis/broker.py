@@ -154,18 +154,14 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
                     for i, body in enumerate(bodies)
                 ]
         block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
-        replies = redisdb.send_packed(  # not a redis-py pipeline: far less CPU per fetch
+        body, backlog, counted = redisdb.execute(  # not a redis-py pipeline: far less CPU
             self._redis,
             [
                 ("BLMOVE", queue, processing, "LEFT", "RIGHT", block_s),
                 ("LLEN", queue),
                 ("HLEN", self._keys.deliveries),
             ],
-        )()
-        for reply in replies:
-            if isinstance(reply, Exception):  # WRONGTYPE, say: BrokerError, by _translated
-                raise reply
-        body, backlog, counted = replies
+        )
         self._backlog[queue] = int(backlog)
         if body is None:
             return []
