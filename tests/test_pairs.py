@@ -11,7 +11,7 @@ from taskd import redisdb
 from taskd.backends import open_backend
 from taskd.brokers import Delivery, Message, open_broker
 from taskd.errors import BrokerError
-from taskd.pairs import settler_for
+from taskd.pairs import Settle, settler_for
 from taskd.wire import GoTime, State, TaskResult, TaskState, new_id
 
 
@@ -22,6 +22,14 @@ def pair(redis_namespace: str, make_config: Callable[..., Any]) -> Iterator[tupl
     yield broker, backend
     broker.close()
     backend.close()
+
+
+@pytest.fixture
+def settle(pair: tuple[Any, Any]) -> Settle:
+    """The pair's settler: there is one for the Redis broker and results on one server."""
+    found = settler_for(*pair)
+    assert found is not None
+    return found
 
 
 def taken(broker: Any, queue: str, count: int) -> list[Delivery]:
@@ -43,11 +51,9 @@ def finished(task_id: str) -> TaskState:
 
 
 def test_the_redis_pair_on_one_server_stores_states_and_acks_in_one_script(
-    pair: tuple[Any, Any], redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Any, Any], settle: Settle, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker, backend = pair
-    settle = settler_for(broker, backend)
-    assert settle is not None
     first, *deliveries = taken(broker, redis_namespace, 4)
     settle([finished(new_id())], [first])  # the first use loads the script (EVAL)
     states = [finished(new_id()) for _ in deliveries]
@@ -75,11 +81,9 @@ def test_the_redis_pair_on_one_server_stores_states_and_acks_in_one_script(
 
 
 def test_the_settle_keeps_the_merge_rule_and_wakes_waiters(
-    pair: tuple[Any, Any], redis_namespace: str, redis_server: Any
+    pair: tuple[Any, Any], settle: Settle, redis_namespace: str, redis_server: Any
 ) -> None:
     broker, backend = pair
-    settle = settler_for(broker, backend)
-    assert settle is not None
     (delivery,) = taken(broker, redis_namespace, 1)
     task_id = new_id()
     sent_at = GoTime(1_700_000_000_123_456_789)
@@ -94,11 +98,9 @@ def test_the_settle_keeps_the_merge_rule_and_wakes_waiters(
 
 
 def test_when_the_states_fail_no_message_is_acked(
-    pair: tuple[Any, Any], redis_namespace: str, redis_server: Any
+    pair: tuple[Any, Any], settle: Settle, redis_namespace: str, redis_server: Any
 ) -> None:
-    broker, backend = pair
-    settle = settler_for(broker, backend)
-    assert settle is not None
+    broker, _backend = pair
     (delivery,) = taken(broker, redis_namespace, 1)
     task_id = f"{redis_namespace}-a-list"
     redis_server.rpush(task_id, "not a state")  # GET fails with WRONGTYPE in the script
@@ -108,11 +110,9 @@ def test_when_the_states_fail_no_message_is_acked(
 
 
 def test_messages_of_several_processing_lists_are_settled_states_first(
-    pair: tuple[Any, Any], redis_namespace: str
+    pair: tuple[Any, Any], settle: Settle, redis_namespace: str
 ) -> None:
     broker, backend = pair
-    settle = settler_for(broker, backend)
-    assert settle is not None
     first = taken(broker, redis_namespace, 1)
     second = taken(broker, f"{redis_namespace}-other", 1)
     assert first[0].handle != second[0].handle  # a processing list per queue
