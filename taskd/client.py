@@ -173,23 +173,22 @@ class Client:
     ) -> list[TaskState]:
         """The backend's ``wait_states``, overlapped with the confirms of earlier sends: a
         task usually runs while its send is being confirmed, so waiting for the confirm
-        first would add a round trip. After at most FIRST_WAIT_S the confirms are taken in
-        (a refused send raises SendError instead of being waited for), then the wait goes
-        on."""
+        first would add a round trip. Where every state is final within FIRST_WAIT_S, the
+        confirms are left to the next send, flush or close: a task that finished reached a
+        worker, so its send was delivered. Else they are taken in then (a refused send
+        raises SendError instead of being waited for), and the wait goes on."""
         if not len(self._window):
             return self.backend.wait_states(task_ids, timeout_s, progress)
         started = time.monotonic()
         first_s = FIRST_WAIT_S if timeout_s is None else min(FIRST_WAIT_S, timeout_s)
         try:
-            states = self.backend.wait_states(task_ids, first_s, progress)
+            return self.backend.wait_states(task_ids, first_s, progress)
         except ResultTimeout:
             self.flush()
             if timeout_s is not None and first_s >= timeout_s:
                 raise
-            left = None if timeout_s is None else timeout_s - (time.monotonic() - started)
-            return self.backend.wait_states(task_ids, left, progress)
-        self.flush()
-        return states
+        left = None if timeout_s is None else timeout_s - (time.monotonic() - started)
+        return self.backend.wait_states(task_ids, left, progress)
 
     def __enter__(self) -> Self:
         return self

@@ -6,9 +6,9 @@ is left to later, so a producer sending many tasks pays one round trip per windo
 one per task. Nothing is given up silently: a send that finds the window full first takes
 in the oldest confirms, ``flush`` takes in all, and a refused or unconfirmed send is raised
 as ``SendError`` naming its tasks. Reading a state flushes first, as does closing the
-client, and a wait for results takes the confirms in once it has waited a little
-(``Client.wait_states``); at interpreter exit the windows still open are flushed and any
-failure logged.
+client, and a wait for results takes the confirms in once it has waited a little, unless
+its tasks finished by then, which shows their sends were delivered (``Client.wait_states``);
+at interpreter exit the windows still open are flushed and any failure logged.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import redis
 
 from taskd.client import Client, signature
 from taskd.confirms import Window
-from taskd.errors import BrokerError, SendError
+from taskd.errors import BrokerError, ResultTimeout, SendError
 from taskd.wire import Arg, State, TaskState, decode_signature
 from tests.support.harness import config_data, write_config
 
@@ -120,15 +120,33 @@ def test_reading_a_result_first_takes_in_the_sends_before_it(
     assert len(client._window) == 0
 
 
-def test_a_wait_for_a_result_takes_in_the_confirms_once_the_result_is_there(
-    redis_client: Callable[..., Client],
+def test_a_wait_whose_result_is_there_leaves_the_confirms_to_the_next_flush(
+    redis_client: Callable[..., Client], redis_server: Any, redis_namespace: str
 ) -> None:
+    """A finished task was delivered, so its result is returned without its confirm; a
+    refused send among those still waiting is raised by the next flush, not lost."""
     client = redis_client(pipeline=64)
     result = client.send("count", 1)
     done = TaskState(result.task_id, State.SUCCESS, results=(Arg.of("int64", 7),))
     client.backend.set_states([done])  # as a worker would
-    assert len(client._window) == 1
+    redis_server.set(f"{redis_namespace}:q", "not a list")
+    refused = client.send("count", 2)
+    assert len(client._window) == 2
     assert result.get(timeout=10) == 7
+    assert len(client._window) == 2
+    with pytest.raises(SendError) as caught:
+        client.flush()
+    assert caught.value.task_ids == (refused.task_id,)
+    assert len(client._window) == 0
+
+
+def test_a_wait_for_an_unfinished_task_takes_in_the_confirms_meanwhile(
+    redis_client: Callable[..., Client],
+) -> None:
+    client = redis_client(pipeline=64)
+    result = client.send("count", 1)
+    with pytest.raises(ResultTimeout):  # no worker: it stays PENDING
+        result.get(timeout=0.2)
     assert len(client._window) == 0
 
 
