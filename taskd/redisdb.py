@@ -87,27 +87,73 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
     socket_timeout = None  # machinery's 0: no limit
     if settings.read_timeout and settings.write_timeout:
         socket_timeout = max(settings.read_timeout, settings.write_timeout, longest_block_s + 5.0)
-    client = redis.Redis(
+    made = redis.Redis(
         **connection_kwargs(url, key, config.source),
         socket_timeout=socket_timeout,
         socket_connect_timeout=settings.connect_timeout or None,
         socket_keepalive=True,
-        max_connections=settings.max_active or 2**31,  # 0: no limit (redis-py's None is 100)
         client_name=settings.client_name or None,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=settings.max_idle_timeout,
-    )
-    if not (settings.wait and settings.max_active):
-        return client
-    # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
-    pool = client.connection_pool
-    blocking = redis.BlockingConnectionPool(
-        max_connections=settings.max_active,
-        timeout=socket_timeout,
-        connection_class=pool.connection_class,
-        **pool.connection_kwargs,
-    )
-    return redis.Redis.from_pool(blocking)
+    ).connection_pool  # only to turn the arguments into a pool's
+    if settings.wait and settings.max_active:
+        # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
+        pool = redis.BlockingConnectionPool(
+            max_connections=settings.max_active,
+            timeout=socket_timeout,
+            connection_class=made.connection_class,
+            **made.connection_kwargs,
+        )
+    else:
+        pool = _reusing_pool_class()(
+            max_connections=settings.max_active or 2**31,  # 0: no limit
+            connection_class=made.connection_class,
+            **made.connection_kwargs,
+        )
+    return redis.Redis.from_pool(pool)
+
+
+_REUSING_POOL: list[type] = []  # made once, on first use (redis-py is imported lazily)
+
+
+def _reusing_pool_class() -> type:
+    """redis-py's pool, with the connection a caller gives back kept for the next caller.
+
+    redis-py's get and release cost several microseconds each (a lock, a poll for stray
+    data, observability counters), and the worker and the client take one per command.
+    Each caller takes a kept connection first, so one is kept only while nobody needs it:
+    a bounded pool (``redis.max_active``) never fails a caller for them. Not for a pool
+    that makes callers wait (``redis.wait``): a waiter is woken by a release to the pool
+    only. In a forked child the parent's kept connections are left alone.
+    """
+    if _REUSING_POOL:
+        return _REUSING_POOL[0]
+    import redis
+
+    class ReusingPool(redis.ConnectionPool):
+        KEEP = 4  # connections kept at most; more go back to the pool
+
+        def reset(self) -> None:
+            super().reset()
+            self._kept: list[Any] = []
+            self._kept_pid = os.getpid()
+
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if self._kept_pid == os.getpid():
+                try:
+                    return self._kept.pop()
+                except IndexError:  # none kept (or another thread took the last first)
+                    pass
+            return super().get_connection(*args, **kwargs)
+
+        def release(self, connection: Any) -> None:
+            if self._kept_pid == os.getpid() and len(self._kept) < self.KEEP:
+                self._kept.append(connection)
+            else:
+                super().release(connection)
+
+    _REUSING_POOL.append(ReusingPool)
+    return ReusingPool
 
 
 def translated(

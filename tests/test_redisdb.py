@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 import redis
 
 from taskd import redisdb
+from taskd.config import load_config
 from tests.support.harness import REDIS_URL
 
 
@@ -137,3 +139,84 @@ def test_replies_lost_with_the_connection_raise_and_those_read_before_do_not(
     assert first() == [1]
     assert pipe.write([("INCR", key)])() == [3]  # on a new connection
     client.delete(key)
+
+
+# -- the pool of taskd's own clients (redisdb.connect) ---------------------------------------
+
+
+def _connected(**env: str) -> Any:
+    return redisdb.connect(REDIS_URL, load_config(env=env), "broker")
+
+
+def test_a_connection_given_back_is_taken_again_without_redis_pys_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = _connected()
+    try:
+        first = redisdb.command(client, ("CLIENT", "ID"))
+        checkouts: list[Any] = []
+        checkout = redis.ConnectionPool.get_connection
+        monkeypatch.setattr(
+            redis.ConnectionPool,
+            "get_connection",
+            lambda pool, *a, **k: checkouts.append(pool) or checkout(pool, *a, **k),
+        )
+        for _ in range(20):  # taskd's lean path and redis-py's own commands alike
+            assert redisdb.command(client, ("CLIENT", "ID")) == first
+            assert client.client_id() == first
+        assert checkouts == []
+    finally:
+        client.close()
+
+
+def test_a_bounded_pool_is_never_exhausted_by_the_connections_kept(redis_namespace: str) -> None:
+    client = _connected(TASKD_REDIS_MAX_ACTIVE="2")
+    key = f"{redis_namespace}:n"
+    pool = client.connection_pool
+    try:
+        held = [pool.get_connection(), pool.get_connection()]
+        with pytest.raises(redis.ConnectionError, match="Too many connections"):
+            pool.get_connection()  # the limit holds
+        for connection in held:
+            pool.release(connection)  # kept, and taken first by whoever comes next
+        failures: list[BaseException] = []
+
+        def hammer() -> None:
+            try:
+                for _ in range(200):
+                    redisdb.command(client, ("INCR", key))
+                    client.incr(key)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert int(client.get(key)) == 800
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_a_forked_child_leaves_the_parents_kept_connection_alone() -> None:
+    client = _connected()
+    try:
+        parent_id = client.client_id()  # its connection is kept now
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: a connection of its own, the parent's left open
+            try:
+                os.write(writer, str(client.client_id()).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        child_id = int(os.read(reader, 64))
+        os.close(reader)
+        os.waitpid(pid, 0)
+        assert child_id != parent_id
+        assert client.client_id() == parent_id  # still open and still the parent's
+    finally:
+        client.close()
