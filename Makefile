@@ -36,7 +36,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## bench: throughput and latency figures (see benchmarks/README.md)
+## bench: throughput and latency figures (see README.md, Performance)
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 

@@ -9,7 +9,9 @@ Prints, for the chosen broker and backend:
 - end-to-end tasks/s: N no-op tasks through `taskd start` with 2 children, from the first
   enqueue until the last result is stored (results stored, at-least-once);
 - enqueue rate of the client;
-- round-trip latency p50/p99 of one task at a time (send, run, result read back);
+- round-trip latency p50/p99 of one task at a time (send, run, result read back), and the
+  CPU each round trip costs the client, the daemon's processes and Redis (Linux's /proc and
+  Redis's INFO; on Redis, beside a bare loop's: LPUSH, BLPOP, LPUSH of the reply, BLPOP);
 - Redis round trips and commands per task, from Redis's own counters (Redis only);
 - the bare loop: one producer RPUSHing small JSON messages, 2 consumer processes BLPOPing,
   decoding and INCRing a counter, one message per round trip; and taskd's ratio to it. On
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import statistics
@@ -102,6 +105,107 @@ def _timed_loop(
 
 def _body(i: int) -> str:
     return json.dumps({"id": i, "name": "noop", "args": []})
+
+
+def process_cpu_s(pgid: int | None = None, pids: tuple[int, ...] = ()) -> float:
+    """CPU seconds (user and system) of the processes in group ``pgid`` and of ``pids``."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry.name) in pids or (pgid is not None and int(fields[2]) == pgid):
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class RoundTrips:
+    """p50/p99 of ``samples`` round trips of ``call`` and the CPU each cost (µs): this
+    process, the ``pgid`` process group or ``pids`` (the consumers), and Redis."""
+
+    def __init__(
+        self, redis_url: str | None, pgid: int | None = None, pids: tuple[int, ...] = ()
+    ) -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self.pgid, self.pids = pgid, pids
+
+    def measure(self, call: Callable[[], None], samples: int) -> dict[str, float]:
+        latencies = []
+        redis_before = redis_cpu_s(self.redis) if self.redis else 0.0
+        workers_before, client_before = process_cpu_s(self.pgid, self.pids), time.process_time()
+        for _ in range(samples):
+            started = time.perf_counter()
+            call()
+            latencies.append((time.perf_counter() - started) * 1000)
+        client_s = time.process_time() - client_before
+        workers_s = process_cpu_s(self.pgid, self.pids) - workers_before
+        redis_s = (redis_cpu_s(self.redis) - redis_before) if self.redis else math.nan
+        return {
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": statistics.quantiles(latencies, n=100)[98],
+            "client_us": client_s / samples * 1e6,
+            "workers_us": workers_s / samples * 1e6,
+            "redis_us": redis_s / samples * 1e6,
+        }
+
+
+def _bare_replier(url: str, queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    while True:
+        _key, raw = client.blpop([queue])
+        message = json.loads(raw)
+        if message is None:  # told to stop
+            return
+        client.lpush(message["reply"], json.dumps(message["id"]))  # the task's result
+
+
+def bare_round_trips(url: str, samples: int, consumers: int) -> dict[str, float]:
+    """The bare loop one message at a time, its consumer LPUSHing a reply the sender
+    BLPOPs (as taskd runs a no-op task): p50/p99 and CPU per round trip, as for taskd."""
+    import redis
+
+    queue = f"taskd-bench-bare-{secrets.token_hex(4)}"
+    client = redis.Redis.from_url(url)
+    pids = []
+    for _ in range(consumers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _bare_replier(url, queue)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    sent = iter(range(1 << 62))
+
+    def call() -> None:
+        i = next(sent)
+        reply = f"{queue}:reply:{i}"
+        client.lpush(queue, json.dumps({"id": i, "reply": reply}))
+        if client.blpop([reply], timeout=10) is None:
+            raise SystemExit("the bare loop's consumers did not answer")
+
+    try:
+        for _ in range(50):  # warm
+            call()
+        return RoundTrips(url, pids=tuple(pids)).measure(call, samples)
+    finally:
+        for _ in pids:
+            client.rpush(queue, "null")
+        for pid in pids:
+            os.waitpid(pid, 0)
+        client.delete(queue)
 
 
 def bare_loop(url: str, total: int, consumers: int) -> float:
@@ -283,11 +387,11 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
             finished = time.perf_counter()
             after = redis_stats.snapshot() if redis_stats else None
 
-            latencies = []
-            for _ in range(args.latency_samples):
-                t0 = time.perf_counter()
-                client.send("noop").get(timeout=10)
-                latencies.append((time.perf_counter() - t0) * 1000)
+            redis_urls = [url for url in (args.broker, args.backend) if url.startswith("redis")]
+            redis_url = redis_urls[0] if redis_urls else None
+            round_trips = RoundTrips(redis_url, pgid=process.pid).measure(
+                lambda: client.send("noop").get(timeout=10), args.latency_samples
+            )
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -303,8 +407,7 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "tasks_per_s": args.tasks / (finished - started),
         "enqueue_per_s": args.tasks / (enqueued - started),
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": statistics.quantiles(latencies, n=100)[98],
+        "round_trips": round_trips,
     }
     if before and after:
         producer_rts = 2 * -(-args.tasks // args.batch)
@@ -313,6 +416,16 @@ def run_taskd(args: argparse.Namespace) -> dict[str, Any]:
             after[1] - before[1] - producer_rts - polls
         ) / args.tasks
     return result
+
+
+def print_round_trips(who: str, figures: dict[str, float]) -> None:
+    redis_us = figures["redis_us"]
+    redis = "" if math.isnan(redis_us) else f", Redis {redis_us:.0f} µs"
+    print(
+        f"{who + ' round trip':24s}p50 {figures['p50_ms']:.2f} ms   p99 {figures['p99_ms']:.2f} ms"
+        f"   CPU per round trip: client {figures['client_us']:.0f} µs, workers"
+        f" {figures['workers_us']:.0f} µs{redis}"
+    )
 
 
 def main() -> None:
@@ -349,13 +462,14 @@ def main() -> None:
         " (results stored, at-least-once)"
     )
     print(f"taskd enqueue           {taskd['enqueue_per_s']:8.0f} tasks/s")
-    print(f"taskd round trip        p50 {taskd['p50_ms']:.2f} ms   p99 {taskd['p99_ms']:.2f} ms")
+    print_round_trips("taskd", taskd["round_trips"])
     if "worker_round_trips_per_task" in taskd:
         print(
             f"redis per task          {taskd['worker_round_trips_per_task']:.2f}"
             f" worker round trips, {taskd['redis_commands_per_task']:.2f} commands (all clients)"
         )
     if not args.skip_baseline and args.broker.startswith("redis"):
+        print_round_trips("bare loop", bare_round_trips(args.broker, args.latency_samples, 2))
         bare = bare_loop(args.broker, args.tasks, args.children)
         print(f"bare redis-py loop      {bare:8.0f} msgs/s (RPUSH / BLPOP + json + INCR)")
         print(f"taskd / bare loop       {taskd['tasks_per_s'] / bare:8.2f}x")
