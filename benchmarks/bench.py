@@ -67,6 +67,20 @@ def _bare_consumer(url: str, queue: str, counter: str, total: int) -> None:
             return
 
 
+def forked(run: Callable[[], None], count: int) -> list[int]:
+    """The pids of ``count`` forked processes, each running ``run`` and then exiting."""
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    return pids
+
+
 def _timed_loop(
     consume: Callable[[], None],
     publish: Callable[[int], None],
@@ -81,15 +95,7 @@ def _timed_loop(
     import redis
 
     done = redis.Redis.from_url(counter_url)
-    pids = []
-    for _ in range(consumers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                consume()
-            finally:
-                os._exit(0)
-        pids.append(pid)
+    pids = forked(consume, consumers)
     time.sleep(0.3)  # consumers connected and blocking
     started = time.perf_counter()
     for i in range(total):
@@ -178,15 +184,7 @@ def bare_round_trips(url: str, samples: int, consumers: int) -> dict[str, float]
 
     queue = f"taskd-bench-bare-{secrets.token_hex(4)}"
     client = redis.Redis.from_url(url)
-    pids = []
-    for _ in range(consumers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _bare_replier(url, queue)
-            finally:
-                os._exit(0)
-        pids.append(pid)
+    pids = forked(lambda: _bare_replier(url, queue), consumers)
     sent = iter(range(1 << 62))
 
     def call() -> None:
