@@ -15,6 +15,7 @@ the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -285,18 +286,19 @@ def take_in(connection: Any) -> None:
         transport._on_socket_readable()
 
 
-_PLAIN: list[type | None] = []  # pika's plain TCP transport class, once looked up
-
-
 def _plain_transport(connection: Any) -> Any:
     """The plain TCP transport under a BlockingConnection, whose buffers and handlers
     ``send_now`` and ``take_in`` use directly; None for any other (TLS, or none: closed)."""
-    if not _PLAIN:
-        from pika.adapters.utils import io_services_utils
-
-        _PLAIN.append(getattr(io_services_utils, "_AsyncPlaintextTransport", None))
     transport = getattr(connection._impl, "_transport", None)
-    return transport if transport is not None and type(transport) is _PLAIN[0] else None
+    return transport if transport is not None and type(transport) is _plain_class() else None
+
+
+@functools.cache  # looked up once
+def _plain_class() -> type | None:
+    """pika's plain TCP transport class (None if a pika release renames it)."""
+    from pika.adapters.utils import io_services_utils
+
+    return getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 
 
 def open_channel(connection: Any, channel: Any, *, confirms: bool = False) -> Any:

@@ -6,6 +6,7 @@ password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -113,9 +114,7 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
     return redis.Redis.from_pool(pool)
 
 
-_REUSING_POOL: list[type] = []  # made once, on first use (redis-py is imported lazily)
-
-
+@functools.cache  # made once, on first use (redis-py is imported lazily)
 def _reusing_pool_class() -> type:
     """redis-py's pool, with the connection a caller gives back kept for the next caller.
 
@@ -126,8 +125,6 @@ def _reusing_pool_class() -> type:
     that makes callers wait (``redis.wait``): a waiter is woken by a release to the pool
     only. In a forked child the parent's kept connections are left alone.
     """
-    if _REUSING_POOL:
-        return _REUSING_POOL[0]
     import redis
 
     class ReusingPool(redis.ConnectionPool):
@@ -152,7 +149,6 @@ def _reusing_pool_class() -> type:
             else:
                 super().release(connection)
 
-    _REUSING_POOL.append(ReusingPool)
     return ReusingPool
 
 
@@ -330,9 +326,6 @@ def command(client: Any, args: tuple[Any, ...]) -> Any:
     return execute(client, [args])[0]
 
 
-_HIREDIS_PACK: list[Callable[[tuple[Any, ...]], bytes] | None] = []  # looked up once
-
-
 def _packed(connection: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
     """``commands`` in Redis's protocol, to be written with one system call: by hiredis in
     one call each where it is installed (redis-py packs each argument in Python)."""
@@ -342,12 +335,11 @@ def _packed(connection: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
     return [b"".join([pack(tuple(command)) for command in commands])]
 
 
+@functools.cache  # looked up once
 def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
     """hiredis's ``pack_command`` (``taskd[redis]`` installs hiredis); None without it."""
-    if not _HIREDIS_PACK:
-        try:
-            from hiredis import pack_command
-        except ImportError:
-            pack_command = None
-        _HIREDIS_PACK.append(pack_command)
-    return _HIREDIS_PACK[0]
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return None
+    return pack_command

@@ -27,7 +27,7 @@ def client(redis_namespace: str) -> Iterator[Any]:
 def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test runs with hiredis packing commands, and with redis-py's packer instead."""
     if request.param == "redis-py":
-        monkeypatch.setattr(redisdb, "_HIREDIS_PACK", [None])
+        monkeypatch.setattr(redisdb, "_hiredis_packer", lambda: None)
     return str(request.param)
 
 
