@@ -53,7 +53,7 @@ from taskd.worker.execute import (
     execute,
     outcome_of_stored,
 )
-from taskd.worker.jobs import Job, final_state, log_outcome, pending_again
+from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
 from taskd.worker.limits import killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
@@ -208,10 +208,10 @@ class Child:
             waiting = jobs[index + 1 :]
             if waiting and self._would_hold_back(job):
                 self._hand_back(waiting)  # idle children can run them meanwhile
-                self._handle(job)
+                self._handle(job, last=True)
                 break
-            self._handle(job)
-        if self.writes.due or not self.broker.more_ready(self.queue):
+            self._handle(job, last=not waiting)
+        if self.writes.pending and (self.writes.due or not self.broker.more_ready(self.queue)):
             self.writes.flush()  # else the next batch's quick tasks share the write
 
     def _accept(self, delivery: Delivery, received_at: GoTime) -> Job | None:
@@ -240,7 +240,7 @@ class Child:
         """Into the dead letters; where its UUID can be read, its sender sees FAILURE with
         the reason instead of waiting on PENDING for ever."""
         task_id, name = identity_of(delivery.body)
-        body = _preview(delivery)
+        body = preview(delivery)
         log.error("message_rejected", queue=delivery.queue, reason=reason, body=body)
         if task_id:
             failed = TaskState(task_id, State.FAILURE, task_name=name, created_at=received_at)
@@ -286,14 +286,16 @@ class Child:
 
     # -- one job --------------------------------------------------------------------------
 
-    def _handle(self, job: Job) -> None:
+    def _handle(self, job: Job, *, last: bool) -> None:
+        """Run and settle one job; the ``last`` of a batch, with no more known to be ready,
+        has its state and ack written at once, before its logging and bookkeeping."""
         structlog.contextvars.bind_contextvars(
             task_id=job.sig.uuid, task=job.sig.name, queue=job.delivery.queue
         )
         try:
             outcome = self._outcome_without_running(job)
             if outcome is not None:
-                self._settle(job, outcome, quick=False)
+                self._settle(job, outcome, share=False)
                 self._log_outcome(job, outcome, 0.0)
                 return
             assert job.task is not None
@@ -315,7 +317,9 @@ class Child:
                     self.tasks.finish(self.slot)
             elapsed_s = time.perf_counter() - started
             self.pacing.ran(job.sig.name, elapsed_s)
-            self._settle(job, outcome, quick=quick and elapsed_s < FAST_TASK_S)
+            quick = quick and elapsed_s < FAST_TASK_S
+            share = quick and (not last or self.broker.more_ready(self.queue))
+            self._settle(job, outcome, share=share)
             self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
             if self.recycling.ran():
                 self.stopping = True  # the rest of its batch is handed back; a new child follows
@@ -343,18 +347,18 @@ class Child:
             return Outcome(Kind.FAILED, error=reason, dead_letter=True)
         return None
 
-    def _settle(self, job: Job, outcome: Outcome, *, quick: bool) -> None:
+    def _settle(self, job: Job, outcome: Outcome, *, share: bool) -> None:
         """Record the outcome, send what it sets off, then ack (or dead-letter) the message.
 
-        A quick task with nothing to set off has its state and ack written with others, a
-        few milliseconds later at most; anything else is written before the next step.
+        With ``share`` (a quick task, others to come) and nothing to set off, its state and
+        ack are written with others, a few milliseconds later at most; else before going on.
         """
         self.writes.add_state(final_state(job, outcome))
         dead_letter = outcome.dead_letter or (
             outcome.kind is Kind.FAILED and job.sig.stop_task_deletion_on_error
         )
         if not dead_letter and not followups.sets_off(job.sig, outcome):
-            self.writes.ack_after_states(job.delivery, wait=quick)
+            self.writes.ack_after_states(job.delivery, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
         follow = self.outages.call(
@@ -391,8 +395,3 @@ class Child:
 
 def _on_quit(_signum: int, _frame: object) -> None:
     os._exit(EXIT_OK)  # exit now; whatever this child held is delivered again
-
-
-def _preview(delivery: Delivery, limit: int = 200) -> str:
-    text = delivery.body[:limit].decode("utf-8", "replace")
-    return text + ("..." if len(delivery.body) > limit else "")

@@ -32,6 +32,12 @@ class Job:
         )
 
 
+def preview(delivery: Delivery, limit: int = 200) -> str:
+    """The start of a message's body, for a log line about it."""
+    text = delivery.body[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(delivery.body) > limit else "")
+
+
 def final_state(job: Job, outcome: Outcome) -> TaskState:
     if outcome.kind is Kind.SUCCEEDED:
         return job.state(State.SUCCESS, results=outcome.results)

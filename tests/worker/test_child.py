@@ -238,3 +238,29 @@ def test_quick_tasks_share_writes_across_fetches_while_more_are_ready(
             states = [d for m, d in rig.journal[:index] if m == "set_states"]
             stored = {task_id for batch in states for task_id, state in batch}
             assert ids <= stored
+
+
+def test_the_last_quick_task_of_a_batch_is_written_before_its_bookkeeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its result is on its way before the child logs it: the round trip's critical path.
+    The first task of the batch still waits to share that write."""
+    rig = Rig(prefetch=2)
+    for _ in range(40):
+        rig.child.pacing.ran("count", 0.0001)  # known to be quick
+    logged = lambda job, _outcome, _ms: rig.journal.append(("logged", job.sig.uuid))  # noqa: E731
+    monkeypatch.setattr("taskd.worker.child.log_outcome", logged)
+    first, last = (rig.client.send("count", n).task_id for n in range(2))
+    assert rig.serve() == EXIT_OK
+    acked_at = {
+        decode_signature(body).uuid: index
+        for index, (method, detail) in enumerate(rig.journal)
+        if method == "ack_many"
+        for body in detail
+    }
+    logged_at = {
+        detail: index for index, (method, detail) in enumerate(rig.journal) if method == "logged"
+    }
+    assert acked_at[first] == acked_at[last]  # one write for both
+    assert logged_at[first] < acked_at[first]
+    assert acked_at[last] < logged_at[last]
