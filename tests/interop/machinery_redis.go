@@ -1,0 +1,435 @@
+// A Go producer and worker shaped like machinery's, for taskd's interop tests
+// (tests/interop/test_go_redis.py).
+//
+// Standard library only, so it builds without network access: machinery's struct layouts
+// (tasks.Signature, tasks.Arg, tasks.TaskState, tasks.TaskResult, tasks.GroupMeta, as listed
+// in shared/reference/machinery.md) encoded and decoded with encoding/json, and machinery's
+// Redis layout spoken over RESP: a message is RPUSHed onto its queue (ZADDed to the delayed
+// set, scored by its ETA in nanoseconds, when it has one), a state is SET under the task id,
+// a group's metadata under the group id.
+//
+// Every record this program reads is decoded as machinery decodes it (UseNumber) and encoded
+// again: "identical" says whether Go writes back the very bytes taskd wrote.
+//
+//	machinery_redis send ADDR QUEUE DELAYED_KEY STAMP_PATH EXPIRE_S
+//	    sends add, sum_ints, concat, a chain, a chord and a stamp task with an ETA 1.5 s
+//	    ahead; prints one JSON object naming what it sent.
+//	machinery_redis states ADDR TASK_ID...
+//	    prints one JSON line per task: its state as Go reads it.
+//	machinery_redis group ADDR GROUP_ID
+//	    prints the group's metadata as Go reads it.
+//	machinery_redis work ADDR QUEUE DELAYED_KEY COUNT TIMEOUT_S EXPIRE_S
+//	    runs COUNT messages (add only), moving due delayed ones to their queue first;
+//	    prints one JSON line per message; exits 1 if COUNT did not come within TIMEOUT_S.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// -- machinery's records (no json tags: Go's field names, in declaration order) -----------
+
+type Arg struct {
+	Name  string
+	Type  string
+	Value interface{}
+}
+
+type Headers map[string]interface{}
+
+type Signature struct {
+	UUID                        string
+	Name                        string
+	RoutingKey                  string
+	ETA                         *time.Time
+	GroupUUID                   string
+	GroupTaskCount              int
+	Args                        []Arg
+	Headers                     Headers
+	Priority                    uint8
+	Immutable                   bool
+	RetryCount                  int
+	RetryTimeout                int
+	OnSuccess                   []*Signature
+	OnError                     []*Signature
+	ChordCallback               *Signature
+	BrokerMessageGroupId        string
+	SQSReceiptHandle            string
+	StopTaskDeletionOnError     bool
+	IgnoreWhenTaskNotRegistered bool
+}
+
+type TaskResult struct {
+	Type  string
+	Value interface{}
+}
+
+type TaskState struct {
+	TaskUUID  string
+	TaskName  string
+	State     string
+	Results   []*TaskResult
+	Error     string
+	CreatedAt time.Time
+	TTL       int64
+}
+
+type GroupMeta struct {
+	GroupUUID      string
+	TaskUUIDs      []string
+	ChordTriggered bool
+	Lock           bool
+	CreatedAt      time.Time
+	TTL            int64
+}
+
+// -- a minimal RESP client -------------------------------------------------------------------
+
+type redisConn struct {
+	conn   net.Conn
+	reader *bufio.Reader
+}
+
+func dial(addr string) *redisConn {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	check(err)
+	return &redisConn{conn, bufio.NewReader(conn)}
+}
+
+func (c *redisConn) do(args ...interface{}) interface{} {
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "*%d\r\n", len(args))
+	for _, arg := range args {
+		var text []byte
+		switch value := arg.(type) {
+		case []byte:
+			text = value
+		case string:
+			text = []byte(value)
+		default:
+			text = []byte(fmt.Sprint(value))
+		}
+		fmt.Fprintf(&out, "$%d\r\n", len(text))
+		out.Write(text)
+		out.WriteString("\r\n")
+	}
+	_, err := c.conn.Write(out.Bytes())
+	check(err)
+	reply, err := c.read()
+	check(err)
+	return reply
+}
+
+func (c *redisConn) read() (interface{}, error) {
+	line, err := c.reader.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	switch line[0] {
+	case '+':
+		return line[1:], nil
+	case '-':
+		return nil, errors.New(line[1:])
+	case ':':
+		return strconv.ParseInt(line[1:], 10, 64)
+	case '$':
+		size, _ := strconv.Atoi(line[1:])
+		if size < 0 {
+			return nil, nil
+		}
+		data := make([]byte, size+2)
+		if _, err := io.ReadFull(c.reader, data); err != nil {
+			return nil, err
+		}
+		return data[:size], nil
+	case '*':
+		count, _ := strconv.Atoi(line[1:])
+		if count < 0 {
+			return nil, nil
+		}
+		items := make([]interface{}, count)
+		for i := range items {
+			if items[i], err = c.read(); err != nil {
+				return nil, err
+			}
+		}
+		return items, nil
+	}
+	return nil, fmt.Errorf("unexpected reply %q", line)
+}
+
+// -- machinery's producer side (server.SendTask, SendChain, SendChord on Redis) ---------------
+
+type producer struct {
+	redis      *redisConn
+	queue      string
+	delayedKey string
+	expireS    int
+}
+
+func uuid4() string {
+	b := make([]byte, 16)
+	_, err := rand.Read(b)
+	check(err)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+func newSignature(name string, args ...Arg) *Signature {
+	return &Signature{UUID: "task_" + uuid4(), Name: name, Args: args}
+}
+
+func (p *producer) setState(state *TaskState) {
+	p.redis.do("SET", state.TaskUUID, mustMarshal(state), "EX", p.expireS)
+}
+
+// SendTask: headers never nil, the state PENDING, then the message published.
+func (p *producer) sendTask(s *Signature) {
+	if s.Headers == nil {
+		s.Headers = Headers{}
+	}
+	p.setState(&TaskState{TaskUUID: s.UUID, TaskName: s.Name, State: "PENDING", CreatedAt: time.Now().UTC()})
+	if s.RoutingKey == "" {
+		s.RoutingKey = p.queue
+	}
+	message := mustMarshal(s)
+	if s.ETA != nil && s.ETA.After(time.Now().UTC()) {
+		p.redis.do("ZADD", p.delayedKey, s.ETA.UnixNano(), message)
+	} else {
+		p.redis.do("RPUSH", s.RoutingKey, message)
+	}
+}
+
+// NewChain: each link becomes the OnSuccess of the one before; the head is sent.
+func (p *producer) sendChain(links ...*Signature) string {
+	for i := len(links) - 1; i > 0; i-- {
+		links[i-1].OnSuccess = []*Signature{links[i]}
+	}
+	p.sendTask(links[0])
+	return links[len(links)-1].UUID
+}
+
+// NewGroup, NewChord, SendChord: the group's metadata first, then every member, each
+// carrying a copy of the callback.
+func (p *producer) sendChord(callback *Signature, members ...*Signature) (string, string) {
+	groupID := "group_" + uuid4()
+	callback.UUID = "chord_" + uuid4()
+	ids := []string{}
+	for _, member := range members {
+		member.GroupUUID, member.GroupTaskCount, member.ChordCallback = groupID, len(members), callback
+		ids = append(ids, member.UUID)
+	}
+	meta := GroupMeta{GroupUUID: groupID, TaskUUIDs: ids, CreatedAt: time.Now().UTC()}
+	p.redis.do("SET", groupID, mustMarshal(meta), "EX", p.expireS)
+	for _, member := range members {
+		p.sendTask(member)
+	}
+	return groupID, callback.UUID
+}
+
+func send(addr, queue, delayedKey, stampPath string, expireS int) {
+	p := &producer{dial(addr), queue, delayedKey, expireS}
+	int64s := func(values ...int64) []Arg {
+		args := []Arg{}
+		for _, v := range values {
+			args = append(args, Arg{Type: "int64", Value: v})
+		}
+		return args
+	}
+	sent := map[string]interface{}{}
+	add := newSignature("add", int64s(2, 3)...)
+	p.sendTask(add)
+	sent["add"] = add.UUID
+	sumInts := newSignature("sum_ints", Arg{Type: "[]int64", Value: []int64{1, 2, 3}})
+	p.sendTask(sumInts)
+	sent["sum_ints"] = sumInts.UUID
+	concat := newSignature("concat", Arg{Type: "[]string", Value: []string{"foo", "<&>", "bär"}})
+	p.sendTask(concat)
+	sent["concat"] = concat.UUID
+	sent["chain"] = p.sendChain(newSignature("add", int64s(1, 2)...), newSignature("multiply", int64s(4)...))
+	sent["group"], sent["chord"] = p.sendChord(
+		newSignature("add"), newSignature("add", int64s(1, 1)...), newSignature("add", int64s(2, 2)...))
+	eta := time.Now().UTC().Add(1500 * time.Millisecond)
+	later := newSignature("stamp", Arg{Type: "string", Value: stampPath})
+	later.ETA = &eta
+	p.sendTask(later)
+	sent["eta"], sent["eta_unix"] = later.UUID, float64(eta.UnixNano())/1e9
+	fmt.Println(string(mustMarshal(sent)))
+}
+
+// -- reading what taskd wrote ------------------------------------------------------------------
+
+// decode reads JSON as machinery's brokers and backends do; identical says whether encoding
+// the result again gives back the same bytes.
+func decode(raw []byte, into interface{}) bool {
+	decoder := json.NewDecoder(bytes.NewReader(raw))
+	decoder.UseNumber()
+	check(decoder.Decode(into))
+	return bytes.Equal(mustMarshal(into), raw)
+}
+
+// value converts a result as machinery's ReflectValue does, for the types these tests use.
+func value(typeName string, v interface{}) interface{} {
+	switch typeName {
+	case "int64":
+		n, err := v.(json.Number).Int64()
+		check(err)
+		return n
+	case "string":
+		return v.(string)
+	}
+	panic("unsupported result type " + typeName)
+}
+
+func states(addr string, ids []string) {
+	redis := dial(addr)
+	for _, id := range ids {
+		raw, _ := redis.do("GET", id).([]byte)
+		if raw == nil {
+			fmt.Println(string(mustMarshal(map[string]interface{}{"id": id, "state": nil})))
+			continue
+		}
+		var state TaskState
+		identical := decode(raw, &state)
+		values := []interface{}{}
+		for _, result := range state.Results {
+			values = append(values, value(result.Type, result.Value))
+		}
+		fmt.Println(string(mustMarshal(map[string]interface{}{
+			"id": id, "state": state.State, "task_name": state.TaskName, "error": state.Error,
+			"values": values, "created_at_zero": state.CreatedAt.IsZero(), "identical": identical,
+		})))
+	}
+}
+
+func group(addr, groupID string) {
+	raw, _ := dial(addr).do("GET", groupID).([]byte)
+	if raw == nil {
+		fmt.Println("null")
+		return
+	}
+	var meta GroupMeta
+	identical := decode(raw, &meta)
+	fmt.Println(string(mustMarshal(map[string]interface{}{
+		"task_uuids": meta.TaskUUIDs, "chord_triggered": meta.ChordTriggered, "identical": identical,
+	})))
+}
+
+// -- machinery's worker side (a Redis worker: BLPOP, delayed mover, merged states) -------------
+
+func moveDueDelayed(redis *redisConn, delayedKey string) {
+	now := strconv.FormatInt(time.Now().UTC().UnixNano(), 10)
+	for {
+		due, _ := redis.do("ZRANGEBYSCORE", delayedKey, "0", now, "LIMIT", "0", "1").([]interface{})
+		if len(due) == 0 {
+			return
+		}
+		message := due[0].([]byte)
+		if removed, _ := redis.do("ZREM", delayedKey, message).(int64); removed == 1 {
+			var s Signature
+			decode(message, &s)
+			redis.do("RPUSH", s.RoutingKey, message)
+		}
+	}
+}
+
+// SetStateSuccess: machinery's mergeNewTaskState keeps the stored name and creation time.
+func storeSuccess(redis *redisConn, s *Signature, results []*TaskResult, expireS int) {
+	state := TaskState{TaskUUID: s.UUID, State: "SUCCESS", Results: results}
+	if raw, _ := redis.do("GET", s.UUID).([]byte); raw != nil {
+		var stored TaskState
+		decode(raw, &stored)
+		state.TaskName, state.CreatedAt = stored.TaskName, stored.CreatedAt
+	}
+	redis.do("SET", s.UUID, mustMarshal(state), "EX", expireS)
+}
+
+func work(addr, queue, delayedKey string, count int, timeout time.Duration, expireS int) {
+	redis := dial(addr)
+	deadline := time.Now().Add(timeout)
+	for done := 0; done < count; {
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "only %d of %d messages came\n", done, count)
+			os.Exit(1)
+		}
+		moveDueDelayed(redis, delayedKey)
+		popped, _ := redis.do("BLPOP", queue, "0.1").([]interface{})
+		if popped == nil {
+			continue
+		}
+		raw := popped[1].([]byte)
+		var s Signature
+		identical := decode(raw, &s)
+		if s.Name != "add" {
+			panic("this worker only has add, got " + s.Name)
+		}
+		var sum int64
+		for _, arg := range s.Args {
+			n, err := arg.Value.(json.Number).Int64()
+			check(err)
+			sum += n
+		}
+		ranAt := float64(time.Now().UnixNano()) / 1e9
+		storeSuccess(redis, &s, []*TaskResult{{Type: "int64", Value: sum}}, expireS)
+		var eta interface{}
+		if s.ETA != nil {
+			eta = float64(s.ETA.UnixNano()) / 1e9
+		}
+		fmt.Println(string(mustMarshal(map[string]interface{}{
+			"id": s.UUID, "identical": identical, "routing_key": s.RoutingKey,
+			"eta_unix": eta, "ran_unix": ranAt, "result": sum,
+		})))
+		done++
+	}
+}
+
+// -- the command line ------------------------------------------------------------------------
+
+func mustMarshal(v interface{}) []byte {
+	data, err := json.Marshal(v)
+	check(err)
+	return data
+}
+
+func check(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
+
+func atoi(text string) int {
+	n, err := strconv.Atoi(text)
+	check(err)
+	return n
+}
+
+func main() {
+	args := os.Args[1:]
+	switch {
+	case len(args) == 6 && args[0] == "send":
+		send(args[1], args[2], args[3], args[4], atoi(args[5]))
+	case len(args) >= 2 && args[0] == "states":
+		states(args[1], args[2:])
+	case len(args) == 3 && args[0] == "group":
+		group(args[1], args[2])
+	case len(args) == 7 && args[0] == "work":
+		seconds := time.Duration(atoi(args[5])) * time.Second
+		work(args[1], args[2], args[3], atoi(args[4]), seconds, atoi(args[6]))
+	default:
+		fmt.Fprintln(os.Stderr, "usage: see the comment at the top of machinery_redis.go")
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,156 @@
+"""Go's side of machinery's Redis layout, for real: the program in ``machinery_redis.go``
+(machinery's struct layouts, Go's encoding/json, standard library only) against taskd.
+
+Skipped where Go is not installed; ``.ci/run`` installs it (Debian's golang-go).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import (
+    REDIS_URL,
+    TEST_RESULTS_EXPIRE_S,
+    TEST_TASKS,
+    Daemon,
+    config_data,
+    taskctl,
+    wait_until,
+    write_config,
+)
+from tests.support.tasks import runs
+
+SOURCE = Path(__file__).with_name("machinery_redis.go")
+REDIS_ADDRESS = REDIS_URL.removeprefix("redis://").split("/")[0]  # loopback only
+FINAL = {"SUCCESS", "FAILURE"}
+
+
+@pytest.fixture(scope="session")
+def go_machinery(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """``go_machinery("send", ...)``: the Go program's output, built once per run."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed (.ci/run installs golang-go)")
+    folder = tmp_path_factory.mktemp("go")
+    program = folder / "machinery_redis"
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",  # no C compiler needed
+        "GOCACHE": str(folder / "cache"),
+        "GOPATH": str(folder / "path"),
+        "GOFLAGS": "",
+    }
+    built = subprocess.run(
+        [go, "build", "-o", str(program), str(SOURCE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [str(program), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run
+
+
+def lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
+    go_machinery: Callable[..., str],
+    redis_namespace: str,
+    tmp_path: Path,
+    daemon: Callable[..., Daemon],
+) -> None:
+    """add, sum_ints, concat, a chain, a chord and a task with an ETA, sent as machinery's
+    SendTask, SendChain and SendChord do; every state taskd stores reads back in Go, and Go
+    encodes it again to the very bytes taskd wrote."""
+    data = config_data("redis", redis_namespace, tmp_path, imports=[TEST_TASKS])
+    queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
+    process = daemon(write_config(tmp_path, data), "--concurrency", "2")
+    process.wait_ready(2)
+    stamps = tmp_path / "stamps"
+    sent = json.loads(
+        go_machinery(
+            "send", REDIS_ADDRESS, queue, delayed_key, str(stamps), str(TEST_RESULTS_EXPIRE_S)
+        )
+    )
+    names = ["add", "sum_ints", "concat", "chain", "chord", "eta"]
+    ids = [sent[name] for name in names]
+
+    def all_final() -> list[dict[str, Any]] | None:
+        states = lines(go_machinery("states", REDIS_ADDRESS, *ids))
+        return states if all(state["state"] in FINAL for state in states) else None
+
+    final = wait_until(all_final, 30, 0.1, "Go to read every task final")
+    states = dict(zip(names, final, strict=True))
+    for name, state in states.items():
+        assert state["state"] == "SUCCESS", (name, state["error"])
+        assert state["identical"], name
+        assert not state["created_at_zero"], name  # the PENDING record's, kept (merge rule)
+    assert {name: state["values"] for name, state in states.items()} == {
+        "add": [5],
+        "sum_ints": [6],
+        "concat": ["foo<&>bär"],
+        "chain": [12],  # add(1, 2), then multiply(4, 3)
+        "chord": [6],  # add() with the group's results, 2 and 4
+        "eta": [],
+    }
+    assert [state["task_name"] for state in states.values()] == [
+        "add", "sum_ints", "concat", "multiply", "add", "stamp",
+    ]  # fmt: skip
+    group = json.loads(go_machinery("group", REDIS_ADDRESS, sent["group"]))
+    assert group["chord_triggered"] and group["identical"]
+    (ran_at,) = (float(stamp) for stamp in runs(stamps))
+    assert ran_at >= sent["eta_unix"]  # not before its ETA
+    assert process.process.poll() is None
+
+
+def test_what_taskctl_sends_a_go_worker_runs(
+    go_machinery: Callable[..., str], redis_namespace: str, tmp_path: Path
+) -> None:
+    """No daemon: a Go worker BLPOPs the queue and moves due delayed messages as machinery's
+    does, decodes each message to the very bytes taskctl sent, and stores its result the way
+    machinery does; taskctl reads that result, twice alike."""
+    data = config_data("redis", redis_namespace, tmp_path)
+    queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
+    config = write_config(tmp_path, data)
+    now = taskctl(tmp_path, config, "send", "add", "--arg", "int64:2", "--arg", "int64:3")
+    later = taskctl(
+        tmp_path, config, "send", "add", "--arg", "int64:4", "--arg", "int64:5", "--countdown", "2"
+    )
+    assert now.returncode == later.returncode == 0, now.stderr + later.stderr
+    now_id, later_id = now.stdout.strip(), later.stdout.strip()
+
+    ran = lines(
+        go_machinery(
+            "work", REDIS_ADDRESS, queue, delayed_key, "2", "30", str(TEST_RESULTS_EXPIRE_S)
+        )
+    )
+    by_id = {run["id"]: run for run in ran}
+    assert set(by_id) == {now_id, later_id}
+    assert all(run["identical"] and run["routing_key"] == queue for run in ran)
+    assert (by_id[now_id]["eta_unix"], by_id[now_id]["result"]) == (None, 5)
+    assert by_id[later_id]["result"] == 9
+    assert by_id[later_id]["ran_unix"] >= by_id[later_id]["eta_unix"]
+    for task_id, printed in ((now_id, "5\n"), (later_id, "9\n")):
+        for _ in range(2):
+            result = taskctl(tmp_path, config, "result", task_id)
+            assert (result.returncode, result.stdout) == (0, printed), result.stderr
