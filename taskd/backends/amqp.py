@@ -1,8 +1,11 @@
 """The AMQP (RabbitMQ) result backend: every record is a queue holding its newest message.
 
 Not machinery's layout: machinery keeps a queue per task and *consumes* states to read them,
-so two reads of a task give different answers. Correctness wins over compatibility here: Go
-programs using machinery's AMQP backend do not see these records (they share the broker).
+so two reads of a task give different answers. Correctness wins over compatibility here, and
+machinery's readers get copies: on a direct exchange each state but PENDING is also published
+to ``amqp.exchange`` with the task id as routing key, after its record is written, which
+reaches the queue named by the task id that machinery's AMQP backend declares (its producer's
+PENDING write, or its first read) and is dropped by the exchange where none was declared.
 
 - A record (``<exchange>.state.<task id>``, ``<exchange>.group.<group id>``) is a durable
   queue declared with ``x-max-length: 1`` and ``x-overflow: drop-head``, so a publish
@@ -82,6 +85,8 @@ class AMQPBackend(ResultBackend):
             name: value for name, value in self._record_arguments.items() if name != "x-message-ttl"
         }
         self._posting = threading.Lock()  # one post at a time holds the connection's lock
+        direct = config.amqp.exchange_type == "direct"  # the only type routing by task id
+        self._machinery_exchange = config.amqp.exchange if direct else ""
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -216,11 +221,27 @@ class AMQPBackend(ResultBackend):
             if stored is None and isinstance(raw, bytes):
                 stored = self._load_state(raw, state.task_uuid)
             newest[queue] = merged(state, stored)
-        writes = [
-            Write(queue, state.encode(), self._record_arguments, queue not in seen)
-            for queue, state in newest.items()
-        ]
-        self._call(functools.partial(self._put_all, writes=writes), about)
+        bodies = {queue: state.encode() for queue, state in newest.items()}
+        writes = [Write(q, b, self._record_arguments, q not in seen) for q, b in bodies.items()]
+        copies = [(s.task_uuid, bodies[q]) for q, s in newest.items() if s.state != State.PENDING]
+
+        def store(session: RecordSession) -> None:
+            self._put_all(session, writes)
+            self._copy_for_machinery(session, copies)
+
+        self._call(store, about)
+
+    def _copy_for_machinery(self, session: RecordSession, states: list[tuple[str, bytes]]) -> None:
+        """Each (task id, state) to machinery's readers (see the module's docstring): not
+        mandatory, so a state nobody declared a queue for is dropped, not an error."""
+        if not self._machinery_exchange or not states:
+            return
+        channel = session.writing()
+        if not session.exchange_declared:
+            channel.exchange_declare(self._machinery_exchange, "direct", durable=True)
+            session.exchange_declared = True
+        for task_id, body in states:
+            channel.basic_publish(self._machinery_exchange, task_id, body, self._properties)
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:

@@ -28,6 +28,7 @@ class RecordSession:
     connection: Any
     reader: Any = None  # basic.get and nack; a missing queue closes it, so it is reopened
     writer: Any = None  # in confirm mode: every publish waits for RabbitMQ's ack
+    exchange_declared: bool = False  # the one machinery's readers' queues are bound to
 
     def reading(self) -> Any:
         self.reader = open_channel(self.connection, self.reader)

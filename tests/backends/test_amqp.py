@@ -11,7 +11,7 @@ import pytest
 from taskd.backends import ResultBackend, open_backend
 from taskd.errors import BackendUnavailable
 from taskd.wire import GoTime, GroupMeta, State, TaskState, new_id
-from tests.support.harness import AMQP_URL, wait_until
+from tests.support.harness import AMQP_URL, declare_machinery_state_queue, wait_until
 
 
 @pytest.fixture
@@ -106,3 +106,61 @@ def test_records_stay_writable_when_results_expire_in_changes(
     later.init_group(GroupMeta(group_id, (task_id,), created_at=GoTime.now()))
     assert later.get_state(task_id) == sent_again
     assert later.claim_chord(group_id, task_id) is True
+
+
+def test_machinery_readers_get_each_state_but_pending_in_their_queue(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """machinery reads by consuming: it finds the states in the order they were written,
+    while taskd's own reads still give the newest state every time."""
+    backend = open_amqp()
+    task_id = new_id()
+    declare_machinery_state_queue(raw_channel, amqp_namespace, task_id)
+    try:
+        now = GoTime.now()
+        written = [
+            TaskState(task_id, state, task_name="add", created_at=now)
+            for state in (State.PENDING, State.STARTED, State.SUCCESS)
+        ]
+        for state in written:
+            backend.set_state(state)
+        bodies = []
+        while (got := raw_channel.basic_get(task_id, auto_ack=True))[0] is not None:
+            bodies.append(got[2])
+        assert bodies == [state.encode() for state in written[1:]]
+        assert backend.get_state(task_id) == backend.get_state(task_id) == written[-1]
+    finally:
+        raw_channel.queue_delete(task_id)
+
+
+def test_states_no_machinery_program_waits_for_are_dropped_not_queued(
+    open_amqp: Callable[..., ResultBackend], raw_channel: Any
+) -> None:
+    import pika.exceptions
+
+    backend = open_amqp()
+    task_id = new_id()
+    stored = TaskState(task_id, State.SUCCESS, task_name="add", created_at=GoTime.now())
+    backend.set_state(stored)
+    assert backend.get_state(task_id) == stored
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        raw_channel.queue_declare(task_id, passive=True)
+    assert refused.value.reply_code == 404  # no queue was made for it
+
+
+def test_no_copies_where_the_exchange_does_not_route_by_task_id(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """On a fanout exchange a copy would reach every queue bound to it: none is sent."""
+    backend = open_amqp(amqp={"exchange_type": "fanout"})
+    raw_channel.exchange_declare(amqp_namespace, "fanout", durable=True)
+    bound = f"{amqp_namespace}.bound"
+    raw_channel.queue_declare(bound, auto_delete=True)
+    raw_channel.queue_bind(bound, amqp_namespace)
+    try:
+        task_id = new_id()
+        backend.set_state(TaskState(task_id, State.SUCCESS, task_name="add"))
+        assert backend.get_state(task_id) is not None
+        assert raw_channel.queue_declare(bound, passive=True).method.message_count == 0
+    finally:
+        raw_channel.queue_delete(bound)

@@ -359,6 +359,16 @@ def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = 
     ).encode()
 
 
+def declare_machinery_state_queue(channel: Any, exchange: str, task_id: str) -> None:
+    """The queue machinery's AMQP backend reads a task's states from, declared as it declares
+    it (its producer's PENDING write, or its first read): named and bound by the task id."""
+    channel.exchange_declare(exchange, "direct", durable=True)
+    expires_ms = TEST_RESULTS_EXPIRE_S * 1000
+    arguments = {"x-message-ttl": expires_ms, "x-expires": expires_ms}
+    channel.queue_declare(task_id, durable=False, auto_delete=True, arguments=arguments)
+    channel.queue_bind(task_id, exchange, routing_key=task_id)
+
+
 def create_queue_with_redrive(raw: Any, name: str, max_receives: int) -> None:
     """An SQS queue ``name`` with a redrive policy into ``<name>-dlq`` after
     ``max_receives`` receives, as an operator sets one up (1 s visibility timeout)."""

@@ -18,13 +18,14 @@ import pytest
 
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
-from taskd.wire import GoTime, State, decode_signature, new_id
+from taskd.wire import GoTime, State, TaskState, decode_signature, decode_state, new_id
 from tests.support.harness import (
     AMQP_URL,
     GO_FIELDS,
     Daemon,
     assert_poison_set_aside,
     client_for,
+    declare_machinery_state_queue,
     go_message,
     wait_until,
 )
@@ -217,6 +218,52 @@ def test_messages_from_a_go_producer_run(
             with contextlib.suppress(Exception):
                 connection.channel().queue_delete(delay_queue)
     assert process.process.poll() is None
+    client.close()
+
+
+def test_a_go_producer_on_machinery_s_amqp_backend_reads_the_result(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Results in RabbitMQ as well, as in machinery's example config: its producer writes
+    PENDING to a queue named by the task id and reads by consuming that queue; after its own
+    PENDING it finds taskd's states there, while taskd's readers keep their own record."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    config, client = client_for("amqp", namespace, tmp_path)  # AMQP broker and results
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    task_id = new_id()
+    with amqp_connection() as connection:
+        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
+        channel = connection.channel()
+        try:
+            declare_machinery_state_queue(channel, namespace, task_id)  # SetStatePending
+            pending = TaskState(task_id, State.PENDING, task_name="add", created_at=GoTime.now())
+            go_publish(connection, namespace, task_id, pending.encode())
+            int_args = '[{"Name":"","Type":"int64","Value":2},{"Name":"","Type":"int64","Value":3}]'
+            go_publish(
+                connection,
+                namespace,
+                binding_key,
+                go_message(task_id, "add", int_args, binding_key),
+            )
+            read: list[TaskState] = []
+
+            def completed() -> bool:  # machinery's AsyncResult.Get: GetState until completed
+                method, _properties, body = channel.basic_get(task_id, auto_ack=True)
+                if method is not None:
+                    read.append(decode_state(body))
+                return bool(read) and read[-1].is_completed
+
+            wait_until(completed, 20, 0.05, "machinery's reader to find the task completed")
+        finally:
+            with contextlib.suppress(Exception):
+                connection.channel().queue_delete(task_id)
+    assert read[0] == pending
+    assert {state.state for state in read[1:-1]} <= {State.RECEIVED, State.STARTED}
+    assert (read[-1].state, read[-1].python_results()) == (State.SUCCESS, [5])
+    for _ in range(2):
+        assert client.result(task_id).wait(10) == read[-1]
     client.close()
 
 
