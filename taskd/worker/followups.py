@@ -115,8 +115,8 @@ def chord_after_success(backend: ResultBackend, sig: Signature) -> FollowUp:
     if callback is None or not sig.group_uuid:
         return FollowUp()
     group = backend.get_group(sig.group_uuid)
-    if group is None:
-        return FollowUp()
+    if group is None:  # expired, or never stored: machinery's AMQP backend stores none
+        raise BackendError(backend.driver, "group metadata is missing or expired", sig.group_uuid)
     states = backend.get_states(group.task_uuids)
     if not all(state is not None and state.state is State.SUCCESS for state in states):
         return FollowUp()  # not finished yet, or a member failed and has fired the error path

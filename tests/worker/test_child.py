@@ -264,3 +264,25 @@ def test_the_last_quick_task_of_a_batch_is_written_before_its_bookkeeping(
     assert acked_at[first] == acked_at[last]  # one write for both
     assert logged_at[first] < acked_at[first]
     assert acked_at[last] < logged_at[last]
+
+
+def test_a_chord_member_whose_group_metadata_is_missing_says_so() -> None:
+    """As for a Go producer on machinery's AMQP backend, which stores no group metadata: the
+    callback cannot be sent, and the log says why instead of staying silent."""
+    from structlog.testing import capture_logs
+
+    from taskd.client import signature
+
+    rig = Rig()
+    callback = rig.client.prepare(signature("count"))
+    member = signature("count", 1).with_changes(
+        group_uuid="group_missing", group_task_count=1, chord_callback=callback
+    )
+    sent = rig.client.send(member)
+    with capture_logs() as logs:
+        assert rig.serve() == EXIT_OK
+    assert rig.state(sent.task_id) is State.SUCCESS
+    failed = [entry for entry in logs if entry["event"] == "chord_failed"]
+    assert [entry["group"] for entry in failed] == ["group_missing"]
+    assert "group metadata is missing" in failed[0]["error"]
+    assert rig.state(callback.uuid) is None  # never sent
