@@ -1,11 +1,9 @@
 """The AMQP (RabbitMQ) result backend: every record is a queue holding its newest message.
 
 Not machinery's layout: machinery keeps a queue per task and *consumes* states to read them,
-so two reads of a task give different answers. Correctness wins over compatibility here, and
-machinery's readers get copies: on a direct exchange each state but PENDING is also published
-to ``amqp.exchange`` with the task id as routing key, after its record is written, which
-reaches the queue named by the task id that machinery's AMQP backend declares (its producer's
-PENDING write, or its first read) and is dropped by the exchange where none was declared.
+so two reads of a task give different answers. Correctness wins over compatibility here;
+machinery's readers get copies of the states, and Go producers' chords (whose groups
+machinery's backend keeps no metadata for) fire, through ``taskd.backends.amqp_machinery``.
 
 - A record (``<exchange>.state.<task id>``, ``<exchange>.group.<group id>``) is a durable
   queue declared with ``x-max-length: 1`` and ``x-overflow: drop-head``, so a publish
@@ -40,7 +38,7 @@ from dataclasses import replace
 from typing import Any, Self, TypeVar
 
 from taskd.amqplink import Link, connection_parameters
-from taskd.backends import amqp_board
+from taskd.backends import amqp_board, amqp_machinery
 from taskd.backends.amqp_records import Held, Inbox, RecordSession, Seen, Write, deliver
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
@@ -84,9 +82,11 @@ class AMQPBackend(ResultBackend):
         self._board_arguments = {
             name: value for name, value in self._record_arguments.items() if name != "x-message-ttl"
         }
-        self._posting = threading.Lock()  # one post at a time holds the connection's lock
-        direct = config.amqp.exchange_type == "direct"  # the only type routing by task id
+        self._posting = threading.Lock()  # one lock holder at a time (amqp_board.locked)
+        # machinery's own queues (amqp_machinery): routed by id, so on a direct exchange only
+        direct = config.amqp.exchange_type == "direct"
         self._machinery_exchange = config.amqp.exchange if direct else ""
+        self._machinery_arguments = {"x-message-ttl": expire_ms, "x-expires": expire_ms}
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -227,21 +227,9 @@ class AMQPBackend(ResultBackend):
 
         def store(session: RecordSession) -> None:
             self._put_all(session, writes)
-            self._copy_for_machinery(session, copies)
+            amqp_machinery.copy_states(self, session, copies)  # after the records
 
         self._call(store, about)
-
-    def _copy_for_machinery(self, session: RecordSession, states: list[tuple[str, bytes]]) -> None:
-        """Each (task id, state) to machinery's readers (see the module's docstring): not
-        mandatory, so a state nobody declared a queue for is dropped, not an error."""
-        if not self._machinery_exchange or not states:
-            return
-        channel = session.writing()
-        if not session.exchange_declared:
-            channel.exchange_declare(self._machinery_exchange, "direct", durable=True)
-            session.exchange_declared = True
-        for task_id, body in states:
-            channel.basic_publish(self._machinery_exchange, task_id, body, self._properties)
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         if not task_ids:
@@ -369,6 +357,11 @@ class AMQPBackend(ResultBackend):
 
         with contextlib.suppress(DriverError):  # the connection is gone: so is the hold
             self._call(close, group_id)
+
+    def gather_group(
+        self, group_id: str, task_count: int, finished: TaskState, claimant: str
+    ) -> list[TaskState] | None:
+        return amqp_machinery.gather(self, group_id, task_count, finished, claimant)
 
     # -- boards ---------------------------------------------------------------------------
 

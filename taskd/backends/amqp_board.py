@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from taskd.backends import board_json
@@ -45,11 +45,18 @@ def post(
 ) -> None:
     """``ResultBackend.post``: lock, merge from the copy, write copy and board, unlock."""
     record, about = backend._name("board", board), f"board {board}"
-    lock = record + ".lock"
+    with locked(backend, record + ".lock", about) as session:
+        _merge(backend, session, record, entries, ttl_s, board)
+
+
+@contextlib.contextmanager
+def locked(backend: AMQPBackend, lock: str, about: str) -> Iterator[RecordSession]:
+    """Hold the exclusive queue ``lock``: one connection, and one thread of this process, at
+    a time. Yields the session holding it; a write after a reconnect must not trust it."""
     with backend._posting:  # the lock belongs to the connection, which this process shares
         session = _lock(backend, lock, about)
         try:
-            _merge(backend, session, record, entries, ttl_s, board)
+            yield session
         finally:
             _unlock(backend, session, lock, about)
 

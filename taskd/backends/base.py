@@ -58,6 +58,17 @@ class ResultBackend(ABC):
         reply was lost, or whose worker died before sending the callback, is not spent.
         """
 
+    def gather_group(
+        self, group_id: str, task_count: int, finished: TaskState, claimant: str
+    ) -> list[TaskState] | None:
+        """For a chord whose group has no metadata here, as a machinery producer leaves one
+        on a backend that stores none (machinery's AMQP backend): count ``finished``, a
+        member's success, towards the group's ``task_count``. The members' states, once the
+        group is done, for one ``claimant`` only (again for it if it asks again, as
+        ``claim_chord``); None for the others. BackendError where the driver has no such
+        groups: their metadata expired."""
+        raise BackendError(self.driver, "group metadata is missing or expired", group_id)
+
     @abstractmethod
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         """Pin ``entries`` on the shared ``board``, each kept ``ttl_s`` seconds from now.

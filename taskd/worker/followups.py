@@ -54,7 +54,7 @@ def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) 
         retry = outcome.retry
         return FollowUp(again=retry if retry.routing_key else retry.with_changes(routing_key=queue))
     if outcome.kind is Kind.SUCCEEDED:
-        chord = _chord(chord_after_success, backend, sig)
+        chord = _chord(chord_after_success, backend, sig, outcome.results)
         return FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
     now = GoTime.now()
     chord = _chord(chord_after_failure, backend, sig, outcome.error, now)
@@ -109,22 +109,29 @@ def on_error(callbacks: Sequence[Signature], error: str) -> list[Signature]:
     return [cb.with_changes(args=(Arg("string", error), *(cb.args or ()))) for cb in callbacks]
 
 
-def chord_after_success(backend: ResultBackend, sig: Signature) -> FollowUp:
+def chord_after_success(
+    backend: ResultBackend, sig: Signature, results: Sequence[TaskResult]
+) -> FollowUp:
     """A member succeeded: when every member has, the first to claim sends the callback."""
     callback = sig.chord_callback
     if callback is None or not sig.group_uuid:
         return FollowUp()
     group = backend.get_group(sig.group_uuid)
-    if group is None:  # expired, or never stored: machinery's AMQP backend stores none
-        raise BackendError(backend.driver, "group metadata is missing or expired", sig.group_uuid)
-    states = backend.get_states(group.task_uuids)
-    if not all(state is not None and state.state is State.SUCCESS for state in states):
-        return FollowUp()  # not finished yet, or a member failed and has fired the error path
-    if not backend.claim_chord(sig.group_uuid, sig.uuid):
-        return FollowUp()
+    if group is None:  # expired, or a machinery producer's on a backend storing none
+        finished = TaskState(sig.uuid, State.SUCCESS, task_name=sig.name, results=tuple(results))
+        gathered = backend.gather_group(sig.group_uuid, sig.group_task_count, finished, sig.uuid)
+        if gathered is None:
+            return FollowUp()
+        states: Sequence[TaskState | None] = gathered
+    else:
+        states = backend.get_states(group.task_uuids)
+        if not all(state is not None and state.state is State.SUCCESS for state in states):
+            return FollowUp()  # not finished yet, or a member failed and fired the error path
+        if not backend.claim_chord(sig.group_uuid, sig.uuid):
+            return FollowUp()
     if not callback.immutable:
-        results = [result for state in states if state for result in state.results or ()]
-        callback = callback.with_changes(args=(*(callback.args or ()), *_as_args(results)))
+        appended = [result for state in states if state for result in state.results or ()]
+        callback = callback.with_changes(args=(*(callback.args or ()), *_as_args(appended)))
     return FollowUp(send=(callback,))
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from taskd.backends import ResultBackend, open_backend
-from taskd.errors import BackendUnavailable
-from taskd.wire import GoTime, GroupMeta, State, TaskState, new_id
+from taskd.errors import BackendError, BackendUnavailable
+from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState, new_id
 from tests.support.harness import AMQP_URL, declare_machinery_state_queue, wait_until
 
 
@@ -164,3 +164,73 @@ def test_no_copies_where_the_exchange_does_not_route_by_task_id(
         assert raw_channel.queue_declare(bound, passive=True).method.message_count == 0
     finally:
         raw_channel.queue_delete(bound)
+
+
+def member_success(task_id: str, value: int) -> TaskState:
+    return TaskState(task_id, State.SUCCESS, task_name="add", results=(TaskResult("int64", value),))
+
+
+def test_a_group_without_metadata_is_gathered_once_for_the_member_that_completes_it(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """machinery's producers store no group metadata on this backend: its members' states
+    are counted in machinery's queue named by the group, as machinery's workers count them."""
+    backend = open_amqp()
+    group_id = new_id("group")
+    members = [new_id() for _ in range(3)]
+    try:
+        assert backend.gather_group(group_id, 3, member_success(members[0], 1), members[0]) is None
+        assert backend.gather_group(group_id, 3, member_success(members[1], 2), members[1]) is None
+        last = member_success(members[2], 3)
+        gathered = backend.gather_group(group_id, 3, last, members[2])
+        assert gathered is not None
+        assert [(s.task_uuid, s.python_results()) for s in gathered] == [
+            (members[0], [1]), (members[1], [2]), (members[2], [3]),
+        ]  # fmt: skip
+        assert raw_channel.queue_declare(group_id, passive=True).method.message_count == 0
+        # Delivered again: the claimant gets the same states; another member, nothing.
+        assert backend.gather_group(group_id, 3, last, members[2]) == gathered
+        again = member_success(members[0], 1)
+        assert backend.gather_group(group_id, 3, again, members[0]) is None
+    finally:
+        raw_channel.queue_delete(group_id)
+
+
+def test_a_member_counted_twice_does_not_complete_the_group_early(
+    open_amqp: Callable[..., ResultBackend], raw_channel: Any
+) -> None:
+    backend = open_amqp()
+    group_id, first, second = new_id("group"), new_id(), new_id()
+    try:
+        for _ in range(2):  # delivered again after it counted itself
+            assert backend.gather_group(group_id, 2, member_success(first, 1), first) is None
+        gathered = backend.gather_group(group_id, 2, member_success(second, 2), second)
+        assert gathered is not None
+        assert [state.task_uuid for state in gathered] == [first, second]
+    finally:
+        raw_channel.queue_delete(group_id)
+
+
+def test_a_go_worker_s_member_state_counts_towards_the_group(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """As machinery's worker writes it (markTaskCompleted): no name, a zero CreatedAt."""
+    backend = open_amqp()
+    group_id, by_go, by_taskd = new_id("group"), new_id(), new_id()
+    declare_machinery_state_queue(raw_channel, amqp_namespace, group_id)
+    try:
+        go_state = b'{"TaskUUID":"%s","TaskName":"","State":"SUCCESS","Results":[{"Type":"int64","Value":5}],"Error":"","CreatedAt":"0001-01-01T00:00:00Z","TTL":0}'  # noqa: E501
+        raw_channel.basic_publish(amqp_namespace, group_id, go_state % by_go.encode())
+        gathered = backend.gather_group(group_id, 2, member_success(by_taskd, 2), by_taskd)
+        assert gathered is not None
+        assert [s.python_results() for s in gathered] == [[5], [2]]
+    finally:
+        raw_channel.queue_delete(group_id)
+
+
+def test_groups_without_metadata_need_a_direct_exchange(
+    open_amqp: Callable[..., ResultBackend],
+) -> None:
+    backend = open_amqp(amqp={"exchange_type": "fanout"})
+    with pytest.raises(BackendError, match="group metadata is missing"):
+        backend.gather_group(new_id("group"), 1, member_success(new_id(), 1), "task_x")

@@ -18,7 +18,15 @@ import pytest
 
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
-from taskd.wire import GoTime, State, TaskState, decode_signature, decode_state, new_id
+from taskd.wire import (
+    GoTime,
+    Signature,
+    State,
+    TaskState,
+    decode_signature,
+    decode_state,
+    new_id,
+)
 from tests.support.harness import (
     AMQP_URL,
     GO_FIELDS,
@@ -264,6 +272,61 @@ def test_a_go_producer_on_machinery_s_amqp_backend_reads_the_result(
     assert (read[-1].state, read[-1].python_results()) == (State.SUCCESS, [5])
     for _ in range(2):
         assert client.result(task_id).wait(10) == read[-1]
+    client.close()
+
+
+def test_a_go_producer_s_chord_on_machinery_s_amqp_backend_fires_once(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """machinery's SendChord on its AMQP backend stores no group metadata: the members carry
+    the group's id and size, and the callback, which fires once with both results."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    config, client = client_for("amqp", namespace, tmp_path)  # AMQP broker and results
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    group_id, callback_id = new_id("group"), new_id("chord")
+    callback = Signature("add", uuid=callback_id)  # as NewChord leaves it: no routing key yet
+    members = [
+        signature("add", n, n).with_changes(
+            uuid=new_id(),
+            routing_key=binding_key,
+            headers={},
+            group_uuid=group_id,
+            group_task_count=2,
+            chord_callback=callback,
+        )
+        for n in (1, 2)
+    ]
+    with amqp_connection() as connection:
+        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
+        channel = connection.channel()
+        try:
+            declare_machinery_state_queue(channel, namespace, callback_id)  # its reader's
+            for member in members:
+                go_publish(connection, namespace, binding_key, member.encode())
+            read: list[TaskState] = []
+
+            def completed() -> bool:
+                method, _properties, body = channel.basic_get(callback_id, auto_ack=True)
+                if method is not None:
+                    read.append(decode_state(body))
+                return bool(read) and read[-1].is_completed
+
+            wait_until(completed, 20, 0.05, "machinery's reader to find the callback completed")
+        finally:
+            for queue in (callback_id, group_id):
+                with contextlib.suppress(Exception):
+                    connection.channel().queue_delete(queue)
+    assert (read[-1].state, read[-1].python_results()) == (State.SUCCESS, [6])  # add(2, 4)
+    assert client.result(callback_id).wait(10).python_results() == [6]
+
+    def logged() -> list[dict[str, Any]] | None:
+        events = process.events("task_succeeded")
+        return events if len(events) >= 3 else None
+
+    ran = [event["task_id"] for event in wait_until(logged, 10, what="the three tasks logged")]
+    assert sorted(ran) == sorted([*(member.uuid for member in members), callback_id])
     client.close()
 
 

@@ -1,0 +1,140 @@
+"""What machinery's own AMQP result backend reads, kept up by taskd's AMQP backend.
+
+machinery keeps a queue per task, named by its id and bound to ``amqp.exchange`` by it, and
+reads a state by consuming one message (its producer declares the queue when it records
+PENDING). taskd's records stay its own (``taskd.backends.amqp``); ``copy_states`` publishes
+each state after PENDING to that exchange with the task id as routing key, which reaches such
+a queue where a machinery program declared one, and is dropped by the exchange elsewhere.
+
+machinery's backend also stores no group metadata (its InitGroup does nothing): each member's
+final state goes to a queue named by the group id, bound the same way, and the group is done
+once that queue holds as many states as the group has members. ``gather`` takes part in that
+for a chord whose group has no metadata here (a Go producer's), with two guards machinery
+lacks: a member counts once however often it published (one delivered again publishes
+again), and the claimant and the states it gathered are recorded
+(``<exchange>.chord.<group id>.gathered``) before they leave the queue, so a claimant that dies
+before sending the callback sends it when its task is delivered again. Members take turns on
+an exclusive queue (``amqp_board.locked``), so the last of them sees every state, and read the
+group's queue with basic.get, which, unlike a consumer, does not set off its auto-delete.
+
+Both need a direct exchange, the one type that routes by id.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from taskd.backends.amqp_board import locked
+from taskd.backends.amqp_records import RecordSession, Write
+from taskd.errors import BackendError, BackendUnavailable, DecodeError
+from taskd.wire import TaskState, decode_state
+
+if TYPE_CHECKING:
+    from taskd.backends.amqp import AMQPBackend
+
+NOT_FOUND = 404  # AMQP reply code: no such queue (it also closes the channel)
+
+
+def copy_states(
+    backend: AMQPBackend, session: RecordSession, states: Sequence[tuple[str, bytes]]
+) -> None:
+    """Each (task id, encoded state), none PENDING, to machinery's readers: not mandatory,
+    so a state nobody declared a queue for is dropped, not an error."""
+    if backend._machinery_exchange and states:
+        channel = _channel(backend, session)
+        for task_id, body in states:
+            channel.basic_publish(backend._machinery_exchange, task_id, body, backend._properties)
+
+
+def gather(
+    backend: AMQPBackend, group_id: str, task_count: int, finished: TaskState, claimant: str
+) -> list[TaskState] | None:
+    """``ResultBackend.gather_group``: machinery's protocol, as the module says."""
+    if not backend._machinery_exchange:
+        raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
+    record = backend._name("chord", group_id) + ".gathered"
+    with locked(backend, record + ".lock", group_id) as session:
+        raw = backend._read([record], group_id)[record]
+        if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
+            recorded = orjson.loads(raw)
+            if recorded["claimant"] != claimant:
+                return None
+            return [decode_state(text) for text in recorded["states"]]
+        step = functools.partial(_publish_and_gather, backend, session, group_id, task_count)
+        return backend._call(lambda current: step(current, finished, claimant, record), group_id)
+
+
+def _publish_and_gather(
+    backend: AMQPBackend,
+    session: RecordSession,
+    group_id: str,
+    task_count: int,
+    current: RecordSession,
+    finished: TaskState,
+    claimant: str,
+    record: str,
+) -> list[TaskState] | None:
+    if current is not session:  # reconnected: the lock went with the old connection
+        raise BackendUnavailable(backend.driver, "connection lost holding the lock", group_id)
+    channel = _group_queue(backend, current, group_id)
+    exchange = backend._machinery_exchange
+    channel.basic_publish(
+        exchange, group_id, finished.encode(), backend._properties, mandatory=True
+    )
+    count = channel.queue_declare(group_id, passive=True).method.message_count
+    if count < task_count:
+        return None
+    reader = current.connection.channel()  # closing it hands back whatever it did not ack
+    try:
+        last_tag, states = 0, {}
+        for _ in range(count):
+            method, _properties, body = reader.basic_get(group_id, auto_ack=False)
+            if method is None:
+                break
+            last_tag = method.delivery_tag
+            try:
+                state = decode_state(body)
+            except DecodeError:
+                continue  # not a state: not counted
+            states.setdefault(state.task_uuid, state)
+        if len(states) < task_count:
+            return None  # a member counted twice: the missing one gathers when it ends
+        gathered = list(states.values())
+        texts = [state.encode().decode() for state in gathered]
+        body = orjson.dumps({"claimant": claimant, "states": texts})
+        backend._put(current, Write(record, body, backend._record_arguments, True))
+        reader.basic_ack(last_tag, multiple=True)  # recorded first: a death between is safe
+        return gathered
+    finally:
+        reader.close()
+
+
+def _channel(backend: AMQPBackend, session: RecordSession) -> Any:
+    """The session's confirmed channel, the exchange declared on its connection."""
+    channel = session.writing()
+    if not session.exchange_declared:
+        channel.exchange_declare(backend._machinery_exchange, "direct", durable=True)
+        session.exchange_declared = True
+    return channel
+
+
+def _group_queue(backend: AMQPBackend, session: RecordSession, group_id: str) -> Any:
+    """A channel, the group's queue there: as machinery's workers declare it, where none is."""
+    import pika.exceptions
+
+    channel = _channel(backend, session)
+    try:
+        channel.queue_declare(group_id, passive=True)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != NOT_FOUND:
+            raise
+    channel = _channel(backend, session)  # the 404 closed the last one
+    arguments = backend._machinery_arguments
+    channel.queue_declare(group_id, durable=False, auto_delete=True, arguments=arguments)
+    channel.queue_bind(group_id, backend._machinery_exchange, routing_key=group_id)
+    return channel
