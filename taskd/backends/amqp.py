@@ -87,6 +87,7 @@ class AMQPBackend(ResultBackend):
         direct = config.amqp.exchange_type == "direct"
         self._machinery_exchange = config.amqp.exchange if direct else ""
         self._machinery_arguments = {"x-message-ttl": expire_ms, "x-expires": expire_ms}
+        self._machinery_watched: dict[str, None] = {}  # tasks machinery programs read, oldest first
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -362,6 +363,11 @@ class AMQPBackend(ResultBackend):
         self, group_id: str, task_count: int, finished: TaskState, claimant: str
     ) -> list[TaskState] | None:
         return amqp_machinery.gather(self, group_id, task_count, finished, claimant)
+
+    def follow_readers(self, task_id: str, follow_ups: Sequence[str]) -> None:
+        if task_id in self._machinery_watched:
+            follow = functools.partial(amqp_machinery.follow_readers, self)
+            self._call(lambda session: follow(session, task_id, follow_ups), task_id)
 
     # -- boards ---------------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ machinery keeps a queue per task, named by its id and bound to ``amqp.exchange``
 reads a state by consuming one message (its producer declares the queue when it records
 PENDING). taskd's records stay its own (``taskd.backends.amqp``); ``copy_states`` publishes
 each state after PENDING to that exchange with the task id as routing key, which reaches such
-a queue where a machinery program declared one, and is dropped by the exchange elsewhere.
+a queue where a machinery program declared one, and comes back unroutable elsewhere. A task
+whose copy reached a queue is watched: ``follow_readers`` declares the queues of what it sets
+off (its chain's next link, its chord's callback) before they are sent, as machinery's
+workers do, since its reader declares them only when it gets to them, maybe after they ran.
 
 machinery's backend also stores no group metadata (its InitGroup does nothing): each member's
 final state goes to a queue named by the group id, bound the same way, and the group is done
@@ -37,17 +40,43 @@ if TYPE_CHECKING:
     from taskd.backends.amqp import AMQPBackend
 
 NOT_FOUND = 404  # AMQP reply code: no such queue (it also closes the channel)
+WATCHED_LIMIT = 4096  # tasks known to have a machinery reader, newest kept
 
 
 def copy_states(
     backend: AMQPBackend, session: RecordSession, states: Sequence[tuple[str, bytes]]
 ) -> None:
-    """Each (task id, encoded state), none PENDING, to machinery's readers: not mandatory,
-    so a state nobody declared a queue for is dropped, not an error."""
-    if backend._machinery_exchange and states:
-        channel = _channel(backend, session)
-        for task_id, body in states:
-            channel.basic_publish(backend._machinery_exchange, task_id, body, backend._properties)
+    """Each (task id, encoded state), none PENDING, to machinery's readers. A state nobody
+    declared a queue for comes back unroutable and is dropped; one that reached a queue
+    marks its task as watched, for ``follow_readers``."""
+    import pika.exceptions
+
+    if not backend._machinery_exchange or not states:
+        return
+    channel = _channel(backend, session)
+    for task_id, body in states:
+        try:
+            channel.basic_publish(
+                backend._machinery_exchange, task_id, body, backend._properties, mandatory=True
+            )
+        except pika.exceptions.UnroutableError:
+            continue
+        watched = backend._machinery_watched
+        watched[task_id] = None
+        if len(watched) > WATCHED_LIMIT:
+            del watched[next(iter(watched))]  # the oldest
+
+
+def follow_readers(
+    backend: AMQPBackend, session: RecordSession, task_id: str, follow_ups: Sequence[str]
+) -> None:
+    """``ResultBackend.follow_readers``: where a machinery program reads ``task_id``, each
+    follow-up's queue is declared now, as machinery's SendTask declares it, so that states
+    written before the program's first read of it wait there instead of being dropped."""
+    if task_id in backend._machinery_watched:
+        for follow_up in follow_ups:
+            _declared(backend, session, follow_up)
+            backend._machinery_watched[follow_up] = None
 
 
 def gather(
@@ -80,7 +109,7 @@ def _publish_and_gather(
 ) -> list[TaskState] | None:
     if current is not session:  # reconnected: the lock went with the old connection
         raise BackendUnavailable(backend.driver, "connection lost holding the lock", group_id)
-    channel = _group_queue(backend, current, group_id)
+    channel = _declared(backend, current, group_id)
     exchange = backend._machinery_exchange
     channel.basic_publish(
         exchange, group_id, finished.encode(), backend._properties, mandatory=True
@@ -122,19 +151,20 @@ def _channel(backend: AMQPBackend, session: RecordSession) -> Any:
     return channel
 
 
-def _group_queue(backend: AMQPBackend, session: RecordSession, group_id: str) -> Any:
-    """A channel, the group's queue there: as machinery's workers declare it, where none is."""
+def _declared(backend: AMQPBackend, session: RecordSession, queue: str) -> Any:
+    """A channel, and machinery's queue for a task or group there: declared and bound as
+    machinery declares it, unless it exists (as a machinery program declared it)."""
     import pika.exceptions
 
     channel = _channel(backend, session)
     try:
-        channel.queue_declare(group_id, passive=True)
+        channel.queue_declare(queue, passive=True)
         return channel
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != NOT_FOUND:
             raise
     channel = _channel(backend, session)  # the 404 closed the last one
     arguments = backend._machinery_arguments
-    channel.queue_declare(group_id, durable=False, auto_delete=True, arguments=arguments)
-    channel.queue_bind(group_id, backend._machinery_exchange, routing_key=group_id)
+    channel.queue_declare(queue, durable=False, auto_delete=True, arguments=arguments)
+    channel.queue_bind(queue, backend._machinery_exchange, routing_key=queue)
     return channel

@@ -69,6 +69,14 @@ class ResultBackend(ABC):
         groups: their metadata expired."""
         raise BackendError(self.driver, "group metadata is missing or expired", group_id)
 
+    def follow_readers(self, task_id: str, follow_ups: Sequence[str]) -> None:
+        """Readers of ``task_id``'s states will read those of ``follow_ups`` too (the tasks
+        it sets off: its chain's next link, its chord's callback), before they are sent. A
+        driver whose readers need something for that does it here (machinery's readers on
+        the AMQP backend, whose queues must exist before a state reaches them); for the
+        others every state is readable by anyone, and there is nothing to do."""
+        return None
+
     @abstractmethod
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         """Pin ``entries`` on the shared ``board``, each kept ``ttl_s`` seconds from now.

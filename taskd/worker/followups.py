@@ -55,14 +55,25 @@ def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) 
         return FollowUp(again=retry if retry.routing_key else retry.with_changes(routing_key=queue))
     if outcome.kind is Kind.SUCCEEDED:
         chord = _chord(chord_after_success, backend, sig, outcome.results)
-        return FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
+        return _readable(
+            backend, sig, FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
+        )
     now = GoTime.now()
     chord = _chord(chord_after_failure, backend, sig, outcome.error, now)
     stopped = never_to_run(sig, f"chain stopped: {sig.uuid} failed: {outcome.error}", now)
-    return FollowUp(
+    follow = FollowUp(
         send=(*on_error(sig.on_error or (), outcome.error), *chord.send),
         record=(*chord.record, *stopped),
     )
+    return _readable(backend, sig, follow)
+
+
+def _readable(backend: ResultBackend, sig: Signature, follow: FollowUp) -> FollowUp:
+    """Whoever reads this task's states gets to read those of the tasks it sets off."""
+    ids = [sent.uuid for sent in follow.send if sent.uuid]
+    if ids:
+        backend.follow_readers(sig.uuid, ids)
+    return follow
 
 
 def _chord(

@@ -234,3 +234,31 @@ def test_groups_without_metadata_need_a_direct_exchange(
     backend = open_amqp(amqp={"exchange_type": "fanout"})
     with pytest.raises(BackendError, match="group metadata is missing"):
         backend.gather_group(new_id("group"), 1, member_success(new_id(), 1), "task_x")
+
+
+def test_what_a_watched_task_sets_off_gets_a_queue_before_it_is_sent(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """A machinery reader declares a chain's next link's queue only once it gets to it, maybe
+    after the link ran: machinery's workers declare it first, and so does taskd, for the
+    tasks a machinery program reads (those whose states reached its queue)."""
+    import pika.exceptions
+
+    backend = open_amqp()
+    watched, unwatched, next_link, not_read = (new_id() for _ in range(4))
+    declare_machinery_state_queue(raw_channel, amqp_namespace, watched)
+    try:
+        for task_id in (watched, unwatched):
+            backend.set_state(member_success(task_id, 1))
+            backend.follow_readers(task_id, [next_link if task_id == watched else not_read])
+        assert raw_channel.queue_declare(next_link, passive=True).method.message_count == 0
+        backend.set_state(member_success(next_link, 2))  # before its reader's first look
+        method, _properties, body = raw_channel.basic_get(next_link, auto_ack=True)
+        assert method is not None and body == member_success(next_link, 2).encode()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            raw_channel.queue_declare(not_read, passive=True)
+        assert refused.value.reply_code == 404
+    finally:
+        channel = raw_channel.connection.channel()
+        for queue in (watched, next_link):
+            channel.queue_delete(queue)

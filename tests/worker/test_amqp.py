@@ -19,6 +19,7 @@ import pytest
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
 from taskd.wire import (
+    Arg,
     GoTime,
     Signature,
     State,
@@ -94,6 +95,22 @@ def go_publish(connection: Any, exchange: str, routing_key: str, body: bytes) ->
     properties = pika.BasicProperties(content_type="application/json", delivery_mode=2, headers={})
     channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
     channel.close()
+
+
+def machinery_get(channel: Any, exchange: str, task_id: str) -> list[TaskState]:
+    """machinery's AsyncResult.Get on its AMQP backend: GetState declares the task's queue and
+    consumes one state, again until one is completed. Every state read, in order."""
+    declare_machinery_state_queue(channel, exchange, task_id)
+    read: list[TaskState] = []
+
+    def completed() -> bool:
+        method, _properties, body = channel.basic_get(task_id, auto_ack=True)
+        if method is not None:
+            read.append(decode_state(body))
+        return bool(read) and read[-1].is_completed
+
+    wait_until(completed, 20, 0.05, f"machinery's reader to find {task_id} completed")
+    return read
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -255,15 +272,7 @@ def test_a_go_producer_on_machinery_s_amqp_backend_reads_the_result(
                 binding_key,
                 go_message(task_id, "add", int_args, binding_key),
             )
-            read: list[TaskState] = []
-
-            def completed() -> bool:  # machinery's AsyncResult.Get: GetState until completed
-                method, _properties, body = channel.basic_get(task_id, auto_ack=True)
-                if method is not None:
-                    read.append(decode_state(body))
-                return bool(read) and read[-1].is_completed
-
-            wait_until(completed, 20, 0.05, "machinery's reader to find the task completed")
+            read = machinery_get(channel, namespace, task_id)
         finally:
             with contextlib.suppress(Exception):
                 connection.channel().queue_delete(task_id)
@@ -302,24 +311,20 @@ def test_a_go_producer_s_chord_on_machinery_s_amqp_backend_fires_once(
         wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
         channel = connection.channel()
         try:
-            declare_machinery_state_queue(channel, namespace, callback_id)  # its reader's
-            for member in members:
+            for member in members:  # SendGroup: each recorded PENDING, then published
+                declare_machinery_state_queue(channel, namespace, member.uuid)
                 go_publish(connection, namespace, binding_key, member.encode())
-            read: list[TaskState] = []
-
-            def completed() -> bool:
-                method, _properties, body = channel.basic_get(callback_id, auto_ack=True)
-                if method is not None:
-                    read.append(decode_state(body))
-                return bool(read) and read[-1].is_completed
-
-            wait_until(completed, 20, 0.05, "machinery's reader to find the callback completed")
+            # ChordAsyncResult.Get: the members, then the callback (which has run by then).
+            for member, n in zip(members, (1, 2), strict=True):
+                read = machinery_get(channel, namespace, member.uuid)
+                assert read[-1].python_results() == [2 * n]  # add(n, n)
+            assert client.result(callback_id).wait(20).python_results() == [6]  # add(2, 4)
+            read = machinery_get(channel, namespace, callback_id)
         finally:
-            for queue in (callback_id, group_id):
+            for queue in (callback_id, group_id, *(member.uuid for member in members)):
                 with contextlib.suppress(Exception):
                     connection.channel().queue_delete(queue)
-    assert (read[-1].state, read[-1].python_results()) == (State.SUCCESS, [6])  # add(2, 4)
-    assert client.result(callback_id).wait(10).python_results() == [6]
+    assert (read[-1].state, read[-1].python_results()) == (State.SUCCESS, [6])
 
     def logged() -> list[dict[str, Any]] | None:
         events = process.events("task_succeeded")
@@ -327,6 +332,36 @@ def test_a_go_producer_s_chord_on_machinery_s_amqp_backend_fires_once(
 
     ran = [event["task_id"] for event in wait_until(logged, 10, what="the three tasks logged")]
     assert sorted(ran) == sorted([*(member.uuid for member in members), callback_id])
+    client.close()
+
+
+def test_a_go_producer_on_machinery_s_amqp_backend_reads_a_chain_link_by_link(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """machinery's ChainAsyncResult.Get reads each link in turn, and its GetState declares a
+    link's queue only when it gets to it: here after the last link has run already."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    config, client = client_for("amqp", namespace, tmp_path)  # AMQP broker and results
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    last = Signature("multiply", uuid=new_id(), args=(Arg("int64", 4),))  # as NewChain makes
+    head = signature("add", 1, 2).with_changes(
+        uuid=new_id(), routing_key=binding_key, headers={}, on_success=(last,)
+    )
+    with amqp_connection() as connection:
+        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
+        channel = connection.channel()
+        try:
+            declare_machinery_state_queue(channel, namespace, head.uuid)  # SetStatePending
+            go_publish(connection, namespace, binding_key, head.encode())
+            assert machinery_get(channel, namespace, head.uuid)[-1].python_results() == [3]
+            assert client.result(last.uuid).wait(20).state is State.SUCCESS  # ran already
+            assert machinery_get(channel, namespace, last.uuid)[-1].python_results() == [12]
+        finally:
+            for queue in (head.uuid, last.uuid):
+                with contextlib.suppress(Exception):
+                    connection.channel().queue_delete(queue)
     client.close()
 
 
