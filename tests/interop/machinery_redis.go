@@ -391,6 +391,7 @@ func work(addr, queue, delayedKey string, count int, timeout time.Duration, expi
 		fmt.Println(string(mustMarshal(map[string]interface{}{
 			"id": s.UUID, "identical": identical, "routing_key": s.RoutingKey,
 			"eta_unix": eta, "ran_unix": ranAt, "result": sum,
+			"on_success": len(s.OnSuccess), "chord_callback": s.ChordCallback != nil,
 		})))
 		done++
 	}

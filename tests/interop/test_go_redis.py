@@ -154,3 +154,34 @@ def test_what_taskctl_sends_a_go_worker_runs(
         for _ in range(2):
             result = taskctl(tmp_path, config, "result", task_id)
             assert (result.returncode, result.stdout) == (0, printed), result.stderr
+
+
+def test_workflows_taskd_sends_decode_in_go_to_the_same_bytes(
+    go_machinery: Callable[..., str], redis_namespace: str, tmp_path: Path
+) -> None:
+    """A chain's head carries the next link nested in OnSuccess, a chord's members carry its
+    callback: Go decodes each message, nested signatures and all, and encodes it back to
+    the very bytes taskd sent."""
+    from taskd.client import Client, signature
+    from taskd.config import load_config
+    from taskd.workflows import chain, chord, group
+
+    data = config_data("redis", redis_namespace, tmp_path)
+    queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
+    client = Client(load_config(write_config(tmp_path, data)))
+    head = client.send_chain(chain(signature("add", 1, 2), signature("add", 3))).link_ids[0]
+    members = group(signature("add", 1, 1), signature("add", 2, 2))
+    client.send_chord(chord(members, signature("add")))
+    client.close()
+
+    ran = lines(
+        go_machinery(
+            "work", REDIS_ADDRESS, queue, delayed_key, "3", "30", str(TEST_RESULTS_EXPIRE_S)
+        )
+    )
+    assert all(run["identical"] for run in ran)
+    by_id = {run["id"]: run for run in ran}
+    assert (by_id[head]["on_success"], by_id[head]["result"]) == (1, 3)
+    member_ids = [member.uuid for member in members.members]
+    assert [by_id[i]["chord_callback"] for i in member_ids] == [True, True]
+    assert [by_id[i]["result"] for i in member_ids] == [2, 4]
