@@ -365,9 +365,9 @@ class AMQPBackend(ResultBackend):
         return amqp_machinery.gather(self, group_id, task_count, finished, claimant)
 
     def follow_readers(self, task_id: str, follow_ups: Sequence[str]) -> None:
-        if task_id in self._machinery_watched:
-            follow = functools.partial(amqp_machinery.follow_readers, self)
-            self._call(lambda session: follow(session, task_id, follow_ups), task_id)
+        if task_id in self._machinery_watched:  # else no machinery program reads it
+            declare = amqp_machinery.declare_queues
+            self._call(lambda session: declare(self, session, follow_ups), task_id)
 
     # -- boards ---------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ Both need a direct exchange, the one type that routes by id.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,16 +66,13 @@ def copy_states(
             del watched[next(iter(watched))]  # the oldest
 
 
-def follow_readers(
-    backend: AMQPBackend, session: RecordSession, task_id: str, follow_ups: Sequence[str]
-) -> None:
-    """``ResultBackend.follow_readers``: where a machinery program reads ``task_id``, each
-    follow-up's queue is declared now, as machinery's SendTask declares it, so that states
-    written before the program's first read of it wait there instead of being dropped."""
-    if task_id in backend._machinery_watched:
-        for follow_up in follow_ups:
-            _declared(backend, session, follow_up)
-            backend._machinery_watched[follow_up] = None
+def declare_queues(backend: AMQPBackend, session: RecordSession, task_ids: Sequence[str]) -> None:
+    """For the follow-ups of a watched task (``ResultBackend.follow_readers``): each task's
+    queue declared now, as machinery's SendTask declares it, so that states written before
+    its reader's first look wait there instead of being dropped; each task watched in turn."""
+    for task_id in task_ids:
+        _declared(backend, session, task_id)
+        backend._machinery_watched[task_id] = None
 
 
 def gather(
@@ -85,39 +81,45 @@ def gather(
     """``ResultBackend.gather_group``: machinery's protocol, as the module says."""
     if not backend._machinery_exchange:
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
-    record = backend._name("chord", group_id) + ".gathered"
-    with locked(backend, record + ".lock", group_id) as session:
-        raw = backend._read([record], group_id)[record]
+    claimed = backend._name("chord", group_id) + ".gathered"  # who claimed, what it gathered
+    with locked(backend, claimed + ".lock", group_id) as session:
+        raw = backend._read([claimed], group_id)[claimed]
         if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
             recorded = orjson.loads(raw)
             if recorded["claimant"] != claimant:
                 return None
             return [decode_state(text) for text in recorded["states"]]
-        step = functools.partial(_publish_and_gather, backend, session, group_id, task_count)
-        return backend._call(lambda current: step(current, finished, claimant, record), group_id)
+
+        def step(current: RecordSession) -> list[TaskState] | None:
+            if current is not session:  # reconnected: the lock went with the old connection
+                raise BackendUnavailable(
+                    backend.driver, "connection lost holding the lock", group_id
+                )
+            return _count_and_gather(
+                backend, current, group_id, task_count, finished, claimant, claimed
+            )
+
+        return backend._call(step, group_id)
 
 
-def _publish_and_gather(
+def _count_and_gather(
     backend: AMQPBackend,
     session: RecordSession,
     group_id: str,
     task_count: int,
-    current: RecordSession,
     finished: TaskState,
     claimant: str,
-    record: str,
+    claimed: str,
 ) -> list[TaskState] | None:
-    if current is not session:  # reconnected: the lock went with the old connection
-        raise BackendUnavailable(backend.driver, "connection lost holding the lock", group_id)
-    channel = _declared(backend, current, group_id)
-    exchange = backend._machinery_exchange
-    channel.basic_publish(
-        exchange, group_id, finished.encode(), backend._properties, mandatory=True
-    )
+    """Count ``finished`` in the group's queue; where the group is then done, record the
+    claim in ``claimed`` and take the states out of the queue: the states."""
+    channel = _declared(backend, session, group_id)
+    exchange, state = backend._machinery_exchange, finished.encode()
+    channel.basic_publish(exchange, group_id, state, backend._properties, mandatory=True)
     count = channel.queue_declare(group_id, passive=True).method.message_count
     if count < task_count:
         return None
-    reader = current.connection.channel()  # closing it hands back whatever it did not ack
+    reader = session.connection.channel()  # closing it hands back whatever it did not ack
     try:
         last_tag, states = 0, {}
         for _ in range(count):
@@ -126,17 +128,17 @@ def _publish_and_gather(
                 break
             last_tag = method.delivery_tag
             try:
-                state = decode_state(body)
+                member = decode_state(body)
             except DecodeError:
                 continue  # not a state: not counted
-            states.setdefault(state.task_uuid, state)
+            states.setdefault(member.task_uuid, member)
         if len(states) < task_count:
             return None  # a member counted twice: the missing one gathers when it ends
         gathered = list(states.values())
-        texts = [state.encode().decode() for state in gathered]
-        body = orjson.dumps({"claimant": claimant, "states": texts})
-        backend._put(current, Write(record, body, backend._record_arguments, True))
-        reader.basic_ack(last_tag, multiple=True)  # recorded first: a death between is safe
+        texts = [member.encode().decode() for member in gathered]
+        claim = orjson.dumps({"claimant": claimant, "states": texts})
+        backend._put(session, Write(claimed, claim, backend._record_arguments, True))
+        reader.basic_ack(last_tag, multiple=True)  # claimed first: a death between is safe
         return gathered
     finally:
         reader.close()
