@@ -83,21 +83,32 @@ class GoTime:
         return self.format()
 
 
-@functools.lru_cache(maxsize=4096)  # a task's CreatedAt is written with each of its states
 def _format(unix_ns: int, offset_s: int) -> str:
     seconds, nanos = divmod(unix_ns + offset_s * _NS_PER_S, _NS_PER_S)
-    local = _EPOCH.replace(tzinfo=None) + timedelta(seconds=seconds)
-    text = (
+    text = _date_and_time(seconds)
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + _zone(offset_s)
+
+
+# Every send and every batch a worker takes is stamped with the time: the times of one second
+# share their date and time of day, so only the fraction is formatted each time (0.6 µs, not 4).
+@functools.lru_cache(maxsize=256)
+def _date_and_time(local_seconds: int) -> str:
+    local = _EPOCH.replace(tzinfo=None) + timedelta(seconds=local_seconds)
+    return (
         f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
         f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
     )
-    if nanos:
-        text += "." + f"{nanos:09d}".rstrip("0")
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(offset_s: int) -> str:
     if offset_s == 0:
-        return text + "Z"
+        return "Z"
     sign = "+" if offset_s > 0 else "-"
     hours, minutes = divmod(abs(offset_s) // 60, 60)
-    return f"{text}{sign}{hours:02d}:{minutes:02d}"
+    return f"{sign}{hours:02d}:{minutes:02d}"
 
 
 # Go's zero time.Time, written for a CreatedAt nobody set.
