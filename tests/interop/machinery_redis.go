@@ -12,8 +12,8 @@
 // again: "identical" says whether Go writes back the very bytes taskd wrote.
 //
 //	machinery_redis send ADDR QUEUE DELAYED_KEY STAMP_PATH EXPIRE_S
-//	    sends add, sum_ints, concat, a chain, a chord and a stamp task with an ETA 1.5 s
-//	    ahead; prints one JSON object naming what it sent.
+//	    sends add, sum_ints, concat, a chain, a chord, a failing task and a stamp task with
+//	    an ETA 1.5 s ahead; prints one JSON object naming what it sent.
 //	machinery_redis states ADDR TASK_ID...
 //	    prints one JSON line per task: its state as Go reads it.
 //	machinery_redis group ADDR GROUP_ID
@@ -240,6 +240,9 @@ func (p *producer) sendChord(callback *Signature, members ...*Signature) (string
 	return groupID, callback.UUID
 }
 
+// What the fail task is sent to fail with: every character Go's encoder escapes or keeps raw.
+const failMessage = "it broke: <&> \"quoted\" \\ ünïcode \u2028 tab\t"
+
 func send(addr, queue, delayedKey, stampPath string, expireS int) {
 	p := &producer{dial(addr), queue, delayedKey, expireS}
 	int64s := func(values ...int64) []Arg {
@@ -262,6 +265,9 @@ func send(addr, queue, delayedKey, stampPath string, expireS int) {
 	sent["chain"] = p.sendChain(newSignature("add", int64s(1, 2)...), newSignature("multiply", int64s(4)...))
 	sent["group"], sent["chord"] = p.sendChord(
 		newSignature("add"), newSignature("add", int64s(1, 1)...), newSignature("add", int64s(2, 2)...))
+	failing := newSignature("fail", Arg{Type: "string", Value: failMessage})
+	p.sendTask(failing)
+	sent["fail"] = failing.UUID
 	eta := time.Now().UTC().Add(1500 * time.Millisecond)
 	later := newSignature("stamp", Arg{Type: "string", Value: stampPath})
 	later.ETA = &eta

@@ -79,9 +79,10 @@ def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
     tmp_path: Path,
     daemon: Callable[..., Daemon],
 ) -> None:
-    """add, sum_ints, concat, a chain, a chord and a task with an ETA, sent as machinery's
-    SendTask, SendChain and SendChord do; every state taskd stores reads back in Go, and Go
-    encodes it again to the very bytes taskd wrote."""
+    """add, sum_ints, concat, a chain, a chord, a failing task and a task with an ETA, sent
+    as machinery's SendTask, SendChain and SendChord do; every state taskd stores reads back
+    in Go, and Go encodes it again to the very bytes taskd wrote (the failure's error holds
+    every kind of character Go's encoder escapes)."""
     data = config_data("redis", redis_namespace, tmp_path, imports=[TEST_TASKS])
     queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
     process = daemon(write_config(tmp_path, data), "--concurrency", "2")
@@ -93,14 +94,17 @@ def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
         )
     )
     names = ["add", "sum_ints", "concat", "chain", "chord", "eta"]
-    ids = [sent[name] for name in names]
+    ids = [sent[name] for name in names] + [sent["fail"]]
 
     def all_final() -> list[dict[str, Any]] | None:
         states = lines(go_machinery("states", REDIS_ADDRESS, *ids))
         return states if all(state["state"] in FINAL for state in states) else None
 
     final = wait_until(all_final, 30, 0.1, "Go to read every task final")
-    states = dict(zip(names, final, strict=True))
+    *succeeded, failed = final
+    states = dict(zip(names, succeeded, strict=True))
+    assert (failed["state"], failed["identical"]) == ("FAILURE", True)
+    assert failed["error"] == 'it broke: <&> "quoted" \\ ünïcode \u2028 tab\t'
     for name, state in states.items():
         assert state["state"] == "SUCCESS", (name, state["error"])
         assert state["identical"], name
