@@ -79,7 +79,7 @@ def gather(
     backend: AMQPBackend, group_id: str, task_count: int, finished: TaskState, claimant: str
 ) -> list[TaskState] | None:
     """``ResultBackend.gather_group``: machinery's protocol, as the module says."""
-    if not backend._machinery_exchange:
+    if not backend._machinery_exchange or task_count < 1:  # nothing to count it against
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
     claimed = backend._name("chord", group_id) + ".gathered"  # who claimed, what it gathered
     with locked(backend, claimed + ".lock", group_id) as session:

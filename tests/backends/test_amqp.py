@@ -228,12 +228,16 @@ def test_a_go_worker_s_member_state_counts_towards_the_group(
         raw_channel.queue_delete(group_id)
 
 
-def test_groups_without_metadata_need_a_direct_exchange(
+def test_groups_without_metadata_need_a_direct_exchange_and_a_size(
     open_amqp: Callable[..., ResultBackend],
 ) -> None:
-    backend = open_amqp(amqp={"exchange_type": "fanout"})
+    """No routing by id, or no GroupTaskCount to count against (machinery's workers skip
+    such a member too): the chord cannot be followed, rather than fire after one member."""
+    fanout = open_amqp(amqp={"exchange_type": "fanout"})
     with pytest.raises(BackendError, match="group metadata is missing"):
-        backend.gather_group(new_id("group"), 1, member_success(new_id(), 1), "task_x")
+        fanout.gather_group(new_id("group"), 1, member_success(new_id(), 1), "task_x")
+    with pytest.raises(BackendError, match="group metadata is missing"):
+        open_amqp().gather_group(new_id("group"), 0, member_success(new_id(), 1), "task_x")
 
 
 def test_what_a_watched_task_sets_off_gets_a_queue_before_it_is_sent(
