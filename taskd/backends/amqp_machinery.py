@@ -52,6 +52,20 @@ def copy_states(
 
     if not backend._machinery_exchange or not states:
         return
+    try:
+        _publish_copies(backend, session, states)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != NOT_FOUND:
+            raise
+        session.exchange_declared = False  # deleted since it was declared: declared again
+        _publish_copies(backend, session, states)
+
+
+def _publish_copies(
+    backend: AMQPBackend, session: RecordSession, states: Sequence[tuple[str, bytes]]
+) -> None:
+    import pika.exceptions
+
     channel = _channel(backend, session)
     for task_id, body in states:
         try:

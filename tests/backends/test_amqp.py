@@ -266,3 +266,17 @@ def test_what_a_watched_task_sets_off_gets_a_queue_before_it_is_sent(
         channel = raw_channel.connection.channel()
         for queue in (watched, next_link):
             channel.queue_delete(queue)
+
+
+def test_copies_go_on_after_the_exchange_was_deleted(
+    open_amqp: Callable[..., ResultBackend], amqp_namespace: str, raw_channel: Any
+) -> None:
+    """Deleted by hand while the backend runs: the next write declares it again, instead of
+    failing every write on that connection."""
+    backend = open_amqp()
+    backend.set_state(member_success(new_id(), 1))
+    raw_channel.exchange_delete(amqp_namespace)
+    task_id = new_id()
+    backend.set_state(member_success(task_id, 2))
+    assert backend.get_state(task_id) == member_success(task_id, 2)
+    raw_channel.exchange_declare(amqp_namespace, "direct", durable=True, passive=True)
