@@ -23,6 +23,7 @@ from tests.support.harness import (
     PrivateRedis,
     config_data,
     delete_amqp_namespace,
+    delete_amqp_records,
     delete_namespace,
     delete_sqs_namespace,
     process_env,
@@ -57,14 +58,18 @@ def redis_namespace(redis_server: Any, namespace: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq() -> None:
-    """The real RabbitMQ on loopback; the run fails if it is not there."""
+def rabbitmq() -> Iterator[list[str]]:
+    """The real RabbitMQ on loopback; the run fails if it is not there. Yields the list of
+    namespaces this session's tests used, whose records are deleted at its end."""
     import pika
 
     try:
         pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
     except pika.exceptions.AMQPError as exc:
         pytest.fail(f"RabbitMQ must run on {AMQP_URL} for the tests (.ci/run starts it): {exc}")
+    used: list[str] = []
+    yield used
+    delete_amqp_records(used)
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +167,8 @@ def mongodb_namespace(mongodb: Any, namespace: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def amqp_namespace(rabbitmq: None, namespace: str) -> Iterator[str]:
+def amqp_namespace(rabbitmq: list[str], namespace: str) -> Iterator[str]:
+    rabbitmq.append(namespace)
     yield namespace
     delete_amqp_namespace(namespace)
 

@@ -227,7 +227,7 @@ def test_a_confirm_from_a_silent_rabbitmq_is_not_awaited_for_ever(
     broker.begin_publish([Message(amqp_namespace, b"again")])()  # on a new connection
 
 
-def test_a_confirm_that_never_comes_is_given_up_in_time(rabbitmq: None, relay: Relay) -> None:
+def test_a_confirm_that_never_comes_is_given_up_in_time(rabbitmq: list[str], relay: Relay) -> None:
     import pika
     import pika.exceptions
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +63,35 @@ def delete_amqp_namespace(namespace: str, queues: tuple[str, ...] = ()) -> None:
         for name in [namespace, *ladder.exchanges()]:
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
                 connection.channel().exchange_delete(name)
+    finally:
+        connection.close()
+
+
+def delete_amqp_records(namespaces: Sequence[str]) -> None:
+    """Delete the durable queues the AMQP result backend made for these namespaces' tasks
+    (``<exchange>.state.<task id>`` and the like, which no test can name in advance): one
+    listing for a whole session. Left behind, they would expire only after 300 s, and a run
+    after run left so many that RabbitMQ's restart in the ``alone`` test took minutes."""
+    import pika
+
+    if not namespaces:
+        return
+    listing = subprocess.run(
+        ["rabbitmqctl", "--quiet", "list_queues", "--no-table-headers", "name"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    prefixes = tuple(f"{namespace}." for namespace in namespaces)
+    names = [name for name in listing.stdout.split() if name.startswith(prefixes)]
+    if not names:
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        for name in names:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                connection.channel().queue_delete(name)
     finally:
         connection.close()
 
