@@ -201,6 +201,7 @@ class Child:
                 if job.task is not None:
                     self.writes.add_state(job.state(State.RECEIVED))
                     job.announced = True
+        more: bool | None = None  # others to come: the batch's, else the broker's (asked once)
         for index, job in enumerate(jobs):
             if self.stopping:
                 self._hand_back(jobs[index:])
@@ -208,10 +209,14 @@ class Child:
             waiting = jobs[index + 1 :]
             if waiting and self._would_hold_back(job):
                 self._hand_back(waiting)  # idle children can run them meanwhile
-                self._handle(job, last=True)
+                waiting = []
+            more = bool(waiting) or self.broker.more_ready(self.queue)
+            self._handle(job, more=more)
+            if not waiting:
                 break
-            self._handle(job, last=not waiting)
-        if self.writes.pending and (self.writes.due or not self.broker.more_ready(self.queue)):
+        if more is None:  # no job to run
+            more = self.broker.more_ready(self.queue)
+        if self.writes.pending and (self.writes.due or not more):
             self.writes.flush()  # else the next batch's quick tasks share the write
 
     def _accept(self, delivery: Delivery, received_at: GoTime) -> Job | None:
@@ -286,9 +291,9 @@ class Child:
 
     # -- one job --------------------------------------------------------------------------
 
-    def _handle(self, job: Job, *, last: bool) -> None:
-        """Run and settle one job; the ``last`` of a batch, with no more known to be ready,
-        has its state and ack written at once, before its logging and bookkeeping."""
+    def _handle(self, job: Job, *, more: bool) -> None:
+        """Run and settle one job; with no ``more`` to come (the batch's, or known to be
+        ready), its state and ack are written at once, before its logging and bookkeeping."""
         structlog.contextvars.bind_contextvars(
             task_id=job.sig.uuid, task=job.sig.name, queue=job.delivery.queue
         )
@@ -317,9 +322,7 @@ class Child:
                     self.tasks.finish(self.slot)
             elapsed_s = time.perf_counter() - started
             self.pacing.ran(job.sig.name, elapsed_s)
-            quick = quick and elapsed_s < FAST_TASK_S
-            share = quick and (not last or self.broker.more_ready(self.queue))
-            self._settle(job, outcome, share=share)
+            self._settle(job, outcome, share=more and quick and elapsed_s < FAST_TASK_S)
             self._log_outcome(job, outcome, round(elapsed_s * 1000, 3))
             if self.recycling.ran():
                 self.stopping = True  # the rest of its batch is handed back; a new child follows
