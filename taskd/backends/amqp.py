@@ -39,7 +39,7 @@ from typing import Any, Self, TypeVar
 
 from taskd.amqplink import Link, connection_parameters
 from taskd.backends import amqp_board, amqp_machinery
-from taskd.backends.amqp_records import Held, Inbox, RecordSession, Seen, Write, deliver
+from taskd.backends.amqp_records import NOT_FOUND, Held, Inbox, RecordSession, Seen, Write, deliver
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, DriverError
@@ -47,7 +47,6 @@ from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
 T = TypeVar("T")
-NOT_FOUND = 404  # AMQP reply code: no such queue (it also closes the channel)
 PRECONDITION_FAILED = 406  # AMQP reply code: a queue declared before with other arguments
 TOKEN = b"chord"  # the body of a chord's token; only its presence matters
 HELD_WAIT_S = 1.0  # longest wait for a record others hold; one still empty has expired

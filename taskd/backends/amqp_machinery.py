@@ -31,14 +31,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskd.backends.amqp_board import locked
-from taskd.backends.amqp_records import RecordSession, Write
+from taskd.backends.amqp_records import NOT_FOUND, RecordSession, Write
 from taskd.errors import BackendError, BackendUnavailable, DecodeError
 from taskd.wire import TaskState, decode_state
 
 if TYPE_CHECKING:
     from taskd.backends.amqp import AMQPBackend
 
-NOT_FOUND = 404  # AMQP reply code: no such queue (it also closes the channel)
 WATCHED_LIMIT = 4096  # tasks known to have a machinery reader, newest kept
 
 
@@ -74,10 +73,7 @@ def _publish_copies(
             )
         except pika.exceptions.UnroutableError:
             continue
-        watched = backend._machinery_watched
-        watched[task_id] = None
-        if len(watched) > WATCHED_LIMIT:
-            del watched[next(iter(watched))]  # the oldest
+        _watch(backend, task_id)
 
 
 def declare_queues(backend: AMQPBackend, session: RecordSession, task_ids: Sequence[str]) -> None:
@@ -86,7 +82,15 @@ def declare_queues(backend: AMQPBackend, session: RecordSession, task_ids: Seque
     its reader's first look wait there instead of being dropped; each task watched in turn."""
     for task_id in task_ids:
         _declared(backend, session, task_id)
-        backend._machinery_watched[task_id] = None
+        _watch(backend, task_id)
+
+
+def _watch(backend: AMQPBackend, task_id: str) -> None:
+    """Mark a task as read by a machinery program; the oldest mark goes past WATCHED_LIMIT."""
+    watched = backend._machinery_watched
+    watched[task_id] = None
+    if len(watched) > WATCHED_LIMIT:
+        del watched[next(iter(watched))]
 
 
 def gather(

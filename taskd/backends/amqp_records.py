@@ -10,6 +10,8 @@ from typing import Any
 
 from taskd.amqplink import open_channel
 
+NOT_FOUND = 404  # AMQP reply code: no such queue or exchange (it also closes the channel)
+
 
 class Seen(Enum):
     """What a read found instead of a message."""
