@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from taskd.client import Client, signature
+from taskd.config import load_config
+from taskd.workflows import chain, chord, group
 from tests.support.harness import (
     REDIS_URL,
     TEST_RESULTS_EXPIRE_S,
@@ -166,10 +169,6 @@ def test_workflows_taskd_sends_decode_in_go_to_the_same_bytes(
     """A chain's head carries the next link nested in OnSuccess, a chord's members carry its
     callback: Go decodes each message, nested signatures and all, and encodes it back to
     the very bytes taskd sent."""
-    from taskd.client import Client, signature
-    from taskd.config import load_config
-    from taskd.workflows import chain, chord, group
-
     data = config_data("redis", redis_namespace, tmp_path)
     queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
     client = Client(load_config(write_config(tmp_path, data)))

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from taskd.client import Client
+from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
 from taskd.errors import ConfigError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
@@ -269,10 +270,6 @@ def test_the_last_quick_task_of_a_batch_is_written_before_its_bookkeeping(
 def test_a_chord_member_whose_group_metadata_is_missing_says_so() -> None:
     """As for a Go producer on machinery's AMQP backend, which stores no group metadata: the
     callback cannot be sent, and the log says why instead of staying silent."""
-    from structlog.testing import capture_logs
-
-    from taskd.client import signature
-
     rig = Rig()
     callback = rig.client.prepare(signature("count"))
     member = signature("count", 1).with_changes(
