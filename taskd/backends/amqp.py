@@ -18,17 +18,13 @@ machinery's backend keeps no metadata for) fire, through ``taskd.backends.amqp_m
   after a newer one was written is dropped by drop-head (RabbitMQ applies the length limit
   on requeue too), but while every newer one is held elsewhere a third reader can get the
   older one: reads racing a write and other reads may see the previous state for a moment.
-- Chords: ``init_group`` puts one token in ``<exchange>.chord.<group id>``; a claimant takes
-  it unacked, records itself in ``<exchange>.chord.<group id>.claimant``, flips ChordTriggered
-  and then acks. A claimant that dies before the ack gives the token back (RabbitMQ requeues
-  it), and whoever takes it next finds any claim already recorded, so one claimant wins.
+- Chords: a token per group, which one claimant takes (``taskd.backends.amqp_chord``).
 - Boards: a record ``<exchange>.board.<name>`` holding the whole board, which writers
   rewrite one at a time (``taskd.backends.amqp_board``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import queue as queues
 import threading
@@ -38,20 +34,25 @@ from dataclasses import replace
 from typing import Any, Self, TypeVar
 
 from taskd.amqplink import Link, connection_parameters
-from taskd.backends import amqp_board, amqp_machinery
-from taskd.backends.amqp_records import NOT_FOUND, Held, Inbox, RecordSession, Seen, Write, deliver
+from taskd.backends import amqp_board, amqp_chord, amqp_machinery
+from taskd.backends.amqp_records import (
+    NOT_FOUND,
+    Inbox,
+    RecordSession,
+    Seen,
+    Write,
+    deliver,
+    get_unacked,
+)
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
-from taskd.errors import BackendError, BackendUnavailable, DriverError
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
 T = TypeVar("T")
 PRECONDITION_FAILED = 406  # AMQP reply code: a queue declared before with other arguments
-TOKEN = b"chord"  # the body of a chord's token; only its presence matters
 HELD_WAIT_S = 1.0  # longest wait for a record others hold; one still empty has expired
-# A claimant holding the token writes its claim within a few round trips.
-CLAIM_PAUSES_S = (0.01, 0.03, 0.1, 0.3, 0.6)
 
 
 class AMQPBackend(ResultBackend):
@@ -108,7 +109,7 @@ class AMQPBackend(ResultBackend):
 
     def _peek(self, session: RecordSession, queue: str) -> bytes | Seen:
         channel = session.reading()
-        got = _get_unacked(channel, queue)
+        got = get_unacked(channel, queue)
         if isinstance(got, Seen):
             return got
         tag, body = got
@@ -250,14 +251,11 @@ class AMQPBackend(ResultBackend):
 
     def init_group(self, group: GroupMeta) -> None:
         group_id = group.group_uuid
-        token_queue = self._name("chord", group_id)
 
         def store(session: RecordSession) -> None:
             group_queue = self._name("group", group_id)
             self._put(session, Write(group_queue, group.encode(), self._record_arguments, True))
-            self._declare(session, token_queue, self._token_arguments)
-            session.writing().queue_purge(token_queue)  # sent again: still one token
-            self._put(session, Write(token_queue, TOKEN, self._token_arguments, True))
+            amqp_chord.place_token(self, session, group_id)
 
         self._call(store, group_id)
 
@@ -266,97 +264,11 @@ class AMQPBackend(ResultBackend):
         raw = self._read([queue], group_id)[queue]
         return self._load_group(raw, group_id) if isinstance(raw, bytes) else None
 
-    def _owner(
-        self, group_id: str, pauses_s: Sequence[float] = (), *, sure: bool = False
-    ) -> str | None:
-        """The recorded claimant of a group's chord, looking again after each pause while
-        there is none (a claimant holding the token may be about to record itself). With
-        ``sure``, a record that exists but could not be seen is BackendUnavailable, not
-        "no claim": a token holder must never overwrite an earlier claim."""
-        queue = self._name("chord", group_id) + ".claimant"
-        for pause_s in (*pauses_s, None):
-            raw = self._read([queue], group_id)[queue]
-            if isinstance(raw, bytes):
-                return raw.decode()
-            if sure and raw is Seen.HIDDEN:
-                raise BackendUnavailable(self.driver, "the chord's claim cannot be read", group_id)
-            if pause_s is not None:
-                time.sleep(pause_s)
-        return None
-
     def claim_chord(self, group_id: str, claimant: str) -> bool:
-        owner = self._owner(group_id)
-        if owner is not None and owner != claimant:
-            return False
-        # Unclaimed, or claimed by this claimant: if it died before its ack, the token is
-        # back, and taking it finishes that claim (ChordTriggered, the ack).
-        token_queue = self._name("chord", group_id)
-        held = self._call(lambda session: self._take(session, token_queue), group_id)
-        if isinstance(held, Held):
-            try:
-                return self._claim_holding(held, group_id, claimant)
-            finally:
-                self._give_back(held, group_id)
-        if owner is not None:
-            return True
-        # No token: another claimant holds it (and is writing its claim) or has spent it.
-        owner = self._owner(group_id, CLAIM_PAUSES_S)
-        if owner is not None:
-            return owner == claimant
-        group = self.get_group(group_id)
-        if group is None:
-            raise BackendError(self.driver, "group metadata is missing or expired", group_id)
-        if held is Seen.NOTHING and not group.chord_triggered:
-            raise BackendError(self.driver, "the chord's token is missing or expired", group_id)
-        # Still held: its holder records its claim, or dies and the token goes back for a
-        # later claim (the dead claimant's task is delivered again and claims again).
-        return False
+        return amqp_chord.claim(self, group_id, claimant)
 
-    def _take(self, session: RecordSession, token_queue: str) -> Held | Seen:
-        channel = session.connection.channel()
-        got = _get_unacked(channel, token_queue)
-        if got is Seen.HIDDEN:
-            channel.close()
-        if isinstance(got, Seen):
-            return got
-        return Held(session, channel, got[0])
-
-    def _claim_holding(self, held: Held, group_id: str, claimant: str) -> bool:
-        """With the token: keep a claim recorded by an earlier holder that died before its
-        ack, else record this one; flip ChordTriggered; then spend the token."""
-        owner = self._owner(group_id, sure=True)
-        group = self.get_group(group_id)
-        if group is None:
-            raise BackendError(self.driver, "group metadata is missing or expired", group_id)
-        writes: list[Write] = []
-        if owner is None:
-            owner = claimant
-            claim_queue = self._name("chord", group_id) + ".claimant"
-            writes.append(Write(claim_queue, claimant.encode(), self._record_arguments, True))
-        if not group.chord_triggered:  # the group was just read: its queue is there
-            flipped = replace(group, chord_triggered=True).encode()
-            group_queue = self._name("group", group_id)
-            writes.append(Write(group_queue, flipped, self._record_arguments, False))
-
-        def spend(session: RecordSession) -> None:
-            if session is not held.session:  # reconnected: RabbitMQ took the token back
-                raise BackendUnavailable(self.driver, "connection lost holding the token", group_id)
-            self._put_all(session, writes)  # confirmed before the token is spent
-            held.channel.basic_ack(held.tag)
-
-        self._call(spend, group_id)
-        return owner == claimant
-
-    def _give_back(self, held: Held, group_id: str) -> None:
-        """Close the token's channel: after an ack, its close-ok says RabbitMQ has the ack;
-        without one, the token goes back to its queue."""
-
-        def close(_session: RecordSession) -> None:
-            if held.channel.is_open:
-                held.channel.close()
-
-        with contextlib.suppress(DriverError):  # the connection is gone: so is the hold
-            self._call(close, group_id)
+    def chord_fired(self, group_id: str) -> None:
+        amqp_chord.spend(self, group_id)
 
     def gather_group(
         self, group_id: str, task_count: int, finished: TaskState, claimant: str
@@ -378,19 +290,3 @@ class AMQPBackend(ResultBackend):
 
     def close(self) -> None:
         self._link.close()
-
-
-def _get_unacked(channel: Any, queue: str) -> tuple[int, bytes] | Seen:
-    """``queue``'s first message taken unacked (its tag and body), or what was found instead:
-    no queue (a 404, which also closes the channel) or an empty one."""
-    import pika.exceptions
-
-    try:
-        method, _properties, body = channel.basic_get(queue, auto_ack=False)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == NOT_FOUND:
-            return Seen.NOTHING
-        raise
-    if method is None:
-        return Seen.HIDDEN
-    return method.delivery_tag, bytes(body)

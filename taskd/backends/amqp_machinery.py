@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskd.backends.amqp_board import locked
+from taskd.backends.amqp_chord import claim_queue
 from taskd.backends.amqp_records import NOT_FOUND, RecordSession, Write
+from taskd.backends.base import SPENT_CLAIM
 from taskd.errors import BackendError, BackendUnavailable, DecodeError
 from taskd.wire import TaskState, decode_state
 
@@ -101,7 +103,11 @@ def gather(
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
     claimed = backend._name("chord", group_id) + ".gathered"  # who claimed, what it gathered
     with locked(backend, claimed + ".lock", group_id) as session:
-        raw = backend._read([claimed], group_id)[claimed]
+        spent_record = claim_queue(backend, group_id)
+        records = backend._read([claimed, spent_record], group_id)
+        if records[spent_record] == SPENT_CLAIM.encode():
+            return None  # fired: its claimant was delivered again
+        raw = records[claimed]
         if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
             recorded = orjson.loads(raw)
             if recorded["claimant"] != claimant:

@@ -62,3 +62,19 @@ def deliver(inbox: Inbox, name: str, _channel: Any, _method: Any, _props: Any, b
     """A waited-for message arrived (in whichever thread drove the connection); it stays
     unacked."""
     inbox.put((name, bytes(body)))
+
+
+def get_unacked(channel: Any, queue: str) -> tuple[int, bytes] | Seen:
+    """``queue``'s first message taken unacked (its tag and body), or what was found instead:
+    no queue (a 404, which also closes the channel) or an empty one."""
+    import pika.exceptions
+
+    try:
+        method, _properties, body = channel.basic_get(queue, auto_ack=False)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return Seen.NOTHING
+        raise
+    if method is None:
+        return Seen.HIDDEN
+    return method.delivery_tag, bytes(body)

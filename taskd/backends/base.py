@@ -17,6 +17,7 @@ Progress = Callable[[int, int], None]  # (tasks finished, tasks in all), told wh
 POLL_FIRST_S = 0.0002  # result polling starts fast (a no-op task takes about a millisecond)...
 POLL_GROWTH = 1.15
 POLL_MAX_S = 0.05  # ...and backs off to this
+SPENT_CLAIM = ""  # the claimant of a chord that fired: no task has an empty id
 
 
 class ResultBackend(ABC):
@@ -54,9 +55,17 @@ class ResultBackend(ABC):
     def claim_chord(self, group_id: str, claimant: str) -> bool:
         """Mark the group's chord as triggered, atomically: True for one claimant only.
 
-        The same claimant (the member task that claims) gets True again, so a claim whose
-        reply was lost, or whose worker died before sending the callback, is not spent.
+        The same claimant (the member task that claims) gets True again until
+        ``chord_fired``, so a claim whose reply was lost, or whose worker died before sending
+        the callback, is not spent.
         """
+
+    @abstractmethod
+    def chord_fired(self, group_id: str) -> None:
+        """The claimant sent the chord's callback (or its error callbacks): from now on no
+        claim succeeds, the claimant's own included, so a member delivered again after its
+        chord fired (its ack lost) does not fire it twice. Drivers record ``SPENT_CLAIM``
+        as the claimant, for the claim's remaining lifetime."""
 
     def gather_group(
         self, group_id: str, task_count: int, finished: TaskState, claimant: str

@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from taskd import drivers
 from taskd.backends import board_json
-from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
 from taskd.config import Config, redact_url
 from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.wire import GroupMeta, State, TaskState
@@ -163,6 +163,11 @@ class MemcacheBackend(ResultBackend):
                 return owner is not None and owner.decode() == claimant
             self._mark_triggered(group_id)
             return True
+
+    def chord_fired(self, group_id: str) -> None:
+        with self._translated(group_id):
+            key, spent = CLAIMS_PREFIX + group_id, SPENT_CLAIM.encode()
+            self._client.replace(key, spent, expire=self._expiry(), noreply=False)
 
     def _mark_triggered(self, group_id: str) -> None:
         """Flip ChordTriggered in the stored GroupMeta, as machinery's readers expect."""

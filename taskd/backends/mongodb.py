@@ -33,7 +33,7 @@ from typing import Any, Self
 
 from taskd import drivers
 from taskd.backends import mongodb_board as boards
-from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
 from taskd.backends.mongodb_url import check_database, parse_url
 from taskd.config import Config
 from taskd.errors import ArgumentError, BackendError, BackendUnavailable, ConfigError, DecodeError
@@ -226,6 +226,11 @@ class MongoDBBackend(ResultBackend):
             if self.get_group(group_id) is None:
                 raise BackendError(self.driver, "group metadata is missing or expired", group_id)
             return False
+
+    def chord_fired(self, group_id: str) -> None:
+        with self._translated(group_id):
+            spent = {"$set": {"chord_claimant": SPENT_CLAIM}}
+            self._collection(GROUPS).update_one({"_id": group_id}, spent)
 
     # -- boards -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import orjson
 import structlog
 
 from taskd import redisdb
-from taskd.backends.base import Entry, Progress, ResultBackend, all_final, is_final
+from taskd.backends.base import SPENT_CLAIM, Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
@@ -136,6 +136,10 @@ class RedisBackend(ResultBackend):
         if claimed == -1:
             raise BackendError(self.driver, "group metadata is missing or expired", group_id)
         return claimed == 1
+
+    def chord_fired(self, group_id: str) -> None:
+        with self._translated(group_id):
+            self._redis.set(f"{self._prefix}chord:{group_id}", SPENT_CLAIM, xx=True, keepttl=True)
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         """A hash per board (``<key_prefix>board:<name>``); expiry by Redis's clock, so

@@ -13,7 +13,7 @@ from typing import Self
 
 import orjson
 
-from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
@@ -187,6 +187,13 @@ class SQLiteBackend(ResultBackend):
                 (group_id, claimant, time.time_ns() + self._expire_ns),
             )
             return True
+
+    def chord_fired(self, group_id: str) -> None:
+        with self._guard(group_id), self._lock, self._writer.transaction():
+            self._conn.execute(
+                "UPDATE taskd_chord_claims SET claimant = ? WHERE group_id = ?",
+                (SPENT_CLAIM, group_id),
+            )
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         now = time.time_ns()

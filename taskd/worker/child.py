@@ -45,14 +45,7 @@ from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
 from taskd.worker import followups
-from taskd.worker.execute import (
-    Kind,
-    Outcome,
-    RetryPolicy,
-    attempt_of,
-    execute,
-    outcome_of_stored,
-)
+from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
 from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
 from taskd.worker.limits import killed_at_time_limit, limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
@@ -371,6 +364,8 @@ class Child:
             self.outages.call("backend", self.backend.set_states, list(follow.record))
         if follow.send:
             self.outages.call("broker", self.sender.publish, self._sendable(follow.send))
+        if follow.fires_chord:  # sent: a member delivered again must not fire it twice
+            self.outages.call("backend", self.backend.chord_fired, follow.fires_chord)
         if follow.again is not None:
             (again,) = self._sendable([follow.again])
             self.outages.call("broker", self.sender.publish, [again], states=())

@@ -27,12 +27,13 @@ log = structlog.get_logger("taskd.worker")
 @dataclass(frozen=True, slots=True)
 class FollowUp:
     """What an outcome sets off: new tasks to send (each recorded PENDING first), the same
-    task to send again (a retry, whose RETRY state stands), and states to record for tasks
-    that will never run."""
+    task to send again (a retry, whose RETRY state stands), states to record for tasks
+    that will never run, and the group whose chord is spent once ``send`` went out."""
 
     send: tuple[Signature, ...] = ()
     again: Signature | None = None
     record: tuple[TaskState, ...] = ()
+    fires_chord: str = ""
 
 
 def sets_off(sig: Signature, outcome: Outcome) -> bool:
@@ -55,15 +56,17 @@ def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) 
         return FollowUp(again=retry if retry.routing_key else retry.with_changes(routing_key=queue))
     if outcome.kind is Kind.SUCCEEDED:
         chord = _chord(chord_after_success, backend, sig, outcome.results)
-        return _readable(
-            backend, sig, FollowUp(send=(*on_success(sig, outcome.results), *chord.send))
+        follow = FollowUp(
+            send=(*on_success(sig, outcome.results), *chord.send), fires_chord=chord.fires_chord
         )
+        return _readable(backend, sig, follow)
     now = GoTime.now()
     chord = _chord(chord_after_failure, backend, sig, outcome.error, now)
     stopped = never_to_run(sig, f"chain stopped: {sig.uuid} failed: {outcome.error}", now)
     follow = FollowUp(
         send=(*on_error(sig.on_error or (), outcome.error), *chord.send),
         record=(*chord.record, *stopped),
+        fires_chord=chord.fires_chord,
     )
     return _readable(backend, sig, follow)
 
@@ -143,7 +146,7 @@ def chord_after_success(
     if not callback.immutable:
         appended = [result for state in states if state for result in state.results or ()]
         callback = callback.with_changes(args=(*(callback.args or ()), *_as_args(appended)))
-    return FollowUp(send=(callback,))
+    return FollowUp(send=(callback,), fires_chord=sig.group_uuid)
 
 
 def chord_after_failure(
@@ -162,4 +165,5 @@ def chord_after_failure(
         error=f"chord member {sig.uuid} failed: {error}",
         created_at=now,
     )
-    return FollowUp(send=tuple(on_error(callback.on_error or (), error)), record=(failed,))
+    error_callbacks = tuple(on_error(callback.on_error or (), error))
+    return FollowUp(send=error_callbacks, record=(failed,), fires_chord=sig.group_uuid)

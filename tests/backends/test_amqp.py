@@ -192,6 +192,9 @@ def test_a_group_without_metadata_is_gathered_once_for_the_member_that_completes
         assert backend.gather_group(group_id, 3, last, members[2]) == gathered
         again = member_success(members[0], 1)
         assert backend.gather_group(group_id, 3, again, members[0]) is None
+        # Once its callback went out, its claimant delivered again gets nothing either.
+        backend.chord_fired(group_id)
+        assert backend.gather_group(group_id, 3, last, members[2]) is None
     finally:
         raw_channel.queue_delete(group_id)
 

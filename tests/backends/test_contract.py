@@ -87,6 +87,19 @@ def test_groups_and_chord_claims(backend: ResultBackend) -> None:
     assert backend.get_group(new_id("group")) is None
 
 
+def test_a_chord_that_fired_is_claimed_by_nobody_again(backend: ResultBackend) -> None:
+    group_id = new_id("group")
+    members = (new_id(), new_id())
+    backend.init_group(GroupMeta(group_id, members, created_at=GoTime.now()))
+    assert backend.claim_chord(group_id, members[0]) is True
+    backend.chord_fired(group_id)
+    # Its claimant delivered again (its ack lost after the callback went out): spent.
+    assert backend.claim_chord(group_id, members[0]) is False
+    assert backend.claim_chord(group_id, members[1]) is False
+    fired = backend.get_group(group_id)
+    assert fired is not None and fired.chord_triggered
+
+
 def test_claiming_an_unknown_group_is_an_error(backend: ResultBackend) -> None:
     with pytest.raises(BackendError, match="missing or expired"):
         backend.claim_chord(new_id("group"), new_id())

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
-from taskd.backends.base import Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, BrokerUnavailable
@@ -142,6 +142,9 @@ class MemoryBackend(Recorder, ResultBackend):
         if group_id not in self.groups:
             raise BackendError(self.driver, "no such group", group_id)
         return self.claims.setdefault(group_id, claimant) == claimant
+
+    def chord_fired(self, group_id: str) -> None:
+        self.claims[group_id] = SPENT_CLAIM
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         self._record("post", (board, dict(entries)))

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from taskd import Retry, SoftTimeLimitExceeded, TaskContext, task
 
@@ -24,6 +25,14 @@ def runs(path: str | Path) -> list[str]:
     """The tokens recorded in a trace file, one per run."""
     try:
         return Path(path).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def lines(path: str | Path) -> list[Any]:
+    """The JSON values recorded in a trace file, one per line (what callbacks were given)."""
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines()]
     except FileNotFoundError:
         return []
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from taskd import chord
 from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
 from taskd.errors import ConfigError
@@ -17,7 +18,7 @@ from taskd.wire import GoTime, State, TaskState, decode_signature
 from taskd.worker.child import Child
 from taskd.worker.liveness import ChildLiveness
 from tests.support.fakes import CountingMemoryBroker, MemoryBackend, MemoryBroker
-from tests.support.tasks import runs
+from tests.support.tasks import lines, runs
 
 QUEUE = "tasks"
 
@@ -283,3 +284,28 @@ def test_a_chord_member_whose_group_metadata_is_missing_says_so() -> None:
     assert [entry["group"] for entry in failed] == ["group_missing"]
     assert "group metadata is missing" in failed[0]["error"]
     assert rig.state(callback.uuid) is None  # never sent
+
+
+@pytest.mark.parametrize("member_fails", [False, True], ids=["callback", "error_callback"])
+def test_a_chord_member_delivered_again_after_the_chord_fired_does_not_fire_it_again(
+    tmp_path: Path, member_fails: bool
+) -> None:
+    """Its ack was lost (on SQS, its visibility ran out under load and another child took
+    it): it is settled from its stored state, but the chord's callbacks went out already."""
+    rig = Rig()
+    trace, errors = tmp_path / "callback", tmp_path / "errors"
+    last = signature("fail", "member broke") if member_fails else signature("sum", [2])
+    workflow = chord([signature("sum", [1]), last], signature("total_once", str(trace)),
+                     error_callback=signature("collect_error", str(errors)))  # fmt: skip
+    sent = rig.client.send_chord(workflow)
+    last_body, _before = rig.broker.queues[QUEUE][-1]
+    assert rig.serve() == EXIT_OK
+    fired = (lines(errors), runs(trace))
+    assert fired == ((["member broke"], []) if member_fails else ([], ["3"]))
+    rig.broker.queues[QUEUE].append((last_body, 1))
+    rig.child.stopping = False
+    with capture_logs() as logs:
+        assert rig.serve() == EXIT_OK
+    assert "task_already_finished" in [entry["event"] for entry in logs]
+    assert (lines(errors), runs(trace)) == fired  # once
+    assert rig.state(sent.task_id) is (State.FAILURE if member_fails else State.SUCCESS)

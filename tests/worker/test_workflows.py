@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from taskd.errors import TaskFailed
 from taskd.wire import Arg, State, new_id
 from tests.conftest import kind_with_server
 from tests.support.harness import client_for, wait_until
-from tests.support.tasks import runs
+from tests.support.tasks import lines, runs
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp", "memcache", "mongodb", "sqs", "sqs_fifo"])
@@ -33,13 +32,6 @@ def client(driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..
     daemon(path, "--concurrency", "2").wait_ready(2)
     with client:
         yield client
-
-
-def lines(path: Path) -> list[Any]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    except FileNotFoundError:
-        return []
 
 
 def test_chains_pass_results_along(client: Client) -> None:
