@@ -27,6 +27,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,8 @@ SYNC_THREAD_IDLE_S = 5.0  # a sync thread with nothing to sync for this long end
 CHECKPOINT_EVERY = 100  # commits of a connection between its checkpoints (about SQLite's own
 # 1,000 pages of log at the 7 or so pages a send or a settle writes)
 LOG_RESTART_PAGES = 4000  # a log longer than this is made to start over (16 MB at 4 KiB)
+LOCKED_CHECKPOINT_TRIES = 20  # ...by a checkpoint holding the writers' lock, tried this often
+LOCKED_CHECKPOINT_PAUSE_S = 0.001
 
 
 class Writer:
@@ -90,7 +93,15 @@ class Writer:
         _busy, pages, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if pages > LOG_RESTART_PAGES:
             with self._lock:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                # Another connection's checkpoint (run without the lock) makes this one give
+                # up at once, busy, and the log grows on: wait for it to end.
+                for _ in range(LOCKED_CHECKPOINT_TRIES):
+                    busy, pages, copied = self._conn.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    if not busy and copied == pages:
+                        break
+                    time.sleep(LOCKED_CHECKPOINT_PAUSE_S)
 
     def committed(self) -> Confirm:
         """After a commit: what waits until it is on disk (raising the driver's error if
