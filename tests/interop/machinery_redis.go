@@ -1,12 +1,11 @@
 // A Go producer and worker shaped like machinery's, for taskd's interop tests
 // (tests/interop/test_go_redis.py).
 //
-// Standard library only, so it builds without network access: machinery's struct layouts
-// (tasks.Signature, tasks.Arg, tasks.TaskState, tasks.TaskResult, tasks.GroupMeta, as listed
-// in shared/reference/machinery.md) encoded and decoded with encoding/json, and machinery's
-// Redis layout spoken over RESP: a message is RPUSHed onto its queue (ZADDed to the delayed
-// set, scored by its ETA in nanoseconds, when it has one), a state is SET under the task id,
-// a group's metadata under the group id.
+// Built with machinery_records.go (machinery's struct layouts and encoding/json). Standard
+// library only, so it builds without network access. machinery's Redis layout, spoken over
+// RESP: a message is RPUSHed onto its queue (ZADDed to the delayed set, scored by its ETA in
+// nanoseconds, when it has one), a state is SET under the task id, a group's metadata under
+// the group id.
 //
 // Every record this program reads is decoded as machinery decodes it (UseNumber) and encoded
 // again: "identical" says whether Go writes back the very bytes taskd wrote.
@@ -26,7 +25,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,62 +35,6 @@ import (
 	"strings"
 	"time"
 )
-
-// -- machinery's records (no json tags: Go's field names, in declaration order) -----------
-
-type Arg struct {
-	Name  string
-	Type  string
-	Value interface{}
-}
-
-type Headers map[string]interface{}
-
-type Signature struct {
-	UUID                        string
-	Name                        string
-	RoutingKey                  string
-	ETA                         *time.Time
-	GroupUUID                   string
-	GroupTaskCount              int
-	Args                        []Arg
-	Headers                     Headers
-	Priority                    uint8
-	Immutable                   bool
-	RetryCount                  int
-	RetryTimeout                int
-	OnSuccess                   []*Signature
-	OnError                     []*Signature
-	ChordCallback               *Signature
-	BrokerMessageGroupId        string
-	SQSReceiptHandle            string
-	StopTaskDeletionOnError     bool
-	IgnoreWhenTaskNotRegistered bool
-}
-
-type TaskResult struct {
-	Type  string
-	Value interface{}
-}
-
-type TaskState struct {
-	TaskUUID  string
-	TaskName  string
-	State     string
-	Results   []*TaskResult
-	Error     string
-	CreatedAt time.Time
-	TTL       int64
-}
-
-type GroupMeta struct {
-	GroupUUID      string
-	TaskUUIDs      []string
-	ChordTriggered bool
-	Lock           bool
-	CreatedAt      time.Time
-	TTL            int64
-}
 
 // -- a minimal RESP client -------------------------------------------------------------------
 
@@ -179,19 +121,6 @@ type producer struct {
 	expireS    int
 }
 
-func uuid4() string {
-	b := make([]byte, 16)
-	_, err := rand.Read(b)
-	check(err)
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
-
-func newSignature(name string, args ...Arg) *Signature {
-	return &Signature{UUID: "task_" + uuid4(), Name: name, Args: args}
-}
-
 func (p *producer) setState(state *TaskState) {
 	p.redis.do("SET", state.TaskUUID, mustMarshal(state), "EX", p.expireS)
 }
@@ -240,9 +169,6 @@ func (p *producer) sendChord(callback *Signature, members ...*Signature) (string
 	return groupID, callback.UUID
 }
 
-// What the fail task is sent to fail with: every character Go's encoder escapes or keeps raw.
-const failMessage = "it broke: <&> \"quoted\" \\ ünïcode \u2028 tab\t"
-
 func send(addr, queue, delayedKey, stampPath string, expireS int) {
 	p := &producer{dial(addr), queue, delayedKey, expireS}
 	int64s := func(values ...int64) []Arg {
@@ -278,28 +204,6 @@ func send(addr, queue, delayedKey, stampPath string, expireS int) {
 
 // -- reading what taskd wrote ------------------------------------------------------------------
 
-// decode reads JSON as machinery's brokers and backends do; identical says whether encoding
-// the result again gives back the same bytes.
-func decode(raw []byte, into interface{}) bool {
-	decoder := json.NewDecoder(bytes.NewReader(raw))
-	decoder.UseNumber()
-	check(decoder.Decode(into))
-	return bytes.Equal(mustMarshal(into), raw)
-}
-
-// value converts a result as machinery's ReflectValue does, for the types these tests use.
-func value(typeName string, v interface{}) interface{} {
-	switch typeName {
-	case "int64":
-		n, err := v.(json.Number).Int64()
-		check(err)
-		return n
-	case "string":
-		return v.(string)
-	}
-	panic("unsupported result type " + typeName)
-}
-
 func states(addr string, ids []string) {
 	redis := dial(addr)
 	for _, id := range ids {
@@ -308,16 +212,7 @@ func states(addr string, ids []string) {
 			fmt.Println(string(mustMarshal(map[string]interface{}{"id": id, "state": nil})))
 			continue
 		}
-		var state TaskState
-		identical := decode(raw, &state)
-		values := []interface{}{}
-		for _, result := range state.Results {
-			values = append(values, value(result.Type, result.Value))
-		}
-		fmt.Println(string(mustMarshal(map[string]interface{}{
-			"id": id, "state": state.State, "task_name": state.TaskName, "error": state.Error,
-			"values": values, "created_at_zero": state.CreatedAt.IsZero(), "identical": identical,
-		})))
+		fmt.Println(string(mustMarshal(describeState(id, raw))))
 	}
 }
 
@@ -404,24 +299,6 @@ func work(addr, queue, delayedKey string, count int, timeout time.Duration, expi
 }
 
 // -- the command line ------------------------------------------------------------------------
-
-func mustMarshal(v interface{}) []byte {
-	data, err := json.Marshal(v)
-	check(err)
-	return data
-}
-
-func check(err error) {
-	if err != nil {
-		panic(err)
-	}
-}
-
-func atoi(text string) int {
-	n, err := strconv.Atoi(text)
-	check(err)
-	return n
-}
 
 func main() {
 	args := os.Args[1:]

@@ -7,18 +7,14 @@ Skipped where Go is not installed; ``.ci/run`` installs it (Debian's golang-go).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from taskd.client import Client, signature
 from taskd.config import load_config
 from taskd.workflows import chain, chord, group
+from tests.interop.goprograms import json_lines
 from tests.support.harness import (
     REDIS_URL,
     TEST_RESULTS_EXPIRE_S,
@@ -31,49 +27,8 @@ from tests.support.harness import (
 )
 from tests.support.tasks import runs
 
-SOURCE = Path(__file__).with_name("machinery_redis.go")
 REDIS_ADDRESS = REDIS_URL.removeprefix("redis://").split("/")[0]  # loopback only
 FINAL = {"SUCCESS", "FAILURE"}
-
-
-@pytest.fixture(scope="session")
-def go_machinery(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
-    """``go_machinery("send", ...)``: the Go program's output, built once per run."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("Go is not installed (.ci/run installs golang-go)")
-    folder = tmp_path_factory.mktemp("go")
-    program = folder / "machinery_redis"
-    env = {
-        **os.environ,
-        "CGO_ENABLED": "0",  # no C compiler needed
-        "GOCACHE": str(folder / "cache"),
-        "GOPATH": str(folder / "path"),
-        "GOFLAGS": "",
-    }
-    built = subprocess.run(
-        [go, "build", "-o", str(program), str(SOURCE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=folder,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
-
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [str(program), *args], capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    return run
-
-
-def lines(output: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in output.splitlines()]
 
 
 def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
@@ -100,7 +55,7 @@ def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
     ids = [sent[name] for name in names] + [sent["fail"]]
 
     def all_final() -> list[dict[str, Any]] | None:
-        states = lines(go_machinery("states", REDIS_ADDRESS, *ids))
+        states = json_lines(go_machinery("states", REDIS_ADDRESS, *ids))
         return states if all(state["state"] in FINAL for state in states) else None
 
     final = wait_until(all_final, 30, 0.1, "Go to read every task final")
@@ -146,7 +101,7 @@ def test_what_taskctl_sends_a_go_worker_runs(
     assert now.returncode == later.returncode == 0, now.stderr + later.stderr
     now_id, later_id = now.stdout.strip(), later.stdout.strip()
 
-    ran = lines(
+    ran = json_lines(
         go_machinery(
             "work", REDIS_ADDRESS, queue, delayed_key, "2", "30", str(TEST_RESULTS_EXPIRE_S)
         )
@@ -177,7 +132,7 @@ def test_workflows_taskd_sends_decode_in_go_to_the_same_bytes(
     client.send_chord(chord(members, signature("add")))
     client.close()
 
-    ran = lines(
+    ran = json_lines(
         go_machinery(
             "work", REDIS_ADDRESS, queue, delayed_key, "3", "30", str(TEST_RESULTS_EXPIRE_S)
         )
