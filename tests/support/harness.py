@@ -388,6 +388,34 @@ def go_message(task_id: str, name: str, args: str, routing_key: str, eta: str = 
     ).encode()
 
 
+@contextlib.contextmanager
+def amqp_connection() -> Iterator[Any]:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def consumer_count(connection: Any, queue: str) -> int:
+    """Consumers of ``queue`` (0 if it does not exist yet), on a channel of its own: a
+    passive declare of a missing queue closes its channel."""
+    import pika.exceptions
+
+    channel = connection.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
 def declare_machinery_state_queue(channel: Any, exchange: str, task_id: str) -> None:
     """The queue machinery's AMQP backend reads a task's states from, declared as it declares
     it (its producer's PENDING write, or its first read): named and bound by the task id."""

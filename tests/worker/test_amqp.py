@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,12 @@ from taskd.wire import (
     new_id,
 )
 from tests.support.harness import (
-    AMQP_URL,
     GO_FIELDS,
     Daemon,
+    amqp_connection,
     assert_poison_set_aside,
     client_for,
+    consumer_count,
     declare_machinery_state_queue,
     go_message,
     wait_until,
@@ -55,34 +56,6 @@ def amqp_client(namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path,
 
 
 # -- RabbitMQ from the outside --------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def amqp_connection() -> Iterator[Any]:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
-def consumer_count(connection: Any, queue: str) -> int:
-    """Consumers of ``queue`` (0 if it does not exist yet), on a channel of its own: a
-    passive declare of a missing queue closes its channel."""
-    import pika.exceptions
-
-    channel = connection.channel()
-    try:
-        return int(channel.queue_declare(queue, passive=True).method.consumer_count)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return 0
-        raise
-    finally:
-        if channel.is_open:
-            channel.close()
 
 
 def go_publish(connection: Any, exchange: str, routing_key: str, body: bytes) -> None:
