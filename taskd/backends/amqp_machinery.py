@@ -103,14 +103,10 @@ def gather(
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
     claimed = backend._name("chord", group_id) + ".gathered"  # who claimed, what it gathered
     with locked(backend, claimed + ".lock", group_id) as session:
-        spent_record = claim_queue(backend, group_id)
-        records = backend._read([claimed, spent_record], group_id)
-        if records[spent_record] == SPENT_CLAIM.encode():
-            return None  # fired: its claimant was delivered again
-        raw = records[claimed]
+        raw = backend._read([claimed], group_id)[claimed]
         if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
             recorded = orjson.loads(raw)
-            if recorded["claimant"] != claimant:
+            if recorded["claimant"] != claimant or _fired(backend, group_id):
                 return None
             return [decode_state(text) for text in recorded["states"]]
 
@@ -124,6 +120,12 @@ def gather(
             )
 
         return backend._call(step, group_id)
+
+
+def _fired(backend: AMQPBackend, group_id: str) -> bool:
+    """Whether the claimant's callback went out (``ResultBackend.chord_fired``)."""
+    spent = claim_queue(backend, group_id)
+    return backend._read([spent], group_id)[spent] == SPENT_CLAIM.encode()
 
 
 def _count_and_gather(
