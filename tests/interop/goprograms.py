@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.harness import taskctl
+
 HERE = Path(__file__).parent
 DEBIAN_GOPATH = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put sources
 AMQP_LIBRARY = DEBIAN_GOPATH / "src/github.com/rabbitmq/amqp091-go"
@@ -62,3 +64,13 @@ def build_go(folder: Path, store: str, gopath: Path) -> GoProgram:
 def json_lines(output: str) -> list[dict[str, Any]]:
     """What a Go program printed: one JSON object per line."""
     return [json.loads(line) for line in output.splitlines()]
+
+
+def send_now_and_later(tmp_path: Path, config: Path) -> tuple[str, str]:
+    """``taskctl send`` add(2, 3), then add(4, 5) with ``--countdown 2``: their ids."""
+    now = taskctl(tmp_path, config, "send", "add", "--arg", "int64:2", "--arg", "int64:3")
+    later = taskctl(
+        tmp_path, config, "send", "add", "--arg", "int64:4", "--arg", "int64:5", "--countdown", "2"
+    )
+    assert now.returncode == later.returncode == 0, now.stderr + later.stderr
+    return now.stdout.strip(), later.stdout.strip()

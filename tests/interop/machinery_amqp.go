@@ -76,14 +76,14 @@ func (r *rabbit) stateQueue(taskID string) {
 
 // -- machinery's producer side (SendTask, SendChain, SendChord with both on AMQP) -----------
 
-type producer struct {
+type amqpProducer struct {
 	*rabbit
 	bindingKey string
 }
 
 // SendTask: headers never nil, PENDING recorded, then the message published (delayed through
 // its per-delay queue when its ETA is ahead); the routing key it was published with.
-func (p *producer) sendTask(s *Signature) string {
+func (p *amqpProducer) sendTask(s *Signature) string {
 	if s.Headers == nil {
 		s.Headers = Headers{}
 	}
@@ -109,63 +109,13 @@ func (p *producer) sendTask(s *Signature) string {
 	return routingKey
 }
 
-func (p *producer) sendChain(links ...*Signature) {
-	for i := len(links) - 1; i > 0; i-- {
-		links[i-1].OnSuccess = []*Signature{links[i]}
-	}
-	p.sendTask(links[0])
-}
-
-// SendChord on the AMQP backend: InitGroup stores nothing; each member carries the group's id
-// and size and a copy of the callback.
-func (p *producer) sendChord(callback *Signature, members ...*Signature) string {
-	groupID := "group_" + uuid4()
-	callback.UUID = "chord_" + uuid4()
-	for _, member := range members {
-		member.GroupUUID, member.GroupTaskCount, member.ChordCallback = groupID, len(members), callback
-	}
-	for _, member := range members {
-		p.sendTask(member)
-	}
-	return groupID
-}
+// InitGroup stores nothing on the AMQP backend: members carry the group's id and size.
+func (p *amqpProducer) initGroup(GroupMeta) {}
 
 func send(url, exchange, bindingKey, stampPath string, expireS int) {
-	p := &producer{connect(url, exchange, expireS), bindingKey}
+	p := &amqpProducer{connect(url, exchange, expireS), bindingKey}
 	defer p.conn.Close()
-	int64s := func(values ...int64) []Arg {
-		args := []Arg{}
-		for _, v := range values {
-			args = append(args, Arg{Type: "int64", Value: v})
-		}
-		return args
-	}
-	sent := map[string]interface{}{}
-	add := newSignature("add", int64s(2, 3)...)
-	p.sendTask(add)
-	sent["add"] = add.UUID
-	sumInts := newSignature("sum_ints", Arg{Type: "[]int64", Value: []int64{1, 2, 3}})
-	p.sendTask(sumInts)
-	sent["sum_ints"] = sumInts.UUID
-	concat := newSignature("concat", Arg{Type: "[]string", Value: []string{"foo", "<&>", "bär"}})
-	p.sendTask(concat)
-	sent["concat"] = concat.UUID
-	head, last := newSignature("add", int64s(1, 2)...), newSignature("multiply", int64s(4)...)
-	p.sendChain(head, last)
-	sent["chain"] = []string{head.UUID, last.UUID}
-	callback := newSignature("add")
-	members := []*Signature{newSignature("add", int64s(1, 1)...), newSignature("add", int64s(2, 2)...)}
-	sent["group"] = p.sendChord(callback, members...)
-	sent["chord"] = []string{members[0].UUID, members[1].UUID, callback.UUID}
-	failing := newSignature("fail", Arg{Type: "string", Value: failMessage})
-	p.sendTask(failing)
-	sent["fail"] = failing.UUID
-	eta := time.Now().UTC().Add(1500 * time.Millisecond)
-	later := newSignature("stamp", Arg{Type: "string", Value: stampPath})
-	later.ETA = &eta
-	sent["delay_queue"] = p.sendTask(later)
-	sent["eta"], sent["eta_unix"] = later.UUID, float64(eta.UnixNano())/1e9
-	fmt.Println(string(mustMarshal(sent)))
+	fmt.Println(string(mustMarshal(sendEach(p, stampPath))))
 }
 
 // -- machinery's reader (AsyncResult.Get on the AMQP backend) ----------------------------------

@@ -111,6 +111,79 @@ func value(typeName string, v interface{}) interface{} {
 	panic("unsupported result type " + typeName)
 }
 
+// -- machinery's producer side (server.SendTask, SendChain, SendChord) -----------------------
+
+// producer: machinery's server on one store.
+type producer interface {
+	sendTask(s *Signature) string // SendTask; where it went (queue, delayed key or queue)
+	initGroup(meta GroupMeta)     // the result backend's InitGroup
+}
+
+// NewChain: each link becomes the OnSuccess of the one before; the head is sent.
+func sendChain(p producer, links ...*Signature) {
+	for i := len(links) - 1; i > 0; i-- {
+		links[i-1].OnSuccess = []*Signature{links[i]}
+	}
+	p.sendTask(links[0])
+}
+
+// NewGroup, NewChord, SendChord: the group's metadata first, then every member, each
+// carrying a copy of the callback; the group's id.
+func sendChord(p producer, callback *Signature, members ...*Signature) string {
+	groupID := "group_" + uuid4()
+	callback.UUID = "chord_" + uuid4()
+	ids := []string{}
+	for _, member := range members {
+		member.GroupUUID, member.GroupTaskCount, member.ChordCallback = groupID, len(members), callback
+		ids = append(ids, member.UUID)
+	}
+	p.initGroup(GroupMeta{GroupUUID: groupID, TaskUUIDs: ids, CreatedAt: time.Now().UTC()})
+	for _, member := range members {
+		p.sendTask(member)
+	}
+	return groupID
+}
+
+func int64s(values ...int64) []Arg {
+	args := []Arg{}
+	for _, v := range values {
+		args = append(args, Arg{Type: "int64", Value: v})
+	}
+	return args
+}
+
+// sendEach sends add, sum_ints, concat, a chain, a chord, a failing task and a stamp task
+// with an ETA 1.5 s ahead; what it sent, by name (a chain's and a chord's ids in the order
+// their reader reads them, the callback last).
+func sendEach(p producer, stampPath string) map[string]interface{} {
+	sent := map[string]interface{}{}
+	add := newSignature("add", int64s(2, 3)...)
+	p.sendTask(add)
+	sent["add"] = add.UUID
+	sumInts := newSignature("sum_ints", Arg{Type: "[]int64", Value: []int64{1, 2, 3}})
+	p.sendTask(sumInts)
+	sent["sum_ints"] = sumInts.UUID
+	concat := newSignature("concat", Arg{Type: "[]string", Value: []string{"foo", "<&>", "bär"}})
+	p.sendTask(concat)
+	sent["concat"] = concat.UUID
+	head, last := newSignature("add", int64s(1, 2)...), newSignature("multiply", int64s(4)...)
+	sendChain(p, head, last)
+	sent["chain"] = []string{head.UUID, last.UUID}
+	callback := newSignature("add")
+	members := []*Signature{newSignature("add", int64s(1, 1)...), newSignature("add", int64s(2, 2)...)}
+	sent["group"] = sendChord(p, callback, members...)
+	sent["chord"] = []string{members[0].UUID, members[1].UUID, callback.UUID}
+	failing := newSignature("fail", Arg{Type: "string", Value: failMessage})
+	p.sendTask(failing)
+	sent["fail"] = failing.UUID
+	eta := time.Now().UTC().Add(1500 * time.Millisecond)
+	later := newSignature("stamp", Arg{Type: "string", Value: stampPath})
+	later.ETA = &eta
+	sent["delayed_to"] = p.sendTask(later)
+	sent["eta"], sent["eta_unix"] = later.UUID, float64(eta.UnixNano())/1e9
+	return sent
+}
+
 // describeState: a state as Go reads it, and whether Go writes back the bytes it read.
 func describeState(id string, raw []byte) map[string]interface{} {
 	var state TaskState

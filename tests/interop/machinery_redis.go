@@ -114,19 +114,19 @@ func (c *redisConn) read() (interface{}, error) {
 
 // -- machinery's producer side (server.SendTask, SendChain, SendChord on Redis) ---------------
 
-type producer struct {
+type redisProducer struct {
 	redis      *redisConn
 	queue      string
 	delayedKey string
 	expireS    int
 }
 
-func (p *producer) setState(state *TaskState) {
+func (p *redisProducer) setState(state *TaskState) {
 	p.redis.do("SET", state.TaskUUID, mustMarshal(state), "EX", p.expireS)
 }
 
-// SendTask: headers never nil, the state PENDING, then the message published.
-func (p *producer) sendTask(s *Signature) {
+// SendTask: headers never nil, the state PENDING, then the message published; where it went.
+func (p *redisProducer) sendTask(s *Signature) string {
 	if s.Headers == nil {
 		s.Headers = Headers{}
 	}
@@ -137,69 +137,19 @@ func (p *producer) sendTask(s *Signature) {
 	message := mustMarshal(s)
 	if s.ETA != nil && s.ETA.After(time.Now().UTC()) {
 		p.redis.do("ZADD", p.delayedKey, s.ETA.UnixNano(), message)
-	} else {
-		p.redis.do("RPUSH", s.RoutingKey, message)
+		return p.delayedKey
 	}
+	p.redis.do("RPUSH", s.RoutingKey, message)
+	return s.RoutingKey
 }
 
-// NewChain: each link becomes the OnSuccess of the one before; the head is sent.
-func (p *producer) sendChain(links ...*Signature) string {
-	for i := len(links) - 1; i > 0; i-- {
-		links[i-1].OnSuccess = []*Signature{links[i]}
-	}
-	p.sendTask(links[0])
-	return links[len(links)-1].UUID
-}
-
-// NewGroup, NewChord, SendChord: the group's metadata first, then every member, each
-// carrying a copy of the callback.
-func (p *producer) sendChord(callback *Signature, members ...*Signature) (string, string) {
-	groupID := "group_" + uuid4()
-	callback.UUID = "chord_" + uuid4()
-	ids := []string{}
-	for _, member := range members {
-		member.GroupUUID, member.GroupTaskCount, member.ChordCallback = groupID, len(members), callback
-		ids = append(ids, member.UUID)
-	}
-	meta := GroupMeta{GroupUUID: groupID, TaskUUIDs: ids, CreatedAt: time.Now().UTC()}
-	p.redis.do("SET", groupID, mustMarshal(meta), "EX", p.expireS)
-	for _, member := range members {
-		p.sendTask(member)
-	}
-	return groupID, callback.UUID
+// InitGroup: the group's metadata, under the group id.
+func (p *redisProducer) initGroup(meta GroupMeta) {
+	p.redis.do("SET", meta.GroupUUID, mustMarshal(meta), "EX", p.expireS)
 }
 
 func send(addr, queue, delayedKey, stampPath string, expireS int) {
-	p := &producer{dial(addr), queue, delayedKey, expireS}
-	int64s := func(values ...int64) []Arg {
-		args := []Arg{}
-		for _, v := range values {
-			args = append(args, Arg{Type: "int64", Value: v})
-		}
-		return args
-	}
-	sent := map[string]interface{}{}
-	add := newSignature("add", int64s(2, 3)...)
-	p.sendTask(add)
-	sent["add"] = add.UUID
-	sumInts := newSignature("sum_ints", Arg{Type: "[]int64", Value: []int64{1, 2, 3}})
-	p.sendTask(sumInts)
-	sent["sum_ints"] = sumInts.UUID
-	concat := newSignature("concat", Arg{Type: "[]string", Value: []string{"foo", "<&>", "bär"}})
-	p.sendTask(concat)
-	sent["concat"] = concat.UUID
-	sent["chain"] = p.sendChain(newSignature("add", int64s(1, 2)...), newSignature("multiply", int64s(4)...))
-	sent["group"], sent["chord"] = p.sendChord(
-		newSignature("add"), newSignature("add", int64s(1, 1)...), newSignature("add", int64s(2, 2)...))
-	failing := newSignature("fail", Arg{Type: "string", Value: failMessage})
-	p.sendTask(failing)
-	sent["fail"] = failing.UUID
-	eta := time.Now().UTC().Add(1500 * time.Millisecond)
-	later := newSignature("stamp", Arg{Type: "string", Value: stampPath})
-	later.ETA = &eta
-	p.sendTask(later)
-	sent["eta"], sent["eta_unix"] = later.UUID, float64(eta.UnixNano())/1e9
-	fmt.Println(string(mustMarshal(sent)))
+	fmt.Println(string(mustMarshal(sendEach(&redisProducer{dial(addr), queue, delayedKey, expireS}, stampPath))))
 }
 
 // -- reading what taskd wrote ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from taskd.wire import State
-from tests.interop.goprograms import GoProgram, json_lines
+from tests.interop.goprograms import GoProgram, json_lines, send_now_and_later
 from tests.support.harness import (
     AMQP_URL,
     TEST_RESULTS_EXPIRE_S,
@@ -22,7 +22,6 @@ from tests.support.harness import (
     amqp_connection,
     config_data,
     consumer_count,
-    taskctl,
     wait_until,
     write_config,
 )
@@ -68,7 +67,7 @@ def test_a_go_producer_s_tasks_run_and_go_reads_every_state_from_its_queues(
     try:
         read = json_lines(go_machinery_amqp("states", AMQP_URL, exchange, EXPIRE_S, "30", *ids))
     finally:
-        delete_queues([*ids, sent["group"], sent["delay_queue"]])
+        delete_queues([*ids, sent["group"], sent["delayed_to"]])
     states = dict(zip(ids, read, strict=True))
     assert all(state["identical"] for state in read)  # Go writes back taskd's very bytes
     failed = states[sent["fail"]]
@@ -109,12 +108,7 @@ def test_what_taskctl_sends_on_amqp_a_go_worker_runs(
     data = config_data("amqp", amqp_namespace, tmp_path)
     exchange, binding_key = data["amqp"]["exchange"], data["amqp"]["binding_key"]
     config = write_config(tmp_path, data)
-    now = taskctl(tmp_path, config, "send", "add", "--arg", "int64:2", "--arg", "int64:3")
-    later = taskctl(
-        tmp_path, config, "send", "add", "--arg", "int64:4", "--arg", "int64:5", "--countdown", "2"
-    )
-    assert now.returncode == later.returncode == 0, now.stderr + later.stderr
-    now_id, later_id = now.stdout.strip(), later.stdout.strip()
+    now_id, later_id = send_now_and_later(tmp_path, config)
 
     queue = data["default_queue"]
     ran = json_lines(go_machinery_amqp("work", AMQP_URL, exchange, binding_key, queue, "2", "30"))

@@ -14,7 +14,7 @@ from typing import Any
 from taskd.client import Client, signature
 from taskd.config import load_config
 from taskd.workflows import chain, chord, group
-from tests.interop.goprograms import json_lines
+from tests.interop.goprograms import json_lines, send_now_and_later
 from tests.support.harness import (
     REDIS_URL,
     TEST_RESULTS_EXPIRE_S,
@@ -52,7 +52,9 @@ def test_a_go_producer_s_tasks_run_and_go_reads_what_taskd_stored(
         )
     )
     names = ["add", "sum_ints", "concat", "chain", "chord", "eta"]
-    ids = [sent[name] for name in names] + [sent["fail"]]
+    chain_end, callback = sent["chain"][-1], sent["chord"][-1]
+    ids = [sent["add"], sent["sum_ints"], sent["concat"], chain_end, callback, sent["eta"]]
+    ids.append(sent["fail"])
 
     def all_final() -> list[dict[str, Any]] | None:
         states = json_lines(go_machinery("states", REDIS_ADDRESS, *ids))
@@ -94,12 +96,7 @@ def test_what_taskctl_sends_a_go_worker_runs(
     data = config_data("redis", redis_namespace, tmp_path)
     queue, delayed_key = data["default_queue"], data["redis"]["delayed_tasks_key"]
     config = write_config(tmp_path, data)
-    now = taskctl(tmp_path, config, "send", "add", "--arg", "int64:2", "--arg", "int64:3")
-    later = taskctl(
-        tmp_path, config, "send", "add", "--arg", "int64:4", "--arg", "int64:5", "--countdown", "2"
-    )
-    assert now.returncode == later.returncode == 0, now.stderr + later.stderr
-    now_id, later_id = now.stdout.strip(), later.stdout.strip()
+    now_id, later_id = send_now_and_later(tmp_path, config)
 
     ran = json_lines(
         go_machinery(
