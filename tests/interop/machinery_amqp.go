@@ -27,7 +27,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -168,29 +167,11 @@ func work(url, exchange, bindingKey, queue string, count int, timeout time.Durat
 			fmt.Fprintf(os.Stderr, "only %d of %d messages came\n", done, count)
 			os.Exit(1)
 		}
-		var s Signature
-		identical := decode(delivery.Body, &s)
-		if s.Name != "add" {
-			panic("this worker only has add, got " + s.Name)
-		}
-		var sum int64
-		for _, arg := range s.Args {
-			n, err := arg.Value.(json.Number).Int64()
-			check(err)
-			sum += n
-		}
-		ranAt := float64(time.Now().UnixNano()) / 1e9
+		_, _, ran := runAdd(delivery.Body)
 		check(delivery.Ack(false))
-		var eta interface{}
-		if s.ETA != nil {
-			eta = float64(s.ETA.UnixNano()) / 1e9
-		}
-		fmt.Println(string(mustMarshal(map[string]interface{}{
-			"id": s.UUID, "identical": identical, "routing_key": s.RoutingKey,
-			"delivered_by": delivery.RoutingKey, "content_type": delivery.ContentType,
-			"persistent": delivery.DeliveryMode == amqp.Persistent, "eta_unix": eta,
-			"ran_unix": ranAt, "result": sum,
-		})))
+		ran["delivered_by"], ran["content_type"] = delivery.RoutingKey, delivery.ContentType
+		ran["persistent"] = delivery.DeliveryMode == amqp.Persistent
+		fmt.Println(string(mustMarshal(ran)))
 	}
 }
 

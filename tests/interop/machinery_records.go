@@ -198,6 +198,34 @@ func describeState(id string, raw []byte) map[string]interface{} {
 	}
 }
 
+// -- machinery's worker side ------------------------------------------------------------------
+
+// runAdd runs a message as machinery's worker would, for the one task these workers have:
+// the signature, its sum, and what to report of it (whether Go encodes it back to the bytes
+// it came as, where it was routed, its ETA, when it ran, what it carries).
+func runAdd(raw []byte) (*Signature, int64, map[string]interface{}) {
+	var s Signature
+	identical := decode(raw, &s)
+	if s.Name != "add" {
+		panic("this worker only has add, got " + s.Name)
+	}
+	var sum int64
+	for _, arg := range s.Args {
+		n, err := arg.Value.(json.Number).Int64()
+		check(err)
+		sum += n
+	}
+	var eta interface{}
+	if s.ETA != nil {
+		eta = float64(s.ETA.UnixNano()) / 1e9
+	}
+	return &s, sum, map[string]interface{}{
+		"id": s.UUID, "identical": identical, "routing_key": s.RoutingKey, "eta_unix": eta,
+		"ran_unix": float64(time.Now().UnixNano()) / 1e9, "result": sum,
+		"on_success": len(s.OnSuccess), "chord_callback": s.ChordCallback != nil,
+	}
+}
+
 // -- small helpers ----------------------------------------------------------------------------
 
 func mustMarshal(v interface{}) []byte {

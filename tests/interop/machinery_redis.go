@@ -25,7 +25,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -221,29 +220,9 @@ func work(addr, queue, delayedKey string, count int, timeout time.Duration, expi
 		if popped == nil {
 			continue
 		}
-		raw := popped[1].([]byte)
-		var s Signature
-		identical := decode(raw, &s)
-		if s.Name != "add" {
-			panic("this worker only has add, got " + s.Name)
-		}
-		var sum int64
-		for _, arg := range s.Args {
-			n, err := arg.Value.(json.Number).Int64()
-			check(err)
-			sum += n
-		}
-		ranAt := float64(time.Now().UnixNano()) / 1e9
-		storeSuccess(redis, &s, []*TaskResult{{Type: "int64", Value: sum}}, expireS)
-		var eta interface{}
-		if s.ETA != nil {
-			eta = float64(s.ETA.UnixNano()) / 1e9
-		}
-		fmt.Println(string(mustMarshal(map[string]interface{}{
-			"id": s.UUID, "identical": identical, "routing_key": s.RoutingKey,
-			"eta_unix": eta, "ran_unix": ranAt, "result": sum,
-			"on_success": len(s.OnSuccess), "chord_callback": s.ChordCallback != nil,
-		})))
+		s, sum, ran := runAdd(popped[1].([]byte))
+		storeSuccess(redis, s, []*TaskResult{{Type: "int64", Value: sum}}, expireS)
+		fmt.Println(string(mustMarshal(ran)))
 		done++
 	}
 }
