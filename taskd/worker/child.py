@@ -360,6 +360,8 @@ class Child:
         follow = self.outages.call(
             "backend", followups.after, self.backend, job.sig, outcome, job.delivery.queue
         )
+        if job.finished is not None:  # settled before, its ack lost: what no worker took yet
+            follow = self.outages.call("backend", followups.not_taken, self.backend, follow)
         if follow.record:
             self.outages.call("backend", self.backend.set_states, list(follow.record))
         if follow.send:

@@ -11,7 +11,7 @@ FAILURE with the member's error, instead of never finishing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -69,6 +69,22 @@ def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) 
         fires_chord=chord.fires_chord,
     )
     return _readable(backend, sig, follow)
+
+
+def not_taken(backend: ResultBackend, follow: FollowUp) -> FollowUp:
+    """For a task settled again from its stored state (its message came back: its ack was
+    lost, or its worker died before it): the tasks to send but those a worker has taken
+    already, which were sent then. Each was recorded PENDING before it was sent, so one
+    still PENDING (or gone) goes again: maybe twice, never lost."""
+    if not follow.send:
+        return follow
+    stored = backend.get_states([sent.uuid for sent in follow.send])
+    send = tuple(
+        sent
+        for sent, state in zip(follow.send, stored, strict=True)
+        if state is None or state.state is State.PENDING
+    )
+    return replace(follow, send=send)
 
 
 def _readable(backend: ResultBackend, sig: Signature, follow: FollowUp) -> FollowUp:

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from taskd import chord
+from taskd import chain, chord
 from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
 from taskd.errors import ConfigError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
-from taskd.wire import GoTime, State, TaskState, decode_signature
+from taskd.wire import GoTime, State, TaskResult, TaskState, decode_signature
 from taskd.worker.child import Child
 from taskd.worker.liveness import ChildLiveness
 from tests.support.fakes import CountingMemoryBroker, MemoryBackend, MemoryBroker
@@ -309,3 +309,29 @@ def test_a_chord_member_delivered_again_after_the_chord_fired_does_not_fire_it_a
     assert "task_already_finished" in [entry["event"] for entry in logs]
     assert (lines(errors), runs(trace)) == fired  # once
     assert rig.state(sent.task_id) is (State.FAILURE if member_fails else State.SUCCESS)
+
+
+@pytest.mark.parametrize("link_taken", [True, False], ids=["link_ran", "link_never_sent"])
+def test_a_chain_link_delivered_again_sends_on_only_what_no_worker_took(
+    tmp_path: Path, link_taken: bool
+) -> None:
+    """The head of a chain comes back after it finished (its ack lost): the next link goes
+    again only if no worker has taken it, so it is never lost (its worker may have died
+    before sending it) and does not run twice for a lost ack."""
+    rig = Rig()
+    trace = tmp_path / "trace"
+    links = chain(signature("add", 1, 2), signature("collect", str(trace)))
+    sent = rig.client.send_chain(links)
+    head_body, _before = rig.broker.queues[QUEUE][0]
+    if link_taken:
+        assert rig.serve() == EXIT_OK  # the head, then the link, ran
+    else:  # the head's worker stored its result and died before sending the link
+        rig.broker.queues[QUEUE].popleft()
+        head_id = sent.link_ids[0]
+        done = TaskState(head_id, State.SUCCESS, task_name="add", results=(TaskResult("int64", 3),))
+        rig.backend.set_states([done])
+    rig.broker.queues[QUEUE].append((head_body, 1))
+    rig.child.stopping = False
+    assert rig.serve() == EXIT_OK
+    assert lines(trace) == [[3]]  # once, with the head's result
+    assert rig.state(sent.task_id) is State.SUCCESS
