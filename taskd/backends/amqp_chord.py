@@ -35,6 +35,11 @@ def claim_queue(backend: AMQPBackend, group_id: str) -> str:
     return token_queue(backend, group_id) + ".claimant"
 
 
+def gathered_queue(backend: AMQPBackend, group_id: str) -> str:
+    """Who claimed a chord gathered machinery's way, and what it gathered (amqp_machinery)."""
+    return token_queue(backend, group_id) + ".gathered"
+
+
 def place_token(backend: AMQPBackend, session: RecordSession, group_id: str) -> None:
     """The group's one token (a group sent again still has one)."""
     queue = token_queue(backend, group_id)

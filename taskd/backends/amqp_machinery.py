@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskd.backends.amqp_board import locked
-from taskd.backends.amqp_chord import claim_queue
+from taskd.backends.amqp_chord import claim_queue, gathered_queue
 from taskd.backends.amqp_records import NOT_FOUND, RecordSession, Write
 from taskd.backends.base import SPENT_CLAIM
 from taskd.errors import BackendError, BackendUnavailable, DecodeError
@@ -101,7 +101,7 @@ def gather(
     """``ResultBackend.gather_group``: machinery's protocol, as the module says."""
     if not backend._machinery_exchange or task_count < 1:  # nothing to count it against
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
-    claimed = backend._name("chord", group_id) + ".gathered"  # who claimed, what it gathered
+    claimed = gathered_queue(backend, group_id)
     with locked(backend, claimed + ".lock", group_id) as session:
         raw = backend._read([claimed], group_id)[claimed]
         if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
