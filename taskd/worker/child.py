@@ -75,7 +75,7 @@ class Child:
         self.slot, self.liveness = slot, liveness
         self._connect_broker, self._connect_backend = connect_broker, connect_backend
         self.policy = RetryPolicy(config.worker.retry_jitter, config.worker.retry_max_delay)
-        self.stopping = False
+        self.stopping = self.ready = False
         self.pacing = Pacing(config.worker.prefetch)
         self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
         self.tasks: RunningTasks | None = None  # what it runs, for its supervisor (if any)
@@ -120,7 +120,6 @@ class Child:
             if settle is None
             else lambda states, acks: self.outages.call("broker", settle, states, acks),
         )
-        log.info("child_ready", queue=self.queue)
         try:
             while not self.stopping:
                 self.liveness.stamp(self.slot, busy=False)
@@ -180,7 +179,10 @@ class Child:
             self.outages.pause("broker", exc)
             return []
         self.outages.ended("broker")
-        self.liveness.mark_ready(self.slot)  # its backend answered at boot, its broker now
+        if not self.ready:  # its backend answered at boot, its broker now: its queue exists
+            self.ready = True
+            self.liveness.mark_ready(self.slot)
+            log.info("child_ready", queue=self.queue)
         return deliveries
 
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:

@@ -131,7 +131,7 @@ class Metrics:
         self.registry.register(_PoolCollector(self))
         self.server.daemon_threads = True
         self.server.metrics = self  # type: ignore[attr-defined]
-        self.alive, self.restarts, self.draining = 0, 0, False
+        self.alive, self.restarts, self.draining, self.ready = 0, 0, False, False
         self.config, self.queue = config, config.default_queue
         self._depth: dict[tuple[str, str], int] = {}
         self._depth_at = -QUEUE_CACHE_S
@@ -152,7 +152,7 @@ class Metrics:
 
     def tick(self, pool: Supervisor) -> None:
         self.alive = sum(1 for child in pool.children.values() if not child.asked_to_stop)
-        self.draining = pool.draining
+        self.draining, self.ready = pool.draining, pool.service.ready
         self.config, self.queue = pool.config, pool.queue
 
     def child_gone(self, pid: int, *, replaced: bool) -> None:
@@ -268,7 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("metrics_scrape_failed")
                 self._send(500, f"{exc}\n".encode(), "text/plain; charset=utf-8")
         elif path == "/healthz":
-            status, text = (503, b"draining\n") if metrics.draining else (200, b"ok\n")
+            status, text = 200, b"ok\n"
+            if metrics.draining:
+                status, text = 503, b"draining\n"
+            elif not metrics.ready:  # not every child has reached its broker and backend yet
+                status, text = 503, b"starting\n"
             self._send(status, text, "text/plain; charset=utf-8")
         else:
             self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")

@@ -1,10 +1,13 @@
-"""What systemd hears from the supervisor, and what "progress" means for its watchdog.
+"""When the pool is ready, what systemd hears of it, and what "progress" means for its watchdog.
 
-Each message goes out in its own datagram (``taskd.worker.sdnotify``), and only when
-``$NOTIFY_SOCKET`` is set; without it this module sends nothing and changes nothing.
+Ready: every child of the pool has reached its broker and backend (its backend answered and
+its first fetch returned, so its queue exists). The supervisor logs ``taskd_ready`` then,
+with or without systemd, and /healthz answers 200 from then on (``taskd.worker.metrics``).
 
-- ``READY=1``: every child of the pool has reached its broker and backend (its backend
-  answered and its first fetch returned); again after a reload, once the new children have.
+Each message to systemd goes out in its own datagram (``taskd.worker.sdnotify``), and only
+when ``$NOTIFY_SOCKET`` is set; without it this module sends systemd nothing.
+
+- ``READY=1``: the pool is ready; again after a reload, once the new children are.
 - ``STATUS=...``: kept current, at most once a second: children up of those configured,
   busy, tasks done, queue, silent children, the last error. Not before ``READY=1`` unless
   the start takes longer than QUIET_START_S.
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from taskd.worker.supervisor import ChildProcess, Supervisor
 
 log = structlog.get_logger("taskd.systemd")
+pool_log = structlog.get_logger("taskd.supervisor")
 
 PING_FRACTION = 0.25  # a ping every quarter of WATCHDOG_USEC: well inside sd_notify's "half"
 STATUS_EVERY_S = 1.0  # STATUS= at most this often (READY, RELOADING, STOPPING: at once)
@@ -72,7 +76,8 @@ class Service:
     def __init__(self, notifier: Notifier, liveness: ChildLiveness) -> None:
         self.notifier, self.liveness = notifier, liveness
         self.phase = Phase.STARTING
-        self.started_at = time.monotonic()
+        self.phase_since = time.monotonic()
+        self.ready = False  # the pool was ready once: it serves, whatever comes after
         self.last_error = ""
         self._status, self._status_at = "", -math.inf
         self._next_ping = self._next_extend = 0.0
@@ -87,11 +92,9 @@ class Service:
         return self.notifier.enabled
 
     def wait_s(self, longest_s: float) -> float:
-        """How long the supervisor's loop may wait before a ping falls due."""
-        if not self.enabled:
-            return longest_s
+        """How long the supervisor's loop may wait before it must look at the children."""
         if self.phase in (Phase.STARTING, Phase.RELOADING):
-            longest_s = min(longest_s, READY_POLL_S)  # READY=1 soon after the children are
+            longest_s = min(longest_s, READY_POLL_S)  # ready soon after the children are
         if self.notifier.watchdog_timeout_s is None or self.phase is Phase.STARTING:
             return longest_s
         return min(longest_s, max(0.0, self._next_ping - time.monotonic()))
@@ -111,19 +114,19 @@ class Service:
         self._status_at = -math.inf
 
     def reloading(self) -> None:
-        if self.enabled and self.phase is Phase.RUNNING:
-            self.phase = Phase.RELOADING
+        if self.phase is Phase.RUNNING:
+            self.phase, self.phase_since = Phase.RELOADING, time.monotonic()
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
             self._send_status("reloading the configuration")
 
     def reload_failed(self, error: str) -> None:
         self.error(f"reload failed, old configuration kept: {error}")
-        if self.enabled and self.phase is Phase.RELOADING:
+        if self.phase is Phase.RELOADING:
             self.phase = Phase.RUNNING
             self.notifier.send("READY=1")
 
     def stopping(self, signal_name: str) -> None:
-        if self.enabled and self.phase is not Phase.STOPPING:
+        if self.phase is not Phase.STOPPING:
             self.phase = Phase.STOPPING
             self.notifier.send("STOPPING=1")
             self._send_status(f"stopping ({signal_name}): children finish their tasks")
@@ -131,8 +134,6 @@ class Service:
     # -- every turn of the supervisor's loop ------------------------------------------------
 
     def tick(self, pool: Supervisor) -> None:
-        if not self.enabled:
-            return
         now = time.monotonic()
         views = {child.slot: self.liveness.view(child.slot) for child in pool.children.values()}
         current = [child for child in pool.children.values() if not child.asked_to_stop]
@@ -142,9 +143,18 @@ class Service:
             and len(current) >= pool.desired
             and all(views[child.slot].ready for child in current)
         ):
-            self.phase = Phase.RUNNING
+            pool_log.info(
+                "taskd_ready",
+                children=len(current),
+                queue=pool.queue,
+                reloaded=self.phase is Phase.RELOADING,
+                after_s=round(now - self.phase_since, 3),
+            )
+            self.phase, self.ready = Phase.RUNNING, True
             self.notifier.send("READY=1")
             self._status_at = -math.inf
+        if not self.enabled:
+            return
         window_s = self.progress_window_s(pool.config.worker.poll_interval)
         silent = [child for child in current if now - views[child.slot].beat_s > window_s]
         self._update_status(now, pool, current, views, silent, window_s)
@@ -201,7 +211,7 @@ class Service:
         silent: list[ChildProcess],
         window_s: float,
     ) -> None:
-        if self.phase is Phase.STARTING and now - self.started_at < QUIET_START_S:
+        if self.phase is Phase.STARTING and now - self.phase_since < QUIET_START_S:
             return  # a quick start says READY=1 first
         if now - self._status_at < STATUS_EVERY_S:
             return

@@ -58,6 +58,22 @@ def amqp_client(namespace: str, tmp_path: Path, **overrides: Any) -> tuple[Path,
 # -- RabbitMQ from the outside --------------------------------------------------------------
 
 
+def test_ready_means_consuming(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """A producer that starts when taskd says it is ready (``child_ready``, ``taskd_ready``,
+    READY=1) finds the queue declared, bound and consumed: machinery publishes without
+    ``mandatory``, so a message sent to an exchange with no queue bound yet is dropped."""
+    config, _client = amqp_client(amqp_namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    with amqp_connection() as connection:
+        assert consumer_count(connection, amqp_namespace) == 2
+    wait_until(lambda: process.events("taskd_ready"), 10, what="taskd_ready")
+    (ready,) = process.events("taskd_ready")
+    assert ready["children"] == 2 and ready["queue"] == amqp_namespace
+
+
 def go_publish(connection: Any, exchange: str, routing_key: str, body: bytes) -> None:
     """Publish as machinery does (persistent JSON, empty headers); confirmed and mandatory,
     so that a message RabbitMQ could not route fails the test here."""
@@ -177,7 +193,6 @@ def test_messages_from_a_go_producer_run(
     delay_ms = 1500
     delay_queue = f"delay.{delay_ms}.{namespace}.{binding_key}"
     with amqp_connection() as connection:
-        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
         now_id, later_id = new_id(), new_id()
         int_args = '[{"Name":"","Type":"int64","Value":1},{"Name":"","Type":"int64","Value":1}]'
         go_publish(
@@ -232,7 +247,6 @@ def test_a_go_producer_on_machinery_s_amqp_backend_reads_the_result(
     process.wait_ready(1)
     task_id = new_id()
     with amqp_connection() as connection:
-        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
         channel = connection.channel()
         try:
             declare_machinery_state_queue(channel, namespace, task_id)  # SetStatePending
@@ -284,7 +298,6 @@ def test_a_go_producer_s_chord_on_machinery_s_amqp_backend_fires_once(
         for n in NUMBERS
     ]
     with amqp_connection() as connection:
-        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
         channel = connection.channel()
         try:
             for member in members:  # SendGroup: each recorded PENDING, then published
@@ -327,7 +340,6 @@ def test_a_go_producer_on_machinery_s_amqp_backend_reads_a_chain_link_by_link(
         uuid=new_id(), routing_key=binding_key, headers={}, on_success=(last,)
     )
     with amqp_connection() as connection:
-        wait_until(lambda: consumer_count(connection, namespace), 15, 0.05, "taskd to consume")
         channel = connection.channel()
         try:
             declare_machinery_state_queue(channel, namespace, head.uuid)  # SetStatePending

@@ -19,6 +19,7 @@ from taskd.config import split_host_port
 from taskd.worker.metrics import Metrics
 from tests.support.harness import (
     Daemon,
+    PrivateRedis,
     client_for,
     config_data,
     free_port,
@@ -104,7 +105,7 @@ def test_healthz_is_503_while_draining_and_the_directory_goes(
     trace = tmp_path / "trace"
     with client:
         taskd = daemon(config, "--concurrency", "1", TMPDIR=str(tmp_path))
-        taskd.wait_ready(1)
+        wait_until(lambda: taskd.events("taskd_ready"), 20, what="taskd_ready")
         (listening,) = taskd.events("metrics_listening")
         directory = Path(listening["directory"])
         assert directory.is_dir()
@@ -117,6 +118,31 @@ def test_healthz_is_503_while_draining_and_the_directory_goes(
     assert not directory.exists()
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # the listener went with the daemon
+
+
+def test_healthz_is_503_until_every_child_reached_its_redis(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Daemon], private_redis: PrivateRedis
+) -> None:
+    """Ready (``taskd_ready``, /healthz 200, systemd's READY=1) only once every child has
+    reached its broker and backend: a daemon that starts while its Redis is down says
+    "starting" until Redis comes up, then works."""
+    private_redis.stop()
+    port = free_port()
+    config, client = client_for(
+        "redis", namespace, tmp_path, broker=private_redis.url,
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
+    wait_until(lambda: len(taskd.events("backend_unavailable")) == 2, 20, what="both children")
+    assert get(port, "/healthz") == (503, "starting\n")
+    assert taskd.events("child_ready") == taskd.events("taskd_ready") == []
+    private_redis.start()
+    wait_until(lambda: get(port, "/healthz") == (200, "ok\n"), 20, what="/healthz 200")
+    (ready,) = taskd.events("taskd_ready")
+    assert ready["children"] == 2 and ready["queue"] == namespace
+    assert len(taskd.events("child_ready")) == 2
+    with client:
+        assert client.send("count", 1, 2).get(timeout=30) == 2
 
 
 def listening_sockets(pid: int) -> set[str]:
