@@ -36,6 +36,7 @@ WAKE_CHECK_S = 1.0  # ...growing to this
 MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would block for ever)
 POST = redisdb.Script.packaged("post.lua")
 READ_BOARD = redisdb.Script.packaged("read_board.lua")
+REGISTER = redisdb.Script.packaged("register.lua")
 
 
 def unconfirmed(states: Sequence[TaskState], answers: Sequence[Any]) -> None:
@@ -198,25 +199,33 @@ class RedisBackend(ResultBackend):
         self, waiter: str, task_ids: Sequence[str], wait_s: float
     ) -> tuple[list[TaskState | None], TaskState | None]:
         """Add ``waiter`` to each task's waiters, read the tasks' states and block up to
-        ``wait_s`` for a push, in one write: a state stored after the read is pushed to the
-        waiter. Where every state read is final already, the block is released at once
-        (an empty push from another connection). The states, and what was pushed."""
-        commands: list[tuple[Any, ...]] = []
-        for task_id in task_ids:
-            commands.append(("SADD", f"{self._prefix}waiting:{task_id}", waiter))
-            commands.append(("EXPIRE", f"{self._prefix}waiting:{task_id}", WAITER_TTL_S))
-        commands += [("MGET", *task_ids), ("BLPOP", waiter, wait_s)]
+        ``wait_s`` for a push, in one write (register.lua): a state stored after the read is
+        pushed to the waiter, and where every state read is final already the script ends
+        the block at once. The states, and what was pushed."""
+        import redis
+
+        args = (waiter, WAITER_TTL_S, self._prefix)
+        commands = [
+            ("EVALSHA", REGISTER.sha, len(task_ids), *task_ids, *args),
+            ("BLPOP", waiter, wait_s),
+        ]
         with self._translated(task_ids[0]):
             replies = redisdb.send_packed(self._redis, commands)
-            raws = replies(len(commands) - 1)[-1]
-            if isinstance(raws, Exception):
+            (registered,) = replies(1)
+            if isinstance(registered, redis.exceptions.NoScriptError):  # Redis restarted
+                try:  # loads it; registers, and ends the block where all are final
+                    registered = REGISTER(self._redis, task_ids, args)
+                except redis.RedisError as exc:
+                    registered = exc
+            if isinstance(registered, Exception):
                 replies()
-                raise raws
+                raise registered
+            raws, ended = registered
             states = [
                 None if raw is None else self._load_state(raw, task_id)
                 for task_id, raw in zip(task_ids, raws, strict=True)
             ]
-            if all(is_final(state) for state in states):
+            if not ended and all(is_final(state) for state in states):  # a record it misread
                 release = self._redis.pipeline(transaction=False)
                 release.rpush(waiter, b"").expire(waiter, WAITER_TTL_S)  # the block ends
                 release.execute()

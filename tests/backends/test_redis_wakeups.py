@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from taskd import redisdb
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends import redis as redis_backend
 from taskd.wire import GoTime, State, TaskState, new_id
@@ -96,3 +97,60 @@ def test_registering_for_a_finished_task_does_not_block(
     (got,) = backend.wait_states([task_id], 120)
     assert got.state is State.SUCCESS
     assert time.monotonic() - started < 30  # released, not left to block for 60 s
+
+
+def _client_releases(backend: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the client's own block-ending writes (a pipeline of RPUSH and EXPIRE)."""
+    releases: list[int] = []
+    pipeline = backend.redis.pipeline
+    monkeypatch.setattr(
+        backend.redis, "pipeline", lambda **kw: releases.append(1) or pipeline(**kw)
+    )
+    return releases
+
+
+def test_the_script_ends_the_block_for_a_finished_task_in_the_same_write(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)  # the block sent with it
+    releases = _client_releases(backend, monkeypatch)
+    done, failed = new_id(), new_id()
+    backend.set_states([_state(done, State.SUCCESS), _state(failed, State.FAILURE)])
+    got = backend.wait_states([done, failed], 120)
+    assert [state.state for state in got] == [State.SUCCESS, State.FAILURE]
+    assert releases == []  # register.lua pushed the release: no second round trip
+
+
+def test_a_record_the_script_cannot_read_is_released_by_the_client(
+    backend: Any, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A final state another writer stored with spaces: the script takes it for unfinished,
+    the client reads it as final and ends its own block."""
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)
+    releases = _client_releases(backend, monkeypatch)
+    task_id = new_id()
+    spaced = _state(task_id, State.SUCCESS).encode().replace(b'"State":', b'"State": ')
+    redis_server.set(task_id, spaced, ex=60)
+    started = time.monotonic()
+    (got,) = backend.wait_states([task_id], 120)
+    assert got.state is State.SUCCESS
+    assert releases == [1]
+    assert time.monotonic() - started < 30  # released, not left to block for 60 s
+
+
+def test_after_a_redis_restart_the_script_is_loaded_and_the_block_still_ends(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOSCRIPT (Redis restarted, its script cache empty): the block already sent waits for
+    the script, run again with its source, which registers and ends it."""
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)
+    fresh = f"{redis_backend.REGISTER.source}\n-- {new_id()}"  # a SHA-1 Redis has not seen
+    monkeypatch.setattr(redis_backend, "REGISTER", redisdb.Script(fresh))
+    releases = _client_releases(backend, monkeypatch)
+    task_id = new_id()
+    backend.set_states([_state(task_id, State.SUCCESS)])
+    started = time.monotonic()
+    (got,) = backend.wait_states([task_id], 120)
+    assert got.state is State.SUCCESS
+    assert releases == []
+    assert time.monotonic() - started < 30
