@@ -134,11 +134,14 @@ class Service:
     # -- every turn of the supervisor's loop ------------------------------------------------
 
     def tick(self, pool: Supervisor) -> None:
+        starting = self.phase in (Phase.STARTING, Phase.RELOADING)
+        if not (starting or self.enabled):
+            return  # nothing to tell: ready already, and no systemd to hear more
         now = time.monotonic()
         views = {child.slot: self.liveness.view(child.slot) for child in pool.children.values()}
         current = [child for child in pool.children.values() if not child.asked_to_stop]
         if (
-            self.phase in (Phase.STARTING, Phase.RELOADING)
+            starting
             and not pool.draining
             and len(current) >= pool.desired
             and all(views[child.slot].ready for child in current)
