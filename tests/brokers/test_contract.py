@@ -54,6 +54,22 @@ def fetch_all(broker: Broker, queue: str, count: int) -> list[Any]:
     return taken
 
 
+def test_fifo_while_the_batch_size_changes(broker: Broker, namespace: str) -> None:
+    """A worker's batch size follows its tasks (the AMQP prefetch with it): messages already
+    handed to the consumer keep their places when it changes (a quorum queue's consumer is
+    started again for a new prefetch, and a message it put back would go behind the rest)."""
+    broker.publish_many([Message(namespace, f"m{i}".encode()) for i in range(8)])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    for size in (3, 1, 1, 3, 3, 3):
+        while len(got) < 8 and time.monotonic() < deadline:
+            batch = bodies(broker.fetch(namespace, max_messages=size, wait_s=1))
+            if batch:
+                got += batch
+                break
+    assert got == [f"m{i}".encode() for i in range(8)]
+
+
 def test_fifo_and_batches(broker: Broker, namespace: str) -> None:
     """Oldest first, never more than asked per fetch. A fetch may return fewer than are
     ready (AMQP hands over what RabbitMQ has pushed so far), never none while any is."""

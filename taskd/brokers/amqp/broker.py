@@ -185,7 +185,9 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         """
         inbox = self._inboxes.setdefault(queue, queues.SimpleQueue())
         prefetch = self._unsettled + max_messages
-        if self._consuming.get(queue) != prefetch or not _open(self._channel):
+        if (
+            self._consuming.get(queue) != prefetch or not _open(self._channel)
+        ) and not self._holds_pushed(queue, inbox):
             channel = self._call(lambda s: self._consume(s, queue, prefetch), queue)
             if channel is not self._channel:  # a new channel: the old deliveries are void
                 self._channel, self._unsettled = channel, 0
@@ -214,6 +216,15 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         for item in early:
             self._delay_again(queue, item)
         return taken
+
+    def _holds_pushed(self, queue: str, inbox: queues.SimpleQueue[Received]) -> bool:
+        """Whether a quorum queue's consumer holds pushed messages: a new prefetch restarts it,
+        putting them back behind the rest (a delivery counted, too), so the change waits."""
+        if not self._topology.quorum or queue not in self._consuming or not _open(self._channel):
+            return False
+        if inbox.empty():  # pushed but not yet handed over by pika: hand it over first
+            self._call(lambda s: s.connection.process_data_events(time_limit=0), queue)
+        return not inbox.empty()
 
     def _consume(self, session: Session, queue: str, prefetch: int) -> Any:
         """Consume ``queue`` with this prefetch, on a channel reopened if it was closed (a
