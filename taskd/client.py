@@ -9,7 +9,7 @@ still await their broker's confirm when ``send`` returns (``taskd.confirms``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Self
@@ -70,12 +70,14 @@ def signature(
     task_id: str = "",
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> Signature:
     """A task signature; plain Python args are typed after their values (int -> int64...).
 
     The id is ``task_id`` if given, else one is assigned when the signature is sent or built
     into a workflow (a chord's callback gets ``chord_<uuid4>``). ``time_limit`` and
     ``soft_time_limit`` (seconds; 0: none) travel as headers and override the task's own.
+    ``headers`` are machinery's Signature.Headers (the limits are added to them).
 
     Pass ``Arg`` objects (``Arg.of("uint8", 5)``, ``Arg.parse("[]int64:[1,2]")``) for any
     other machinery type.
@@ -92,23 +94,27 @@ def signature(
         priority=priority,
         on_success=tuple(on_success) if on_success else None,
         on_error=tuple(on_error) if on_error else None,
-        headers=_limit_headers(time_limit, soft_time_limit),
+        headers=_with_limits(headers, time_limit, soft_time_limit),
     )
 
 
-def _limit_headers(hard_s: float | None, soft_s: float | None) -> dict[str, Any] | None:
-    """Time limit headers: whole seconds as numbers, others as decimal text (AMQP headers
-    cannot carry floats through pika); None where no limit is given."""
+def _with_limits(
+    headers: Mapping[str, Any] | None, hard_s: float | None, soft_s: float | None
+) -> Mapping[str, Any] | None:
+    """The headers with the time limits added: whole seconds as numbers, others as decimal
+    text (AMQP headers cannot carry floats through pika)."""
+    if hard_s is None and soft_s is None:
+        return headers
     given = ((TIME_LIMIT_HEADER, hard_s), (SOFT_TIME_LIMIT_HEADER, soft_s))
     for key, value in given:
         if value is not None and not value >= 0:
             raise ValueError(f"{key} must be a number of seconds, 0 or more, got {value!r}")
-    headers = {
+    limits = {
         key: int(value) if float(value).is_integer() else repr(float(value))
         for key, value in given
         if value is not None
     }
-    return headers or None
+    return {**(headers or {}), **limits}
 
 
 class Client:
@@ -203,10 +209,17 @@ class Client:
         if isinstance(task, Signature):
             if args or options:
                 raise TypeError("pass args and options to signature(), not with a Signature")
-            sig = task
-        else:
-            sig = signature(task, *args, **options)
-        (sent,) = self.publish([sig])
+            (sent,) = self.publish([task])
+            return AsyncResult(self, sent.uuid)
+        # What prepare() fills in, given here: one Signature built per send, not two.
+        fresh = not options.get("task_id")
+        if fresh:
+            options["task_id"] = new_id("task")
+        if not options.get("queue"):
+            options["queue"] = self.broker.routing_key(self.config.default_queue)
+        if options.get("headers") is None:
+            options["headers"] = {}
+        (sent,) = self._publish([self.prepare(signature(task, *args, **options))], fresh)
         return AsyncResult(self, sent.uuid)
 
     def send_many(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
@@ -241,7 +254,15 @@ class Client:
         for an id given here never overwrites a state already stored (a worker's, if it beat
         it).
         """
-        prepared = [self.prepare(sig) for sig in signatures]
+        fresh = not any(sig.uuid for sig in signatures)  # ids given here, just now
+        return self._publish([self.prepare(sig) for sig in signatures], fresh, states)
+
+    def _publish(
+        self,
+        prepared: list[Signature],
+        fresh: bool,
+        states: Sequence[TaskState] | None = None,
+    ) -> list[Signature]:
         messages = [
             Message(
                 sig.routing_key,
@@ -262,7 +283,6 @@ class Client:
         if self._send is None:
             self._send = sender_for(self.broker, self.backend)
         send, now = self._send, GoTime.now()
-        fresh = not any(sig.uuid for sig in signatures)  # ids given here, just now
         pending = [pending_state(s, now) for s in prepared]
         self._window.send(lambda: (send(messages, pending, fresh), prepared))
         return prepared

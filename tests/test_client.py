@@ -44,3 +44,46 @@ def test_signature_time_limits_travel_as_headers() -> None:
     }
     with pytest.raises(ValueError, match="time_limit must be a number of seconds"):
         signature("t", time_limit=-1)
+
+
+def test_a_pending_state_may_keep_a_later_one_only_for_an_id_made_here() -> None:
+    """An id the client makes is fresh (its PENDING must not overwrite a worker's state that
+    landed first); an id the caller gives may be a re-send, whose PENDING replaces the record."""
+    from taskd.client import signature
+
+    class Recording(MemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fresh: list[bool] = []
+
+        def begin_pending(self, states, *, fresh):  # type: ignore[no-untyped-def]
+            self.fresh.append(fresh)
+            return super().begin_pending(states, fresh=fresh)
+
+    backend = Recording()
+    client = Client(Config(default_queue="tasks"), broker=MemoryBroker(), backend=backend)
+    client.send("count", 1)
+    client.send("count", 1, task_id="task_given")
+    client.send(signature("count", 1))
+    client.send(signature("count", 1, task_id="task_given_too"))
+    client.flush()
+    assert backend.fresh == [True, False, True, False]
+
+
+def test_a_task_sent_by_name_is_filled_in_as_machinerys_send_task_does() -> None:
+    from taskd.client import signature
+    from taskd.wire import decode_signature
+
+    broker = MemoryBroker()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=MemoryBackend())
+    by_name = client.send("count", 1, headers={"trace": "t1"}, time_limit=5)
+    given = client.send(signature("count", 1))
+    client.send("count", 1, queue="other")
+    first, second = (decode_signature(body) for body, _ in broker.queues["tasks"])
+    assert first.uuid == by_name.task_id and first.uuid.startswith("task_")
+    assert first.routing_key == "tasks"
+    assert first.headers == {"trace": "t1", "time_limit": 5}
+    assert second.uuid == given.task_id and second.headers == {}
+    assert first.encode().count(b'"Headers":{') == 1
+    (other,) = (decode_signature(body) for body, _ in broker.queues["other"])
+    assert other.routing_key == "other" and other.headers == {}

@@ -7,7 +7,7 @@ as Go's (unknown keys ignored, key case ignored) and as strict about value types
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,7 +21,11 @@ from taskd.wire.gotime import GoTime
 
 def new_id(prefix: str = "task") -> str:
     """A machinery id: ``task_<uuid4>``, ``group_<uuid4>`` or ``chord_<uuid4>``."""
-    return f"{prefix}_{uuid.uuid4()}"
+    # uuid.uuid4()'s text from the same 16 random bytes, without building a UUID object (a
+    # third of the cost; one per send): version 4, and the variant's top bits 10.
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{prefix}_{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 # Headers taskd reads (Go producers set them too): a task's limits in seconds, a number or its

@@ -564,3 +564,20 @@ def test_with_changes_returns_a_new_signature() -> None:
 )
 def test_peek_routing_key(raw: bytes, expected: str | None) -> None:
     assert peek_routing_key(raw) == expected
+
+
+def test_new_ids_are_uuid4_text_behind_their_prefix() -> None:
+    import uuid
+
+    from taskd.wire import new_id
+
+    ids = {new_id("group") for _ in range(2000)}
+    assert len(ids) == 2000
+    variants = set()
+    for made in ids:
+        prefix, _, text = made.partition("_")
+        parsed = uuid.UUID(text)
+        assert prefix == "group" and str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        variants.add(text[19])
+    assert variants == set("89ab")
