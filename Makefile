@@ -29,7 +29,7 @@ run: $(VENV)/.run-installed
 ## test: install what the tests need, lint, and run the whole suite
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 -m "not alone"  # two workers: the tests mostly wait on servers
+	$(BIN)/python -m pytest -n 3 -m "not alone"  # three workers: the tests mostly wait on servers
 	$(BIN)/python -m pytest -m alone  # those that stop a shared server, after the rest
 
 lint: $(VENV)/.dev-installed
