@@ -104,7 +104,7 @@ def _with_limits(
     """The headers with the time limits added: whole seconds as numbers, others as decimal
     text (AMQP headers cannot carry floats through pika)."""
     if hard_s is None and soft_s is None:
-        return headers
+        return None if headers is None else dict(headers)  # the caller's own stays theirs
     given = ((TIME_LIMIT_HEADER, hard_s), (SOFT_TIME_LIMIT_HEADER, soft_s))
     for key, value in given:
         if value is not None and not value >= 0:
@@ -211,14 +211,11 @@ class Client:
                 raise TypeError("pass args and options to signature(), not with a Signature")
             (sent,) = self.publish([task])
             return AsyncResult(self, sent.uuid)
-        # What prepare() fills in, given here: one Signature built per send, not two.
+        # Filled in before the Signature is built: one built per send, not two (prepare).
         fresh = not options.get("task_id")
-        if fresh:
-            options["task_id"] = new_id("task")
-        if not options.get("queue"):
-            options["queue"] = self.broker.routing_key(self.config.default_queue)
-        if options.get("headers") is None:
-            options["headers"] = {}
+        options["task_id"], options["queue"], options["headers"] = self._filled_in(
+            options.get("task_id", ""), options.get("queue", ""), options.get("headers")
+        )
         (sent,) = self._publish([self.prepare(signature(task, *args, **options))], fresh)
         return AsyncResult(self, sent.uuid)
 
@@ -235,14 +232,20 @@ class Client:
         if not sig.name:
             raise ValueError("a task name is needed")
         check_eta(sig.eta)
-        changes: dict[str, Any] = {}
-        if not sig.uuid:
-            changes["uuid"] = new_id("task")
-        if not sig.routing_key:
-            changes["routing_key"] = self.broker.routing_key(self.config.default_queue)
-        if sig.headers is None:
-            changes["headers"] = {}
-        return replace(sig, **changes) if changes else sig
+        if sig.uuid and sig.routing_key and sig.headers is not None:
+            return sig
+        uuid, routing_key, headers = self._filled_in(sig.uuid, sig.routing_key, sig.headers)
+        return replace(sig, uuid=uuid, routing_key=routing_key, headers=headers)
+
+    def _filled_in(
+        self, uuid: str, routing_key: str, headers: Mapping[str, Any] | None
+    ) -> tuple[str, str, Mapping[str, Any]]:
+        """The id, routing key and headers, each filled in where it is empty."""
+        return (
+            uuid or new_id("task"),
+            routing_key or self.broker.routing_key(self.config.default_queue),
+            {} if headers is None else headers,
+        )
 
     def publish(
         self, signatures: Sequence[Signature], *, states: Sequence[TaskState] | None = None
