@@ -5,17 +5,19 @@
 A child stamps ``time.monotonic()`` and whether it is running a task every turn of its loop,
 and while it rides out a driver outage; while it runs tasks a thread of its own (``busy``)
 stamps every BUSY_BEAT_S, so a long task still shows a live child. A child also marks its
-slot ready once its broker and backend have answered, and counts the tasks it finished. The
-supervisor reads the slots to replace a child that stopped turning while idle (a wedged
-consumer), to tell systemd when the pool is ready and whether it makes progress
-(``taskd.worker.service``), and to count tasks done. No pipes, no syscalls: a stamp is a
-memory write.
+slot ready once its broker and backend have answered (and then signals the supervisor, so
+that it looks at once), and counts the tasks it finished. The supervisor reads the slots to
+replace a child that stopped turning while idle (a wedged consumer), to tell systemd when
+the pool is ready and whether it makes progress (``taskd.worker.service``), and to count
+tasks done. No pipes, no syscalls: a stamp is a memory write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import signal
 import struct
 import threading
 import time
@@ -28,6 +30,7 @@ from taskd.config import Config
 
 MAX_CHILDREN = 1024  # slots allocated up front; the pool never grows past this
 BUSY_BEAT_S = 1.0  # while a child runs tasks, its slot is stamped this often
+READY_SIGNAL = signal.SIGUSR1  # a child tells its supervisor it is ready (it looks then)
 # last beat (monotonic seconds), busy flag, ready flag, tasks done; then since when its
 # broker (1) or backend (2) has been unreachable (monotonic seconds; kind 0: reachable); and
 # how many of its tasks done failed
@@ -74,6 +77,7 @@ class ChildLiveness:
         self._mem = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared across fork
         self._clock: _BusyClock | None = None  # the child's own, made in the child
         self.retired_done = self.retired_failed = 0  # by children that have exited
+        self.supervisor_pid: int | None = None  # told READY_SIGNAL when a child is ready
 
     @property
     def slots(self) -> int:
@@ -87,7 +91,11 @@ class ChildLiveness:
         _STAMP.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), int(busy))
 
     def mark_ready(self, slot: int) -> None:
+        """Ready, and the supervisor woken to see it (not at its next tick)."""
         _FLAG.pack_into(self._mem, slot * _SLOT.size + _READY_AT, 1)
+        if self.supervisor_pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it died: this child follows it
+                os.kill(self.supervisor_pid, READY_SIGNAL)
 
     def count_done(self, slot: int, *, failed: bool) -> None:
         """One more task finished in ``slot`` (only its child writes it)."""

@@ -60,7 +60,6 @@ STATUS_EVERY_S = 1.0  # STATUS= at most this often (READY, RELOADING, STOPPING: 
 QUIET_START_S = 2.0  # a start that takes longer than this shows its progress in STATUS=
 EXTEND_EVERY_S = 1.0  # EXTEND_TIMEOUT_USEC= this often while a stop lasts
 EXTEND_MARGIN_S = 5.0  # beyond the supervisor's own KILL deadline
-READY_POLL_S = 0.1  # while starting or reloading, the loop looks at the children this often
 
 
 class Phase(Enum):
@@ -93,8 +92,6 @@ class Service:
 
     def wait_s(self, longest_s: float) -> float:
         """How long the supervisor's loop may wait before it must look at the children."""
-        if self.phase in (Phase.STARTING, Phase.RELOADING):
-            longest_s = min(longest_s, READY_POLL_S)  # ready soon after the children are
         if self.notifier.watchdog_timeout_s is None or self.phase is Phase.STARTING:
             return longest_s
         return min(longest_s, max(0.0, self._next_ping - time.monotonic()))

@@ -47,7 +47,7 @@ from taskd.wire import GoTime
 from taskd.worker.beacon import Beacon, snapshot
 from taskd.worker.child import Child
 from taskd.worker.kills import Kills
-from taskd.worker.liveness import MAX_CHILDREN, ChildLiveness
+from taskd.worker.liveness import MAX_CHILDREN, READY_SIGNAL, ChildLiveness
 from taskd.worker.metrics import Metrics
 from taskd.worker.running import RunningTasks
 from taskd.worker.sdnotify import Notifier
@@ -63,6 +63,7 @@ HANDLED = (
     signal.SIGCHLD,
     signal.SIGTTIN,
     signal.SIGTTOU,
+    READY_SIGNAL,  # from a child: it is ready (the loop looks at the pool)
 )
 LOOP_TICK_S = 1.0  # how often the loop looks at child liveness when no signal wakes it
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
@@ -143,6 +144,7 @@ class Supervisor:
         for signum in HANDLED:
             signal.signal(signum, _record_only)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.liveness.supervisor_pid = self.pid  # only once READY_SIGNAL is handled
         log.info(
             "taskd_started",
             version=__version__,

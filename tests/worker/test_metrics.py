@@ -65,8 +65,8 @@ def test_metrics_sum_tasks_over_children(
     with client:
         taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
         taskd.wait_ready(2)
-        # /healthz follows the pool (taskd_ready), which can trail the last child_ready on a
-        # loaded machine: the supervisor looks at its children every 0.1 s while starting.
+        # /healthz follows the pool (taskd_ready), which the supervisor logs once the last
+        # child's signal has woken it: a moment after that child's child_ready.
         wait_until(lambda: taskd.events("taskd_ready"), 20, what="taskd_ready")
         results = client.send_many([signature("count", i) for i in range(100)])
         assert [r.get(timeout=60) for r in results] == [1] * 100

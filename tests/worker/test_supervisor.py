@@ -27,6 +27,7 @@ from taskd.worker import supervisor
 from taskd.worker.beacon import Beacon
 from taskd.worker.liveness import ChildLiveness
 from taskd.worker.running import RunningTasks
+from taskd.worker.service import Service
 from taskd.worker.supervisor import HANDLED, Supervisor
 from tests.support.fakes import MemoryBackend
 from tests.support.harness import wait_until
@@ -124,6 +125,32 @@ def test_children_that_cannot_boot_stop_the_daemon(
     boss = run_supervisor(CannotBoot, None, children=2)
     assert boss.exit_code == EXIT_FAILURE  # not a crash loop: the daemon itself gives up
     assert boss.children == {}
+
+
+def test_a_child_that_becomes_ready_wakes_the_supervisor(
+    run_supervisor: Callable[..., Supervisor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child says it is ready with a signal (READY_SIGNAL), so the pool is ready at once,
+    not at the loop's next tick (made an hour long here)."""
+    monkeypatch.setattr(supervisor, "LOOP_TICK_S", 3600.0)
+    ready = threading.Event()
+    tick = Service.tick
+
+    def tick_and_see(self: Service, pool: Supervisor) -> None:
+        tick(self, pool)
+        if self.ready:
+            ready.set()
+
+    monkeypatch.setattr(Service, "tick", tick_and_see)
+
+    class Ready(FakeChild):
+        def serve(self) -> int:
+            self.liveness.mark_ready(self.slot)
+            return self.idle_until_stopped()
+
+    boss = run_supervisor(Ready, lambda: ready.wait(20) or True, children=2)
+    assert ready.is_set(), "the pool was not seen ready until the loop's tick"
+    assert boss.exit_code == EXIT_OK
 
 
 def test_a_crashed_child_is_replaced(
