@@ -167,9 +167,11 @@ class Child:
             deliveries = self.broker.fetch(
                 self.queue,
                 max_messages=self.recycling.batch_size(self.pacing.batch_size()),
-                # Writes waiting to be shared: look without waiting; if nothing came, the
-                # loop writes them and then waits.
-                wait_s=0.0 if self.writes.pending else self.config.worker.poll_interval,
+                # Writes waiting to be shared, or the first fetch (ready as soon as it
+                # returns, not after an idle wait): look without waiting; the loop waits next.
+                wait_s=0.0
+                if self.writes.pending or not self.ready
+                else self.config.worker.poll_interval,
             )
         except BrokerUnavailable as exc:
             self.outages.pause("broker", exc)
@@ -181,8 +183,8 @@ class Child:
         self.outages.ended("broker")
         if not self.ready:  # its backend answered at boot, its broker now: its queue exists
             self.ready = True
+            log.info("child_ready", queue=self.queue)  # logged before taskd_ready can be
             self.liveness.mark_ready(self.slot)
-            log.info("child_ready", queue=self.queue)
         return deliveries
 
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
@@ -346,11 +348,9 @@ class Child:
         return None
 
     def _settle(self, job: Job, outcome: Outcome, *, share: bool) -> None:
-        """Record the outcome, send what it sets off, then ack (or dead-letter) the message.
-
-        With ``share`` (a quick task, others to come) and nothing to set off, its state and
-        ack are written with others, a few milliseconds later at most; else before going on.
-        """
+        """Record the outcome, send what it sets off, then ack (or dead-letter) the message;
+        with ``share`` (a quick task, others to come) and nothing to set off, its state and
+        ack are written with others, a few milliseconds later at most, else before going on."""
         self.writes.add_state(final_state(job, outcome))
         dead_letter = outcome.dead_letter or (
             outcome.kind is Kind.FAILED and job.sig.stop_task_deletion_on_error
