@@ -11,6 +11,7 @@ work (reaping, respawning, forwarding) happens in the loop.
 | HUP         | reload the config; if valid, new children replace the old ones     |
 | TTIN / TTOU | one more / one fewer child (never below one)                       |
 | CHLD        | reap; replace a child that died unasked, with capped backoff       |
+| USR1        | from a child that became ready: look at the pool now               |
 
 Under systemd the loop also reports readiness, reloads, stops and the pool's progress over
 ``$NOTIFY_SOCKET`` (``taskd.worker.service``, which defines "progress" for the watchdog).
