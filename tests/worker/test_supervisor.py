@@ -107,12 +107,12 @@ def run_supervisor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Su
         return boss
 
     yield run
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-    for boss in started:  # whatever a failed test left running
-        for pid in boss.children:
+    for boss in started:  # whatever a failed test left running, before its signals go back
+        for pid in boss.children:  # to their default (a child's SIGUSR1 would end pytest)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def test_children_that_cannot_boot_stop_the_daemon(
