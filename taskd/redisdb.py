@@ -303,7 +303,11 @@ class Script:
         try:
             return command(client, ("EVALSHA", self.sha, len(keys), *keys, *args))
         except redis.exceptions.NoScriptError:
-            return command(client, ("EVAL", self.source, len(keys), *keys, *args))
+            return self.load_and_run(client, keys, args)
+
+    def load_and_run(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVAL with the source, for a caller that had NOSCRIPT already: loads and runs it."""
+        return command(client, ("EVAL", self.source, len(keys), *keys, *args))
 
 
 def execute(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:

@@ -214,7 +214,7 @@ class RedisBackend(ResultBackend):
             (registered,) = replies(1)
             if isinstance(registered, redis.exceptions.NoScriptError):  # Redis restarted
                 try:  # loads it; registers, and ends the block where all are final
-                    registered = REGISTER(self._redis, task_ids, args)
+                    registered = REGISTER.load_and_run(self._redis, task_ids, args)
                 except redis.RedisError as exc:
                     registered = exc
             if isinstance(registered, Exception):
