@@ -9,7 +9,8 @@ its caller alone. ``send_now`` and ``take_in`` write and read a connection at on
 turn of pika's ioloop: the hot path of publishes, acks and confirms.
 
 URL forms are machinery's and pika's: ``amqp://user:password@host:5672/vhost`` (``%2F`` for
-the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS.
+the default vhost ``/``; an empty path is ``/`` too), ``amqps://`` for TLS, with the options
+of ``taskd.tls`` in the query (or pika's own ``ssl_options``); pika's other query options too.
 """
 
 from __future__ import annotations
@@ -20,16 +21,22 @@ import math
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
 
 from taskd.config import Config, redact_url
 from taskd.errors import ConfigError, DriverError
+from taskd.tls import TLSOptions, split_query
 
 log = structlog.get_logger("taskd.amqp")
 
 T = TypeVar("T")
+# pika's URL options that connection_parameters sets itself, whatever the URL says.
+SET_BY_TASKD = (
+    "heartbeat", "connection_attempts", "socket_timeout", "blocked_connection_timeout",
+    "client_properties",
+)  # fmt: skip
 KEEP_MAX_S = 1.0  # an idle connection is driven at least this often (a quarter heartbeat if less)
 
 
@@ -40,13 +47,30 @@ def connection_parameters(url: str, config: Config, key: str) -> Any:
     parts = urlsplit(url)
     if not parts.hostname:
         raise ConfigError(key, f"{redact_url(url)!r} names no host", config.source)
+    tls, rest = split_query(url, parts.query, parts.scheme == "amqps", key, config.source)
+    own_tls = tls is not None and tls != TLSOptions()
+    given = dict(parse_qsl(rest))
+    if own_tls and "ssl_options" in given:
+        raise ConfigError(
+            key, f"{redact_url(url)!r}: ssl_options (pika's form) or ssl_*, not both", config.source
+        )
+    if ours := [name for name in given if name in SET_BY_TASKD]:
+        raise ConfigError(
+            key,
+            f"{redact_url(url)!r}: {', '.join(ours)}: set by taskd (the heartbeat from"
+            " worker.consumer_timeout), not in the URL",
+            config.source,
+        )
     try:
         _ = parts.port
-        parameters = pika.URLParameters(url)
+        parameters = pika.URLParameters(urlunsplit(parts._replace(query=rest)))
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             key, f"{redact_url(url)!r} is not a valid AMQP URL: {exc}", config.source
         ) from None
+    if own_tls:  # else pika's: the system's CAs for amqps://, or its ssl_options
+        assert tls is not None
+        parameters.ssl_options = pika.SSLOptions(tls.context(), parts.hostname)
     parameters.heartbeat = max(1, math.ceil(config.lease.consumer_timeout_s / 2))
     parameters.connection_attempts = 1
     parameters.socket_timeout = 10

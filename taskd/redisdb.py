@@ -1,7 +1,8 @@
 """Redis plumbing shared by the Redis broker and result backend.
 
 URL forms are machinery's: ``redis://[[user]:password@]host:port/db`` (a bare userinfo is the
-password), ``rediss://`` for TLS, ``redis+socket://[[user:]password@]/path.sock[:/db]``.
+password), ``rediss://`` for TLS (its options in the query: ``taskd.tls``),
+``redis+socket://[[user:]password@]/path.sock[:/db]``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from taskd import drivers
 from taskd.config import Config, redact_url
 from taskd.errors import ConfigError, DriverError
+from taskd.tls import TLS_OPTIONS, split_query
 
 DEFAULT_PORT = 6379
 
@@ -50,11 +52,20 @@ def connection_kwargs(url: str, key: str, source: str | None = None) -> dict[str
         port = parts.port or DEFAULT_PORT
     except ValueError:
         raise ConfigError(key, f"{redact_url(url)!r} has an invalid port", source) from None
+    tls, rest = split_query(url, parts.query, scheme == "rediss", key, source)
+    if rest:
+        unknown = ", ".join(dict.fromkeys(name for name, _ in parse_qsl(rest)))
+        raise ConfigError(
+            key,
+            f"{redact_url(url)!r}: unknown option {unknown}; a Redis URL takes only the TLS"
+            f" options {', '.join(TLS_OPTIONS)}",
+            source,
+        )
     kwargs.update(
         host=parts.hostname,
         port=port,
         db=_db(parts.path.lstrip("/"), url, key, source),
-        ssl=scheme == "rediss",
+        **(tls.redis_kwargs() if tls else {"ssl": False}),
     )
     return kwargs
 

@@ -20,6 +20,7 @@ from taskd import credentials, exitcodes
 from taskd.cli.taskctl import main as taskctl_main
 from taskd.cli.taskd import main as taskd_main
 from taskd.config import CONFIG_ENV, STATE_DIR_ENV, env_names
+from taskd.tls import TLS_OPTIONS
 from taskd.worker import sdnotify
 from taskd.worker.supervisor import HANDLED
 from tests.support.harness import REPO
@@ -102,6 +103,14 @@ def test_every_config_key_and_its_variable_is_in_taskd_yml_5() -> None:
         assert section in found, f"taskd.yml(5) has no subsection {section!r}"
         assert mentions(found[section], key), f"taskd.yml(5) does not describe {key}"
         assert mentions(found[section], variable), f"taskd.yml(5) lacks {variable} for {key}"
+
+
+def test_every_tls_option_is_in_taskd_yml_5_and_the_readme() -> None:
+    tls = sections(PAGES["taskd.yml"])["TLS"]
+    readme = (REPO / "README.md").read_text()
+    for option in TLS_OPTIONS:
+        assert mentions(tls, option), f"taskd.yml(5) TLS does not describe {option}"
+        assert f"{option}=" in readme, f"the README does not describe {option}"
 
 
 def test_every_key_of_etc_taskd_yml_is_in_taskd_yml_5() -> None:

@@ -22,6 +22,16 @@ from tests.support.harness import run_cli, write_config
         ("broker", "sqs://127.0.0.1:9324", "account id"),
         ("broker", "sqs://key:hunter2@127.0.0.1:9324/1", "credentials do not go in the URL"),
         ("broker", "https://example.com/123456789012", "SQS queue URL"),
+        # TLS options (taskd.tls), and the rest of a Redis or AMQP URL's query
+        ("broker", "redis://:hunter2@127.0.0.1/0?ssl_ca_certs=/etc/passwd", "need rediss://"),
+        ("broker", "rediss://:hunter2@127.0.0.1/0?ssl_ca_certs=/no/ca.pem", "cannot be read"),
+        ("result_backend", "rediss://127.0.0.1/0?ssl_cert_reqs=sometimes", "must be one of"),
+        ("broker", "redis://:hunter2@127.0.0.1/0?db=3", "unknown option db"),
+        ("broker", "amqp://u:hunter2@127.0.0.1/?ssl_cert_reqs=none", "need amqps://"),
+        ("broker", "amqps://u:hunter2@127.0.0.1/?ssl_check_hostname=maybe", "true or false"),
+        ("result_backend", "amqps://127.0.0.1/?ssl_keyfile=/etc/passwd", "needs ssl_certfile"),
+        ("broker", "amqp://u:hunter2@127.0.0.1/?heartbeat=5", "heartbeat: set by taskd"),
+        ("broker", "amqp://u:hunter2@127.0.0.1/?bogus=1", "Unknown URL parameter"),
     ],
 )
 def test_check_config_names_the_key_of_a_bad_url(
