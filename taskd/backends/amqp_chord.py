@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from taskd.backends.amqp_records import Held, RecordSession, Seen, Write, get_unacked
-from taskd.backends.base import SPENT_CLAIM
+from taskd.backends.base import SPENT_CLAIM, claim_covers
 from taskd.errors import BackendError, BackendUnavailable, DriverError
 
 if TYPE_CHECKING:
@@ -51,10 +51,10 @@ def place_token(backend: AMQPBackend, session: RecordSession, group_id: str) -> 
 def claim(backend: AMQPBackend, group_id: str, claimant: str) -> bool:
     """``ResultBackend.claim_chord``."""
     owner = _owner(backend, group_id)
-    if owner is not None and owner != claimant:
+    if owner is not None and not claim_covers(owner, claimant):
         return False
-    # Unclaimed, or claimed by this claimant: if it died before its ack, the token is
-    # back, and taking it finishes that claim (ChordTriggered, the ack).
+    # Unclaimed, or claimed by this claimant (or a run it covers): if that died before its
+    # ack, the token is back, and taking it finishes that claim (ChordTriggered, the ack).
     queue = token_queue(backend, group_id)
     held = backend._call(lambda session: _take(session, queue), group_id)
     if isinstance(held, Held):
@@ -67,7 +67,7 @@ def claim(backend: AMQPBackend, group_id: str, claimant: str) -> bool:
     # No token: another claimant holds it (and is writing its claim) or has spent it.
     owner = _owner(backend, group_id, CLAIM_PAUSES_S)
     if owner is not None:
-        return owner == claimant
+        return claim_covers(owner, claimant)
     group = backend.get_group(group_id)
     if group is None:
         raise BackendError(backend.driver, "group metadata is missing or expired", group_id)
@@ -138,7 +138,7 @@ def _claim_holding(backend: AMQPBackend, held: Held, group_id: str, claimant: st
         held.channel.basic_ack(held.tag)
 
     backend._call(spend_token, group_id)
-    return owner == claimant
+    return claim_covers(owner, claimant)
 
 
 def _give_back(backend: AMQPBackend, held: Held, group_id: str) -> None:

@@ -33,7 +33,7 @@ import orjson
 from taskd.backends.amqp_board import locked
 from taskd.backends.amqp_chord import claim_queue, gathered_queue
 from taskd.backends.amqp_records import NOT_FOUND, RecordSession, Write
-from taskd.backends.base import SPENT_CLAIM
+from taskd.backends.base import SPENT_CLAIM, claim_covers
 from taskd.errors import BackendError, BackendUnavailable, DecodeError
 from taskd.wire import TaskState, decode_state
 
@@ -106,7 +106,7 @@ def gather(
         raw = backend._read([claimed], group_id)[claimed]
         if isinstance(raw, bytes):  # the chord was claimed: by this claimant, delivered again?
             recorded = orjson.loads(raw)
-            if recorded["claimant"] != claimant or _fired(backend, group_id):
+            if not claim_covers(recorded["claimant"], claimant) or _fired(backend, group_id):
                 return None
             return [decode_state(text) for text in recorded["states"]]
 

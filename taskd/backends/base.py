@@ -20,6 +20,12 @@ POLL_MAX_S = 0.05  # ...and backs off to this
 SPENT_CLAIM = ""  # the claimant of a chord that fired: no task has an empty id
 
 
+def claim_covers(owner: str, claimant: str) -> bool:
+    """Whether a chord claim recorded for ``owner`` is ``claimant``'s (``claim_chord``): the
+    same run, or any run of the task a bare task id names (task ids hold no "/")."""
+    return owner == claimant or owner.partition("/")[0] == claimant
+
+
 class ResultBackend(ABC):
     """Where task states live, each kept ``results_expire_in`` seconds after its last write."""
 
@@ -55,9 +61,12 @@ class ResultBackend(ABC):
     def claim_chord(self, group_id: str, claimant: str) -> bool:
         """Mark the group's chord as triggered, atomically: True for one claimant only.
 
-        The same claimant (the member task that claims) gets True again until
-        ``chord_fired``, so a claim whose reply was lost, or whose worker died before sending
-        the callback, is not spent.
+        A claimant is one run of a member task, ``<task id>/<run>``: the same run gets True
+        again until ``chord_fired`` (its reply was lost), another run of the same member
+        does not, so two copies of a member running at once (one delivered again while the
+        other still ran) do not both fire the chord. A bare ``<task id>`` is a delivery
+        settled from the member's stored state, whose run died after storing it: it takes
+        over any claim of that member's runs (``claim_covers``), so the chord is not lost.
         """
 
     @abstractmethod
@@ -73,8 +82,8 @@ class ResultBackend(ABC):
         """For a chord whose group has no metadata here, as a machinery producer leaves one
         on a backend that stores none (machinery's AMQP backend): count ``finished``, a
         member's success, towards the group's ``task_count``. The members' states, once the
-        group is done, for one ``claimant`` only (again for it if it asks again, as
-        ``claim_chord``); None for the others. BackendError where the driver has no such
+        group is done, for one ``claimant`` only (again for it, or for one that covers it,
+        as ``claim_chord``); None for the others. BackendError where the driver has no such
         groups: their metadata expired."""
         raise BackendError(self.driver, "group metadata is missing or expired", group_id)
 

@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from taskd import drivers
 from taskd.backends import board_json
-from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config, redact_url
 from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.wire import GroupMeta, State, TaskState
@@ -160,7 +160,7 @@ class MemcacheBackend(ResultBackend):
             key = CLAIMS_PREFIX + group_id
             if not self._client.add(key, claimant.encode(), expire=self._expiry(), noreply=False):
                 owner = self._client.get(key)
-                return owner is not None and owner.decode() == claimant
+                return owner is not None and claim_covers(owner.decode(), claimant)
             self._mark_triggered(group_id)
             return True
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -214,7 +215,14 @@ class MongoDBBackend(ResultBackend):
         from bson import DatetimeMS
 
         live = {"$or": [{"delete_at": None}, {"delete_at": {"$gt": DatetimeMS(_now_ms())}}]}
-        claimable = {"$or": [{"chord_triggered": {"$ne": True}}, {"chord_claimant": claimant}]}
+        covered = {"$regex": f"^{re.escape(claimant)}/"}  # a bare task id: its runs (claim_covers)
+        claimable = {
+            "$or": [
+                {"chord_triggered": {"$ne": True}},
+                {"chord_claimant": claimant},
+                {"chord_claimant": covered},
+            ]
+        }
         with self._translated(group_id):
             claimed = self._collection(GROUPS).find_one_and_update(
                 {"_id": group_id, "$and": [live, claimable]},

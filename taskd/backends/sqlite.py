@@ -13,7 +13,7 @@ from typing import Self
 
 import orjson
 
-from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
@@ -169,7 +169,7 @@ class SQLiteBackend(ResultBackend):
                 "SELECT claimant FROM taskd_chord_claims WHERE group_id = ?", (group_id,)
             ).fetchone()
             if owner is not None:
-                return bool(owner[0] == claimant)
+                return claim_covers(owner[0], claimant)
             row = self._conn.execute(
                 "SELECT meta FROM taskd_groups WHERE group_id = ?", (group_id,)
             ).fetchone()

@@ -359,9 +359,7 @@ class Child:
             self.writes.ack_after_states(job.delivery, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
-        follow = self.outages.call(
-            "backend", followups.after, self.backend, job.sig, outcome, job.delivery.queue
-        )
+        follow = self.outages.call("backend", followups.after, self.backend, job, outcome)
         if job.finished is not None:  # settled before, its ack lost: what no worker took yet
             follow = self.outages.call("backend", followups.not_taken, self.backend, follow)
         if follow.record:

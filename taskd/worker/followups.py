@@ -20,6 +20,7 @@ from taskd.backends import ResultBackend
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import Arg, GoTime, Signature, State, TaskResult, TaskState
 from taskd.worker.execute import Kind, Outcome
+from taskd.worker.jobs import Job
 
 log = structlog.get_logger("taskd.worker")
 
@@ -47,21 +48,22 @@ def sets_off(sig: Signature, outcome: Outcome) -> bool:
     return bool(sig.on_error or sig.on_success)  # OnSuccess: recorded as never to run
 
 
-def after(backend: ResultBackend, sig: Signature, outcome: Outcome, queue: str) -> FollowUp:
-    """What ``outcome`` of ``sig`` (taken from ``queue``) sets off. Reads the backend for a
-    chord; BackendUnavailable passes to the caller, which calls again."""
+def after(backend: ResultBackend, job: Job, outcome: Outcome) -> FollowUp:
+    """What ``outcome`` of ``job`` sets off. Reads the backend for a chord, which the job's
+    claimant claims; BackendUnavailable passes to the caller, which calls again."""
+    sig, queue, claimant = job.sig, job.delivery.queue, job.claimant()
     if outcome.kind is Kind.RETRY:
         assert outcome.retry is not None
         retry = outcome.retry
         return FollowUp(again=retry if retry.routing_key else retry.with_changes(routing_key=queue))
     if outcome.kind is Kind.SUCCEEDED:
-        chord = _chord(chord_after_success, backend, sig, outcome.results)
+        chord = _chord(chord_after_success, backend, sig, claimant, outcome.results)
         follow = FollowUp(
             send=(*on_success(sig, outcome.results), *chord.send), fires_chord=chord.fires_chord
         )
         return _readable(backend, sig, follow)
     now = GoTime.now()
-    chord = _chord(chord_after_failure, backend, sig, outcome.error, now)
+    chord = _chord(chord_after_failure, backend, sig, claimant, outcome.error, now)
     stopped = never_to_run(sig, f"chain stopped: {sig.uuid} failed: {outcome.error}", now)
     follow = FollowUp(
         send=(*on_error(sig.on_error or (), outcome.error), *chord.send),
@@ -140,7 +142,7 @@ def on_error(callbacks: Sequence[Signature], error: str) -> list[Signature]:
 
 
 def chord_after_success(
-    backend: ResultBackend, sig: Signature, results: Sequence[TaskResult]
+    backend: ResultBackend, sig: Signature, claimant: str, results: Sequence[TaskResult]
 ) -> FollowUp:
     """A member succeeded: when every member has, the first to claim sends the callback."""
     callback = sig.chord_callback
@@ -149,7 +151,7 @@ def chord_after_success(
     group = backend.get_group(sig.group_uuid)
     if group is None:  # expired, or a machinery producer's on a backend storing none
         finished = TaskState(sig.uuid, State.SUCCESS, task_name=sig.name, results=tuple(results))
-        gathered = backend.gather_group(sig.group_uuid, sig.group_task_count, finished, sig.uuid)
+        gathered = backend.gather_group(sig.group_uuid, sig.group_task_count, finished, claimant)
         if gathered is None:
             return FollowUp()
         states: Sequence[TaskState | None] = gathered
@@ -157,7 +159,7 @@ def chord_after_success(
         states = backend.get_states(group.task_uuids)
         if not all(state is not None and state.state is State.SUCCESS for state in states):
             return FollowUp()  # not finished yet, or a member failed and fired the error path
-        if not backend.claim_chord(sig.group_uuid, sig.uuid):
+        if not backend.claim_chord(sig.group_uuid, claimant):
             return FollowUp()
     if not callback.immutable:
         appended = [result for state in states if state for result in state.results or ()]
@@ -166,13 +168,13 @@ def chord_after_success(
 
 
 def chord_after_failure(
-    backend: ResultBackend, sig: Signature, error: str, now: GoTime
+    backend: ResultBackend, sig: Signature, claimant: str, error: str, now: GoTime
 ) -> FollowUp:
     """A member failed for good: the chord fails once, running its error callbacks."""
     callback = sig.chord_callback
     if callback is None or not sig.group_uuid:
         return FollowUp()
-    if not backend.claim_chord(sig.group_uuid, sig.uuid):
+    if not backend.claim_chord(sig.group_uuid, claimant):
         return FollowUp()
     failed = TaskState(
         callback.uuid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class Job:
     received_at: GoTime
     finished: TaskState | None = None  # stored final state (or time-limit kill) of a redelivery
     announced: bool = False  # RECEIVED was recorded for it (written, or waiting to be)
+    run: str = ""  # names this run of the task in a chord claim, once one is made
 
     def state(self, state: State, **fields: Any) -> TaskState:
         # The backend keeps the stored PENDING record's TaskName and CreatedAt (machinery's
@@ -30,6 +32,16 @@ class Job:
         return TaskState(
             self.sig.uuid, state, task_name=self.sig.name, created_at=self.received_at, **fields
         )
+
+    def claimant(self) -> str:
+        """Who claims the chord of this job's group (``ResultBackend.claim_chord``): this run
+        of the task, or the bare task id where it was settled from its stored state (the run
+        that stored it died before its chord went out)."""
+        if self.finished is not None:
+            return self.sig.uuid
+        if not self.run:  # made once: a claim sent again after an outage must be the same
+            self.run = secrets.token_hex(6)
+        return f"{self.sig.uuid}/{self.run}"
 
 
 def preview(delivery: Delivery, limit: int = 200) -> str:

@@ -181,14 +181,18 @@ def test_a_group_without_metadata_is_gathered_once_for_the_member_that_completes
     try:
         assert backend.gather_group(group_id, 3, member_success(members[0], 1), members[0]) is None
         assert backend.gather_group(group_id, 3, member_success(members[1], 2), members[1]) is None
-        last = member_success(members[2], 3)
-        gathered = backend.gather_group(group_id, 3, last, members[2])
+        last, run = member_success(members[2], 3), f"{members[2]}/run-a"
+        gathered = backend.gather_group(group_id, 3, last, run)
         assert gathered is not None
         assert [(s.task_uuid, s.python_results()) for s in gathered] == [
             (members[0], [1]), (members[1], [2]), (members[2], [3]),
         ]  # fmt: skip
         assert raw_channel.queue_declare(group_id, passive=True).method.message_count == 0
-        # Delivered again: the claimant gets the same states; another member, nothing.
+        # Asked again by that run (its reply lost), or by a recovery of the member: the same
+        # states; by another run of it (a copy that ran at the same time) or another member:
+        # nothing (ResultBackend.claim_chord).
+        assert backend.gather_group(group_id, 3, last, run) == gathered
+        assert backend.gather_group(group_id, 3, last, f"{members[2]}/run-b") is None
         assert backend.gather_group(group_id, 3, last, members[2]) == gathered
         again = member_success(members[0], 1)
         assert backend.gather_group(group_id, 3, again, members[0]) is None

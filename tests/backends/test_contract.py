@@ -87,6 +87,26 @@ def test_groups_and_chord_claims(backend: ResultBackend) -> None:
     assert backend.get_group(new_id("group")) is None
 
 
+def test_a_run_of_a_member_claims_for_itself_and_a_recovery_for_any_run(
+    backend: ResultBackend,
+) -> None:
+    """Two copies of one member running at once (one delivered again while the other still
+    ran) do not both fire the chord; a delivery settled from the member's stored state (its
+    run died after storing it) takes over that run's claim, so the chord is not lost."""
+    group_id = new_id("group")
+    members = (new_id(), new_id())
+    backend.init_group(GroupMeta(group_id, members, created_at=GoTime.now()))
+    assert backend.claim_chord(group_id, f"{members[0]}/run-a") is True
+    assert backend.claim_chord(group_id, f"{members[0]}/run-a") is True  # its reply was lost
+    assert backend.claim_chord(group_id, f"{members[0]}/run-b") is False  # a concurrent copy
+    assert backend.claim_chord(group_id, members[1]) is False  # another member's recovery
+    assert backend.claim_chord(group_id, members[0][:-1]) is False  # a prefix is not the id
+    assert backend.claim_chord(group_id, members[0]) is True  # this member's recovery
+    backend.chord_fired(group_id)
+    assert backend.claim_chord(group_id, members[0]) is False
+    assert backend.claim_chord(group_id, f"{members[0]}/run-a") is False
+
+
 def test_a_chord_that_fired_is_claimed_by_nobody_again(backend: ResultBackend) -> None:
     group_id = new_id("group")
     members = (new_id(), new_id())

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
-from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
+from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.brokers.base import Broker, DeadLetter, Delivery, Message
 from taskd.config import Config
 from taskd.errors import BackendError, BackendUnavailable, BrokerUnavailable
@@ -141,7 +141,7 @@ class MemoryBackend(Recorder, ResultBackend):
     def claim_chord(self, group_id: str, claimant: str) -> bool:
         if group_id not in self.groups:
             raise BackendError(self.driver, "no such group", group_id)
-        return self.claims.setdefault(group_id, claimant) == claimant
+        return claim_covers(self.claims.setdefault(group_id, claimant), claimant)
 
     def chord_fired(self, group_id: str) -> None:
         self.claims[group_id] = SPENT_CLAIM

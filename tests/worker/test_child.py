@@ -9,6 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from taskd import chain, chord
+from taskd.backends.base import SPENT_CLAIM
+from taskd.brokers import Delivery
 from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
 from taskd.errors import ConfigError
@@ -16,6 +18,7 @@ from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime, State, TaskResult, TaskState, decode_signature
 from taskd.worker.child import Child
+from taskd.worker.jobs import Job
 from taskd.worker.liveness import ChildLiveness
 from tests.support.fakes import CountingMemoryBroker, MemoryBackend, MemoryBroker
 from tests.support.tasks import lines, runs
@@ -309,6 +312,44 @@ def test_a_chord_member_delivered_again_after_the_chord_fired_does_not_fire_it_a
     assert "task_already_finished" in [entry["event"] for entry in logs]
     assert (lines(errors), runs(trace)) == fired  # once
     assert rig.state(sent.task_id) is (State.FAILURE if member_fails else State.SUCCESS)
+
+
+def test_a_chord_claimed_by_a_member_whose_worker_died_fires_when_it_comes_back(
+    tmp_path: Path,
+) -> None:
+    """The last member's run stored its result, claimed the chord and died before sending the
+    callback: its message comes back, is settled from the stored state, and takes the claim
+    over (ResultBackend.claim_chord), so the callback goes out, once."""
+    rig = Rig()
+    trace = tmp_path / "callback"
+    sent = rig.client.send_chord(
+        chord([signature("sum", [1]), signature("sum", [2])], signature("total_once", str(trace)))
+    )
+    members = sent.group.member_ids
+    bodies = [body for body, _before in rig.broker.queues[QUEUE]]
+    rig.broker.queues[QUEUE].clear()
+    for task_id, value in zip(members, (1, 2), strict=True):
+        result = (TaskResult("int64", value),)
+        done = TaskState(task_id, State.SUCCESS, task_name="sum", results=result)
+        rig.backend.set_states([done.with_changes(created_at=GoTime.now())])
+    rig.backend.claims[sent.group.group_id] = f"{members[1]}/the-run-that-died"
+    rig.broker.queues[QUEUE].append((bodies[1], 1))
+    assert rig.serve() == EXIT_OK
+    assert runs(trace) == ["3"]
+    assert rig.backend.claims[sent.group.group_id] == SPENT_CLAIM
+
+
+def test_each_run_of_a_task_claims_as_itself() -> None:
+    """Two runs of one member (a copy delivered again while the other still ran) are two
+    claimants; one settled from the stored state claims for every run of it."""
+    member = signature("sum", [1]).with_changes(uuid="task_m", group_uuid="group_g")
+    delivery = Delivery(QUEUE, member.encode(), 2)
+    first, second = (Job(delivery, member, None, GoTime.now()) for _ in range(2))
+    assert first.claimant() == first.claimant()  # the same claim when it asks again
+    assert first.claimant().startswith("task_m/")
+    assert second.claimant().startswith("task_m/") and second.claimant() != first.claimant()
+    first.finished = TaskState("task_m", State.SUCCESS)
+    assert first.claimant() == "task_m"
 
 
 @pytest.mark.parametrize("link_taken", [True, False], ids=["link_ran", "link_never_sent"])
