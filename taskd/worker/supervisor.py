@@ -50,6 +50,7 @@ from taskd.worker.child import Child
 from taskd.worker.kills import Kills
 from taskd.worker.liveness import MAX_CHILDREN, READY_SIGNAL, ChildLiveness
 from taskd.worker.metrics import Metrics
+from taskd.worker.respawns import Respawns
 from taskd.worker.running import RunningTasks
 from taskd.worker.sdnotify import Notifier
 from taskd.worker.service import Service
@@ -69,9 +70,7 @@ HANDLED = (
 LOOP_TICK_S = 1.0  # how often the loop looks at child liveness when no signal wakes it
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
 CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
-HEALTHY_AFTER_S = 10.0  # a child that lived this long resets the respawn backoff
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
-RESPAWN_MAX_DELAY_S = 30.0
 
 
 @dataclass(slots=True)
@@ -115,8 +114,7 @@ class Supervisor:
         self.draining = False
         self.fast = False
         self.exit_code = EXIT_OK
-        self.early_deaths = 0
-        self.respawn_at = 0.0
+        self.respawns = Respawns()  # paced after children that die young
         self.desired = self._concurrency(config)
         self.pid = os.getpid()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -165,7 +163,8 @@ class Supervisor:
                 if self.metrics is not None:  # what /metrics shows of the pool, as it waits
                     self.metrics.tick(self)
                 self.beacon.update(self.config, snapshot(self))
-                tick_s = self.kills.wait_s(self.children.values(), LOOP_TICK_S)
+                tick_s = self.respawns.wait_s(LOOP_TICK_S)  # a delayed respawn comes on time
+                tick_s = self.kills.wait_s(self.children.values(), tick_s)
                 for signum in self._wait(self.service.wait_s(tick_s)):
                     handler = self._handlers.get(signum)
                     if handler is not None:
@@ -214,7 +213,7 @@ class Supervisor:
         return [c for c in self.children.values() if not c.asked_to_stop]
 
     def _spawn_missing(self) -> None:
-        while len(self._current()) < self.desired and time.monotonic() >= self.respawn_at:
+        while len(self._current()) < self.desired and self.respawns.due():
             self._spawn()
 
     def _spawn(self) -> None:
@@ -292,13 +291,11 @@ class Supervisor:
             return
         if expected:
             return
-        if lived_s < HEALTHY_AFTER_S:
-            self.early_deaths += 1
-            delay = min(0.5 * 2 ** min(self.early_deaths, 8), RESPAWN_MAX_DELAY_S)
-            self.respawn_at = time.monotonic() + delay
-            log.warning("child_respawn_delayed", delay_s=delay, early_deaths=self.early_deaths)
-        else:
-            self.early_deaths = 0
+        delay = self.respawns.died(lived_s)
+        if delay:
+            log.warning(
+                "child_respawn_delayed", delay_s=delay, early_deaths=self.respawns.early_deaths
+            )
 
     def _check_liveness(self, now: float) -> None:
         for child in self._current():

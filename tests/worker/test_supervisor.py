@@ -167,7 +167,36 @@ def test_a_crashed_child_is_replaced(
     boss = run_supervisor(CrashesFirst, lambda: marks(tmp_path, "replacement"))
     assert boss.exit_code == EXIT_OK
     assert len(marks(tmp_path, "crashed")) == 1 and len(marks(tmp_path, "replacement")) == 1
-    assert boss.early_deaths == 1  # its replacement was paced, not spawned in a hot loop
+    assert boss.respawns.early_deaths == 1  # its replacement was paced, not spawned in a hot loop
+
+
+def test_a_delayed_respawn_comes_on_time(
+    run_supervisor: Callable[..., Supervisor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that died young is replaced once its delay (1 s) is over, not at the loop's
+    next tick (made an hour long here) or the next signal."""
+    monkeypatch.setattr(supervisor, "LOOP_TICK_S", 3600.0)
+
+    class CrashesFirst(FakeChild):
+        def serve(self) -> int:
+            if not marks(tmp_path, "crashed"):
+                mark(tmp_path, "crashed")
+                os._exit(70)
+            mark(tmp_path, "replacement")
+            return self.idle_until_stopped()
+
+    def replaced_or_given_up() -> bool:  # stops the supervisor either way
+        deadline = time.monotonic() + 10
+        while not marks(tmp_path, "replacement") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
+
+    boss = run_supervisor(CrashesFirst, replaced_or_given_up)
+    assert boss.exit_code == EXIT_OK
+    assert marks(tmp_path, "replacement"), "not replaced before the loop's tick or a signal"
+    assert boss.respawns.early_deaths == 1
+    crashed, replacement = marks(tmp_path, "crashed")[0], marks(tmp_path, "replacement")[0]
+    assert replacement.stat().st_mtime - crashed.stat().st_mtime >= 0.9  # paced, not at once
 
 
 def test_a_stalled_child_is_killed_and_replaced(
@@ -272,7 +301,7 @@ def test_a_task_revoked_with_terminate_is_recorded_and_its_child_replaced(
     assert marks(tmp_path, "woke") == []  # killed, not left to finish
     stored = backend.states["task_r"]
     assert (stored.state, stored.error, stored.task_name) == (State.FAILURE, REVOKED, "sleepy")
-    assert boss.early_deaths == 0  # a kill it asked for is no crash
+    assert boss.respawns.early_deaths == 0  # a kill it asked for is no crash
 
 
 def test_no_connection_of_the_beacon_is_open_across_a_fork() -> None:

@@ -345,7 +345,7 @@ def test_a_recycled_child_is_replaced_at_once_as_no_crash(
 
     boss = run_supervisor(RecyclesFirst, lambda: list(tmp_path.glob("fresh-*")))
     assert boss.exit_code == EXIT_OK
-    assert boss.early_deaths == 0  # no backoff: it was no crash
+    assert boss.respawns.early_deaths == 0  # no backoff: it was no crash
     assert len(list(tmp_path.glob("fresh-*"))) == 1
 
 
