@@ -55,6 +55,10 @@ class RedisConfig:
         30, "seconds a connection may sit idle before a PING checks it on next use; 0: never", min=0
     )
     client_name: str = _opt("", "CLIENT SETNAME for taskd's connections")
+    master_name: str = _opt(
+        "", "Redis Sentinel: the master's name; the URL's hosts are then its Sentinels"
+    )
+    sentinel_password: str = _opt("", "the Sentinels' password (the master's is in the URL)")
 
 
 @dataclass(frozen=True, slots=True)

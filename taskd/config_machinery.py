@@ -9,7 +9,7 @@ machinery's is listed in ``MACHINERY_KEYS`` below, with the reason for its treat
 - ignored: accepted, checked for its type, and reported once with the reason (``taskd start``
   logs ``config_key_ignored``; ``taskd check-config`` says it on stderr);
 - refused: a config error naming the key where the value asks for what taskd cannot do
-  (Sentinel, Redis Cluster, several brokers, TLS settings); with an empty or false value the
+  (Redis Cluster, several brokers, TLS settings); with an empty or false value the
   key is ignored.
 
 A few taskd keys keep machinery's name and are accepted without being used
@@ -100,15 +100,6 @@ MACHINERY_KEYS: dict[str, MachineryKey] = {
         low=10,
         high=30_000,
     ),
-    "redis.master_name": MachineryKey(
-        "taskd has no Sentinel support yet (a name is refused)",
-        str,
-        refuse=_when_set(
-            "Redis Sentinel is not supported yet: set broker (and result_backend) to the"
-            " master's address"
-        ),
-    ),
-    "redis.sentinel_password": MachineryKey("used only with redis.master_name (Sentinel)", str),
     "redis.cluster_enabled": MachineryKey(_NO_CLUSTER, bool, refuse=_when_set(_CLUSTER)),
     "redis.cluster_mode": MachineryKey(_NO_CLUSTER, bool, refuse=_when_set(_CLUSTER)),
     "amqp.prefetch_count": MachineryKey(
@@ -242,9 +233,13 @@ def settle(config: Config, found: Mapping[str, Any]) -> Config:
     for key in ("broker", "result_backend"):
         url = getattr(config, key)
         scheme, _, rest = url.partition("://")
-        if scheme in ("redis", "rediss") and "," in rest.partition("/")[0].rpartition("@")[2]:
+        several = "," in rest.partition("/")[0].rpartition("@")[2]
+        if scheme in ("redis", "rediss") and several and not config.redis.master_name:
             raise ConfigError(
-                key, f"several Redis addresses (machinery's cluster form): {_CLUSTER}", source
+                key,
+                "several Redis addresses: Sentinels need redis.master_name; as machinery's"
+                f" cluster form, {_CLUSTER}",
+                source,
             )
     ignored = tuple(
         (path, MACHINERY_KEYS[path].reason) for path in found if not MACHINERY_KEYS[path].maps_to

@@ -1,8 +1,7 @@
-"""Redis plumbing shared by the Redis broker and result backend.
+"""Redis plumbing shared by the Redis broker and result backend: connections (to one server,
+or to the master that Redis Sentinels name), scripts, and writes whose replies are read later.
 
-URL forms are machinery's: ``redis://[[user]:password@]host:port/db`` (a bare userinfo is the
-password), ``rediss://`` for TLS (its options in the query: ``taskd.tls``),
-``redis+socket://[[user:]password@]/path.sock[:/db]``.
+URL forms are machinery's (``taskd.redis_url``).
 """
 
 from __future__ import annotations
@@ -15,67 +14,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from taskd import drivers
-from taskd.config import Config, redact_url
+from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
-from taskd.tls import TLS_OPTIONS, split_query
-
-DEFAULT_PORT = 6379
-
-
-def connection_kwargs(url: str, key: str, source: str | None = None) -> dict[str, Any]:
-    """redis-py connection arguments for a machinery Redis URL."""
-    scheme, _, rest = url.partition("://")
-    userinfo, at, location = rest.rpartition("@")
-    if not at:
-        userinfo, location = "", rest
-    username, colon, password = userinfo.partition(":")
-    if not colon:  # machinery: redis://password@host
-        username, password = "", userinfo
-    kwargs: dict[str, Any] = {
-        "username": unquote(username) or None,
-        "password": unquote(password) or None,
-    }
-    if scheme == "redis+socket":
-        path, _, db = location.partition(":")
-        if not path:
-            raise ConfigError(key, f"{redact_url(url)!r} names no socket path", source)
-        kwargs["unix_socket_path"] = path
-        kwargs["db"] = _db(db.lstrip("/"), url, key, source)
-        return kwargs
-    parts = urlsplit(f"redis://{location}")
-    if not parts.hostname:
-        raise ConfigError(key, f"{redact_url(url)!r} names no host", source)
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigError(key, f"{redact_url(url)!r} has an invalid port", source) from None
-    tls, rest = split_query(url, parts.query, scheme == "rediss", key, source)
-    if rest:
-        unknown = ", ".join(dict.fromkeys(name for name, _ in parse_qsl(rest)))
-        raise ConfigError(
-            key,
-            f"{redact_url(url)!r}: unknown option {unknown}; a Redis URL takes only the TLS"
-            f" options {', '.join(TLS_OPTIONS)}",
-            source,
-        )
-    kwargs.update(
-        host=parts.hostname,
-        port=port,
-        db=_db(parts.path.lstrip("/"), url, key, source),
-        **(tls.redis_kwargs() if tls else {"ssl": False}),
-    )
-    return kwargs
-
-
-def _db(text: str, url: str, key: str, source: str | None) -> int:
-    if not text:
-        return 0
-    if not text.isdigit():
-        raise ConfigError(key, f"{redact_url(url)!r}: database {text!r} is not a number", source)
-    return int(text)
+from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
 
 
 def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0) -> Any:
@@ -99,35 +42,77 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
     socket_timeout = None  # machinery's 0: no limit
     if settings.read_timeout and settings.write_timeout:
         socket_timeout = max(settings.read_timeout, settings.write_timeout, longest_block_s + 5.0)
+    sockets = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout or None,
+        "socket_keepalive": True,
+    }
+    options = {
+        **sockets,
+        "client_name": settings.client_name or None,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": settings.max_idle_timeout,
+    }
+    # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
+    waits = settings.wait and settings.max_active
+    sizes = (
+        {"max_connections": settings.max_active, "timeout": socket_timeout}
+        if waits
+        else {"max_connections": settings.max_active or 2**31}  # 0: no limit
+    )
+    if settings.master_name:
+        sentinels, kwargs = parse_url(url, key, config.source, default_port=SENTINEL_PORT)
+        if not sentinels:
+            raise ConfigError(
+                key,
+                "with redis.master_name the URL names the Sentinels (host:port, several"
+                " separated by commas), not a socket",
+                config.source,
+            )
+        from redis.sentinel import Sentinel, SentinelConnectionPool
+
+        tls = {name: value for name, value in kwargs.items() if name.startswith("ssl")}
+        sentinel = Sentinel(
+            sentinels,
+            sentinel_kwargs={"password": settings.sentinel_password or None, **sockets, **tls},
+        )
+        pool_class = _pool_class(SentinelConnectionPool, waits)
+        return sentinel.master_for(
+            settings.master_name, connection_pool_class=pool_class, **kwargs, **options, **sizes
+        )
     made = redis.Redis(
-        **connection_kwargs(url, key, config.source),
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=settings.connect_timeout or None,
-        socket_keepalive=True,
-        client_name=settings.client_name or None,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=settings.max_idle_timeout,
+        **connection_kwargs(url, key, config.source), **options
     ).connection_pool  # only to turn the arguments into a pool's
-    if settings.wait and settings.max_active:
-        # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
-        pool = redis.BlockingConnectionPool(
-            max_connections=settings.max_active,
-            timeout=socket_timeout,
-            connection_class=made.connection_class,
-            **made.connection_kwargs,
-        )
-    else:
-        pool = _reusing_pool_class()(
-            max_connections=settings.max_active or 2**31,  # 0: no limit
-            connection_class=made.connection_class,
-            **made.connection_kwargs,
-        )
+    pool = _pool_class(redis.ConnectionPool, waits)(
+        connection_class=made.connection_class, **made.connection_kwargs, **sizes
+    )
     return redis.Redis.from_pool(pool)
 
 
-@functools.cache  # made once, on first use (redis-py is imported lazily)
-def _reusing_pool_class() -> type:
-    """redis-py's pool, with the connection a caller gives back kept for the next caller.
+def _pool_class(base: type, waits: bool) -> type:
+    """``base``, made to block callers while it is full (redis.wait), or else to keep a
+    connection given back for the next caller."""
+    import redis
+
+    if not waits:
+        return _reusing_pool_class(base)
+    if base is redis.ConnectionPool:
+        return redis.BlockingConnectionPool
+    return _blocking_pool_class(base)
+
+
+@functools.cache
+def _blocking_pool_class(base: type) -> type:
+    """A pool of ``base``'s kind (Sentinel's, which has no blocking variant) that makes a
+    caller wait while it is full, as redis-py's BlockingConnectionPool does."""
+    import redis
+
+    return type(f"Blocking{base.__name__}", (base, redis.BlockingConnectionPool), {})
+
+
+@functools.cache  # made once per base, on first use (redis-py is imported lazily)
+def _reusing_pool_class(base: type) -> type:
+    """A redis-py pool (``base``), with the connection a caller gives back kept for the next.
 
     redis-py's get and release cost several microseconds each (a lock, a poll for stray
     data, observability counters), and the worker and the client take one per command.
@@ -136,9 +121,8 @@ def _reusing_pool_class() -> type:
     that makes callers wait (``redis.wait``): a waiter is woken by a release to the pool
     only. In a forked child the parent's kept connections are left alone.
     """
-    import redis
 
-    class ReusingPool(redis.ConnectionPool):
+    class ReusingPool(base):  # type: ignore[misc,valid-type]
         KEEP = 4  # connections kept at most; more go back to the pool
 
         def reset(self) -> None:
@@ -155,7 +139,11 @@ def _reusing_pool_class() -> type:
             return super().get_connection(*args, **kwargs)
 
         def release(self, connection: Any) -> None:
-            if self._kept_pid == os.getpid() and len(self._kept) < self.KEEP:
+            # One dropped after an error goes back: the pool's get_connection connects it
+            # again, to the master Sentinels name now (no Connection property says so in
+            # every redis-py release taskd takes).
+            connected = getattr(connection, "_sock", None) is not None
+            if self._kept_pid == os.getpid() and len(self._kept) < self.KEEP and connected:
                 self._kept.append(connection)
             else:
                 super().release(connection)
@@ -180,10 +168,22 @@ def translated(
 
 
 def same_server(one: Any, other: Any) -> bool:
-    """Whether two redis-py clients talk to the same server and database as the same user."""
+    """Whether two redis-py clients talk to the same server (or Sentinels' master) and
+    database as the same user."""
     fields = ("host", "port", "db", "path", "username")
-    a, b = one.connection_pool.connection_kwargs, other.connection_pool.connection_kwargs
-    return all(a.get(field) == b.get(field) for field in fields)
+    a, b = one.connection_pool, other.connection_pool
+    return _sentinels_of(a) == _sentinels_of(b) and all(
+        a.connection_kwargs.get(field) == b.connection_kwargs.get(field) for field in fields
+    )
+
+
+def _sentinels_of(pool: Any) -> tuple[str, list[tuple[str, int]]] | None:
+    """The master's name and its Sentinels' addresses, for a pool of Sentinel's; else None."""
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is None:
+        return None
+    sentinels = [sentinel.connection_pool.connection_kwargs for sentinel in manager.sentinels]
+    return pool.service_name, sorted((each["host"], each["port"]) for each in sentinels)
 
 
 def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:

@@ -148,7 +148,7 @@ def test_a_malformed_delayed_member_reaches_the_default_queue_to_be_set_aside(
     ],
 )
 def test_machinery_url_forms(url: str, expected: dict[str, Any]) -> None:
-    from taskd.redisdb import connection_kwargs
+    from taskd.redis_url import connection_kwargs
 
     kwargs = connection_kwargs(url, "broker")
     assert {key: kwargs.get(key) for key in expected} == expected
@@ -159,7 +159,7 @@ def test_machinery_url_forms(url: str, expected: dict[str, Any]) -> None:
 )
 def test_bad_redis_urls_name_the_key(url: str) -> None:
     from taskd.errors import ConfigError
-    from taskd.redisdb import connection_kwargs
+    from taskd.redis_url import connection_kwargs
 
     with pytest.raises(ConfigError, match=r"^broker: "):
         connection_kwargs(url, "broker")

@@ -43,7 +43,7 @@ def test_a_credential_becomes_the_url_password(tmp_path: Path, credentials: Path
 def test_the_password_round_trips_through_the_drivers_url_parsing(credentials: Path) -> None:
     from taskd.amqplink import connection_parameters
     from taskd.config import Config
-    from taskd.redisdb import connection_kwargs
+    from taskd.redis_url import connection_kwargs
 
     env = {"CREDENTIALS_DIRECTORY": str(credentials)}
     amqp = resolve_url("amqp://taskd:{credential:broker-password}@rabbit/", "broker", None, env)

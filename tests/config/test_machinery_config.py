@@ -124,7 +124,6 @@ def test_each_key_of_the_table_says_why() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "reason"),
     [
-        ("redis:\n  master_name: mymaster\n", "redis.master_name", "Sentinel is not supported"),
         ("redis:\n  cluster_enabled: true\n", "redis.cluster_enabled", "Cluster is not supported"),
         ("redis:\n  cluster_mode: true\n", "redis.cluster_mode", "Cluster is not supported"),
         ("tlsconfig:\n  insecureskipverify: true\n", "tlsconfig", "tls.Config are not supported"),
@@ -145,6 +144,17 @@ def test_what_taskd_cannot_honour_is_refused_naming_the_key(
     tmp_path: Path, text: str, key: str, reason: str
 ) -> None:
     assert_refused(_write(tmp_path, text), key, reason)
+
+
+def test_machinery_sentinel_config_loads(tmp_path: Path) -> None:
+    """go-redis's Sentinel form: the URL lists the Sentinels, redis.master_name the master."""
+    text = (
+        "broker: redis://:pw@127.0.0.1:26379,127.0.0.2:26380/3\n"
+        "redis:\n  master_name: mymaster\n  sentinel_password: s3cret\n"
+    )
+    config = load_config(_write(tmp_path, text), env={})
+    assert (config.redis.master_name, config.redis.sentinel_password) == ("mymaster", "s3cret")
+    assert "redis.master_name" not in dict(config.ignored)
 
 
 def test_a_separator_that_splits_nothing_is_ignored(tmp_path: Path) -> None:
