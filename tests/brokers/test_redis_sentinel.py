@@ -43,9 +43,10 @@ class Sentinels:
         return int(self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)[1])
 
 
-def _redis_server(*extra: str) -> Callable[[int], list[str]]:
+def _redis_server(directory: Path, *extra: str) -> Callable[[int], list[str]]:
+    # --dir: a replica's full sync writes the master's snapshot there
     return lambda port: [
-        "redis-server", "--bind", "127.0.0.1", "--port", str(port),
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
         "--save", "", "--appendonly", "no", *extra,
     ]  # fmt: skip
 
@@ -55,10 +56,12 @@ def sentinels(tmp_path: Path) -> Iterator[Sentinels]:
     import redis
 
     with contextlib.ExitStack() as servers:
-        master = servers.enter_context(server_on_free_port(_redis_server(), "a master"))
-        replica = servers.enter_context(
-            server_on_free_port(_redis_server("--replicaof", "127.0.0.1", str(master)), "replica")
-        )
+        master_dir, replica_dir = tmp_path / "master", tmp_path / "replica"
+        master_dir.mkdir()
+        replica_dir.mkdir()
+        master = servers.enter_context(server_on_free_port(_redis_server(master_dir), "a master"))
+        replica_of = _redis_server(replica_dir, "--replicaof", "127.0.0.1", str(master))
+        replica = servers.enter_context(server_on_free_port(replica_of, "a replica"))
         conf = tmp_path / "sentinel.conf"
 
         def sentinel(port: int) -> list[str]:
