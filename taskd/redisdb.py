@@ -54,7 +54,7 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
         "health_check_interval": settings.max_idle_timeout,
     }
     # machinery's redis.wait: a full pool makes a caller wait for a connection, not fail.
-    waits = settings.wait and settings.max_active
+    waits = bool(settings.wait and settings.max_active)
     sizes = (
         {"max_connections": settings.max_active, "timeout": socket_timeout}
         if waits

@@ -120,6 +120,17 @@ def test_tasks_run_through_the_master_the_sentinel_names_and_after_a_failover(
     assert process.events("broker_unavailable"), "the children never saw the master go"
 
 
+def test_a_pool_that_waits_when_full_works_through_sentinel(sentinels: Sentinels) -> None:
+    """redis.wait with Sentinel: redis-py has no blocking Sentinel pool, taskd composes one."""
+    settings = RedisConfig(master_name=MASTER, wait=True, max_active=1)
+    client = connect(f"redis://127.0.0.1:{sentinels.sentinel}/0", Config(redis=settings), "broker")
+    assert type(client.connection_pool).__name__ == "BlockingSentinelConnectionPool"
+    client.set("taskd-test-key", "through the master")
+    assert client.get("taskd-test-key") == b"through the master"
+    assert client.connection_pool.get_master_address()[1] == sentinels.master
+    client.close()
+
+
 def test_a_sentinel_pair_shares_round_trips_only_with_its_own_master(tmp_path: Path) -> None:
     """Broker and backend on one master (one script per send) only if both name the same
     master through the same Sentinels; connecting is lazy, so no server is needed."""
