@@ -91,7 +91,8 @@ def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def sqs_server() -> Iterator[str]:
-    """moto's SQS server on a free loopback port, for the whole run; the URL of its account.
+    """moto's SQS server on a free loopback port, for the whole run, its receives made atomic
+    (``tests/support/sqs_server.py``); the URL of its account.
     The AWS credentials are dummies (moto accepts any), set for the daemons under test too."""
     import os
     import sys
@@ -100,8 +101,10 @@ def sqs_server() -> Iterator[str]:
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     os.environ.pop("AWS_PROFILE", None)
-    moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p"]
-    with server_on_free_port(lambda port: [*moto, str(port)], "the moto SQS server") as port:
+    moto = [sys.executable, "-m", "tests.support.sqs_server", "-H", "127.0.0.1", "-p"]
+    with server_on_free_port(
+        lambda port: [*moto, str(port)], "the moto SQS server", cwd=harness.REPO
+    ) as port:
         harness.SQS_URL = f"sqs://127.0.0.1:{port}/{harness.SQS_ACCOUNT}"
         yield harness.SQS_URL
 

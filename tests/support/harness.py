@@ -144,11 +144,9 @@ def config_data(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> 
             "broker": SQS_URL,
             "result_backend": f"sqlite://{tmp_path}/{namespace}.db?synchronous=normal",
             "sqs": {"receive_wait_time_seconds": 2},
-            # A consumer that died loses its messages after 10 s, not 15 (its visibility);
-            # a live one extends it 3-4 s in, so a loaded machine has 6 s of slack (with 3 s,
-            # a follow-up ran twice in one CI run in about ten: moto's FIFO queues drop a
-            # duplicate only while the first is still queued, real SQS for 5 minutes).
-            "worker": {"heartbeat_interval": 1.0, "consumer_timeout": 10},
+            # A consumer that died loses its messages after 6 s, not 15 (its visibility);
+            # a live one extends it 2-3 s in, so a loaded machine has 3 s of slack.
+            "worker": {"heartbeat_interval": 1.0, "consumer_timeout": 6},
         }
     elif kind == "memcache":  # results in the test run's memcached, messages in SQLite
         data = {
