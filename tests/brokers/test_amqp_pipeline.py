@@ -118,6 +118,9 @@ def test_a_publish_whose_channel_rabbitmq_closes_is_unavailable_then_sent_again(
     assert drain(amqp_namespace) == [b"first", b"again"]
 
 
+BASIC_ACK = b"\x00\x3c\x00\x50"  # an AMQP method frame's class 60 (basic), method 80 (ack)
+
+
 class Relay:
     """A TCP relay to RabbitMQ that can silence its connections (RabbitMQ's answers to them
     are dropped) or cut them, as network failures would."""
@@ -128,7 +131,7 @@ class Relay:
         self._upstreams: list[socket.socket] = []
         self._silenced: set[socket.socket] = set()
         self._sockets: list[socket.socket] = []
-        self.answered = 0  # bytes RabbitMQ's answers passed on to the broker driver
+        self.answers = bytearray()  # what RabbitMQ sent that was passed on to the driver
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -150,7 +153,7 @@ class Relay:
                 if source not in self._silenced:
                     sink.sendall(data)
                     if answers:
-                        self.answered += len(data)
+                        self.answers += data
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
@@ -201,10 +204,11 @@ def test_a_confirm_that_came_before_the_connection_was_lost_counts(
 ) -> None:
     broker = open_amqp(broker=relay.url)
     broker.begin_publish([Message(amqp_namespace, b"first")])()  # connected, channel open
-    answered = relay.answered
+    seen = len(relay.answers)
     confirm = broker.begin_publish([Message(amqp_namespace, b"confirmed")])
-    # Its confirm, all RabbitMQ has to say now, reaches the driver's socket and waits there.
-    wait_until(lambda: relay.answered > answered, what="the publisher confirm")
+    # Its confirm reaches the driver's socket and waits there. Wait for that frame itself:
+    # a heartbeat RabbitMQ sends meanwhile would pass on bytes too.
+    wait_until(lambda: BASIC_ACK in relay.answers[seen:], what="the publisher confirm")
     relay.cut()
     confirm()
     assert drain(amqp_namespace) == [b"first", b"confirmed"]
