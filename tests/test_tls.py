@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,7 +16,7 @@ from taskd.config import load_config
 from taskd.errors import BrokerUnavailable, ConfigError
 from taskd.tls import TLSOptions, split_query
 from tests.support.harness import (
-    AMQP_URL,
+    RABBITMQ,
     TEST_TASKS,
     config_data,
     server_on_free_port,
@@ -52,9 +51,6 @@ def tls_redis(tls_files: TLSFiles) -> Iterator[Callable[[bool], int]]:
             return servers.enter_context(server_on_free_port(command, "redis-server with TLS"))
 
         yield start
-
-
-RABBITMQ_PORT = urlsplit(AMQP_URL).port or 5672
 
 
 def run_sums(config: Path, tmp_path: Path, daemon: Callable[..., Any]) -> None:
@@ -129,7 +125,7 @@ def test_tasks_run_over_amqps(
     daemon: Callable[..., Any],
 ) -> None:
     """Broker and result backend both over TLS, to the real RabbitMQ behind the proxy."""
-    with tls_proxy(tls_files, RABBITMQ_PORT) as port:
+    with tls_proxy(tls_files, RABBITMQ[1]) as port:
         url = f"amqps://guest:guest@localhost:{port}/?ssl_ca_certs={tls_files.ca}"
         data = config_data("amqp", amqp_namespace, tmp_path, imports=[TEST_TASKS])
         data.update(broker=url, result_backend=url)
@@ -139,7 +135,7 @@ def test_tasks_run_over_amqps(
 def test_an_amqps_client_without_the_ca_is_refused(
     tls_files: TLSFiles, amqp_namespace: str, tmp_path: Path
 ) -> None:
-    with tls_proxy(tls_files, RABBITMQ_PORT) as port:
+    with tls_proxy(tls_files, RABBITMQ[1]) as port:
         url = f"amqps://guest:guest@127.0.0.1:{port}/"
         data = config_data("amqp", amqp_namespace, tmp_path, broker=url)  # results without TLS
         client = Client(load_config(write_config(tmp_path, data)), pipeline=0)

@@ -19,9 +19,14 @@ from taskd.client import Client
 from taskd.config import load_config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime, State, decode_signature
-from tests.support.harness import AMQP_URL, REDIS_URL, config_data, wait_until, write_config
-
-RABBITMQ = ("127.0.0.1", 5672)
+from tests.support.harness import (
+    AMQP_URL,
+    RABBITMQ,
+    REDIS_URL,
+    config_data,
+    wait_until,
+    write_config,
+)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback only, ever
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+RABBITMQ = ("127.0.0.1", 5672)  # AMQP_URL's server, for relays and proxies in front of it
 MEMCACHE_URL = ""  # the test run's own memcached, set by the ``memcached`` fixture
 MONGODB_URL = ""  # the test run's MongoDB (a wire server of its own), set by ``mongodb``
 SQS_URL = ""  # the test run's moto SQS server, set by the ``sqs_server`` fixture
