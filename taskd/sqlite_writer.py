@@ -11,14 +11,16 @@ still meet SQLite's own lock, and nothing breaks where the lock file cannot be m
 without a sync, and a thread of the process syncs the write-ahead log after it
 (``GroupSync``): one sync covers every commit made before it began, by any process. The commit
 is visible at once (a worker starts a task while its send is being synced), and writers do
-not hold the write lock through each other's syncs. A commit that records an outcome (an
-ack with its states, a dead letter) asks for a sync at once; a caller promised durability
-(a send's confirm, a state stored before an ack on another broker, an operator's purge)
-waits for it. The rest asks for none: a lease or a beat lost only delivers a message again,
-and a group's record or a chord's claim is followed by sends whose confirms cover it, since
-the log is lost only from its end (a commit that survives a power cut means every earlier
-one did too). ``synchronous=normal``: the user chose speed over power-cut safety, and
-nothing waits.
+not hold the write lock through each other's syncs. A caller promised durability (a send's
+confirm, a state stored before an ack on another broker, an operator's purge) waits for the
+sync, which then starts at once. A commit nobody waits for yet (a pipelined send, an ack
+with its states, a dead letter) is synced within GATHER_S, with every other commit made
+meanwhile: each sync stalls the writers of the file for a moment, and under load a sync
+per commit cost a quarter of the throughput (measured). The rest asks for no sync: a lease or
+a beat lost only delivers a message again, and a group's record or a chord's claim is
+followed by sends whose confirms cover it, since the log is lost only from its end (a commit
+that survives a power cut means every earlier one did too). ``synchronous=normal``: the user
+chose speed over power-cut safety, and nothing waits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ CHECKPOINT_EVERY = 100  # commits of a connection between its checkpoints (about
 LOG_RESTART_PAGES = 4000  # a log longer than this is made to start over (16 MB at 4 KiB)
 LOCKED_CHECKPOINT_TRIES = 20  # ...by a checkpoint holding the writers' lock, tried this often
 LOCKED_CHECKPOINT_PAUSE_S = 0.001
+GATHER_S = 0.05  # longest a commit nobody waits for waits for its sync (a power cut's window)
 
 
 class Writer:
@@ -105,7 +108,7 @@ class Writer:
 
     def committed(self) -> Confirm:
         """After a commit: what waits until it is on disk (raising the driver's error if
-        its sync failed). A sync starts now, so waiting later is usually free."""
+        its sync failed). Its sync starts within GATHER_S, or at once when this is called."""
         if self._group is None:
             return confirmed  # never waited for (normal)
         ticket = self._group.committed()
@@ -183,9 +186,11 @@ class GroupSync:
         self._synced = 0  # tickets whose commits are on disk
         self._failed: tuple[int, OSError] | None = None  # tickets up to this one were not
         self._thread: threading.Thread | None = None
+        self._waiting = 0  # callers of wait() for a ticket not yet synced
 
     def committed(self) -> int:
-        """A commit was just made without a sync: its ticket; a sync starts at once."""
+        """A commit was just made without a sync: its ticket. Its sync starts once someone
+        waits for it, or GATHER_S later."""
         with self._changed:
             if self._pid != os.getpid():  # a forked child: the parent's thread is not here
                 self._start()
@@ -194,7 +199,8 @@ class GroupSync:
                 self._thread.daemon = True  # the confirms' exit hook still waits for it
                 self._thread.start()
             self._taken += 1
-            self._changed.notify_all()
+            if self._taken == self._synced + 1:  # the thread was idle: it gathers from now
+                self._changed.notify_all()
             return self._taken
 
     def wait(self, ticket: int | None = None) -> None:
@@ -204,8 +210,14 @@ class GroupSync:
             if self._pid != os.getpid():
                 return  # the parent's commits are the parent's to wait for
             ticket = self._taken if ticket is None else ticket
-            while self._synced < ticket:
-                self._changed.wait()
+            if self._synced < ticket:
+                self._waiting += 1
+                self._changed.notify_all()  # the thread stops gathering and syncs
+                try:
+                    while self._synced < ticket:
+                        self._changed.wait()
+                finally:
+                    self._waiting -= 1
             if self._failed is not None and ticket <= self._failed[0]:
                 raise self._failed[1]
 
@@ -217,6 +229,8 @@ class GroupSync:
                 if self._synced == self._taken:  # idle: the next commit starts another
                     self._thread = None
                     return
+                if not self._waiting:  # let the commits of the next moment share this sync
+                    self._changed.wait(GATHER_S)
                 covered = self._taken
             failure = _sync_file(self._wal)
             with self._changed:

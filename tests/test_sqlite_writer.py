@@ -138,6 +138,41 @@ def test_pipelined_sends_share_syncs_and_flush_waits_for_the_last(
     assert {state.state for state in states} == {State.PENDING}
 
 
+def test_commits_nobody_waits_for_share_one_sync_which_a_wait_starts(
+    full_client: Callable[..., Client],
+    held: HeldSync,
+    monkeypatch: pytest.MonkeyPatch,
+    database: Path,
+    namespace: str,
+) -> None:
+    """Each sync stalls the file's writers: commits nobody waits for yet are gathered,
+    and a caller that waits starts the sync at once instead of waiting out the gathering."""
+    monkeypatch.setattr(sqlite_writer, "GATHER_S", 3600.0)
+    held.released.set()
+    client = full_client(pipeline=64)
+    sent = [client.send("count", n) for n in range(20)]
+    assert _queued(database, namespace) == 20  # committed and visible
+    assert held.calls == 0  # gathering: nobody waits yet
+    flushing, outcome = _in_thread(client.flush)
+    flushing.join(THREAD_DEADLINE_S)
+    assert outcome == [None]
+    assert held.calls == 1  # one sync for all twenty
+    states = client.backend.get_states([result.task_id for result in sent])
+    assert {state.state for state in states} == {State.PENDING}
+
+
+def test_a_commit_nobody_waits_for_is_synced_once_gathered(
+    full_client: Callable[..., Client], held: HeldSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut loses at most the commits of the last gathering (GATHER_S)."""
+    monkeypatch.setattr(sqlite_writer, "GATHER_S", 0.01)
+    held.released.set()
+    client = full_client(pipeline=64)
+    client.send("count", 1)
+    # No flush, no confirm awaited: the sync thread syncs it on its own.
+    wait_until(lambda: held.calls == 1, THREAD_DEADLINE_S, what="the gathered sync")
+
+
 def test_a_failed_sync_fails_the_sends_it_covered_and_names_them(
     full_client: Callable[..., Client], held: HeldSync
 ) -> None:
