@@ -300,9 +300,11 @@ class Supervisor:
     def _check_liveness(self, now: float) -> None:
         for child in self._current():
             last, busy = self.liveness.read(child.slot)
-            if not busy and now - last > CHILD_STALL_S:
-                fields = {"child": child.slot, "child_pid": child.pid}
-                log.error("child_stalled", silent_s=round(now - last), **fields)
+            # Never silent longer than it has lived, whatever its slot reads (a 0 was seen once).
+            silent_s = now - max(last, child.started_at)
+            if not busy and silent_s > CHILD_STALL_S:
+                fields = {"child": child.slot, "child_pid": child.pid, "last_stamp_s": last}
+                log.error("child_stalled", silent_s=round(silent_s), **fields)
                 self.service.error(f"child {child.slot} stalled while idle; replaced")
                 self._stop(child, signal.SIGKILL, within_s=0)
 

@@ -208,6 +208,32 @@ def test_a_stalled_child_is_killed_and_replaced(
     assert len(marks(tmp_path, "replacement")) == 1
 
 
+def test_a_child_is_never_taken_for_stalled_before_it_has_lived_that_long(
+    run_supervisor: Callable[..., Supervisor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silence counts from the fork at the earliest: a slot that reads as never stamped
+    (a stamp of 0, seen once) does not get a young child killed."""
+    monkeypatch.setattr(ChildLiveness, "read", lambda _self, _slot: (0.0, False))
+    checks: list[float] = []
+    check = Supervisor._check_liveness
+
+    def counted(boss: Supervisor, now: float) -> None:
+        if marks(tmp_path, "ready"):
+            checks.append(now)
+        check(boss, now)
+
+    monkeypatch.setattr(Supervisor, "_check_liveness", counted)
+
+    class Idles(FakeChild):
+        def serve(self) -> int:
+            mark(tmp_path, "ready")
+            return self.idle_until_stopped()
+
+    boss = run_supervisor(Idles, lambda: len(checks) >= 5)
+    assert boss.exit_code == EXIT_OK
+    assert len(marks(tmp_path, "ready")) == 1  # not killed and replaced
+
+
 def test_a_drain_lets_children_finish_and_kills_stragglers(
     run_supervisor: Callable[..., Supervisor], tmp_path: Path
 ) -> None:
