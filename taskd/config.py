@@ -100,7 +100,7 @@ class MongoDBConfig:
 class WorkerConfig:
     concurrency: int = _opt(0, "child processes; 0 means one per CPU", min=0)
     prefetch: int = _opt(
-        0, "messages a child takes per fetch; 0: up to 32 while its tasks are quick, else 1", min=0
+        0, "messages a child takes per fetch; 0: up to 64 while its tasks are quick, else 1", min=0
     )
     shutdown_timeout: float = _opt(30.0, "seconds running tasks get to finish on SIGTERM", min=0)
     poll_interval: float = _opt(

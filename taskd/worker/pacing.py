@@ -19,7 +19,7 @@ import math
 
 FAST_TASK_S = 0.002  # a task averaging under this is quick
 DURATION_WEIGHT = 0.3  # weight of the newest run in a running average
-AUTO_PREFETCH = 32  # messages per fetch while tasks are quick, with worker.prefetch 0
+AUTO_PREFETCH = 64  # messages per fetch while tasks are quick, with worker.prefetch 0
 RECENT_CAP_S = 1.0  # a run counts as this long at most...
 SHORTEST_S = 1e-6  # ...and this short at least (the log of 0 is not a number)
 LOG_FAST = math.log(FAST_TASK_S)

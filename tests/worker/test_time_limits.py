@@ -296,7 +296,7 @@ def test_a_child_leaves_for_a_fresh_one_after_max_tasks_without_taking_more(
     tmp_path: Path,
 ) -> None:
     rig = Rig(max_tasks_per_child=3)
-    for _ in range(40):  # quick tasks: up to 32 a fetch, were it not for the limit
+    for _ in range(40):  # quick tasks: many a fetch, were it not for the limit
         rig.child.pacing.ran("record", 0.0001)
     sent = [rig.client.send("record", str(tmp_path / "trace"), str(n)) for n in range(5)]
     assert rig.serve() == EXIT_CHILD_RECYCLE
