@@ -108,7 +108,7 @@ class Writer:
 
     def committed(self) -> Confirm:
         """After a commit: what waits until it is on disk (raising the driver's error if
-        its sync failed). Its sync starts within GATHER_S, or at once when this is called."""
+        its sync failed). Its sync starts within GATHER_S, or at once when that is called."""
         if self._group is None:
             return confirmed  # never waited for (normal)
         ticket = self._group.committed()
