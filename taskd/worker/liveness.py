@@ -15,10 +15,8 @@ tasks done. No pipes, no syscalls: a stamp is a memory write.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import signal
-import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -27,24 +25,24 @@ from types import TracebackType
 
 from taskd.backends import ResultBackend, open_backend
 from taskd.config import Config
+from taskd.worker.cells import COUNT, FLOAT, Columns
 
 MAX_CHILDREN = 1024  # slots allocated up front; the pool never grows past this
 BUSY_BEAT_S = 1.0  # while a child runs tasks, its slot is stamped this often
 READY_SIGNAL = signal.SIGUSR1  # a child tells its supervisor it is ready (it looks then)
-# last beat (monotonic seconds), busy flag, ready flag, tasks done; then since when its
-# broker (1) or backend (2) has been unreachable (monotonic seconds; kind 0: reachable); and
-# how many of its tasks done failed
-_SLOT = struct.Struct("=dIIQdIQ")
-_STAMP = struct.Struct("=dI")  # the slot's first two fields
-_BEAT = struct.Struct("=d")
-_READY_AT = 12  # byte offsets of the ready flag and the task count in a slot
-_DONE_AT = 16
-_OUTAGE_AT = 24
-_FAILED_AT = 36
-_OUTAGE = struct.Struct("=dI")
+# A slot is a row: the last beat (monotonic seconds), busy and ready flags, tasks done and
+# of those failed, and since when its broker (kind 1) or backend (2) has been unreachable
+# (monotonic seconds; kind 0: reachable).
+_COLUMNS = {
+    "beat": FLOAT,
+    "busy": COUNT,
+    "ready": COUNT,
+    "done": COUNT,
+    "failed": COUNT,
+    "outage_since": FLOAT,
+    "outage_kind": COUNT,
+}
 OUTAGE_KINDS = ("", "broker", "backend")
-_FLAG = struct.Struct("=I")
-_COUNT = struct.Struct("=Q")
 PROBE_TASK_ID = "taskd-readiness-probe"  # looked up once per child; never a task's id
 
 
@@ -74,7 +72,8 @@ class SlotView:
 class ChildLiveness:
     def __init__(self, slots: int = MAX_CHILDREN) -> None:
         self._slots = slots
-        self._mem = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared across fork
+        self._table = Columns(slots, _COLUMNS)  # read by the supervisor while children write
+        self._beat, self._busy = self._table["beat"], self._table["busy"]
         self._clock: _BusyClock | None = None  # the child's own, made in the child
         self.retired_done = self.retired_failed = 0  # by children that have exited
         self.supervisor_pid: int | None = None  # told READY_SIGNAL when a child is ready
@@ -85,23 +84,26 @@ class ChildLiveness:
 
     def reset(self, slot: int) -> None:
         """A new child in ``slot``: stamped now, idle, not ready, nothing done (supervisor)."""
-        _SLOT.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), 0, 0, 0, 0.0, 0, 0)
+        for name in _COLUMNS:
+            self._table[name][slot] = 0
+        self._beat[slot] = time.monotonic()
 
     def stamp(self, slot: int, *, busy: bool) -> None:
-        _STAMP.pack_into(self._mem, slot * _SLOT.size, time.monotonic(), int(busy))
+        self._beat[slot] = time.monotonic()
+        self._busy[slot] = busy
 
     def mark_ready(self, slot: int) -> None:
         """Ready, and the supervisor woken to see it (not at its next tick)."""
-        _FLAG.pack_into(self._mem, slot * _SLOT.size + _READY_AT, 1)
+        self._table["ready"][slot] = 1
         if self.supervisor_pid is not None:
             with contextlib.suppress(ProcessLookupError):  # it died: this child follows it
                 os.kill(self.supervisor_pid, READY_SIGNAL)
 
     def count_done(self, slot: int, *, failed: bool) -> None:
         """One more task finished in ``slot`` (only its child writes it)."""
-        at = slot * _SLOT.size
-        for offset in (at + _DONE_AT, at + _FAILED_AT) if failed else (at + _DONE_AT,):
-            _COUNT.pack_into(self._mem, offset, _COUNT.unpack_from(self._mem, offset)[0] + 1)
+        self._table["done"][slot] += 1
+        if failed:
+            self._table["failed"][slot] += 1
 
     def retire(self, slot: int) -> None:
         """The child in ``slot`` exited: keep its counts before the slot is reused."""
@@ -118,21 +120,25 @@ class ChildLiveness:
 
     def read(self, slot: int) -> tuple[float, bool]:
         """When the slot's child last stamped, and whether it was running a task then."""
-        last, busy = _STAMP.unpack_from(self._mem, slot * _SLOT.size)
-        return last, bool(busy)
+        return self._beat[slot], bool(self._busy[slot])
 
     def view(self, slot: int) -> SlotView:
-        beat_s, busy, ready, done, since, kind, failed = _SLOT.unpack_from(
-            self._mem, slot * _SLOT.size
+        cell = {name: self._table[name][slot] for name in _COLUMNS}
+        return SlotView(
+            cell["beat"],
+            bool(cell["busy"]),
+            bool(cell["ready"]),
+            cell["done"],
+            OUTAGE_KINDS[cell["outage_kind"]],
+            cell["outage_since"],
+            cell["failed"],
         )
-        return SlotView(beat_s, bool(busy), bool(ready), done, OUTAGE_KINDS[kind], since, failed)
 
     def outage(self, slot: int, kind: str, since_s: float) -> None:
         """The child cannot reach its ``kind`` ("broker", "backend"; "" when it can again)
         since ``since_s`` (time.monotonic()), for the status systemd shows."""
-        _OUTAGE.pack_into(
-            self._mem, slot * _SLOT.size + _OUTAGE_AT, since_s, OUTAGE_KINDS.index(kind)
-        )
+        self._table["outage_since"][slot] = since_s  # before the kind that makes it count
+        self._table["outage_kind"][slot] = OUTAGE_KINDS.index(kind)
 
     def busy(self, slot: int) -> _BusyClock:
         """``with liveness.busy(slot):`` around running tasks: stamped busy now and every
@@ -143,7 +149,7 @@ class ChildLiveness:
 
     def beat(self, slot: int) -> None:
         """Stamp the time only, keeping the busy flag."""
-        _BEAT.pack_into(self._mem, slot * _SLOT.size, time.monotonic())
+        self._beat[slot] = time.monotonic()
 
 
 class _BusyClock:

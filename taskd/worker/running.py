@@ -7,27 +7,36 @@ supervisor reads the table to kill a task past its deadline (``taskd.worker.kill
 stop a revoked one (``taskctl revoke --terminate``) and to tell ``taskctl workers`` what each
 child runs (``taskd.worker.beacon``). Made before the fork, as ``ChildLiveness``; an entry
 names its writer's pid, so whatever a dead child left is never taken for its successor's. A
-write is a memory copy of a few hundred bytes: cheap enough for every task.
+write is a few stores and a copy of the id and name: cheap enough for every task. Its numbers
+are cells (``taskd.worker.cells``), never read half written; a read that sees the start time
+change under it gives nothing, as it would have a moment later.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import struct
 import time
 from dataclasses import dataclass
 
 from taskd.wire import Signature
+from taskd.worker.cells import COUNT, FLOAT, Columns
 
-# started (monotonic seconds; 0: idle), deadline (monotonic seconds; 0: no hard limit), pid,
-# limit (seconds), RetryCount left (0/1), and the lengths of the task's id and name (UTF-8),
-# which follow in the slot.
-_HEAD = struct.Struct("=ddqdIHH")
+# started (monotonic seconds; 0: idle; written last, cleared first), deadline (monotonic
+# seconds; 0: no hard limit), pid, limit (seconds), RetryCount left (0/1), and the lengths of
+# the task's id and name (UTF-8), which are kept in a table of their own.
+_COLUMNS = {
+    "started": FLOAT,
+    "deadline": FLOAT,
+    "pid": COUNT,
+    "limit": FLOAT,
+    "retries": COUNT,
+    "id_len": COUNT,
+    "name_len": COUNT,
+}
 ID_BYTES = 256  # a longer task id is not kept: that task cannot be recorded or revoked
 NAME_BYTES = 128  # a longer name is cut (the stored record's own name is kept anyway)
-_ENTRY_SIZE = _HEAD.size + ID_BYTES + NAME_BYTES
-_STARTED = struct.Struct("=d")  # the head's first field: written last, cleared first
+_TEXT_SIZE = ID_BYTES + NAME_BYTES
 # This process's pid, kept current across forks: looking it up is a syscall, once per task.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
@@ -49,7 +58,9 @@ class Running:
 class RunningTasks:
     def __init__(self, slots: int) -> None:
         self._slots = slots
-        self._mem = mmap.mmap(-1, slots * _ENTRY_SIZE)
+        self._table = Columns(slots, _COLUMNS)
+        self._started = self._table["started"]
+        self._text = mmap.mmap(-1, slots * _TEXT_SIZE)
 
     @property
     def slots(self) -> int:
@@ -58,42 +69,45 @@ class RunningTasks:
     def start(self, slot: int, sig: Signature, limit_s: float = 0.0) -> None:
         """The task of ``sig`` starts now in ``slot``, with a hard limit of ``limit_s``
         seconds (0: none) (child). Written in place: this runs before every task."""
-        offset = slot * _ENTRY_SIZE
         task_id, name = sig.uuid.encode(), sig.name.encode()[:NAME_BYTES]
         if len(task_id) > ID_BYTES:
             task_id = b""
         now = time.monotonic()
-        _HEAD.pack_into(
-            self._mem,
-            offset,
-            0.0,
-            now + limit_s if limit_s > 0 else 0.0,
-            _PID[0],
-            limit_s,
-            int(sig.retry_count > 0),
-            len(task_id),
-            len(name),
-        )
-        at = offset + _HEAD.size
-        self._mem[at : at + len(task_id)] = task_id  # the lengths say where each one ends
-        at += ID_BYTES
-        self._mem[at : at + len(name)] = name
-        _STARTED.pack_into(self._mem, offset, now)  # now it counts
+        table = self._table
+        self._started[slot] = 0.0  # cleared by finish() already, unless it never ran
+        table["deadline"][slot] = now + limit_s if limit_s > 0 else 0.0
+        table["pid"][slot] = _PID[0]
+        table["limit"][slot] = limit_s
+        table["retries"][slot] = sig.retry_count > 0
+        table["id_len"][slot], table["name_len"][slot] = len(task_id), len(name)
+        at = slot * _TEXT_SIZE  # the lengths say where each one ends
+        self._text[at : at + len(task_id)] = task_id
+        self._text[at + ID_BYTES : at + ID_BYTES + len(name)] = name
+        self._started[slot] = now  # now it counts
 
     def finish(self, slot: int) -> None:
         """The task ended (child): the slot is idle."""
-        _STARTED.pack_into(self._mem, slot * _ENTRY_SIZE, 0.0)
+        self._started[slot] = 0.0
 
     def read(self, slot: int) -> Running | None:
-        """The task running in ``slot``, if any (supervisor)."""
-        offset = slot * _ENTRY_SIZE
-        started_s, deadline_s, pid, limit_s, retries, id_len, name_len = _HEAD.unpack_from(
-            self._mem, offset
-        )
+        """The task running in ``slot``, if any (supervisor). None also when the child
+        finished it, or started another, while this was read: the next read sees that one."""
+        started_s = self._started[slot]
         if not started_s:
             return None
-        at = offset + _HEAD.size
-        task_id = bytes(self._mem[at : at + min(id_len, ID_BYTES)]).decode("utf-8", "replace")
+        cell = {name: self._table[name][slot] for name in _COLUMNS}
+        at = slot * _TEXT_SIZE
+        task_id = bytes(self._text[at : at + min(cell["id_len"], ID_BYTES)])
         at += ID_BYTES
-        name = bytes(self._mem[at : at + min(name_len, NAME_BYTES)]).decode("utf-8", "replace")
-        return Running(pid, started_s, deadline_s, limit_s, bool(retries), task_id or None, name)
+        name = bytes(self._text[at : at + min(cell["name_len"], NAME_BYTES)])
+        if self._started[slot] != started_s:
+            return None
+        return Running(
+            cell["pid"],
+            started_s,
+            cell["deadline"],
+            cell["limit"],
+            bool(cell["retries"]),
+            task_id.decode("utf-8", "replace") or None,
+            name.decode("utf-8", "replace"),
+        )

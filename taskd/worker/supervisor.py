@@ -300,7 +300,7 @@ class Supervisor:
     def _check_liveness(self, now: float) -> None:
         for child in self._current():
             last, busy = self.liveness.read(child.slot)
-            # Never silent longer than it has lived, whatever its slot reads (once read 0).
+            # Never silent longer than it has lived, whatever its slot reads.
             silent_s = now - max(last, child.started_at)
             if not busy and silent_s > CHILD_STALL_S:
                 fields = {"child": child.slot, "child_pid": child.pid, "last_stamp_s": last}
