@@ -3,8 +3,11 @@
 The supervisor owns the listener (a daemon thread of its own) and a private directory for
 prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), made before any child
 forks and removed at exit. Each child writes its task metrics to files of its own there
-(mmapped: no round trip, no lock shared with other processes); a scrape sums them, those of
-children that have exited included, so counters never go back. What only the supervisor
+(mmapped: no round trip, no lock shared with other processes); a scrape sums them. When a
+child exits, the supervisor adds its counts to those of the children that exited before it
+(one file per kind) and removes its files, so counters never go back, and the directory
+holds the files of the live children only, however many children were recycled. What only
+the supervisor
 knows (children alive, restarts, the queue's depth, the build) comes from a collector that
 reads it at scrape time.
 
@@ -53,6 +56,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUEUE_CACHE_S = 5.0  # queue depths are read from the broker at most this often...
 QUEUE_TIMEOUT_S = 2.0  # ...and left out of a scrape when the broker takes longer
 STATES = {Kind.SUCCEEDED: "SUCCESS", Kind.FAILED: "FAILURE", Kind.RETRY: "RETRY"}
+FOLDED_KINDS = ("counter", "histogram")  # the kinds of file a child writes
 BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 # -- the children's side --------------------------------------------------------------------
@@ -124,10 +128,11 @@ class Metrics:
             ) from None
         TaskMetrics.enabled = True
         from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         self.registry = CollectorRegistry()
-        MultiProcessCollector(self.registry, path=self.directory)
+        self._files = threading.Lock()  # a scrape reads them all, or a child's are being folded
+        self._retired: dict[str, tuple[Any, dict[str, float]]] = {}  # kind: file, its counts
+        self.registry.register(_ChildrenFiles(self.directory, self._files))
         self.registry.register(_PoolCollector(self))
         self.server.daemon_threads = True
         self.server.metrics = self  # type: ignore[attr-defined]
@@ -158,8 +163,31 @@ class Metrics:
     def child_gone(self, pid: int, *, replaced: bool) -> None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, self.directory)
+        with self._files:
+            multiprocess.mark_process_dead(pid, self.directory)
+            self._fold(pid)
         self.restarts += replaced
+
+    def _fold(self, pid: int) -> None:
+        """Add the counts of the child ``pid`` (exited) to those of the children that exited
+        before it, in one file per kind, and remove its own files. Counters and histograms
+        only: the children write no gauges."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        for kind in FOLDED_KINDS:
+            path = os.path.join(self.directory, f"{kind}_{pid}.db")
+            try:
+                entries = MmapedDict.read_all_values_from_file(path)
+            except FileNotFoundError:  # it finished no task
+                continue
+            if kind not in self._retired:
+                retired = os.path.join(self.directory, f"{kind}_retired.db")
+                self._retired[kind] = (MmapedDict(retired), {})
+            into, counts = self._retired[kind]
+            for key, value, *_ in entries:  # a histogram's buckets are not cumulative here
+                counts[key] = counts.get(key, 0.0) + value
+                into.write_value(key, counts[key], 0.0)
+            os.remove(path)
 
     def in_child(self) -> None:
         """In a freshly forked child: let go of the listening socket."""
@@ -170,6 +198,9 @@ class Metrics:
         self.server.server_close()
         self._reader.submit(self._close_broker)
         self._reader.shutdown(wait=False)
+        with self._files:
+            for retired, _counts in self._retired.values():
+                retired.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         if os.environ.get(MULTIPROC_ENV) == self.directory:
             del os.environ[MULTIPROC_ENV]
@@ -226,6 +257,19 @@ class Metrics:
                 broker.close()
             except Exception as exc:
                 log.debug("metrics_broker_close_failed", error=str(exc))
+
+
+class _ChildrenFiles:
+    """The children's metrics, from their files, read while no child's are being folded."""
+
+    def __init__(self, directory: str, lock: threading.Lock) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self._files, self._lock = MultiProcessCollector(None, path=directory), lock
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            return iter(list(self._files.collect()))
 
 
 class _PoolCollector:

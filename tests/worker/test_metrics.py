@@ -98,6 +98,42 @@ def test_metrics_sum_tasks_over_children(
     assert value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS") == 100
 
 
+def test_recycled_children_leave_their_counts_not_their_files(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    port = free_port()
+    config, client = client_for(
+        driver_kind,
+        namespace,
+        tmp_path,
+        metrics={"listen": f"127.0.0.1:{port}"},
+        worker={"max_tasks_per_child": 3},
+    )
+    with client:
+        taskd = daemon(config, "--concurrency", "1", TMPDIR=str(tmp_path))
+        wait_until(lambda: taskd.events("taskd_ready"), 20, what="taskd_ready")
+        (listening,) = taskd.events("metrics_listening")
+        directory = Path(listening["directory"])
+        for i in range(20):  # one at a time: each child runs its 3, then a new one takes over
+            assert client.send("count", i).get(timeout=30) == 1
+
+    def counted() -> Samples | None:
+        samples = scrape(port)
+        done = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
+        return samples if done == 20 else None
+
+    samples = wait_until(counted, 10, what="20 tasks counted")
+    assert value(samples, "taskd_task_duration_seconds_count", task="count") == 20
+    assert value(samples, "taskd_task_duration_seconds_bucket", task="count", le="+Inf") == 20
+    exited = {event["child_pid"] for event in taskd.events("child_exited")}
+    assert len(exited) >= 6  # 20 tasks, 3 per child
+    # The files of exited children are folded into one per kind as each exits.
+    files = {path.name for path in directory.iterdir()}
+    left = {name for name in files if any(name.endswith(f"_{pid}.db") for pid in exited)}
+    assert not left, f"files of exited children: {sorted(left)}"
+    assert {"counter_retired.db", "histogram_retired.db"} <= files
+
+
 def test_healthz_is_503_while_draining_and_the_directory_goes(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
