@@ -1,4 +1,5 @@
-"""TLS options in the query of a ``rediss://`` or ``amqps://`` URL, the same for both drivers.
+"""TLS options in the query of a ``rediss://``, ``amqps://`` or ``memcaches://`` URL, the same
+for every driver.
 
 The names are redis-py's (and Celery's): ``ssl_ca_certs`` (a PEM bundle of CAs to trust instead
 of the system's), ``ssl_ca_path`` (a directory of them), ``ssl_certfile`` and ``ssl_keyfile`` (a

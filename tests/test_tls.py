@@ -1,6 +1,7 @@
-"""TLS end to end: ``rediss://`` against a redis-server of the test's own serving TLS, and
-``amqps://`` against the real RabbitMQ behind a TLS proxy, with a CA of the run's own passed in
-the URL's query (``taskd.tls``); and the options' mistakes, named before anything connects."""
+"""TLS end to end: ``rediss://`` and ``memcaches://`` against a redis-server and a memcached of
+the test's own serving TLS, and ``amqps://`` against the real RabbitMQ behind a TLS proxy, with
+a CA of the run's own passed in the URL's query (``taskd.tls``); and the options' mistakes,
+named before anything connects."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from taskd.client import Client
 from taskd.config import load_config
-from taskd.errors import BrokerUnavailable, ConfigError
+from taskd.errors import BackendUnavailable, BrokerUnavailable, ConfigError
 from taskd.tls import TLSOptions, split_query
 from tests.support.harness import (
     RABBITMQ,
@@ -49,6 +50,28 @@ def tls_redis(tls_files: TLSFiles) -> Iterator[Callable[[bool], int]]:
                 ]  # fmt: skip
 
             return servers.enter_context(server_on_free_port(command, "redis-server with TLS"))
+
+        yield start
+
+
+@pytest.fixture
+def tls_memcached(tls_files: TLSFiles) -> Iterator[Callable[[bool], int]]:
+    """``tls_memcached(client_certificates)``: the port of a memcached serving TLS alone on
+    127.0.0.1, asking clients for a certificate of the CA or not."""
+    with contextlib.ExitStack() as servers:
+
+        def start(client_certificates: bool) -> int:
+            options = f"ssl_chain_cert={tls_files.server_cert},ssl_key={tls_files.server_key}"
+            if client_certificates:
+                options += f",ssl_ca_cert={tls_files.ca},ssl_verify_mode=2"
+
+            def command(port: int) -> list[str]:
+                return [
+                    "memcached", "-Z", "-o", options, "-l", "127.0.0.1", "-p", str(port),
+                    "-U", "0", "-m", "16", "-u", "root",
+                ]  # fmt: skip
+
+            return servers.enter_context(server_on_free_port(command, "memcached with TLS"))
 
         yield start
 
@@ -116,6 +139,47 @@ def test_a_rediss_client_trusts_what_its_url_says(
             assert client.backend.get_states([sent.task_id])[0] is not None  # PENDING, over TLS
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("client_certificates", [False, True], ids=["server-cert", "mutual"])
+def test_results_kept_in_memcached_over_tls(
+    client_certificates: bool,
+    tls_memcached: Callable[[bool], int],
+    tls_files: TLSFiles,
+    namespace: str,
+    tmp_path: Path,
+    daemon: Callable[..., Any],
+) -> None:
+    url = f"memcaches://127.0.0.1:{tls_memcached(client_certificates)}?ssl_ca_certs={tls_files.ca}"
+    if client_certificates:
+        url += f"&ssl_certfile={tls_files.client_cert}&ssl_keyfile={tls_files.client_key}"
+    data = config_data("sqlite", namespace, tmp_path, imports=[TEST_TASKS], result_backend=url)
+    run_sums(write_config(tmp_path, data), tmp_path, daemon)
+
+
+@pytest.mark.parametrize(
+    ("client_certificates", "query", "refusal"),
+    [
+        (False, "", "certificate verify failed"),  # a CA the system does not know
+        (True, "?ssl_ca_certs={ca}", "certificate required|EOF occurred|reset by peer"),
+    ],
+    ids=["unknown-ca", "no-client-cert"],
+)
+def test_a_memcaches_client_trusts_what_its_url_says(
+    client_certificates: bool,
+    query: str,
+    refusal: str,
+    tls_memcached: Callable[[bool], int],
+    tls_files: TLSFiles,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    url = f"memcaches://127.0.0.1:{tls_memcached(client_certificates)}"
+    url += query.format(ca=tls_files.ca)
+    data = config_data("sqlite", namespace, tmp_path, result_backend=url)
+    client = Client(load_config(write_config(tmp_path, data)))
+    with client, pytest.raises(BackendUnavailable, match=refusal):
+        client.backend.get_states(["task_1"])
 
 
 def test_tasks_run_over_amqps(

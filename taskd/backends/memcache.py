@@ -1,7 +1,8 @@
 """The Memcache result backend: machinery's keys and JSON, with its races closed.
 
-URL ``memcache://host1:11211,host2:11211`` (machinery's form); keys are spread over the
-servers by pymemcache's HashClient (rendezvous hashing: a server joining or leaving moves
+URL ``memcache://host1:11211,host2:11211`` (machinery's form), or ``memcaches://`` for TLS with
+the options of ``taskd.tls`` in its query; keys are spread over the servers by pymemcache's
+HashClient (rendezvous hashing: a server joining or leaving moves
 only its share of the keys). As in machinery, a task's state is stored under its id and a
 group's metadata under the group id, as the same JSON as the Redis backend, with an absolute
 expiry of ``now + results_expire_in`` (Memcache reads values past 30 days as a timestamp).
@@ -26,12 +27,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Self
+from urllib.parse import parse_qsl
 
 from taskd import drivers
 from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config, redact_url
 from taskd.errors import BackendError, BackendUnavailable, ConfigError
+from taskd.tls import TLS_OPTIONS, TLSOptions, split_query
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
@@ -47,23 +50,41 @@ BOARDS_PREFIX = "taskd:board:"
 
 def servers_of(url: str, key: str, source: str | None = None) -> list[tuple[str, int]]:
     """The (host, port) list of ``memcache://h1:11211,h2:11211``."""
-    hosts = url.split("://", 1)[1].strip("/")
+    return parse_url(url, key, source)[0]
+
+
+def parse_url(
+    url: str, key: str, source: str | None = None
+) -> tuple[list[tuple[str, int]], TLSOptions | None]:
+    """The (host, port) list of ``memcache://h1:11211,h2:11211`` (or ``memcaches://``), and
+    the TLS options of its query (None for ``memcache://``); ConfigError naming ``key``."""
+    scheme, _, rest = url.partition("://")
+    hosts, _, query = rest.partition("?")
     servers = []
-    for item in filter(None, hosts.split(",")):
+    for item in filter(None, hosts.strip("/").split(",")):
         host, _, port = item.rpartition(":") if ":" in item else (item, "", str(DEFAULT_PORT))
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(key, f"{redact_url(url)!r}: {item!r} is not host:port", source)
         servers.append((host, int(port)))
     if not servers:
         raise ConfigError(key, f"{redact_url(url)!r} names no server", source)
-    return servers
+    tls, unknown = split_query(url, query, scheme == "memcaches", key, source)
+    if unknown:
+        names = ", ".join(dict.fromkeys(name for name, _ in parse_qsl(unknown)))
+        raise ConfigError(
+            key,
+            f"{redact_url(url)!r} has an unknown option {names}; a Memcache URL takes only"
+            f" the TLS options {', '.join(TLS_OPTIONS)} (with memcaches://)",
+            source,
+        )
+    return servers, tls
 
 
 class MemcacheBackend(ResultBackend):
     driver = "memcache"
 
     def __init__(self, url: str, config: Config) -> None:
-        servers = servers_of(url, "result_backend", config.source)
+        servers, tls = parse_url(url, "result_backend", config.source)
         try:
             from pymemcache.client.hash import HashClient
         except ImportError as exc:
@@ -80,6 +101,7 @@ class MemcacheBackend(ResultBackend):
             retry_attempts=1,
             ignore_exc=False,
             default_noreply=False,  # a write has returned once the server has it
+            tls_context=None if tls is None else tls.context(),
         )
         self._expire_s = config.results_expire_in_s
 
