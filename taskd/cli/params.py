@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from taskd import logs
 from taskd.checks import check_drivers
 from taskd.config import Config, load_config
 from taskd.errors import (
@@ -50,11 +51,16 @@ def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def load(config_path: str | None, queues: Sequence[str] = ()) -> Config:
+def load(
+    config_path: str | None, queues: Sequence[str] = (), *, log_level: str | None = None
+) -> Config:
     """The effective config with its drivers resolvable and the broker able to serve the
-    default queue and ``queues``, or exit 2 naming file and key."""
+    default queue and ``queues``, or exit 2 naming file and key. From the checks on, logs go
+    to stderr at ``log_level`` (default: the config's), never to stdout, which carries a
+    command's output (structlog's own default)."""
     try:
         config = load_config(config_path)
+        logs.configure(log_level or config.log_level)
         check_drivers(config, queues)
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from None

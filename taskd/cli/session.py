@@ -65,7 +65,7 @@ class Session:
         if self._client is None:
             # Each send confirmed before taskctl goes on: a failure is its exit status, and
             # an id it prints is of a task that is queued.
-            self._client = Client(load(self.config_path), pipeline=0)
+            self._client = Client(load(self.config_path, log_level="warning"), pipeline=0)
         return self._client
 
     def close(self) -> None:

@@ -13,7 +13,13 @@ import pytest
 from taskd.checks import check_drivers
 from taskd.client import Client
 from taskd.errors import ConfigError
-from tests.support.harness import config_data, free_port, run_cli, write_config
+from tests.support.harness import (
+    config_data,
+    free_port,
+    run_cli,
+    server_on_free_port,
+    write_config,
+)
 
 
 def _refusal(config: Any, queues: list[str] | None = None) -> ConfigError:
@@ -112,3 +118,39 @@ def test_the_command_line_exits_2_naming_the_setting(
     assert done.returncode == 2, done.stderr
     assert f"{path}: default_queue: the Redis key '{ns}' holds a string" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("limit", "policy", "loses"),
+    [
+        ("64mb", "allkeys-lru", "queued messages and results"),
+        ("64mb", "volatile-ttl", "results"),
+        ("64mb", "noeviction", None),
+        ("0", "allkeys-lru", None),  # never full
+    ],
+    ids=["allkeys", "volatile", "noeviction", "no-limit"],
+)
+def test_a_redis_that_may_evict_taskds_keys_is_warned_of(
+    limit: str, policy: str, loses: str | None, redis_namespace: str, tmp_path: Path
+) -> None:
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--maxmemory", limit,
+                "--maxmemory-policy", policy]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server with maxmemory") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
+        config = str(write_config(tmp_path, data))
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+        sent = run_cli(tmp_path, "taskctl", "-c", config, "send", "sum", "--arg", "[]int64:[1]")
+    assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("task_") and len(sent.stdout.splitlines()) == 1, sent.stdout
+    for run in (done, sent):  # on stderr: stdout is the commands' output
+        warned = [line for line in run.stderr.splitlines() if "redis_may_evict" in line]
+        if loses is None:
+            assert not warned, run.stderr
+        else:
+            (line,) = warned
+            assert f'"loses":"{loses}"' in line and "noeviction" in line, line

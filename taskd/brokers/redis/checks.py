@@ -1,5 +1,7 @@
 """What the Redis broker verifies before it serves queues (``Broker.check``): that no two
-roles share a key, and that the keys already in Redis hold what taskd will write there.
+roles share a key, that the keys already in Redis hold what taskd will write there, and
+whether Redis may evict what taskd keeps there (a warning: Redis's configuration is the
+operator's).
 
 machinery keeps a queue (a list), its ETA tasks (one sorted set) and task states (strings)
 side by side, named by the user; a queue named like the delayed set turns into a sorted set
@@ -12,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.errors import ConfigError
+
+log = structlog.get_logger("taskd.redis")
 
 DELAYED_KEY = "redis.delayed_tasks_key"
 PREFIX_KEY = "redis.key_prefix"
@@ -80,3 +86,33 @@ def check_types(client: Any, keys: RedisKeys, queues: Sequence[str], source: str
                 " or rename that key, or configure another name",
                 where,
             )
+
+
+def warn_of_eviction(client: Any) -> None:
+    """A warning when Redis, once at ``maxmemory``, may evict taskd's keys: with an
+    ``allkeys-*`` policy any key (queued messages lost without a trace), with a
+    ``volatile-*`` one those with an expiry (results, before ``results_expire_in``).
+    Nothing where CONFIG is not allowed (managed services often rename it)."""
+    import redis
+
+    try:
+        found = client.config_get("maxmemory*")
+    except redis.ResponseError:  # CONFIG disabled or renamed
+        return
+    config = {_text(key): _text(value) for key, value in found.items()}
+    policy, limit = config.get("maxmemory-policy", "noeviction"), config.get("maxmemory", "0")
+    if policy == "noeviction" or limit == "0":
+        return
+    loses = "queued messages and results" if policy.startswith("allkeys") else "results"
+    log.warning(
+        "redis_may_evict",
+        maxmemory_policy=policy,
+        maxmemory=int(limit),
+        loses=loses,
+        fix="CONFIG SET maxmemory-policy noeviction (and in redis.conf): a full Redis then"
+        " refuses writes, which taskd reports and retries, instead of dropping keys",
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
