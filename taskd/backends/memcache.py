@@ -2,10 +2,10 @@
 
 URL ``memcache://host1:11211,host2:11211`` (machinery's form), or ``memcaches://`` for TLS with
 the options of ``taskd.tls`` in its query; keys are spread over the servers by pymemcache's
-HashClient (rendezvous hashing: a server joining or leaving moves
-only its share of the keys). As in machinery, a task's state is stored under its id and a
-group's metadata under the group id, as the same JSON as the Redis backend, with an absolute
-expiry of ``now + results_expire_in`` (Memcache reads values past 30 days as a timestamp).
+HashClient (rendezvous hashing: a server joining or leaving moves only its share of the
+keys). As in machinery, a task's state is stored under its id and a group's metadata under
+the group id, as the same JSON as the Redis backend, with an absolute expiry of ``now +
+results_expire_in`` (Memcache reads values past 30 days as a timestamp).
 
 Unlike machinery:
 - a later state keeps the stored TaskName and CreatedAt (machinery's merge rule, which its own

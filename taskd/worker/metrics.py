@@ -7,9 +7,8 @@ forks and removed at exit. Each child writes its task metrics to files of its ow
 child exits, the supervisor adds its counts to those of the children that exited before it
 (one file per kind) and removes its files, so counters never go back, and the directory
 holds the files of the live children only, however many children were recycled. What only
-the supervisor
-knows (children alive, restarts, the queue's depth, the build) comes from a collector that
-reads it at scrape time.
+the supervisor knows (children alive, restarts, the queue's depth, the build) comes from a
+collector that reads it at scrape time.
 
 - ``taskd_tasks_finished_total{task,state}``: SUCCESS, FAILURE or RETRY.
 - ``taskd_task_duration_seconds{task}``: tasks that ran (not those settled unrun).
