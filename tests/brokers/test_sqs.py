@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from taskd.brokers import Broker, Message, open_broker
+from taskd.brokers.sqs.bodies import BATCH_BYTES, payload_bytes, send_batches
 from taskd.brokers.sqs.queues import endpoint_of
 from taskd.config import Config, SQSConfig
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -82,6 +83,46 @@ def test_a_missing_queue_is_created_or_named(
     open_sqs().publish(namespace, b"{}")  # creates it
     strict.publish(namespace, b"{}")
     assert wait_until(lambda: strict.size(namespace) == 2, 5)
+
+
+def test_large_messages_are_sent_in_batches_sqs_takes(
+    open_sqs: Callable[..., Broker], namespace: str
+) -> None:
+    """Ten messages of 120 kB each are well within SQS's limit one by one, but not in one
+    SendMessageBatch (moto refuses a batch past 1 MiB, as AWS does)."""
+    broker = open_sqs()
+    bodies = [json.dumps({"UUID": f"task_{i}", "Pad": "x" * 120_000}).encode() for i in range(10)]
+    broker.publish_many([Message(namespace, body) for body in bodies])
+    got: list[bytes] = []
+
+    def all_taken() -> bool:
+        for delivery in broker.fetch(namespace, max_messages=10, wait_s=0.2):
+            got.append(delivery.body)
+            broker.ack(delivery)
+        return len(got) == len(bodies)
+
+    wait_until(all_taken, 20, what="the 10 large messages")
+    assert sorted(got) == sorted(bodies)
+
+
+def test_send_batches_keep_within_sqs_limits() -> None:
+    def entry(size: int, attribute: str = "") -> dict[str, Any]:
+        made: dict[str, Any] = {"MessageBody": "x" * size}
+        if attribute:
+            made["MessageAttributes"] = {attribute: {"DataType": "String", "StringValue": "1"}}
+        return made
+
+    sizes = [[len(e["MessageBody"]) for e in batch] for batch in send_batches(
+        [entry(100_000), entry(100_000), entry(100_000), entry(300_000), entry(10)]
+    )]  # fmt: skip
+    assert sizes == [[100_000, 100_000], [100_000], [300_000], [10]]  # a large one goes alone
+    assert [len(b) for b in send_batches([entry(10)] * 25)] == [10, 10, 5]
+    # an attribute counts its name, type and value: 9 + 6 + 1 bytes
+    assert payload_bytes(entry(100, "taskd-eta")) == 116
+    assert len(list(send_batches([entry(BATCH_BYTES - 116), entry(100, "taskd-eta")]))) == 1
+    assert len(list(send_batches([entry(BATCH_BYTES - 115), entry(100, "taskd-eta")]))) == 2
+    assert len(list(send_batches([entry(BATCH_BYTES - 1), entry(1)]))) == 1
+    assert len(list(send_batches([entry(BATCH_BYTES - 1), entry(2)]))) == 2
 
 
 # -- machinery's messages -------------------------------------------------------------------

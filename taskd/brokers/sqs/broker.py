@@ -29,7 +29,7 @@ from typing import Any, Self
 import structlog
 
 from taskd.brokers.base import Broker, Delivery, Message
-from taskd.brokers.sqs.bodies import body_of, sendable
+from taskd.brokers.sqs.bodies import body_of, send_batches, sendable
 from taskd.brokers.sqs.dead import SQSDeadLetters
 from taskd.brokers.sqs.held import Handle, HeldMessages, by_queue, change_visibility, in_batches
 from taskd.brokers.sqs.queues import (
@@ -116,8 +116,9 @@ class SQSBroker(SQSDeadLetters, Broker):
     # -- producing ------------------------------------------------------------------------
 
     def publish_many(self, messages: Sequence[Message]) -> None:
-        """In batches of 10 per queue. Not atomic across batches: after an error some may
-        have gone, and a sender that tries again sends those twice (at-least-once)."""
+        """In batches SQS takes (``send_batches``) per queue. Not atomic across batches: after
+        an error some may have gone, and a sender that tries again sends those twice
+        (at-least-once)."""
         if not messages:
             return
         self.check_priorities(messages)
@@ -126,8 +127,8 @@ class SQSBroker(SQSDeadLetters, Broker):
             grouped.setdefault(message.queue, []).append(message)
         for name, group in grouped.items():
             queue = self._queue(name)
-            for batch in in_batches(group):
-                self._send(queue, [self._entry(queue, message) for message in batch])
+            for batch in send_batches(self._entry(queue, message) for message in group):
+                self._send(queue, batch)
 
     def _queue(self, name: str) -> Queue:
         queue = self._queues.get(name)

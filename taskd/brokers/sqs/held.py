@@ -21,7 +21,7 @@ from taskd.brokers.sqs.queues import Queue, translated
 from taskd.errors import DriverError
 
 log = structlog.get_logger("taskd.sqs")
-BATCH = 10  # SQS's largest batch of receipt handles
+BATCH = 10  # SQS's largest batch: of messages to send, of receipt handles
 
 
 @dataclass(eq=False, slots=True)
