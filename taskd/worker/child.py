@@ -359,6 +359,8 @@ class Child:
             self.writes.ack_after_states(job.delivery, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
+        if job.sig.uuid in self.writes.refused:  # stored as a FAILURE: it sets off what that does
+            outcome = Outcome(Kind.FAILED, error=self.writes.refused[job.sig.uuid])
         follow = self.outages.call("backend", followups.after, self.backend, job, outcome)
         if job.finished is not None:  # settled before, its ack lost: what no worker took yet
             follow = self.outages.call("backend", followups.not_taken, self.backend, follow)

@@ -38,14 +38,14 @@ class FollowUp:
 
 
 def sets_off(sig: Signature, outcome: Outcome) -> bool:
-    """Whether an outcome sends more messages (callbacks, chord, retry)."""
+    """Whether an outcome sends more messages (callbacks, chord, retry), or may: a success
+    whose result the backend refuses fails after all (``WriteBuffer``), and sets off what
+    a failure does."""
     if outcome.kind is Kind.RETRY:
         return True
     if sig.chord_callback is not None and sig.group_uuid:
         return True
-    if outcome.kind is Kind.SUCCEEDED:
-        return bool(sig.on_success)
-    return bool(sig.on_error or sig.on_success)  # OnSuccess: recorded as never to run
+    return bool(sig.on_error or sig.on_success)  # failed: OnSuccess recorded as never to run
 
 
 def after(backend: ResultBackend, job: Job, outcome: Outcome) -> FollowUp:

@@ -6,6 +6,10 @@ more messages are ready (the child flushes at the end of a batch otherwise, so a
 never held while the child waits for work). The one rule: a message is acked only after its
 state is written (``flush`` writes states first), so a crash in between runs a task twice at
 worst, never loses its result.
+
+A final state the backend refuses for good (a result larger than a Memcache item or a MongoDB
+document may be) is stored as a FAILURE saying why, and its message acked: running the task
+again would only be refused again.
 """
 
 from __future__ import annotations
@@ -13,8 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import structlog
+
 from taskd.brokers import Delivery
-from taskd.wire import TaskState
+from taskd.errors import BackendError
+from taskd.wire import State, TaskState
+
+log = structlog.get_logger("taskd.worker")
 
 COALESCE_S = 0.005  # longest a quick task's state and ack wait for others to share them with
 
@@ -31,6 +40,7 @@ class WriteBuffer:
         self._states: dict[str, TaskState] = {}  # task id -> newest state not yet written
         self._acks: list[Delivery] = []  # settled; acked once their states are written
         self._since: float | None = None  # when the oldest unwritten thing was added
+        self.refused: dict[str, str] = {}  # task id -> why its state was refused (last flush)
 
     def add_state(self, state: TaskState) -> None:
         """Write this state with the next flush; a newer state of the same task replaces it."""
@@ -64,14 +74,35 @@ class WriteBuffer:
 
     def flush(self) -> None:
         """Write the waiting states, then ack the messages they settle (never the reverse)."""
+        self.refused = {}
         if self._states and self._acks and self._settle is not None:
             self._settle(list(self._states.values()), self._acks)
             self._states.clear()
             self._acks = []
         if self._states:
-            self._write_states(list(self._states.values()))
+            states = list(self._states.values())
+            try:
+                self._write_states(states)
+            except BackendError:  # for good (outages are ridden out): which one, and why?
+                self._write_apart(states)
             self._states.clear()
         if self._acks:
             self._ack(self._acks)
             self._acks = []
         self._since = None
+
+    def _write_apart(self, states: list[TaskState]) -> None:
+        """Each state on its own: a final one the backend refuses is stored as a FAILURE
+        saying why (in ``refused``); anything else refused is raised."""
+        for state in states:
+            try:
+                self._write_states([state])
+            except BackendError as exc:
+                if not state.is_completed:
+                    raise
+                reason = f"its result could not be stored: {exc}"
+                log.error("result_refused", task_id=state.task_uuid, error=str(exc))
+                self._write_states(
+                    [state.with_changes(state=State.FAILURE, results=None, error=reason)]
+                )
+                self.refused[state.task_uuid] = reason

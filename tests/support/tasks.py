@@ -115,6 +115,13 @@ def collect_error(error: str, path: str) -> None:
 
 
 @task
+def sized_record(path: str, size: int) -> str:
+    """Note that it ran; return ``size`` characters (a result the backend may refuse)."""
+    _append(path, "sized")
+    return "x" * size
+
+
+@task
 def count(*values: object) -> int:
     """How many arguments it got (a chord callback that takes any results)."""
     return len(values)

@@ -15,7 +15,7 @@ import pytest
 from taskd.client import signature
 from taskd.wire import GoTime, State, new_id
 from tests.support.harness import PrivateRedis, client_for, wait_until
-from tests.support.tasks import runs
+from tests.support.tasks import lines, runs
 from tests.support.traces import (
     assert_each_ran_once_except,
     ended,
@@ -223,4 +223,26 @@ def test_an_outage_longer_than_consumer_timeout_does_not_rerun_live_tasks(
     private_redis.start()
     assert sent.wait(60).state is State.SUCCESS
     assert runs(trace) == ["start:long", "end:long"]  # once: never taken while it ran
+    client.close()
+
+
+def test_a_result_too_large_for_the_backend_fails_once_with_the_reason(
+    memcached: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """memcached keeps items of up to 1 MB: a task returning 2 MB runs once, ends in FAILURE
+    saying why, and its OnError callback hears it, with no child lost."""
+    config, client = client_for("memcache", namespace, tmp_path, worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace, errors = tmp_path / "trace", tmp_path / "errors"
+    on_error = signature("collect_error", str(errors))
+    too_large = client.send("sized_record", str(trace), 2_000_000, on_error=[on_error])
+    state = too_large.wait(60)
+    assert state.state is State.FAILURE
+    assert "its result could not be stored" in state.error, state.error
+    assert wait_until(lambda: lines(errors), 20, what="the OnError callback") == [state.error]
+    assert runs(trace) == ["sized"]  # once: running it again would be refused again
+    assert client.send("sized_record", str(trace), 1_000).get(timeout=30) == "x" * 1_000
+    assert not process.events("child_crashed")
+    assert len(process.events("result_refused")) == 1
     client.close()
