@@ -154,16 +154,28 @@ def _reusing_pool_class(base: type) -> type:
 def translated(
     unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
 ) -> AbstractContextManager[None]:
-    """redis-py errors as taskd's: connection trouble is transient, the rest is not."""
+    """redis-py errors as taskd's: connection trouble and a server that cannot take writes
+    for now are transient, the rest is not."""
     import redis
 
     return drivers.translated(
-        (redis.ConnectionError, redis.TimeoutError),
-        redis.RedisError,
-        unavailable,
-        permanent,
-        driver,
-        **context,
+        _transient(), redis.RedisError, unavailable, permanent, driver, **context
+    )
+
+
+@functools.cache
+def _transient() -> tuple[type[Exception], ...]:
+    """Errors that waiting may cure: connection trouble (a Redis loading its data included),
+    a full Redis (OOM, under noeviction), a replica where a master was (READONLY, MASTERDOWN:
+    a failover under way)."""
+    from redis import exceptions
+
+    return (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        exceptions.OutOfMemoryError,
+        exceptions.ReadOnlyError,
+        exceptions.MasterDownError,
     )
 
 

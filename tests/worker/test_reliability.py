@@ -107,6 +107,46 @@ def test_a_redis_restart_mid_run_loses_nothing(
     client.close()
 
 
+def test_a_full_redis_is_an_outage_the_worker_rides_out(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
+) -> None:
+    """A Redis at its maxmemory under noeviction refuses writes (OOM) until memory is freed:
+    the worker waits, as for any outage, and its task is settled once, not run again."""
+    import redis
+
+    config, client = client_for(
+        "redis", namespace, tmp_path, broker=private_redis.url, worker=QUICK_RECOVERY
+    )
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "a", 1.0)
+    client.flush()
+    wait_until(lambda: "start:a" in runs(trace), 20, what="the task to start")
+    server = redis.Redis.from_url(private_redis.url)
+    server.config_set("maxmemory-policy", "noeviction")
+    server.config_set("maxmemory", 1)  # far below what it holds: every write refused (OOM)
+    try:
+
+        def refused() -> list[str]:
+            return [e["error"] for e in process.events() if e["event"].endswith("_unavailable")]
+
+        errors = wait_until(refused, 20, what="the daemon to meet the full Redis")
+        assert any("maxmemory" in error for error in errors), errors
+    finally:
+        server.config_set("maxmemory", 0)
+
+    def succeeded() -> bool:
+        state = client.backend.get_states([sent.task_id])[0]
+        return state is not None and state.state is State.SUCCESS
+
+    wait_until(succeeded, 30, what="the task to be settled")
+    assert runs(trace) == ["start:a", "end:a"]  # once
+    assert not process.events("child_crashed")
+    assert process.process.poll() is None
+    client.close()
+
+
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:

@@ -107,10 +107,12 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         return commands
 
     def raise_first(self, replies: Sequence[Any], queue: str) -> None:
-        """BrokerError for the first error among publish replies."""
+        """The first error among publish replies, as the driver's: BrokerUnavailable for a
+        Redis that cannot take writes for now (full, or a replica), else BrokerError."""
         for reply in replies:
             if isinstance(reply, Exception):
-                raise BrokerError(self.driver, f"publish failed: {reply}", queue)
+                with self._translated(queue):
+                    raise reply
 
     # -- consuming ------------------------------------------------------------------------
 
