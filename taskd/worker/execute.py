@@ -51,6 +51,8 @@ def attempt_of(sig: Signature) -> int:
 
 def error_text(exc: BaseException) -> str:
     """What goes in TaskState.Error: the message, as Go's err.Error() would give it."""
+    if isinstance(exc, SystemExit):
+        return f"the task called sys.exit({exc.code!r})"
     return str(exc) or type(exc).__name__
 
 
@@ -58,9 +60,10 @@ def execute(
     task: Task, sig: Signature, queue: str, policy: RetryPolicy, limits: Limits = NO_LIMITS
 ) -> Outcome:
     """Run ``task`` for ``sig``: SUCCEEDED with results, RETRY with the message to resend, or
-    FAILED with the error. Bad arguments (or time limit headers) fail at once, without
-    retries, as in machinery. SoftTimeLimitExceeded, raised in the task at ``limits.soft_s``,
-    is a failure like any other unless the task catches it (the hard limit is the caller's)."""
+    FAILED with the error (a task that calls sys.exit() fails too). Bad arguments (or time
+    limit headers) fail at once, without retries, as in machinery. SoftTimeLimitExceeded,
+    raised in the task at ``limits.soft_s``, is a failure like any other unless the task
+    catches it (the hard limit is the caller's)."""
     if limits.error:
         return Outcome(Kind.FAILED, error=limits.error)
     try:
@@ -74,7 +77,7 @@ def execute(
             value = task.fn(*args)
     except Retry as request:
         return retry_or_fail(sig, request.reason, request.countdown_s, policy, "")
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() ends the task, not its worker
         trace = traceback.format_exc()
         if sig.retry_count > 0:
             return retry_or_fail(sig, error_text(exc), None, policy, trace)

@@ -163,6 +163,17 @@ def test_failure_without_a_message_uses_the_exception_type() -> None:
     assert outcome.error == "ValueError"
 
 
+def test_a_task_that_calls_sys_exit_fails_and_its_worker_goes_on() -> None:
+    def quits(code: int) -> None:
+        raise SystemExit(code)
+
+    outcome, _, _ = _run(quits, _sig("quits", Arg("int64", 3)))
+    assert (outcome.kind, outcome.error) == (Kind.FAILED, "the task called sys.exit(3)")
+    assert "SystemExit: 3" in outcome.traceback
+    outcome, _, _ = _run(quits, _sig("quits", Arg("int64", 3), retry_count=1))
+    assert outcome.kind is Kind.RETRY
+
+
 def test_error_text() -> None:
     assert error_text(RuntimeError("x y")) == "x y"
     assert error_text(KeyError("k")) == "'k'"
