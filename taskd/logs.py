@@ -13,6 +13,11 @@ One event per line on stderr, in one of three forms:
 - readable console lines on a terminal.
 
 Each line goes out in a single ``write`` so lines from forked children never interleave.
+
+The standard library's logging (a task's own ``logging.getLogger(...)``, a library's, Python's
+warnings) goes the same way at the same level, with the same context (the running task's id):
+a plain line in a stream of JSON would break whatever reads it. Libraries that talk at info
+about every connection (pika, boto3) are held to warnings.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def is_journal(fd: int, env: Mapping[str, str] = os.environ) -> bool:
 def _journal_line(_logger: Any, method: str, event: dict[str, Any]) -> str:
     """``<priority>event key=value ...`` for journald."""
     priority = PRIORITIES.get(event.pop("level", method), 6)
-    name = str(event.pop("event", ""))
+    name = _logfmt(str(event.pop("event", "")))  # a message with spaces too stays one token
     pairs = "".join(f" {key}={_logfmt(value)}" for key, value in event.items())
     return f"<{priority}>{name}{pairs}"
 
@@ -89,6 +94,42 @@ def _logfmt(value: Any) -> str:
     if not text or not text.isprintable() or any(c in text for c in ' "='):
         return orjson.dumps(text).decode()  # quoted, newlines escaped
     return text
+
+
+# Libraries whose info and debug are about their own workings (each connection, each request).
+QUIET_LIBRARIES = ("pika", "botocore", "boto3", "s3transfer", "urllib3", "pymongo", "pymemcache")
+
+
+class _StdlibHandler(logging.Handler):
+    """Standard-library log records rendered as structlog events: the message as ``event``,
+    the logger's name as ``logger``, through the same processors to the same descriptor."""
+
+    def __init__(self, processors: list[Any], fd: int) -> None:
+        super().__init__()
+        self._processors, self._out = processors, _FdLogger(fd)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: Any = {"event": record.getMessage(), "logger": record.name}
+            if record.exc_info:
+                event["exc_info"] = record.exc_info
+            method = record.levelname.lower()
+            for processor in self._processors:
+                event = processor(None, method, event)
+            self._out.msg(event)
+        except Exception:
+            self.handleError(record)
+
+
+def _route_stdlib(level: int, processors: list[Any], fd: int) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibHandler(processors, fd))
+    root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)  # warnings.warn(...) as records of the logger py.warnings
 
 
 def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> None:
@@ -112,11 +153,11 @@ def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> 
         ]
     else:
         renderer = [structlog.dev.ConsoleRenderer(colors=True)]
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, *renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_fd_logger_factory(fd),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(threshold, [*shared, *renderer], fd)

@@ -83,3 +83,52 @@ def test_a_stream_elsewhere_is_not_the_journal(tmp_path: Path) -> None:
         assert not is_journal(file.fileno(), {"JOURNAL_STREAM": f"{stat.st_dev}:1"})
         assert not is_journal(file.fileno(), {})
         assert not is_journal(file.fileno(), {"JOURNAL_STREAM": "garbage"})
+
+
+STDLIB_LOGGING = """
+import logging, warnings, structlog
+from taskd import logs
+logs.configure("info")
+structlog.contextvars.bind_contextvars(task_id="task_1")
+log = logging.getLogger("mytasks")
+log.warning("disk almost full: %d%%", 93)
+log.info("an info line")
+log.debug("not at info")
+logging.getLogger("pika.adapters").info("a library's chatter")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("it broke")
+warnings.warn("old api", DeprecationWarning, stacklevel=1)
+"""
+
+
+def test_the_standard_librarys_logging_comes_out_as_taskds_own(tmp_path: Path) -> None:
+    """A task's own logging.getLogger(...), a library's, and Python's warnings: each a line
+    of the same form as taskd's events, at its level, with the running task's id; JSON here
+    (stderr is a file), the journal's form under systemd."""
+    stream = tmp_path / "stderr"
+    script = ["-W", "always", "-c", STDLIB_LOGGING]
+    with stream.open("wb") as stderr:
+        done = subprocess.run([str(BIN / "python"), *script], stderr=stderr, check=False)
+    assert done.returncode == 0, stream.read_text()
+    events = [json.loads(line) for line in stream.read_text().splitlines()]  # every line
+    by_event = {event["event"]: event for event in events}
+    warning = by_event["disk almost full: 93%"]
+    assert (warning["level"], warning["logger"], warning["task_id"]) == (
+        "warning",
+        "mytasks",
+        "task_1",
+    )
+    assert by_event["an info line"]["level"] == "info"
+    assert "not at info" not in by_event and "a library's chatter" not in by_event
+    assert "ZeroDivisionError" in json.dumps(by_event["it broke"]["exception"])
+    (warned,) = [e for e in events if e["logger"] == "py.warnings"]
+    assert "DeprecationWarning: old api" in warned["event"]
+
+    with stream.open("wb") as stderr:  # the journal
+        env = journal_env(tmp_path, stream)
+        subprocess.run([str(BIN / "python"), *script], stderr=stderr, env=env, check=True)
+    lines = stream.read_text().splitlines()
+    assert '<4>"disk almost full: 93%" logger=mytasks task_id=task_1' in lines
+    assert any(line.startswith('<3>"it broke"') and "ZeroDivisionError" in line for line in lines)
