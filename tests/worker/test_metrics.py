@@ -55,6 +55,21 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+def scrape_counted(port: int, tasks: int) -> Samples:
+    """The first scrape that counts ``tasks`` runs of ``count``, in the counter and in the
+    duration histogram alike."""
+
+    def counted() -> Samples | None:
+        samples = scrape(port)
+        done = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
+        return samples if done == tasks else None
+
+    samples = wait_until(counted, 10, what=f"{tasks} tasks counted")
+    assert value(samples, "taskd_task_duration_seconds_count", task="count") == tasks
+    assert value(samples, "taskd_task_duration_seconds_bucket", task="count", le="+Inf") == tasks
+    return samples
+
+
 def test_metrics_sum_tasks_over_children(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
@@ -71,14 +86,7 @@ def test_metrics_sum_tasks_over_children(
         results = client.send_many([signature("count", i) for i in range(100)])
         assert [r.get(timeout=60) for r in results] == [1] * 100
 
-    def finished_all() -> Samples | None:
-        samples = scrape(port)
-        done = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
-        return samples if done == 100 else None
-
-    samples = wait_until(finished_all, 10, what="100 tasks counted")
-    assert value(samples, "taskd_task_duration_seconds_count", task="count") == 100
-    assert value(samples, "taskd_task_duration_seconds_bucket", task="count", le="+Inf") == 100
+    samples = scrape_counted(port, 100)
     assert value(samples, "taskd_children_alive") == 2
     assert value(samples, "taskd_child_restarts_total") == 0
     assert value(samples, "taskd_build_info", version=__version__) == 1
@@ -117,14 +125,7 @@ def test_recycled_children_leave_their_counts_not_their_files(
         for i in range(20):  # one at a time: each child runs its 3, then a new one takes over
             assert client.send("count", i).get(timeout=30) == 1
 
-    def counted() -> Samples | None:
-        samples = scrape(port)
-        done = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
-        return samples if done == 20 else None
-
-    samples = wait_until(counted, 10, what="20 tasks counted")
-    assert value(samples, "taskd_task_duration_seconds_count", task="count") == 20
-    assert value(samples, "taskd_task_duration_seconds_bucket", task="count", le="+Inf") == 20
+    scrape_counted(port, 20)
     exited = {event["child_pid"] for event in taskd.events("child_exited")}
     assert len(exited) >= 6  # 20 tasks, 3 per child
     # The files of exited children are folded into one per kind as each exits.
