@@ -148,6 +148,8 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(data.decode("utf-8", "replace"), parse_constant=_not_json)
     except ValueError as exc:
         raise DecodeError(f"not valid JSON: {exc}", data) from exc
+    except RecursionError:  # deeper than orjson takes (1,024) and than Python's stack allows
+        raise DecodeError("not valid JSON: nested too deeply", data) from None
 
 
 _CANONICAL: dict[int, frozenset[str]] = {}  # id of a fields mapping -> its canonical names

@@ -200,6 +200,17 @@ def test_loads_rejects_invalid_json(raw: bytes) -> None:
         gojson.loads(raw)
 
 
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_loads_refuses_json_nested_deeper_than_it_can_read(depth: int) -> None:
+    """Past orjson's 1,024 levels the stdlib parser runs out of stack: a DecodeError, not
+    a RecursionError that would take a worker down."""
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        gojson.loads(b"[" * depth + b"]" * depth)
+    with pytest.raises(DecodeError, match="nested too deeply"):  # with a huge integer too
+        nested = b"[" * depth + b"]" * depth
+        gojson.loads(b'{"a":123456789012345678901234567890,"b":' + nested + b"}")
+
+
 @pytest.mark.parametrize("raw", [b"NaN", b"[Infinity]", b'{"a":-Infinity}'])
 def test_loads_rejects_non_json_number_literals(raw: bytes) -> None:
     with pytest.raises(DecodeError):

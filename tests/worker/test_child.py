@@ -160,6 +160,8 @@ def test_a_task_found_slow_mid_batch_hands_back_the_rest_without_undoing_unwritt
 def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
     rig = Rig()
     rig.broker.publish(QUEUE, b"not json")
+    deep = b'{"UUID":"task_deep","Name":"count","Args":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+    rig.broker.publish(QUEUE, deep)  # more than the JSON parsers can nest
     unknown = rig.client.send("no_such_task")
     ignored = rig.client.send(
         rig.client.prepare(
@@ -170,8 +172,9 @@ def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
     )
     after = rig.client.send("count", 7)
     assert rig.serve() == EXIT_OK
-    malformed, unregistered = rig.broker.dead
+    malformed, too_deep, unregistered = rig.broker.dead
     assert malformed.body == b"not json" and malformed.reason.startswith("malformed message")
+    assert too_deep.body == deep and "nested too deeply" in too_deep.reason
     assert decode_signature(unregistered.body).uuid == unknown.task_id
     assert rig.backend.states[unknown.task_id].state is State.FAILURE
     assert "not registered" in rig.backend.states[unknown.task_id].error
