@@ -26,7 +26,6 @@ a child that leaves to be recycled (EXIT_CHILD_RECYCLE, ``taskd.worker.recycling
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import selectors
@@ -47,6 +46,7 @@ from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime
 from taskd.worker.beacon import Beacon, snapshot
 from taskd.worker.child import Child
+from taskd.worker.forks import stop_with
 from taskd.worker.kills import Kills
 from taskd.worker.liveness import MAX_CHILDREN, READY_SIGNAL, ChildLiveness
 from taskd.worker.metrics import Metrics
@@ -70,7 +70,6 @@ HANDLED = (
 LOOP_TICK_S = 1.0  # how often the loop looks at child liveness when no signal wakes it
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
 CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass(slots=True)
@@ -226,6 +225,11 @@ class Supervisor:
                 pid = os.fork()
             if pid == 0:
                 self._become_child(slot)
+        except OSError as exc:  # no memory, or no process left under a limit: try again later
+            delay = self.respawns.died(0.0)  # as a child that died at once: backoff
+            log.error("child_fork_failed", child=slot, error=str(exc), retry_in_s=delay)
+            self.service.error(f"cannot fork a child: {exc}")
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         self.children[pid] = ChildProcess(pid, slot, time.monotonic(), self.generation)
@@ -234,7 +238,7 @@ class Supervisor:
     def _become_child(self, slot: int) -> None:
         code = EXIT_FAILURE
         try:
-            _stop_with(self.pid)
+            stop_with(self.pid)
             self._selector.close()
             self.service.close()  # only the supervisor speaks to systemd
             if self.metrics is not None:
@@ -381,18 +385,6 @@ class Supervisor:
         newest = max(current, key=lambda child: child.started_at)
         self._stop(newest, signal.SIGTERM, self.config.worker.shutdown_timeout)
         log.info("pool_resized", concurrency=self.desired)
-
-
-def _stop_with(supervisor_pid: int) -> None:
-    """Have the kernel TERM this child if the supervisor dies (kill -9, OOM), so children
-    never go on working unsupervised; if it already died, leave now."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the liveness check still holds
-        pass
-    if os.getppid() != supervisor_pid:
-        os._exit(EXIT_OK)
 
 
 def _record_only(_signum: int, _frame: object) -> None:

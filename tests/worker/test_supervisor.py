@@ -7,6 +7,7 @@ its children are forks running a fake ``run`` that reports through files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ from taskd.wire import Signature, State
 from taskd.worker import supervisor
 from taskd.worker.beacon import Beacon
 from taskd.worker.liveness import ChildLiveness
+from taskd.worker.respawns import Respawns
 from taskd.worker.running import RunningTasks
 from taskd.worker.service import Service
 from taskd.worker.supervisor import HANDLED, Supervisor
@@ -337,3 +339,36 @@ def test_no_connection_of_the_beacon_is_open_across_a_fork() -> None:
     beacon.close()
     assert all(backend.closed for backend in opened)
     assert opened[-1].read_board(WORKERS) == {}  # taken down at the end
+
+
+def test_a_fork_the_kernel_refuses_is_tried_again_later(
+    run_supervisor: Callable[..., Supervisor], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No memory or no process left under a limit (EAGAIN, ENOMEM) is an error to ride
+    out: the supervisor keeps running and forks again after a pause."""
+    real_fork = os.fork
+    refused: list[float] = []
+
+    def fork() -> int:
+        if len(refused) < 2:
+            refused.append(time.monotonic())
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_fork()
+
+    def died(self: Respawns, _lived_s: float) -> float:  # a short pause, for the test
+        self.at = time.monotonic() + 0.05
+        return 0.05
+
+    monkeypatch.setattr(supervisor.os, "fork", fork)
+    monkeypatch.setattr(Respawns, "died", died)
+
+    class Ready(FakeChild):
+        def serve(self) -> int:
+            mark(tmp_path, "ready")
+            return self.idle_until_stopped()
+
+    boss = run_supervisor(Ready, lambda: marks(tmp_path, "ready"))
+    assert len(refused) == 2  # refused twice, then forked: the daemon never went down
+    assert refused[1] - refused[0] >= 0.05  # after a pause, not in a loop
+    assert boss.exit_code == EXIT_OK
+    assert boss.service.last_error.startswith("cannot fork a child:")
