@@ -164,7 +164,10 @@ class Metrics:
 
         with self._files:
             multiprocess.mark_process_dead(pid, self.directory)
-            self._fold(pid)
+            try:
+                self._fold(pid)
+            except Exception as exc:  # never the supervisor's end (its files stay, read as such)
+                log.warning("metrics_fold_failed", child_pid=pid, error=str(exc))
         self.restarts += replaced
 
     def _fold(self, pid: int) -> None:

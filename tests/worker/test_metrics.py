@@ -275,3 +275,20 @@ def test_a_broker_error_leaves_out_the_queue_gauges_only(
     assert "taskd_queue_messages{" not in text
     assert not Path(metrics.directory).exists()
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_a_child_file_that_cannot_be_folded_leaves_the_supervisor_running(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The supervisor folds an exited child's files as the child goes: a file it cannot
+    read is logged and left, never the supervisor's end."""
+    config = make_config("sqlite", metrics={"listen": f"127.0.0.1:{free_port()}"})
+    metrics = Metrics(config)
+    try:
+        broken = Path(metrics.directory) / "counter_999999.db"
+        broken.write_bytes(b"\xff\xff\xff\x7f" + bytes(12))  # says it holds 2 GB
+        metrics.child_gone(999999, replaced=True)
+        assert broken.exists()
+        assert metrics.restarts == 1
+    finally:
+        metrics.close()
