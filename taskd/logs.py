@@ -17,7 +17,8 @@ Each line goes out in a single ``write`` so lines from forked children never int
 The standard library's logging (a task's own ``logging.getLogger(...)``, a library's, Python's
 warnings) goes the same way at the same level, with the same context (the running task's id):
 a plain line in a stream of JSON would break whatever reads it. Libraries that talk at info
-about every connection (pika, boto3) are held to warnings.
+about every connection (boto3...) are held to warnings, and pika, whose errors repeat each
+lost connection that taskd reports once per outage, is silenced.
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ def _route_stdlib(level: int, processors: list[Any], fd: int) -> None:
     root.setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    # pika logs each lost connection as errors, several per attempt to reconnect; taskd
+    # reports an outage itself, once (and every 30 s while it lasts).
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     logging.captureWarnings(True)  # warnings.warn(...) as records of the logger py.warnings
 
 
