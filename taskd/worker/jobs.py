@@ -69,13 +69,11 @@ def pending_again(job: Job, stored: TaskState | None) -> TaskState:
 
 
 def log_outcome(job: Job, outcome: Outcome, duration_ms: float) -> None:
-    """One event per task run: task_succeeded (debug, as machinery's "Processed task": a
-    line per task at info would be most of the log, and at a few hundred tasks a second
-    journald's default rate limit drops the unit's lines, errors with them), task_retrying
-    (warning) or task_failed (error)."""
+    """One event per task run: task_succeeded (info), task_retrying (warning) or
+    task_failed (error)."""
     attempt = attempt_of(job.sig)
     if outcome.kind is Kind.SUCCEEDED:
-        log.debug("task_succeeded", attempt=attempt, duration_ms=duration_ms)
+        log.info("task_succeeded", attempt=attempt, duration_ms=duration_ms)
     elif outcome.kind is Kind.RETRY:
         log.warning(
             "task_retrying",

@@ -48,7 +48,7 @@ def test_a_go_producer_s_tasks_run_and_go_reads_every_state_from_its_queues(
     machinery's per-delay queue, sent as machinery's SendTask, SendChain and SendChord do
     with AMQP broker and results; Go reads each task's states by consuming its queue, as
     machinery's AsyncResult.Get does, down to the very bytes taskd wrote."""
-    data = config_data("amqp", amqp_namespace, tmp_path, imports=[TEST_TASKS], log_level="debug")
+    data = config_data("amqp", amqp_namespace, tmp_path, imports=[TEST_TASKS])
     exchange, binding_key = data["amqp"]["exchange"], data["amqp"]["binding_key"]
     process = daemon(write_config(tmp_path, data), "--concurrency", "2")
     process.wait_ready(2)  # queue bound and consumed: machinery's publishes are not mandatory

@@ -281,8 +281,7 @@ def test_a_go_producer_s_chord_on_machinery_s_amqp_backend_fires_once(
     the group's id and size, and the callback, which fires once with every result."""
     namespace = amqp_namespace
     binding_key = f"{namespace}.task"
-    # AMQP broker and results; debug: each task's task_succeeded
-    config, client = client_for("amqp", namespace, tmp_path, log_level="debug")
+    config, client = client_for("amqp", namespace, tmp_path)  # AMQP broker and results
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     group_id, callback_id = new_id("group"), new_id("chord")
