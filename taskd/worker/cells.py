@@ -34,3 +34,7 @@ class Columns:
 
     def __getitem__(self, name: str) -> memoryview:
         return self._columns[name]
+
+    def row(self, row: int) -> dict[str, float | int]:
+        """Each column's cell of ``row``, by column name (each read whole, one at a time)."""
+        return {name: column[row] for name, column in self._columns.items()}

@@ -123,7 +123,7 @@ class ChildLiveness:
         return self._beat[slot], bool(self._busy[slot])
 
     def view(self, slot: int) -> SlotView:
-        cell = {name: self._table[name][slot] for name in _COLUMNS}
+        cell = self._table.row(slot)
         return SlotView(
             cell["beat"],
             bool(cell["busy"]),

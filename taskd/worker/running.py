@@ -95,7 +95,7 @@ class RunningTasks:
         started_s = self._started[slot]
         if not started_s:
             return None
-        cell = {name: self._table[name][slot] for name in _COLUMNS}
+        cell = self._table.row(slot)
         at = slot * _TEXT_SIZE
         task_id = bytes(self._text[at : at + min(cell["id_len"], ID_BYTES)])
         at += ID_BYTES

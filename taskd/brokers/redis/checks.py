@@ -77,7 +77,7 @@ def check_types(client: Any, keys: RedisKeys, queues: Sequence[str], source: str
     for name in wanted:
         pipe.type(name)
     for (name, (kind, setting)), reply in zip(wanted.items(), pipe.execute(), strict=True):
-        found = reply.decode() if isinstance(reply, bytes) else str(reply)
+        found = _text(reply)
         if found not in ("none", kind):
             where = None if setting == "--queue" else source
             raise ConfigError(
