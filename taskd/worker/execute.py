@@ -10,13 +10,21 @@ import time
 import traceback
 from dataclasses import dataclass
 from enum import Enum
+from types import CoroutineType
 
 from taskd.errors import ArgumentError, Retry
 from taskd.registry import Task, TaskContext
 from taskd.retry import fibonacci_next, with_jitter
 from taskd.wire import GoTime, Signature, State, TaskResult, TaskState
 from taskd.wire.state import results_from_return
-from taskd.worker.limits import NO_LIMITS, NOTHING, TIME_LIMIT_EXCEEDED, Limits, SoftLimit
+from taskd.worker.limits import (
+    NO_LIMITS,
+    NOTHING,
+    TIME_LIMIT_EXCEEDED,
+    Limits,
+    SoftLimit,
+    run_async,
+)
 
 ATTEMPT_HEADER = "taskd_attempt"  # rides in Headers; Go workers ignore non-string headers
 
@@ -60,7 +68,8 @@ def execute(
     task: Task, sig: Signature, queue: str, policy: RetryPolicy, limits: Limits = NO_LIMITS
 ) -> Outcome:
     """Run ``task`` for ``sig``: SUCCEEDED with results, RETRY with the message to resend, or
-    FAILED with the error (a task that calls sys.exit() fails too). Bad arguments (or time
+    FAILED with the error (a task that calls sys.exit() fails too). An ``async def`` task
+    runs to its end on an event loop of its own (``run_async``). Bad arguments (or time
     limit headers) fail at once, without retries, as in machinery. SoftTimeLimitExceeded,
     raised in the task at ``limits.soft_s``, is a failure like any other unless the task
     catches it (the hard limit is the caller's)."""
@@ -75,9 +84,14 @@ def execute(
     try:
         with SoftLimit(limits.soft_s) if limits.soft_s else NOTHING:
             value = task.fn(*args)
+        if type(value) is CoroutineType:  # an async def task: it runs now
+            value = run_async(value, limits.soft_s)
     except Retry as request:
         return retry_or_fail(sig, request.reason, request.countdown_s, policy, "")
-    except (Exception, SystemExit) as exc:  # sys.exit() ends the task, not its worker
+    # Whatever the task raises ends the task, not its worker: sys.exit(), asyncio's
+    # CancelledError, KeyboardInterrupt and other BaseExceptions too (the child ignores SIGINT,
+    # so only the task's own code can raise it).
+    except BaseException as exc:
         trace = traceback.format_exc()
         if sig.retry_count > 0:
             return retry_or_fail(sig, error_text(exc), None, policy, trace)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Generator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from types import FrameType, TracebackType
@@ -139,3 +139,72 @@ class SoftLimit:
         if delay_s > 0:  # someone else's timer, set back with what was left of it
             left_s = max(delay_s - (time.monotonic() - self._entered_at), 0.001)
             signal.setitimer(signal.ITIMER_REAL, left_s, interval_s)
+
+
+def run_async(coroutine: Coroutine[Any, Any, Any], soft_s: float = 0.0) -> Any:
+    """An ``async def`` task's value: run on an event loop of its own, closed after it (what
+    it left running is cancelled), so no call shares a loop with another.
+
+    Its soft limit is the loop's timer, not SIGALRM (raised in the loop's own code, it could
+    not be caught by the task): SoftTimeLimitExceeded is thrown in at the ``await`` the task
+    is suspended in when ``soft_s`` have passed; a task busy computing gets it at its next
+    ``await`` (the hard limit stops one that never awaits).
+    """
+    import asyncio  # only where a task is async: the import costs a child ~10 ms once
+
+    async def limited() -> Any:
+        if soft_s <= 0:
+            return await coroutine
+        task = asyncio.current_task()
+        assert task is not None
+        soft = _SoftLimited(coroutine, task, soft_s, asyncio.CancelledError)
+        timer = asyncio.get_running_loop().call_later(soft_s, soft.expire)
+        try:
+            return await soft
+        finally:
+            timer.cancel()
+
+    return asyncio.run(limited())
+
+
+class _SoftLimited:
+    """Awaits ``coroutine`` step by step, as its Task would, so that the cancellation the soft
+    limit sets off reaches the coroutine as SoftTimeLimitExceeded instead (once; any other
+    cancellation passes through as it is)."""
+
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, Any],
+        task: Any,
+        soft_s: float,
+        cancelled: type[BaseException],  # asyncio's CancelledError, imported only when needed
+    ) -> None:
+        self.coroutine, self.task, self.soft_s, self.cancelled = coroutine, task, soft_s, cancelled
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()  # wakes the task at the future it awaits
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                waited_on = (
+                    self.coroutine.send(sent) if thrown is None else self.coroutine.throw(thrown)
+                )
+            except StopIteration as returned:
+                return returned.value
+            sent = thrown = None
+            try:
+                sent = yield waited_on
+            except GeneratorExit:  # closed unfinished: so is the coroutine
+                self.coroutine.close()
+                raise
+            except BaseException as exc:  # the coroutine's to handle, at its await
+                thrown = exc
+                if self.expired and isinstance(exc, self.cancelled):
+                    self.expired = False
+                    self.task.uncancel()  # spent here: asyncio.timeout() and the like still work
+                    thrown = SoftTimeLimitExceeded(self.soft_s)

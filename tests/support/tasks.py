@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -142,6 +143,22 @@ def soft_limited(path: str, seconds: float) -> str:
         time.sleep(seconds)
     except SoftTimeLimitExceeded:
         _append(path, "cleaned_up")
+        return "cut short"
+    return "slept"
+
+
+@task
+async def async_soft_limited(path: str, seconds: float, catch: bool) -> str:
+    """soft_limited as an ``async def`` task: the limit reaches it at its await."""
+    _append(path, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        _append(path, "cleaned_up")
+        if not catch:
+            raise
+        async with asyncio.timeout(5):  # asyncio's own timeouts still work in the clean-up
+            await asyncio.sleep(0)
         return "cut short"
     return "slept"
 

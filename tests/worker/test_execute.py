@@ -6,12 +6,13 @@ call, never by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
 
-from taskd import Retry
+from taskd import Retry, SoftTimeLimitExceeded
 from taskd.registry import Task, TaskContext, describe
 from taskd.wire import Arg, GoTime, Signature, TaskResult, decode_signature
 from taskd.worker.execute import (
@@ -24,6 +25,7 @@ from taskd.worker.execute import (
     execute,
 )
 from taskd.worker.followups import on_error, on_success
+from taskd.worker.limits import Limits
 
 NO_JITTER = RetryPolicy()
 QUEUE = "machinery_tasks"
@@ -172,6 +174,101 @@ def test_a_task_that_calls_sys_exit_fails_and_its_worker_goes_on() -> None:
     assert "SystemExit: 3" in outcome.traceback
     outcome, _, _ = _run(quits, _sig("quits", Arg("int64", 3), retry_count=1))
     assert outcome.kind is Kind.RETRY
+
+
+def test_any_base_exception_fails_the_task_not_its_worker() -> None:
+    class Stop(BaseException):  # as gevent's GreenletExit or trio's Cancelled are
+        pass
+
+    def raises(kind: str) -> None:
+        raise {
+            "cancelled": asyncio.CancelledError(),
+            "interrupt": KeyboardInterrupt(),
+            "own": Stop("stopped by the library"),
+        }[kind]
+
+    for kind, error in (
+        ("cancelled", "CancelledError"),
+        ("interrupt", "KeyboardInterrupt"),
+        ("own", "stopped by the library"),
+    ):
+        outcome, _, _ = _run(raises, _sig("raises", Arg("string", kind)))
+        assert (outcome.kind, outcome.error) == (Kind.FAILED, error)
+        assert f"{error}" in outcome.traceback
+        outcome, _, _ = _run(raises, _sig("raises", Arg("string", kind), retry_count=1))
+        assert (outcome.kind, outcome.error) == (Kind.RETRY, error)
+
+
+# -- async def tasks ----------------------------------------------------------------------------
+
+
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+async def async_fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise RuntimeError(message)
+
+
+async def async_retry() -> None:
+    await asyncio.sleep(0)
+    raise Retry(countdown_s=7)
+
+
+def test_an_async_task_runs_to_its_value() -> None:
+    outcome, _, _ = _run(async_add, _sig("async_add", Arg("int64", 2), Arg("int64", 3)))
+    assert outcome.kind is Kind.SUCCEEDED
+    assert outcome.results == (TaskResult("int64", 5),)
+
+
+def test_an_async_task_fails_and_retries_as_a_plain_one() -> None:
+    outcome, _, _ = _run(async_fail, _sig("async_fail", Arg("string", "boom")))
+    assert (outcome.kind, outcome.error) == (Kind.FAILED, "boom")
+    assert "RuntimeError: boom" in outcome.traceback and "in async_fail" in outcome.traceback
+    outcome, before, after = _run(async_retry, _sig("async_retry", retry_count=2))
+    assert outcome.kind is Kind.RETRY
+    _assert_eta(outcome, before, after, 7)
+
+
+def test_each_async_call_gets_a_loop_of_its_own_and_leaves_nothing_running() -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+    leftovers: list[asyncio.Task[None]] = []
+
+    async def spawns() -> int:
+        loops.append(asyncio.get_running_loop())
+        leftovers.append(asyncio.create_task(asyncio.sleep(3600)))  # never awaited by the task
+        return len(loops)
+
+    for call in (1, 2):
+        outcome, _, _ = _run(spawns, _sig("spawns"))
+        assert outcome.results == (TaskResult("int64", call),)
+    assert loops[0] is not loops[1]
+    assert all(loop.is_closed() for loop in loops)
+    assert all(task.cancelled() for task in leftovers)
+
+
+def test_the_soft_time_limit_cuts_an_async_task_short() -> None:
+    async def waits() -> str:
+        try:
+            await asyncio.sleep(30)
+        except SoftTimeLimitExceeded:
+            return "cut short"
+        return "slept"
+
+    started = time.monotonic()
+    outcome = execute(_task(waits), _sig("waits"), QUEUE, NO_JITTER, Limits(soft_s=0.2))
+    assert outcome.results == (TaskResult("string", "cut short"),)
+    assert time.monotonic() - started < 20  # the alarm came, not the end of the sleep
+    outcome = execute(
+        _task(async_add),
+        _sig("async_add", Arg("int64", 1), Arg("int64", 1)),
+        QUEUE,
+        NO_JITTER,
+        Limits(soft_s=5),
+    )
+    assert outcome.results == (TaskResult("int64", 2),)  # the next call is unaffected
 
 
 def test_error_text() -> None:
