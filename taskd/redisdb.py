@@ -6,10 +6,12 @@ URL forms are machinery's (``taskd.redis_url``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -18,6 +20,7 @@ from typing import Any
 from taskd import drivers
 from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
+from taskd.redis_pools import IDLE_CHECK_S, connected_again_if_closed, pool_class
 from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
 
 
@@ -76,79 +79,17 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
             sentinels,
             sentinel_kwargs={"password": settings.sentinel_password or None, **sockets, **tls},
         )
-        pool_class = _pool_class(SentinelConnectionPool, waits)
+        sentinel_pool = pool_class(SentinelConnectionPool, waits)
         return sentinel.master_for(
-            settings.master_name, connection_pool_class=pool_class, **kwargs, **options, **sizes
+            settings.master_name, connection_pool_class=sentinel_pool, **kwargs, **options, **sizes
         )
     made = redis.Redis(
         **connection_kwargs(url, key, config.source), **options
     ).connection_pool  # only to turn the arguments into a pool's
-    pool = _pool_class(redis.ConnectionPool, waits)(
+    pool = pool_class(redis.ConnectionPool, waits)(
         connection_class=made.connection_class, **made.connection_kwargs, **sizes
     )
     return redis.Redis.from_pool(pool)
-
-
-def _pool_class(base: type, waits: bool) -> type:
-    """``base``, made to block callers while it is full (redis.wait), or else to keep a
-    connection given back for the next caller."""
-    import redis
-
-    if not waits:
-        return _reusing_pool_class(base)
-    if base is redis.ConnectionPool:
-        return redis.BlockingConnectionPool
-    return _blocking_pool_class(base)
-
-
-@functools.cache
-def _blocking_pool_class(base: type) -> type:
-    """A pool of ``base``'s kind (Sentinel's, which has no blocking variant) that makes a
-    caller wait while it is full, as redis-py's BlockingConnectionPool does."""
-    import redis
-
-    return type(f"Blocking{base.__name__}", (base, redis.BlockingConnectionPool), {})
-
-
-@functools.cache  # made once per base, on first use (redis-py is imported lazily)
-def _reusing_pool_class(base: type) -> type:
-    """A redis-py pool (``base``), with the connection a caller gives back kept for the next.
-
-    redis-py's get and release cost several microseconds each (a lock, a poll for stray
-    data, observability counters), and the worker and the client take one per command.
-    Each caller takes a kept connection first, so one is kept only while nobody needs it:
-    a bounded pool (``redis.max_active``) never fails a caller for them. Not for a pool
-    that makes callers wait (``redis.wait``): a waiter is woken by a release to the pool
-    only. In a forked child the parent's kept connections are left alone.
-    """
-
-    class ReusingPool(base):  # type: ignore[misc,valid-type]
-        KEEP = 4  # connections kept at most; more go back to the pool
-
-        def reset(self) -> None:
-            super().reset()
-            self._kept: list[Any] = []
-            self._kept_pid = os.getpid()
-
-        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-            if self._kept_pid == os.getpid():
-                try:
-                    return self._kept.pop()
-                except IndexError:  # none kept (or another thread took the last first)
-                    pass
-            return super().get_connection(*args, **kwargs)
-
-        def release(self, connection: Any) -> None:
-            # One dropped after an error goes back: the pool's get_connection connects it
-            # again, to the master Sentinels name now (no Connection property says so in
-            # every redis-py release taskd takes).
-            connected = getattr(connection, "_sock", None) is not None
-            if self._kept_pid == os.getpid() and len(self._kept) < self.KEEP and connected:
-                self._kept.append(connection)
-            else:
-                super().release(connection)
-
-    return ReusingPool
 
 
 def translated(
@@ -226,6 +167,7 @@ class Pipe:
         self._read = 0  # index of the next reply to read off the connection
         self._kept: dict[int, Any] = {}  # read, waiting for their own reader
         self._pid = os.getpid()
+        self._written_at = 0.0
 
     def write(self, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
         with self._lock:
@@ -235,6 +177,7 @@ class Pipe:
             except BaseException:
                 self._drop()
                 raise
+            self._written_at = time.monotonic()
             first = self._written
             self._written += len(commands)
         end = first + len(commands)
@@ -279,10 +222,20 @@ class Pipe:
             self._connection = None
 
     def _take(self) -> Any:
+        """The connection to write on; after IDLE_CHECK_S without a write, one checked for a
+        close by the server first, as the pool checks the connections it kept."""
         if self._pid != os.getpid():
             self._forget_parents()
+        idle = time.monotonic() - self._written_at >= IDLE_CHECK_S
+        if idle and self._connection is not None:
+            # Unread replies look like a closed socket's end: read them for their readers
+            # first (they came before any close), which hands the connection back.
+            with contextlib.suppress(Exception):  # if it is lost, so are they, and readers hear
+                self._read_up_to(self._written)
         if self._connection is None:
             self._connection = self._pool.get_connection()
+            if idle:
+                connected_again_if_closed(self._connection)
         return self._connection
 
     def _forget_parents(self) -> None:

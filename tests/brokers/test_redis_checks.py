@@ -12,12 +12,16 @@ import pytest
 
 from taskd.checks import check_drivers
 from taskd.client import Client
+from taskd.config import load_config
 from taskd.errors import ConfigError
 from tests.support.harness import (
+    Daemon,
+    client_for,
     config_data,
     free_port,
     run_cli,
     server_on_free_port,
+    wait_until,
     write_config,
 )
 
@@ -154,3 +158,39 @@ def test_a_redis_that_may_evict_taskds_keys_is_warned_of(
         else:
             (line,) = warned
             assert f'"loses":"{loses}"' in line and "noeviction" in line, line
+
+
+@pytest.mark.timeout(90)
+def test_connections_the_server_closed_while_idle_are_connected_anew(
+    redis_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Redis's ``timeout`` (as a proxy's idle limit) closes a connection that sat idle; the
+    next send, result wait and worker write must connect anew, not fail."""
+    import redis
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--timeout", "1"]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server with an idle timeout") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        config, _ = client_for("redis", redis_namespace, tmp_path, broker=url)
+        process = daemon(config, "--concurrency", "1")
+        process.wait_ready(1)
+        env = {"TASKD_STATE_DIR": str(tmp_path / "state"), "TASKD_REDIS_CLIENT_NAME": "idler"}
+        client = Client(load_config(config, env=env))
+        admin = redis.Redis(port=port)
+
+        def client_connections() -> list[str]:
+            return [c["id"] for c in admin.client_list() if c["name"] == "idler"]
+
+        for round_ in range(3):
+            assert client.send("count", round_, 1).get(timeout=20) == 2
+            assert client_connections()
+            # Left idle, the client's connections are closed by the server (so is the
+            # child's to the backend, idle since the task) before the next round.
+            wait_until(lambda: not client_connections(), 15, what="the server to close them")
+        client.close()
+        assert not process.events("broker_unavailable")
+        assert not process.events("backend_unavailable")
+        admin.close()
