@@ -1,11 +1,12 @@
 """The Memcache result backend: machinery's keys and JSON, with its races closed.
 
 URL ``memcache://host1:11211,host2:11211`` (machinery's form), or ``memcaches://`` for TLS with
-the options of ``taskd.tls`` in its query; keys are spread over the servers by pymemcache's
-HashClient (rendezvous hashing: a server joining or leaving moves only its share of the
-keys). As in machinery, a task's state is stored under its id and a group's metadata under
-the group id, as the same JSON as the Redis backend, with an absolute expiry of ``now +
-results_expire_in`` (Memcache reads values past 30 days as a timestamp).
+the options of ``taskd.tls`` in its query; keys are spread over the servers by rendezvous
+hashing (``taskd.backends.memcache_servers``: a server joining or leaving moves only its share
+of the keys; one that does not answer is an outage, never a missing key). As in machinery, a
+task's state is stored under its id and a group's metadata under the group id, as the same JSON
+as the Redis backend, with an absolute expiry of ``now + results_expire_in`` (Memcache reads
+values past 30 days as a timestamp).
 
 Unlike machinery:
 - a later state keeps the stored TaskName and CreatedAt (machinery's merge rule, which its own
@@ -32,6 +33,7 @@ from urllib.parse import parse_qsl
 from taskd import drivers
 from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
+from taskd.backends.memcache_servers import Servers
 from taskd.config import Config, redact_url
 from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.tls import TLS_OPTIONS, TLSOptions, split_query
@@ -86,20 +88,17 @@ class MemcacheBackend(ResultBackend):
     def __init__(self, url: str, config: Config) -> None:
         servers, tls = parse_url(url, "result_backend", config.source)
         try:
-            from pymemcache.client.hash import HashClient
+            import pymemcache  # noqa: F401
         except ImportError as exc:
             raise ConfigError(
                 "result_backend",
                 f"the Memcache driver needs pymemcache: pip install 'taskd[memcache]' ({exc})",
                 config.source,
             ) from None
-        self._client = HashClient(
+        self._client = Servers(
             servers,
             connect_timeout=CONNECT_TIMEOUT_S,
             timeout=TIMEOUT_S,
-            use_pooling=True,
-            retry_attempts=1,
-            ignore_exc=False,
             default_noreply=False,  # a write has returned once the server has it
             tls_context=None if tls is None else tls.context(),
         )
