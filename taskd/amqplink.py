@@ -19,6 +19,7 @@ import contextlib
 import functools
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import structlog
 
 from taskd.config import Config, redact_url
+from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
 from taskd.tls import TLSOptions, split_query
 
@@ -241,24 +243,45 @@ class DirectLink(_Connector):
     the connection, and RabbitMQ may drop it for silence. A connection found dead on use is
     replaced and ``fn`` called once more on the new one (so it must resume, not repeat: the
     broker's publish skips what was already confirmed), and an idle sender does not see an
-    error for a connection RabbitMQ dropped in the meantime.
+    error for a connection RabbitMQ dropped in the meantime (found before it publishes, as
+    ``_drop_if_closed_while_idle`` says).
     """
+
+    _used_at = 0.0  # when a call last ended
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:
-            for attempt in (1, 2):
-                reused = self._connection is not None and self._connection.is_open
-                session = self._ensure()
-                try:
-                    return fn(session)
-                except transient_errors() as exc:
-                    self._drop()
-                    if attempt == 2 or not reused:
-                        raise self._unavailable(
-                            self._driver, f"{type(exc).__name__}: {exc}"
-                        ) from exc
-                    log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
-            raise AssertionError("unreachable")
+            try:
+                self._drop_if_closed_while_idle()
+                for attempt in (1, 2):
+                    reused = self._connection is not None and self._connection.is_open
+                    session = self._ensure()
+                    try:
+                        return fn(session)
+                    except transient_errors() as exc:
+                        self._drop()
+                        if attempt == 2 or not reused:
+                            raise self._unavailable(
+                                self._driver, f"{type(exc).__name__}: {exc}"
+                            ) from exc
+                        log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
+                raise AssertionError("unreachable")
+            finally:
+                self._used_at = time.monotonic()
+
+    def _drop_if_closed_while_idle(self) -> None:
+        """A publish on a connection RabbitMQ closed meanwhile (a restart, missed heartbeats,
+        a proxy's idle limit) is written without an error, and found lost only when its
+        confirm never comes: a SendError for a send that never left. So a connection idle
+        for IDLE_CHECK_S is driven once first: a close waiting on it is raised now, and the
+        connection replaced before anything is written."""
+        if self._connection is None or time.monotonic() - self._used_at < IDLE_CHECK_S:
+            return
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except transient_errors() as exc:
+            self._drop()
+            log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
 
     def close(self) -> None:
         with self._lock:

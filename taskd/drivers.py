@@ -15,6 +15,12 @@ from taskd.errors import ConfigError, DriverError
 
 BROKERS_GROUP = "taskd.brokers"
 BACKENDS_GROUP = "taskd.backends"
+# A connection unused this long is checked for a close by its server before it is used again
+# (a server's or proxy's idle limit, a restart while it sat idle): then it is replaced before
+# anything is written on it, not found closed after a write. Below the shortest idle timeout a
+# server can have (Redis's ``timeout 1`` closes a client idle more than 1 s); no cost to a
+# connection in steady use.
+IDLE_CHECK_S = 0.5
 
 
 def scheme_of(url: str) -> str:

@@ -10,9 +10,7 @@ import os
 import time
 from typing import Any
 
-# A connection kept idle this long is checked before it is used again: below the shortest
-# idle timeout a Redis server can have (``timeout 1`` closes a client idle more than 1 s).
-IDLE_CHECK_S = 0.5
+from taskd.drivers import IDLE_CHECK_S
 
 
 def pool_class(base: type, waits: bool) -> type:
@@ -86,7 +84,7 @@ def connected_again_if_closed(connection: Any) -> None:
     a proxy's or load balancer's idle limit), so the next command connects anew instead of
     failing: nothing was written on it since, so nothing runs twice. The check redis-py's
     pool makes on every checkout (readable while idle: closed, or stray data), made here only
-    after IDLE_CHECK_S, off the hot path."""
+    after ``drivers.IDLE_CHECK_S``, off the hot path."""
     import redis
 
     try:

@@ -19,8 +19,9 @@ from typing import Any
 
 from taskd import drivers
 from taskd.config import Config
+from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
-from taskd.redis_pools import IDLE_CHECK_S, connected_again_if_closed, pool_class
+from taskd.redis_pools import connected_again_if_closed, pool_class
 from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from taskd.brokers.amqp import delays
 from taskd.client import Client, signature
+from taskd.drivers import IDLE_CHECK_S
 from taskd.wire import (
     Arg,
     GoTime,
@@ -117,16 +118,23 @@ def queues_named_after(namespace: str) -> set[str]:
 
 def amqp_ports_of_group(pgid: int) -> set[int]:
     """Local ports of the TCP connections to RabbitMQ held by processes of group ``pgid``."""
-    inodes = set()
+    pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+        if entry.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+    return amqp_ports_of(pids)
+
+
+def amqp_ports_of(pids: list[int]) -> set[int]:
+    """Local ports of the TCP connections to RabbitMQ held by these processes."""
+    inodes = set()
+    for pid in pids:
         with contextlib.suppress(OSError):  # gone meanwhile
-            if os.getpgid(int(entry)) != pgid:
-                continue
-            for fd in os.listdir(f"/proc/{entry}/fd"):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if target.startswith("socket:["):
                         inodes.add(target[len("socket:[") : -1])
     ports = set()
@@ -143,7 +151,11 @@ def amqp_ports_of_group(pgid: int) -> set[int]:
 def daemon_connections(process: Daemon) -> dict[str, int]:
     """RabbitMQ's connections of this daemon (and only its: other tests' connections are
     left alone): connection pid -> negotiated heartbeat in seconds."""
-    ports = amqp_ports_of_group(process.pid)
+    return connections_on(amqp_ports_of_group(process.pid))
+
+
+def connections_on(ports: set[int]) -> dict[str, int]:
+    """RabbitMQ's connections from these local ports: connection pid -> heartbeat (s)."""
     listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "peer_port", "timeout")
     found = {}
     for line in listing.splitlines():
@@ -470,6 +482,31 @@ def test_a_lost_connection_loses_nothing(
     assert len(process.events("amqp_connection_lost")) >= len(before), process.log()[-3000:]
     after = daemon_connections(process)
     assert len(after) >= 2 and not set(after) & set(before)  # connected again
+    client.close()
+
+
+def test_a_sender_whose_connection_rabbitmq_closed_while_idle_sends_without_error(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """A publish written on a connection RabbitMQ closed meanwhile (a restart, missed
+    heartbeats) leaves without an error and never arrives: its send must not be lost or
+    fail, but go out on a new connection."""
+    config, client = amqp_client(amqp_namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    others = amqp_ports_of([os.getpid()])
+    assert client.send("sum", [1, 2, 3]).get(timeout=20) == 6
+    last_used = time.monotonic()
+    ports = amqp_ports_of([os.getpid()]) - others  # the sender's own
+    ours = connections_on(ports)
+    assert ours
+    close_connections(list(ours))
+    wait_until(lambda: not connections_on(ports), 20, what="RabbitMQ to close them")
+    wait_until(lambda: time.monotonic() - last_used >= IDLE_CHECK_S, 5)  # idle, as it was
+    for i in range(3):
+        assert client.send("sum", [i, 1]).get(timeout=20) == i + 1
+    client.flush()  # every send confirmed
+    assert process.process.poll() is None
     client.close()
 
 
