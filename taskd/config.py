@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from taskd import config_env, config_machinery
 from taskd.config_dump import dump, to_mapping  # noqa: F401 (re-exported)
 from taskd.config_env import CONFIG_ENV, ENV_PREFIX, STATE_DIR_ENV  # noqa: F401
 from taskd.config_env import public_fields as _public_fields
+from taskd.config_yaml import read_yaml
 from taskd.credentials import redact_url, with_secrets  # noqa: F401 (redact_url re-exported)
 from taskd.errors import ConfigError
 
@@ -224,7 +223,7 @@ def load_config(
     source = os.fspath(path) if path is not None else env.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
     if source is not None:
-        data = _read_yaml(source)
+        data = read_yaml(source)
     data, machinery_keys = config_machinery.take(data, source)
     config = _build(Config, data, "", source)
     config = with_secrets(_apply_env(config, env), env, source)  # {credential:...} passwords
@@ -253,25 +252,6 @@ def results_default(broker: str, env: Mapping[str, str] = os.environ) -> str:
     if broker and scheme_of(broker) in installed(BACKENDS_GROUP):
         return broker
     return embedded_url(env)
-
-
-def _read_yaml(source: str) -> dict[str, Any]:
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file: {exc.strerror}", source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError("", f"not valid YAML{where}: {problem}", source) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("", "the top level must be a mapping of keys", source)
-    return data
 
 
 def _build(cls: type, data: Any, prefix: str, source: str | None) -> Any:

@@ -411,6 +411,31 @@ def test_invalid_yaml_unclosed_flow_sequence(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("broker: redis://h:6379/0\ndefault_queue: q\nbroker: sqlite:///tmp/x.db\n", 3, "broker"),
+        ("worker:\n  concurrency: 2\n  prefetch: 1\n  concurrency: 3\n", 4, "concurrency"),
+        ("redis: {max_active: 3, max_active: 4}\n", 1, "max_active"),
+    ],
+)
+def test_a_key_given_twice_is_refused_not_silently_the_last(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML at line {line}"), message
+    assert f"{key!r} is given twice" in message
+
+
+def test_yaml_merge_keys_may_be_given_again(tmp_path: Path) -> None:
+    text = "worker:\n  <<: {concurrency: 2, prefetch: 4}\n  concurrency: 3\n"
+    config = load_config(_write(tmp_path, text), env={})
+    assert (config.worker.concurrency, config.worker.prefetch) == (3, 4)
+
+
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "5\n"])
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
     path = _write(tmp_path, text)
