@@ -16,9 +16,14 @@ from typing import Any
 
 import pytest
 
+from taskd.brokers import open_broker
 from taskd.brokers.amqp import delays
+from taskd.brokers.amqp.delays import Ladder
+from taskd.brokers.amqp.topology import DEAD_PREFIX, Topology
 from taskd.client import Client, signature
+from taskd.config import load_config
 from taskd.drivers import IDLE_CHECK_S
+from taskd.errors import BrokerError, ConfigError
 from taskd.wire import (
     Arg,
     GoTime,
@@ -30,6 +35,7 @@ from taskd.wire import (
     new_id,
 )
 from tests.support.harness import (
+    AMQP_URL,
     GO_FIELDS,
     Daemon,
     amqp_connection,
@@ -37,8 +43,10 @@ from tests.support.harness import (
     client_for,
     consumer_count,
     declare_machinery_state_queue,
+    delete_amqp_namespace,
     go_message,
     wait_until,
+    write_config,
 )
 from tests.support.tasks import runs
 from tests.support.traces import (
@@ -508,6 +516,58 @@ def test_a_sender_whose_connection_rabbitmq_closed_while_idle_sends_without_erro
     client.flush()  # every send confirmed
     assert process.process.poll() is None
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "overrides"),
+    [
+        ("default_queue", {"default_queue": "q" * 200}),
+        ("default_queue", {"default_queue": "é" * 100}),  # counted in bytes: 200
+        ("amqp.binding_key", {"amqp": {"binding_key": "k" * 200}}),
+        ("amqp.exchange", {"amqp": {"exchange": "x" * 250}}),
+        ("--queue", {}),
+    ],
+)
+def test_names_too_long_for_rabbitmq_are_config_errors_naming_the_key(
+    key: str, overrides: dict[str, Any], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, {"broker": AMQP_URL, "default_queue": "q", **overrides})
+    with pytest.raises(ConfigError) as caught:
+        open_broker(load_config(path, env={})).check(["r" * 200])
+    assert caught.value.key == key
+    assert "RabbitMQ" in str(caught.value) and "bytes" in str(caught.value)
+
+
+def test_the_longest_queue_name_rabbitmq_takes_runs_delays_and_dead_letters(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """The longest name allowed (taskd derives longer ones from it: its delayed routing key,
+    the last queue of its delays, its dead letters' queue) works end to end; one byte more is
+    refused with the reason before anything is sent."""
+    config, client = amqp_client(amqp_namespace, tmp_path)
+    topology = Topology.of(client.config)
+    longest = next(
+        name
+        for size in range(255, 0, -1)
+        if topology.name_error(name := (amqp_namespace + "-" + "q" * 255)[:size]) is None
+    )
+    assert topology.name_error(longest + "q") is not None
+    derived = (Ladder(amqp_namespace).final(longest), DEAD_PREFIX + longest)
+    try:
+        process = daemon(config, "--concurrency", "1", "--queue", longest)
+        process.wait_ready(1)
+        now = client.send("sum", [1, 2, 3], queue=longest)
+        later = client.send("sum", [4, 5], queue=longest, countdown=0.5)
+        unknown = client.send("no_such_task", queue=longest)
+        assert (now.get(timeout=20), later.get(timeout=20)) == (6, 9)
+        state = unknown.wait(20)
+        assert state.state is State.FAILURE and "not registered" in state.error
+        with pytest.raises(BrokerError, match="at most"):
+            client.send("sum", [1], queue=longest + "q")
+        client.flush()
+    finally:
+        client.close()
+        delete_amqp_namespace(amqp_namespace, (longest, *derived))
 
 
 def test_poison_is_set_aside_and_the_next_task_runs(

@@ -79,6 +79,9 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         except (pika.exceptions.AMQPChannelError, pika.exceptions.NackError) as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
+    def check(self, queues: Sequence[str]) -> None:
+        self._topology.check_names(queues, "--queue")
+
     def routing_key(self, queue: str) -> str:
         """machinery's AdjustRoutingKey: on a direct exchange, the binding key."""
         if self._topology.routes_by_binding_key and queue == self._topology.default_queue:
@@ -167,13 +170,8 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         # The delay left now, as it is published: not as it was before the ladder was
         # declared or the messages ahead of it in the batch were confirmed (it would run late).
         units = delays.units_for((message.eta.unix_ns - time.time_ns()) / 1e6)
-        channel.basic_publish(
-            self._topology.ladder.top,
-            delays.routing_key(units, message.queue),
-            message.body,
-            properties,
-            mandatory=True,
-        )
+        top, key = self._topology.ladder.top, delays.routing_key(units, message.queue)
+        channel.basic_publish(top, key, message.body, properties, mandatory=True)
 
     # -- consuming ------------------------------------------------------------------------
 

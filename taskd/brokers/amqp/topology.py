@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +11,12 @@ import structlog
 from taskd.amqplink import open_channel
 from taskd.brokers.amqp import delays
 from taskd.config import Config
+from taskd.errors import BrokerError, ConfigError
 
 log = structlog.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
 PRECONDITION_FAILED = 406  # a queue redeclared with other arguments than it has
+MAX_NAME_BYTES = 255  # AMQP's short strings: exchange, queue and routing key names
 _warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged
 
 
@@ -59,7 +62,7 @@ class Topology:
             dead["x-max-length"] = worker.dead_letters_max
         if worker.dead_letters_max_age:
             dead["x-message-ttl"] = worker.dead_letters_max_age * 1000
-        return cls(
+        topology = cls(
             amqp.exchange,
             amqp.exchange_type,
             amqp.binding_key,
@@ -67,6 +70,40 @@ class Topology:
             dict(amqp.queue_binding_args),
             config.default_queue,
             dead,
+        )
+        if _bytes(topology.ladder.deliver) > MAX_NAME_BYTES:
+            raise ConfigError(
+                "amqp.exchange",
+                f"is {_bytes(amqp.exchange)} bytes; RabbitMQ takes names of at most"
+                f" {MAX_NAME_BYTES}, and taskd's delay exchanges add {len('.delay.deliver')}",
+                config.source,
+            )
+        for key, name in (
+            ("amqp.binding_key", amqp.binding_key),
+            ("default_queue", config.default_queue),
+        ):
+            topology.check_names([name], key, config.source)
+        return topology
+
+    def check_names(self, names: Sequence[str], key: str, source: str | None = None) -> None:
+        """ConfigError naming ``key`` for a queue or routing key too long for RabbitMQ."""
+        for name in names:
+            if (reason := self.name_error(name)) is not None:
+                raise ConfigError(key, reason, source)
+
+    def name_error(self, name: str) -> str | None:
+        """Why ``name`` cannot be a queue or routing key here, or None: AMQP's names stop at
+        255 bytes, and taskd derives longer ones from it (its delayed routing key, the last
+        queue of its delays, its dead letters' queue)."""
+        derived = (delays.routing_key(0, name), self.ladder.final(name), DEAD_PREFIX + name)
+        if max(map(_bytes, derived)) <= MAX_NAME_BYTES:
+            return None
+        most = MAX_NAME_BYTES - max(_bytes(d) - _bytes(name) for d in derived)
+        return (
+            f"{name[:40]!r}{'...' if len(name) > 40 else ''} is {_bytes(name)} bytes; on RabbitMQ"
+            f" with exchange {self.exchange!r} a queue or routing key may have at most {most}"
+            f" (AMQP's names stop at {MAX_NAME_BYTES} bytes, and taskd derives longer ones from"
+            " it for delays and dead letters)"
         )
 
     @property
@@ -89,6 +126,8 @@ class Topology:
         (machinery's layout), by its own name for every queue."""
         if queue in session.declared:
             return
+        if (reason := self.name_error(queue)) is not None:  # as a message's RoutingKey
+            raise BrokerError("amqp", reason, queue)
         if "exchange" not in session.declared:
             channel.exchange_declare(self.exchange, exchange_type=self.exchange_type, durable=True)
             session.declared.add("exchange")
@@ -147,3 +186,7 @@ class Topology:
                     )
             session.declared.add(name)
         return name
+
+
+def _bytes(name: str) -> int:
+    return len(name.encode())
