@@ -98,6 +98,12 @@ class Holding:
     orphaned: int | None  # held by consumers that died, until they are given back
 
 
+def queue_setting(queue: str, default_queue: str) -> str:
+    """The setting that named a queue a broker is asked to check: the config's default
+    queue, or ``taskd start``'s ``--queue``."""
+    return "default_queue" if queue == default_queue else "--queue"
+
+
 class Broker(ABC):
     """A queue of task messages with at-least-once delivery.
 

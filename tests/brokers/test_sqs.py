@@ -213,6 +213,41 @@ def test_a_fifo_message_waits_hidden_for_its_eta(
 # -- rejects ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["my queue!", "q" * 81, "dots.in.name", ".fifo"])
+def test_a_queue_name_sqs_refuses_is_a_config_error_and_never_sent_to(
+    open_sqs: Callable[..., Broker], name: str
+) -> None:
+    broker = open_sqs()
+    with pytest.raises(ConfigError) as caught:
+        broker.check([name])
+    assert caught.value.key == "--queue"
+    assert "letters, digits, hyphens and underscores" in str(caught.value)
+    with pytest.raises(BrokerError, match="letters, digits, hyphens and underscores"):
+        broker.publish(name, b"x")  # a RoutingKey as a producer gave it
+
+
+def test_a_queue_too_long_for_taskds_dead_letters_needs_a_redrive_policy(
+    open_sqs: Callable[..., Broker], sqs_namespace: str, raw: Any
+) -> None:
+    """taskd sets rejected messages aside in taskd-dead-<queue>: past 69 characters SQS
+    would refuse that name, and every reject would fail, unless the queue's own redrive
+    policy takes them."""
+    longest = (sqs_namespace + "-" + "q" * 80)[:69]
+    too_long = longest + "q"
+    redriven = longest + "r"
+    create_queue_with_redrive(raw, redriven, 2)
+    broker = open_sqs()
+    broker.check([longest, redriven])
+    with pytest.raises(ConfigError) as caught:
+        broker.check([too_long])
+    assert caught.value.key == "--queue"
+    assert "use at most 69, or give the queue a redrive policy" in str(caught.value)
+    broker.publish(longest, b"doomed")
+    broker.reject(take(broker, longest), "set aside")  # into taskd-dead-<its 69 characters>
+    (letter,) = wait_until(lambda: broker.dead_letters(longest, 5), 10)
+    assert (letter.body, letter.reason) == (b"doomed", "set aside")
+
+
 def test_a_queue_with_a_redrive_policy_hands_rejects_to_it(
     open_sqs: Callable[..., Broker], namespace: str, raw: Any
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from taskd.brokers.base import queue_setting
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.errors import ConfigError
 
@@ -23,11 +24,6 @@ log = structlog.get_logger("taskd.redis")
 
 DELAYED_KEY = "redis.delayed_tasks_key"
 PREFIX_KEY = "redis.key_prefix"
-
-
-def queue_key(keys: RedisKeys, queue: str) -> str:
-    """The setting that named ``queue``: the config's default queue, or ``taskd start``'s."""
-    return "default_queue" if queue == keys.default_queue else "--queue"
 
 
 def check_names(keys: RedisKeys, queues: Sequence[str], source: str | None) -> None:
@@ -44,7 +40,7 @@ def check_names(keys: RedisKeys, queues: Sequence[str], source: str | None) -> N
             )
         if keys.owned(queue):
             raise ConfigError(
-                queue_key(keys, queue),
+                queue_setting(queue, keys.default_queue),
                 f"{queue!r} is the name of one of taskd's own keys (under {PREFIX_KEY}"
                 f" {keys.prefix!r}): choose another queue name",
                 where,
@@ -62,7 +58,7 @@ def expected_types(keys: RedisKeys, queues: Sequence[str]) -> dict[str, tuple[st
     """Redis key -> (the type taskd writes there, the setting that names the key)."""
     wanted = {keys.delayed: ("zset", DELAYED_KEY)}
     for queue in queues:
-        wanted[queue] = ("list", queue_key(keys, queue))
+        wanted[queue] = ("list", queue_setting(queue, keys.default_queue))
         wanted[keys.dead(queue)] = ("list", PREFIX_KEY)
     wanted[keys.consumers] = ("zset", PREFIX_KEY)
     wanted[keys.consumer_queues] = ("hash", PREFIX_KEY)

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 import structlog
 
-from taskd.brokers.base import Broker, Delivery, Message
+from taskd.brokers.base import Broker, Delivery, Message, queue_setting
 from taskd.brokers.sqs.bodies import body_of, send_batches, sendable
 from taskd.brokers.sqs.dead import SQSDeadLetters
 from taskd.brokers.sqs.held import Handle, HeldMessages, by_queue, change_visibility, in_batches
@@ -38,13 +38,15 @@ from taskd.brokers.sqs.queues import (
     Endpoint,
     Queue,
     Queues,
+    dead_name_error,
     dead_queue_name,
     endpoint_of,
+    name_error,
     new_client,
     translated,
 )
 from taskd.config import Config
-from taskd.errors import BrokerError, BrokerUnavailable, DriverError
+from taskd.errors import BrokerError, BrokerUnavailable, ConfigError, DriverError
 from taskd.wire import GoTime
 
 log = structlog.get_logger("taskd.sqs")
@@ -93,6 +95,7 @@ class SQSBroker(SQSDeadLetters, Broker):
         self._wait_s = settings.receive_wait_time_seconds
         self._max_delay_s = settings.max_delay_seconds
         self._endpoint = endpoint
+        self._default_queue, self._source = config.default_queue, config.source
         self._client_lock = threading.Lock()
         self._client_obj: Any = None
         self._queues = Queues(self._client, endpoint, config)
@@ -106,6 +109,22 @@ class SQSBroker(SQSDeadLetters, Broker):
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(endpoint_of(url, config), config)
+
+    def check(self, queues: Sequence[str]) -> None:
+        """Queue names SQS would refuse, for the queue or for its dead letters (unless the
+        queue has a redrive policy to take them instead)."""
+        for name in queues:
+            key = queue_setting(name, self._default_queue)
+            source = self._source if key == "default_queue" else None
+            if (reason := name_error(name)) is not None:
+                raise ConfigError(key, reason, source)
+            if (reason := dead_name_error(name)) is not None:
+                try:
+                    queue = self._queues.get(name, create=False)
+                except BrokerUnavailable:  # checked once it answers: at the first reject
+                    continue
+                if queue is None or queue.redrive_target is None:
+                    raise ConfigError(key, reason, source)
 
     def _client(self) -> Any:
         with self._client_lock:

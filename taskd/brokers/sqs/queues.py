@@ -12,6 +12,7 @@ never part of the URL and never logged.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ T = TypeVar("T")
 DRIVER = "sqs"
 FIFO_SUFFIX = ".fifo"
 DEAD_PREFIX = "taskd-dead-"  # + the queue's name: where taskd sets rejected messages aside
+MAX_NAME = 80  # SQS's longest queue name, ".fifo" included
+NAME_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
 MIN_RETENTION_S = 60  # SQS's bounds of a queue's MessageRetentionPeriod
 MAX_RETENTION_S = 1_209_600  # (14 days)
 FALLBACK_REGION = "us-east-1"  # for a custom endpoint when nothing else names a region
@@ -180,6 +183,8 @@ class Queues:
         known = self._known.get(name)
         if known is not None:
             return known
+        if (reason := name_error(name)) is not None:  # a message's RoutingKey, say
+            raise BrokerError(DRIVER, reason, name)
         with self._lock, translated(name):
             queue = self._read(name)
             if queue is None and create and self._create:
@@ -264,3 +269,26 @@ def dead_retention_s(max_age_s: int) -> int:
 def dead_queue_name(name: str) -> str:
     """``taskd-dead-<queue>``: a FIFO queue's is FIFO too (its name keeps ``.fifo`` last)."""
     return DEAD_PREFIX + name
+
+
+def name_error(name: str) -> str | None:
+    """Why SQS refuses ``name`` for a queue, or None."""
+    if len(name) <= MAX_NAME and NAME_CHARACTERS.fullmatch(name.removesuffix(FIFO_SUFFIX)):
+        return None
+    return (
+        f"{name[:40]!r}{'...' if len(name) > 40 else ''}: an SQS queue's name has 1 to"
+        f" {MAX_NAME} letters, digits, hyphens and underscores ({FIFO_SUFFIX} last on a FIFO"
+        " queue's)"
+    )
+
+
+def dead_name_error(name: str) -> str | None:
+    """Why taskd could not set ``name``'s rejected messages aside in a queue of its own (its
+    name would be too long), or None; no matter where the queue has a redrive policy."""
+    if len(dead_queue_name(name)) <= MAX_NAME:
+        return None
+    return (
+        f"{name!r} has {len(name)} characters: taskd sets its rejected messages aside in"
+        f" {DEAD_PREFIX}<queue>, which SQS would refuse; use at most"
+        f" {MAX_NAME - len(DEAD_PREFIX)}, or give the queue a redrive policy"
+    )
