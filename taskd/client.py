@@ -8,6 +8,7 @@ still await their broker's confirm when ``send`` returns (``taskd.confirms``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -135,17 +136,24 @@ class Client:
         self._send: Send | None = None  # how this pair of drivers sends (taskd.pairs)
         self._owns_drivers = broker is None and backend is None
         self._window = Window(self.config.client.pipeline if pipeline is None else pipeline)
+        # Drivers open on first use, once, whichever threads get there first: a second one,
+        # dropped, would close its connections under sends still reading their replies.
+        self._opening = threading.Lock()
 
     @property
     def broker(self) -> Broker:
         if self._broker is None:
-            self._broker = open_broker(self.config)
+            with self._opening:
+                if self._broker is None:
+                    self._broker = open_broker(self.config)
         return self._broker
 
     @property
     def backend(self) -> ResultBackend:
         if self._backend is None:
-            self._backend = open_backend(self.config)
+            with self._opening:
+                if self._backend is None:
+                    self._backend = open_backend(self.config)
         return self._backend
 
     def flush(self) -> None:
@@ -284,7 +292,9 @@ class Client:
             self.broker.publish_many(messages)
             return prepared
         if self._send is None:
-            self._send = sender_for(self.broker, self.backend)
+            broker, backend = self.broker, self.backend
+            with self._opening:
+                self._send = self._send or sender_for(broker, backend)
         send, now = self._send, GoTime.now()
         pending = [pending_state(s, now) for s in prepared]
         self._window.send(lambda: (send(messages, pending, fresh), prepared))

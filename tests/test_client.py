@@ -87,3 +87,42 @@ def test_a_task_sent_by_name_is_filled_in_as_machinerys_send_task_does() -> None
     assert first.encode().count(b'"Headers":{') == 1
     (other,) = (decode_signature(body) for body, _ in broker.queues["other"])
     assert other.routing_key == "other" and other.headers == {}
+
+
+@pytest.mark.parametrize("driver", ["broker", "backend"])
+def test_threads_sharing_a_new_client_open_each_driver_once(
+    driver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second driver, opened by a thread that raced the first and then dropped, closed its
+    connections under sends still reading their replies (seen with 8 threads sending at
+    once: 'Connection closed by server' for PENDING writes)."""
+    import threading
+
+    import taskd.client
+
+    opened: list[int] = []
+    second_one = threading.Event()
+
+    def open_slowly(config: Config) -> object:
+        opened.append(threading.get_ident())
+        if len(opened) > 1:
+            second_one.set()
+        second_one.wait(timeout=1.0)  # time for a second thread to come in, if it may
+        return MemoryBroker() if driver == "broker" else MemoryBackend()
+
+    monkeypatch.setattr(taskd.client, f"open_{driver}", open_slowly)
+    client = Client(Config())
+    start = threading.Barrier(6)
+    got: list[object] = []
+
+    def use() -> None:
+        start.wait(timeout=10)
+        got.append(getattr(client, driver))
+
+    threads = [threading.Thread(target=use) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert len(opened) == 1
+    assert len(got) == 6 and all(each is got[0] for each in got)
