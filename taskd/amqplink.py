@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
 
+from taskd import forking
 from taskd.config import Config, redact_url
 from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
@@ -135,6 +136,13 @@ class _Connector:
         self._connection: Any = None
         self._session: Any = None
         self._closing = threading.Event()  # closed for good
+        forking.forget_in_children(self)
+
+    def forget_parents(self) -> None:
+        """In a forked child: the parent's connection is left to the parent (closing it
+        would close it for the parent too); the child's first call connects its own."""
+        self._lock = threading.Lock()
+        self._connection = self._session = None
 
     def _connect(self) -> tuple[Any, Any]:
         """A new connection and its session."""
@@ -164,6 +172,10 @@ class Link(_Connector):
     """
 
     _keeper: threading.Thread | None = None  # started with the first connection
+
+    def forget_parents(self) -> None:
+        super().forget_parents()
+        self._keeper = None  # the parent's thread is not in the child
 
     def call(self, fn: Callable[[Any], T]) -> T:
         with self._lock:

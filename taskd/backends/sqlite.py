@@ -13,6 +13,7 @@ from typing import Self
 
 import orjson
 
+from taskd import forking
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
@@ -61,14 +62,26 @@ class SQLiteBackend(ResultBackend):
     driver = "sqlite"
 
     def __init__(self, path: Path, synchronous: str, *, expire_s: int) -> None:
-        self._path = path
+        self._path, self._synchronous = path, synchronous
         self._expire_ns = expire_s * 1_000_000_000
-        self._conn = opened(
-            path, synchronous, _SCHEMA, BackendUnavailable, BackendError, self.driver
-        )
-        self._writer = Writer(self._conn, path, synchronous, BackendError, self.driver)
+        self._open()
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        forking.forget_in_children(self)
+
+    def forget_parents(self) -> None:
+        """In a forked child: a connection of its own (SQLite warns that one carried across
+        a fork can corrupt the database)."""
+        self._parents = self._conn  # kept, never closed here
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        """The connection, and the writer that commits on it."""
+        self._conn = opened(
+            self._path, self._synchronous, _SCHEMA, BackendUnavailable, BackendError, self.driver
+        )
+        self._writer = Writer(self._conn, self._path, self._synchronous, BackendError, self.driver)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:

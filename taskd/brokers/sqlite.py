@@ -18,6 +18,7 @@ from typing import Self
 
 import structlog
 
+from taskd import forking
 from taskd.brokers import lease, sqlite_dead
 from taskd.brokers.base import Broker, DeadLetter, DeadLetterCap, Delivery, Holding, Message
 from taskd.brokers.doorbell import Doorbell
@@ -69,8 +70,7 @@ class SQLiteBroker(Broker):
         self._path, self._synchronous, self._lease = path, synchronous, silence
         self._dead_cap = dead_cap
         self._judge = SilenceJudge(silence.consumer_timeout_s, silence.heartbeat_interval_s)
-        self._conn = self._connect()
-        self._writer = Writer(self._conn, path, synchronous, BrokerError, self.driver)
+        self._open()
         self._consumer_id: str | None = None
         self._beats: BeatThread | None = None
         self._heartbeat_conn: sqlite3.Connection | None = None  # used by the heartbeat thread only
@@ -79,6 +79,20 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()  # the main connection is used from one thread at a time
         self._doorbell = Doorbell(path)  # rung after each publish, waited on by idle fetches
         self._backlog = False  # the last fetch filled its batch: more may wait
+        forking.forget_in_children(self)
+
+    def forget_parents(self) -> None:
+        """In a forked child: a connection of its own (SQLite warns that one carried across
+        a fork can corrupt the database), no consumer or heartbeat of the parent's."""
+        self._parents = (self._conn, self._heartbeat_conn)  # kept, never closed here
+        self._lock = threading.Lock()
+        self._open()
+        self._consumer_id, self._beats, self._heartbeat_conn = None, None, None
+
+    def _open(self) -> None:
+        """The main connection, and the writer that commits on it."""
+        self._conn = self._connect()
+        self._writer = Writer(self._conn, self._path, self._synchronous, BrokerError, self.driver)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
