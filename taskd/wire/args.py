@@ -195,11 +195,13 @@ _SCALAR_ENCODERS: dict[str, Callable[[Any], str]] = {
 
 
 def encode(type_name: str, value: Any) -> str:
-    """The JSON text Go writes for a wire value of this type."""
+    """The JSON text Go writes for a wire value of this type; a value of a type that is not
+    machinery's (a Go task's struct or map result) as it was decoded."""
     encoder = _SCALAR_ENCODERS.get(type_name)
     if encoder is not None:
         return encoder(value)
-    if value is None or isinstance(value, str):  # nil slice; []byte already in base64
+    if value is None or isinstance(value, str) or type_name not in TYPE_NAMES:
+        # nil slice; []byte already in base64; another type's JSON
         return gojson.encode_value(value)
     if type_name in BYTES_TYPES and isinstance(value, bytes | bytearray):
         return '"' + base64.b64encode(value).decode() + '"'
@@ -314,6 +316,8 @@ def go_format(value: Any, float_bits: int = 64) -> str:
         return _format_go_float(value, float_bits)
     if isinstance(value, bytes | bytearray | list | tuple):
         return "[" + " ".join(go_format(item, float_bits) for item in value) + "]"
+    if isinstance(value, dict):  # a Go task's struct or map: its JSON
+        return gojson.encode_value(value)
     return str(value)
 
 

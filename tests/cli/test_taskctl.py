@@ -242,3 +242,26 @@ def test_send_sets_time_limit_headers(tmp_path: Path, namespace: str) -> None:
     assert json.loads(sent.stdout)["Headers"] == {"soft_time_limit": "2.5", "time_limit": 30}
     negative = taskctl(tmp_path, config, "send", "sleep", "--time-limit", "-1")
     assert negative.returncode == 2 and "--time-limit" in negative.stderr
+
+
+def test_a_go_task_s_struct_result_is_shown_not_refused(tmp_path: Path, namespace: str) -> None:
+    """A Go task returning a struct or map (any type: machinery records reflect's name and
+    the JSON value): taskctl shows its JSON, and --json keeps the object as it is."""
+    from taskd.backends import open_backend
+    from taskd.config import load_config
+    from taskd.wire import decode_state
+    from tests.wire.test_state import GO_STRUCT_STATE
+
+    config = write_config(tmp_path, config_data("sqlite", namespace, tmp_path))
+    backend = open_backend(load_config(config, env={}))
+    backend.set_states([decode_state(GO_STRUCT_STATE)])
+    backend.close()
+    shown = taskctl(tmp_path, config, "result", "task_p")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == '[{"X":1,"Y":[2.5,"z"]}, {"a":1,"b":2}, [{"X":3}]]'
+    raw = taskctl(tmp_path, config, "result", "task_p", "--json")
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads(raw.stdout)["Results"][0] == {
+        "Type": "main.Point",
+        "Value": {"X": 1, "Y": [2.5, "z"]},
+    }

@@ -415,3 +415,32 @@ def test_bad_groups_are_rejected_naming_the_field(raw: bytes, field: str) -> Non
     with pytest.raises(DecodeError) as caught:
         decode_group(raw)
     assert field in str(caught.value)
+
+
+# -- results of types that are not machinery's (a Go task's struct or map) -------------------
+
+
+GO_STRUCT_STATE = (
+    b'{"TaskUUID":"task_p","TaskName":"point","State":"SUCCESS","Results":['
+    b'{"Type":"main.Point","Value":{"X":1,"Y":[2.5,"z"]}},'
+    b'{"Type":"map[string]int","Value":{"b":2,"a":1}},'
+    b'{"Type":"[]main.Point","Value":[{"X":3}]}],'
+    b'"Error":"","CreatedAt":"2026-11-30T16:42:57.976013507Z","TTL":0}'
+)
+
+
+def test_a_go_task_s_struct_and_map_results_read_as_their_json() -> None:
+    """machinery records any Go type's name (reflect's String()) and its JSON value; such a
+    value reads as it decodes and is written back unchanged (map keys sorted, as Go writes
+    them), not refused or mangled (it was written back as a list of its keys)."""
+    state = decode_state(GO_STRUCT_STATE)
+    assert state.python_results() == [{"X": 1, "Y": [2.5, "z"]}, {"a": 1, "b": 2}, [{"X": 3}]]
+    assert state.human_readable() == '[{"X":1,"Y":[2.5,"z"]}, {"a":1,"b":2}, [{"X":3}]]'
+    again = decode_state(state.encode())
+    assert again == state
+    assert b'{"Type":"map[string]int","Value":{"a":1,"b":2}}' in state.encode()
+
+
+def test_taskd_itself_writes_machinery_s_types_only() -> None:
+    with pytest.raises(ArgumentError):
+        TaskResult.of("main.Point", {"X": 1})  # taskd writes machinery's types only
