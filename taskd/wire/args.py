@@ -241,7 +241,13 @@ def infer(value: Any) -> str:
                 return "[]uint64"
             if kinds <= {"int64", "uint64", "float64"}:
                 return "[]float64"
-        raise ArgumentError(f"a list mixing {sorted(map(str, kinds))} has no machinery type")
+        else:  # an element that is no scalar: a list of lists, of dicts...
+            other = next(item for item in value if _infer_scalar(item) is None)
+            raise ArgumentError(
+                f"a list of {type(other).__name__} has no machinery type (only lists of"
+                " bool, int, float or str have one)"
+            )
+        raise ArgumentError(f"a list mixing {sorted(kinds)} has no machinery type")
     raise ArgumentError(f"{type(value).__name__} has no machinery type")
 
 

@@ -323,7 +323,9 @@ def test_results_from_return_float_declared_encodes_without_point() -> None:
         ("x", ("int64",), "is not int64"),
         (2**64, (), "does not fit in 64 bits"),
         (object(), (), "object has no machinery type"),
-        ([1, "a"], (), "has no machinery type"),
+        ([1, "a"], (), "a list mixing ['int64', 'string'] has no machinery type"),
+        ([[1, 2], [3]], (), "a list of list has no machinery type (only lists of bool, int"),
+        ([{"a": 1}], (), "a list of dict has no machinery type"),
     ],
 )
 def test_results_from_return_rejects_what_the_wire_cannot_carry(
