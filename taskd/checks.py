@@ -17,8 +17,8 @@ def check_drivers(config: Config, queues: Sequence[str] = ()) -> None:
     driver but cannot be used (bad host or port, a file that cannot be created) fails here,
     naming its key, before anything depends on it; so does what the broker's ``check``
     refuses for the default queue and ``queues`` (a Redis queue named like the delayed set,
-    a key of the wrong type). Unreachable servers are not an error: drivers connect lazily,
-    and the daemon rides out an outage."""
+    a key of the wrong type), and what the backend's refuses (a Redis Cluster). Unreachable
+    servers are not an error: drivers connect lazily, and the daemon rides out an outage."""
     with _named("broker", config):
         broker = open_broker(config)
         try:
@@ -26,7 +26,11 @@ def check_drivers(config: Config, queues: Sequence[str] = ()) -> None:
         finally:
             broker.close()
     with _named("result_backend", config):
-        open_backend(config).close()
+        backend = open_backend(config)
+        try:
+            backend.check()
+        finally:
+            backend.close()
 
 
 @contextmanager

@@ -121,6 +121,26 @@ def _transient() -> tuple[type[Exception], ...]:
     )
 
 
+def refuse_cluster(client: Any, key: str, source: str | None) -> None:
+    """ConfigError naming ``key`` for a server in cluster mode: taskd's scripts and
+    pipelines touch keys of many hash slots at once, which a cluster refuses (CROSSSLOT),
+    so every fetch would fail. Nothing where INFO is not allowed."""
+    import redis
+
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis.ResponseError:
+        return
+    if enabled:
+        raise ConfigError(
+            key,
+            "the Redis server runs in cluster mode, which taskd does not support (its"
+            " scripts touch keys of many hash slots at once): use a standalone Redis, or"
+            " Sentinel for failover (redis.master_name)",
+            source,
+        )
+
+
 def same_server(one: Any, other: Any) -> bool:
     """Whether two redis-py clients talk to the same server (or Sentinels' master) and
     database as the same user."""

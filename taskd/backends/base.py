@@ -115,6 +115,12 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def check(self) -> None:
+        """Refuse, before anything depends on it, a server taskd cannot use as configured
+        (``taskd start``, ``check-config`` and a reload call this): ConfigError naming the
+        key. May ask the server; BackendUnavailable then is no error. Nothing by default."""
+        return
+
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:
         """Start storing senders' PENDING states; the function returned completes the write.
 

@@ -55,6 +55,11 @@ class RedisBackend(ResultBackend):
         self._expire_s = config.results_expire_in_s
         self._prefix = config.redis.key_prefix
         self._pending = redisdb.Pipe(self._redis)  # begin_pending's writes, replies read later
+        self._source = config.source
+
+    def check(self) -> None:
+        with self._translated():
+            redisdb.refuse_cluster(self._redis, "result_backend", self._source)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:

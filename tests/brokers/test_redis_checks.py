@@ -194,3 +194,26 @@ def test_connections_the_server_closed_while_idle_are_connected_anew(
         assert not process.events("broker_unavailable")
         assert not process.events("backend_unavailable")
         admin.close()
+
+
+def test_a_redis_cluster_is_refused_naming_the_key(redis_namespace: str, tmp_path: Path) -> None:
+    """Every script of taskd's touches keys of many hash slots: on a cluster each fetch
+    failed with CROSSSLOT, for ever, after check-config and sends had passed."""
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--cluster-enabled", "yes",
+                "--cluster-port", str(free_port()),  # port + 10000 may be past 65535
+                "--cluster-config-file", str(tmp_path / f"nodes-{port}.conf")]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server in cluster mode") as port:
+        cluster = f"redis://127.0.0.1:{port}/0"
+        for key, urls in (
+            ("broker", {"broker": cluster, "result_backend": cluster}),
+            ("result_backend", {"broker": f"sqlite://{tmp_path}/q.db", "result_backend": cluster}),
+        ):
+            data = config_data("redis", redis_namespace, tmp_path, **urls)
+            config = str(write_config(tmp_path, data))
+            done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+            assert done.returncode == 2, done.stderr
+            assert f"{config}: {key}: the Redis server runs in cluster mode" in done.stderr
