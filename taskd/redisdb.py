@@ -19,7 +19,6 @@ from typing import Any
 
 from taskd import drivers
 from taskd.config import Config
-from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
 from taskd.redis_pools import connected_again_if_closed, pool_class
 from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
@@ -247,7 +246,7 @@ class Pipe:
         close by the server first, as the pool checks the connections it kept."""
         if self._pid != os.getpid():
             self._forget_parents()
-        idle = time.monotonic() - self._written_at >= IDLE_CHECK_S
+        idle = time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
         if idle and self._connection is not None:
             # Unread replies look like a closed socket's end: read them for their readers
             # first (they came before any close), which hands the connection back.
