@@ -6,6 +6,7 @@ under the URL scheme it serves (``redis``, ``sqlite``...).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import Any
@@ -57,19 +58,30 @@ def translated(
     unavailable: type[DriverError],
     failed: type[DriverError],
     driver: str,
+    *,
+    passing: Callable[[BaseException], bool] | None = None,
     **context: Any,
 ) -> AbstractContextManager[None]:
     """A client library's errors as taskd's, at a driver's boundary: ``transient`` ones
-    (connection trouble, a busy file) as ``unavailable``, to be retried; other ``permanent``
+    (connection trouble, a busy file), and those ``passing`` says will pass (where the
+    library has no class for them), as ``unavailable``, to be retried; other ``permanent``
     ones as ``failed``."""
-    return _Translated(transient, permanent, unavailable, failed, driver, context)
+    return _Translated(transient, permanent, unavailable, failed, driver, passing, context)
 
 
 class _Translated:
     """``translated``'s context manager: a class, as a generator-based one costs several
     times as much, and the hot path enters one for each call to a server."""
 
-    __slots__ = ("_context", "_driver", "_failed", "_permanent", "_transient", "_unavailable")
+    __slots__ = (
+        "_context",
+        "_driver",
+        "_failed",
+        "_passing",
+        "_permanent",
+        "_transient",
+        "_unavailable",
+    )
 
     def __init__(
         self,
@@ -78,9 +90,10 @@ class _Translated:
         unavailable: type[DriverError],
         failed: type[DriverError],
         driver: str,
+        passing: Callable[[BaseException], bool] | None,
         context: dict[str, Any],
     ) -> None:
-        self._transient, self._permanent = transient, permanent
+        self._transient, self._permanent, self._passing = transient, permanent, passing
         self._unavailable, self._failed = unavailable, failed
         self._driver, self._context = driver, context
 
@@ -88,7 +101,9 @@ class _Translated:
         return None
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        if isinstance(exc, self._transient):
+        if exc is None:
+            return
+        if isinstance(exc, self._transient) or (self._passing is not None and self._passing(exc)):
             raise self._unavailable(
                 self._driver, f"{type(exc).__name__}: {exc}", **self._context
             ) from exc

@@ -95,13 +95,20 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
 def translated(
     unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
 ) -> AbstractContextManager[None]:
-    """redis-py errors as taskd's: connection trouble and a server that cannot take writes
-    for now are transient, the rest is not."""
+    """redis-py errors as taskd's: connection trouble, a server that cannot take writes for
+    now, and one busy running another client's long script are transient, the rest is not."""
     import redis
 
     return drivers.translated(
-        _transient(), redis.RedisError, unavailable, permanent, driver, **context
+        _transient(), redis.RedisError, unavailable, permanent, driver, passing=_busy, **context
     )
+
+
+def _busy(exc: BaseException) -> bool:
+    """Redis's BUSY, which redis-py has no class for: another client's script or module
+    command has run past busy-reply-threshold; Redis answers again once it ends or is
+    killed (in a pipeline's error, the reply follows the command's description)."""
+    return "BUSY Redis is busy" in str(exc)
 
 
 @functools.cache

@@ -147,6 +147,50 @@ def test_a_full_redis_is_an_outage_the_worker_rides_out(
     client.close()
 
 
+def test_a_redis_busy_with_another_client_s_script_is_an_outage_the_worker_rides_out(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
+) -> None:
+    """Past busy-reply-threshold, Redis answers every other client BUSY while a script runs
+    (another application's, on a shared Redis): a transient refusal, not a crash."""
+    import threading
+
+    import redis
+
+    config, client = client_for(
+        "redis", namespace, tmp_path, broker=private_redis.url, worker=QUICK_RECOVERY
+    )
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    server = redis.Redis.from_url(private_redis.url)
+    server.config_set("busy-reply-threshold", 100)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "a", 1.0)
+    client.flush()
+    wait_until(lambda: "start:a" in runs(trace), 20, what="the task to start")
+    spin = "local t0 = redis.call('TIME')[1] while redis.call('TIME')[1] - t0 < 3 do end"
+    busy = threading.Thread(target=lambda: redis.Redis.from_url(private_redis.url).eval(spin, 0))
+    busy.start()
+    try:
+
+        def refused() -> list[str]:
+            return [e["error"] for e in process.events() if e["event"].endswith("_unavailable")]
+
+        errors = wait_until(refused, 20, what="the daemon to meet the busy Redis")
+        assert any("BUSY" in error for error in errors), errors
+    finally:
+        busy.join(30)
+
+    def succeeded() -> bool:
+        state = client.backend.get_states([sent.task_id])[0]
+        return state is not None and state.state is State.SUCCESS
+
+    wait_until(succeeded, 30, what="the task to be settled")
+    assert runs(trace) == ["start:a", "end:a"]  # once
+    assert not process.events("child_crashed")
+    assert process.process.poll() is None
+    client.close()
+
+
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:
