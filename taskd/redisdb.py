@@ -95,20 +95,29 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
 def translated(
     unavailable: type[DriverError], permanent: type[DriverError], driver: str, **context: Any
 ) -> AbstractContextManager[None]:
-    """redis-py errors as taskd's: connection trouble, a server that cannot take writes for
-    now, and one busy running another client's long script are transient, the rest is not."""
+    """redis-py errors as taskd's: connection trouble and a server that cannot take writes
+    for now (full, a replica, NOT_NOW_REPLIES) are transient, the rest is not."""
     import redis
 
     return drivers.translated(
-        _transient(), redis.RedisError, unavailable, permanent, driver, passing=_busy, **context
+        _transient(), redis.RedisError, unavailable, permanent, driver, passing=_not_now, **context
     )
 
 
-def _busy(exc: BaseException) -> bool:
-    """Redis's BUSY, which redis-py has no class for: another client's script or module
-    command has run past busy-reply-threshold; Redis answers again once it ends or is
-    killed (in a pipeline's error, the reply follows the command's description)."""
-    return "BUSY Redis is busy" in str(exc)
+# Error replies that say "not now", which redis-py has no class for: another client's
+# script past busy-reply-threshold (BUSY), a failed snapshot under stop-writes-on-bgsave-error
+# (MISCONF: a full disk, say), too few replicas for min-replicas-to-write (NOREPLICAS), a
+# blocked command ended by a failover demoting the master (UNBLOCKED). The command did not run.
+NOT_NOW_REPLIES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "UNBLOCKED"})
+
+
+def _not_now(exc: BaseException) -> bool:
+    import redis
+
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    _, _, reply = str(exc).rpartition("caused error: ")  # a pipeline's: after the command
+    return reply.split(" ", 1)[0] in NOT_NOW_REPLIES
 
 
 @functools.cache

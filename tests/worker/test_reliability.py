@@ -14,7 +14,7 @@ import pytest
 
 from taskd.client import signature
 from taskd.wire import GoTime, State, new_id
-from tests.support.harness import PrivateRedis, client_for, wait_until
+from tests.support.harness import PrivateRedis, client_for, server_on_free_port, wait_until
 from tests.support.tasks import lines, runs
 from tests.support.traces import (
     assert_each_ran_once_except,
@@ -147,13 +147,99 @@ def test_a_full_redis_is_an_outage_the_worker_rides_out(
     client.close()
 
 
-def test_a_redis_busy_with_another_client_s_script_is_an_outage_the_worker_rides_out(
+class NotNow:
+    """Ways a Redis answers "not now" (redis-py has no class for these replies): each sets
+    the refusal up on ``server`` and returns what ends it."""
+
+    @staticmethod
+    def busy(server: Any, url: str, tmp_path: Path) -> Callable[[], None]:
+        """Another client's script past busy-reply-threshold: BUSY until it ends."""
+        import threading
+
+        import redis
+
+        server.config_set("busy-reply-threshold", 100)
+        spin = "local t0 = redis.call('TIME')[1] while redis.call('TIME')[1] - t0 < 3 do end"
+        thread = threading.Thread(target=lambda: redis.Redis.from_url(url).eval(spin, 0))
+        thread.start()
+        return lambda: thread.join(30)
+
+    @staticmethod
+    def misconf(server: Any, url: str, tmp_path: Path) -> Callable[[], None]:
+        """A snapshot that failed (its directory gone, as on a full disk), under
+        stop-writes-on-bgsave-error: MISCONF until one succeeds."""
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        kept = server.config_get("dir")["dir"]
+        server.config_set("dir", str(gone))
+        gone.rmdir()
+        server.bgsave()
+        wait_until(lambda: server.info("persistence")["rdb_last_bgsave_status"] == "err", 20)
+
+        def saved() -> None:
+            server.config_set("dir", kept)
+            server.bgsave()
+            wait_until(lambda: server.info("persistence")["rdb_last_bgsave_status"] == "ok", 20)
+
+        return saved
+
+    @staticmethod
+    def noreplicas(server: Any, url: str, tmp_path: Path) -> Callable[[], None]:
+        """min-replicas-to-write with no replica in sight: NOREPLICAS until one comes."""
+        server.config_set("min-replicas-to-write", 1)
+        return lambda: server.config_set("min-replicas-to-write", 0)
+
+
+@pytest.mark.parametrize("refusal", ["busy", "misconf", "noreplicas"])
+def test_a_redis_that_answers_not_now_is_an_outage_the_worker_rides_out(
+    refusal: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """Before, each was a permanent error: the child crashed at its settle, the one started
+    in its place failed to boot (its check met the same reply), and the daemon stopped."""
+    import redis
+
+    def command(port: int) -> list[str]:  # snapshots on (misconf), and CONFIG SET dir allowed
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "3600 1",
+                "--appendonly", "no", "--dir", str(tmp_path),
+                "--enable-protected-configs", "yes"]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server of the test's own") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        config, client = client_for("redis", namespace, tmp_path, broker=url, worker=QUICK_RECOVERY)
+        process = daemon(config, "--concurrency", "1")
+        process.wait_ready(1)
+        server = redis.Redis.from_url(url)
+        trace = tmp_path / "trace"
+        sent = client.send("slow_record", str(trace), "a", 1.0)
+        client.flush()
+        wait_until(lambda: "start:a" in runs(trace), 20, what="the task to start")
+        ended = getattr(NotNow, refusal)(server, url, tmp_path)
+        try:
+
+            def refused() -> list[str]:
+                return [e["error"] for e in process.events() if e["event"].endswith("_unavailable")]
+
+            errors = wait_until(refused, 20, what="the daemon to meet the refusal")
+            assert any(refusal.upper() in error for error in errors), errors
+        finally:
+            ended()
+
+        def succeeded() -> bool:
+            state = client.backend.get_states([sent.task_id])[0]
+            return state is not None and state.state is State.SUCCESS
+
+        wait_until(succeeded, 30, what="the task to be settled")
+        assert runs(trace) == ["start:a", "end:a"]  # once
+        assert not process.events("child_crashed")
+        assert process.process.poll() is None
+        client.close()
+
+
+def test_a_fetch_unblocked_by_the_server_is_an_outage_not_a_crash(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
 ) -> None:
-    """Past busy-reply-threshold, Redis answers every other client BUSY while a script runs
-    (another application's, on a shared Redis): a transient refusal, not a crash."""
-    import threading
-
+    """A failover that demotes the master ends its blocked commands with UNBLOCKED (as
+    CLIENT UNBLOCK ... ERROR does): the child waiting for messages fetches again."""
     import redis
 
     config, client = client_for(
@@ -162,32 +248,14 @@ def test_a_redis_busy_with_another_client_s_script_is_an_outage_the_worker_rides
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     server = redis.Redis.from_url(private_redis.url)
-    server.config_set("busy-reply-threshold", 100)
-    trace = tmp_path / "trace"
-    sent = client.send("slow_record", str(trace), "a", 1.0)
-    client.flush()
-    wait_until(lambda: "start:a" in runs(trace), 20, what="the task to start")
-    spin = "local t0 = redis.call('TIME')[1] while redis.call('TIME')[1] - t0 < 3 do end"
-    busy = threading.Thread(target=lambda: redis.Redis.from_url(private_redis.url).eval(spin, 0))
-    busy.start()
-    try:
-
-        def refused() -> list[str]:
-            return [e["error"] for e in process.events() if e["event"].endswith("_unavailable")]
-
-        errors = wait_until(refused, 20, what="the daemon to meet the busy Redis")
-        assert any("BUSY" in error for error in errors), errors
-    finally:
-        busy.join(30)
-
-    def succeeded() -> bool:
-        state = client.backend.get_states([sent.task_id])[0]
-        return state is not None and state.state is State.SUCCESS
-
-    wait_until(succeeded, 30, what="the task to be settled")
-    assert runs(trace) == ["start:a", "end:a"]  # once
+    blocked = wait_until(
+        lambda: [c["id"] for c in server.client_list() if c["cmd"] == "blmove"], 20
+    )
+    assert server.client_unblock(blocked[0], error=True)
+    wait_until(lambda: process.events("broker_unavailable"), 20, what="the outage to be logged")
+    assert client.send("sum", [1, 2]).get(timeout=20) == 3
+    assert not process.events("fetch_failed")  # an outage, not a broken queue
     assert not process.events("child_crashed")
-    assert process.process.poll() is None
     client.close()
 
 
