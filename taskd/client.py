@@ -15,13 +15,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Self
 
+import structlog
+
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends.base import Progress
 from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.confirms import Window
-from taskd.errors import ResultTimeout
+from taskd.errors import BackendUnavailable, ResultTimeout
 from taskd.pairs import Send, sender_for
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
@@ -30,8 +32,12 @@ from taskd.wire.gotime import LATEST_ETA
 from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
 from taskd.workflows import Chain, Chord, Group
 
+log = structlog.get_logger("taskd.client")
 # How long a wait for results goes before it takes in the confirms of earlier sends.
 FIRST_WAIT_S = 0.05
+# A wait for results that meets a backend outage tries again after these pauses, doubling.
+OUTAGE_FIRST_PAUSE_S = 0.1
+OUTAGE_MAX_PAUSE_S = 2.0
 
 
 def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None) -> GoTime | None:
@@ -185,12 +191,41 @@ class Client:
         timeout_s: float | None = None,
         progress: Progress | None = None,
     ) -> list[TaskState]:
-        """The backend's ``wait_states``, overlapped with the confirms of earlier sends: a
-        task usually runs while its send is being confirmed, so waiting for the confirm
-        first would add a round trip. Where every state is final within FIRST_WAIT_S, the
-        confirms are left to the next send, flush or close: a task that finished reached a
-        worker, so its send was delivered. Else they are taken in then (a refused send
-        raises SendError instead of being waited for), and the wait goes on."""
+        """The backend's ``wait_states``, riding out an outage of the backend (a failover, a
+        restart) for as long as the wait may last: it is logged once, the wait goes on once
+        the backend answers, and only a wait whose time runs out during it raises it
+        (BackendUnavailable, not ResultTimeout)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        outage_since: float | None = None
+        pause_s = OUTAGE_FIRST_PAUSE_S
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                states = self._wait_overlapped(task_ids, left, progress)
+            except BackendUnavailable as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("backend_unavailable", error=str(exc), waiting_for=len(task_ids))
+                if deadline is not None:
+                    pause_s = min(pause_s, max(deadline - time.monotonic(), 0.0))
+                time.sleep(pause_s)
+                pause_s = min(max(pause_s, OUTAGE_FIRST_PAUSE_S) * 2, OUTAGE_MAX_PAUSE_S)
+                continue
+            if outage_since is not None:
+                log.info("backend_recovered", outage_s=round(time.monotonic() - outage_since, 3))
+            return states
+
+    def _wait_overlapped(
+        self, task_ids: Sequence[str], timeout_s: float | None, progress: Progress | None
+    ) -> list[TaskState]:
+        """Waiting overlapped with the confirms of earlier sends: a task usually runs while
+        its send is being confirmed, so waiting for the confirm first would add a round
+        trip. Where every state is final within FIRST_WAIT_S, the confirms are left to the
+        next send, flush or close: a task that finished reached a worker, so its send was
+        delivered. Else they are taken in then (a refused send raises SendError instead of
+        being waited for), and the wait goes on."""
         if not len(self._window):
             return self.backend.wait_states(task_ids, timeout_s, progress)
         started = time.monotonic()

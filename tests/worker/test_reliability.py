@@ -259,6 +259,42 @@ def test_a_fetch_unblocked_by_the_server_is_an_outage_not_a_crash(
     client.close()
 
 
+def test_a_wait_for_a_result_rides_out_a_restart_of_the_backend(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], private_redis: PrivateRedis
+) -> None:
+    """A client waiting for a result while Redis restarts (a failover, an upgrade) gets the
+    result, as the worker settles it once Redis is back, not BackendUnavailable at the
+    first lost connection."""
+    import threading
+
+    from structlog.testing import capture_logs
+
+    config, client = client_for(
+        "redis", namespace, tmp_path, broker=private_redis.url, worker=QUICK_RECOVERY
+    )
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    sent = client.send("slow_record", str(trace), "a", 1.0)
+    client.flush()
+    wait_until(lambda: "start:a" in runs(trace), 20, what="the task to start")
+    got: list[object] = []
+    with capture_logs() as logs:
+        waiter = threading.Thread(target=lambda: got.append(sent.get(timeout=60)))
+        waiter.start()
+        private_redis.stop()
+        wait_until(lambda: "end:a" in runs(trace), 20, what="the task to end, Redis down")
+        wait_until(lambda: any(e["event"] == "backend_unavailable" for e in logs), 20)
+        private_redis.start()
+        waiter.join(60)
+    assert got == ["a"]
+    assert [e["event"] for e in logs if e["event"].startswith("backend_")] == [
+        "backend_unavailable",
+        "backend_recovered",
+    ]
+    client.close()
+
+
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:
