@@ -13,6 +13,10 @@ import os
 import weakref
 from typing import Protocol
 
+import structlog
+
+log = structlog.get_logger("taskd")
+
 
 class ForgetsParents(Protocol):
     def forget_parents(self) -> None: ...
@@ -28,7 +32,10 @@ def forget_in_children(holder: ForgetsParents) -> None:
 
 def _in_child() -> None:  # the child's only thread, so far
     for holder in list(_holders):
-        holder.forget_parents()
+        try:
+            holder.forget_parents()
+        except Exception as exc:  # logged; the others still forget theirs
+            log.error("fork_reset_failed", holder=type(holder).__name__, error=str(exc))
 
 
 os.register_at_fork(after_in_child=_in_child)
