@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import structlog
@@ -42,7 +43,7 @@ from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FA
 from taskd.pairs import settler_for
 from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
-from taskd.wire import GoTime, Signature, State, TaskState, decode_signature
+from taskd.wire import GoTime, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
 from taskd.worker import followups
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
@@ -364,29 +365,17 @@ class Child:
         follow = self.outages.call("backend", followups.after, self.backend, job, outcome)
         if job.finished is not None:  # settled before, its ack lost: what no worker took yet
             follow = self.outages.call("backend", followups.not_taken, self.backend, follow)
-        if follow.record:
-            self.outages.call("backend", self.backend.set_states, list(follow.record))
-        if follow.send:
-            self.outages.call("broker", self.sender.publish, self._sendable(follow.send))
-        if follow.fires_chord:  # sent: a member delivered again must not fire it twice
-            self.outages.call("backend", self.backend.chord_fired, follow.fires_chord)
-        if follow.again is not None:
-            (again,) = self._sendable([follow.again])
-            self.outages.call("broker", self.sender.publish, [again], states=())
+        try:
+            followups.set_off(follow, self.backend, self.broker, self.sender, self.outages.call)
+        except DriverError as exc:  # refused for good (outages are ridden out): not a crash loop
+            log.error("followups_refused", error=str(exc))
+            dead_letter, outcome = True, replace(outcome, error=f"{followups.REFUSED}: {exc}")
         if dead_letter:
             # Kept where an operator can replay it once the task exists (or, as on SQS,
             # for a dead-letter queue to take) instead of being lost.
             self.outages.call("broker", self.broker.reject, job.delivery, outcome.error)
         else:
             self.outages.call("broker", self.broker.ack, job.delivery)
-
-    def _sendable(self, signatures: Sequence[Signature]) -> list[Signature]:
-        """Follow-ups as this broker can take them: a priority it cannot honour (set by a
-        producer on another broker, or a Go one, which ignores it on Redis) is dropped."""
-        if self.broker.supports_priority or not any(sig.priority for sig in signatures):
-            return list(signatures)
-        log.warning("priority_ignored", reason=f"the {self.broker.driver} broker has none")
-        return [sig.with_changes(priority=0) for sig in signatures]
 
     def _log_outcome(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
         self.liveness.count_done(self.slot, failed=outcome.kind is Kind.FAILED)

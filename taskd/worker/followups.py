@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from taskd.backends import ResultBackend
+from taskd.brokers import Broker
 from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import Arg, GoTime, Signature, State, TaskResult, TaskState
 from taskd.worker.execute import Kind, Outcome
 from taskd.worker.jobs import Job
+
+if TYPE_CHECKING:
+    from taskd.client import Client
 
 log = structlog.get_logger("taskd.worker")
 
@@ -35,6 +39,40 @@ class FollowUp:
     again: Signature | None = None
     record: tuple[TaskState, ...] = ()
     fires_chord: str = ""
+
+
+# The dead letter's reason (then the refusal), for a message whose follow-ups the broker or
+# backend refused for good: kept for an operator to replay once the cause is mended.
+REFUSED = "what it sets off was refused"
+
+
+def set_off(
+    follow: FollowUp,
+    backend: ResultBackend,
+    broker: Broker,
+    sender: Client,
+    call: Callable[..., Any],
+) -> None:
+    """Record, send (as the broker can take them), then mark the chord spent, so that a
+    member delivered again does not fire it twice; ``call(kind, fn, *args)`` rides out
+    outages."""
+    if follow.record:
+        call("backend", backend.set_states, list(follow.record))
+    if follow.send:
+        call("broker", sender.publish, sendable(follow.send, broker))
+    if follow.fires_chord:
+        call("backend", backend.chord_fired, follow.fires_chord)
+    if follow.again is not None:
+        call("broker", sender.publish, sendable([follow.again], broker), states=())
+
+
+def sendable(signatures: Sequence[Signature], broker: Broker) -> list[Signature]:
+    """Follow-ups as this broker can take them: a priority it cannot honour (set by a
+    producer on another broker, or a Go one, which ignores it on Redis) is dropped."""
+    if broker.supports_priority or not any(sig.priority for sig in signatures):
+        return list(signatures)
+    log.warning("priority_ignored", reason=f"the {broker.driver} broker has none")
+    return [sig.with_changes(priority=0) for sig in signatures]
 
 
 def sets_off(sig: Signature, outcome: Outcome) -> bool:

@@ -295,6 +295,35 @@ def test_a_wait_for_a_result_rides_out_a_restart_of_the_backend(
     client.close()
 
 
+def test_follow_ups_the_broker_refuses_for_good_set_the_message_aside(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
+) -> None:
+    """A callback whose queue the broker refuses (here a Redis key of another type: WRONGTYPE)
+    crashed the child at its settle; the message came back, its task was settled from its
+    stored state, the callback refused again: a crash loop for ever. Now the message is set
+    aside with the reason, once, and the task's SUCCESS stands."""
+    import redis
+
+    from tests.support.harness import REDIS_URL
+
+    config, client = client_for("redis", namespace, tmp_path, worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    blocked = f"{namespace}-not-a-list"
+    redis.Redis.from_url(REDIS_URL).set(blocked, "something else's")
+    trace = tmp_path / "trace"
+    callback = signature("total_once", str(trace), queue=blocked)
+    sent = client.send("total_once", str(trace), 1, 2, on_success=[callback])
+    assert sent.get(timeout=20) == 3
+    (letter,) = wait_until(lambda: client.broker.dead_letters(namespace, 5), 20)
+    assert letter.reason.startswith("what it sets off was refused: ")
+    assert "WRONGTYPE" in letter.reason
+    assert process.events("followups_refused")
+    assert not process.events("child_crashed")
+    assert runs(trace) == ["3"]  # once, and the callback never
+    client.close()
+
+
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:
