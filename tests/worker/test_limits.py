@@ -103,6 +103,8 @@ def test_a_hard_limit_spends_retries_then_fails(
 def test_the_header_beats_the_decorator_and_the_soft_limit_can_be_caught(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
+    """Also in an ``async def`` task, where the limit reaches it at its await (raised by
+    SIGALRM in the event loop's own code, it could not be caught)."""
     config, client = client_for(
         driver_kind, namespace, tmp_path, worker={**QUICK, "soft_time_limit": 0.5}
     )
@@ -122,27 +124,14 @@ def test_the_header_beats_the_decorator_and_the_soft_limit_can_be_caught(
     assert (state.state, state.error) == (State.FAILURE, "soft time limit exceeded")
     assert lifted.wait(20).state is State.SUCCESS  # time_limit 0 in the header: no limit
     assert runs(decorated) == ["start", "end"]
-    assert not killed_for_time_limit(process)
-    client.close()
-
-
-@pytest.mark.timeout(60)
-def test_an_async_task_gets_its_soft_limit_at_its_await(
-    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
-) -> None:
-    config, client = client_for(
-        driver_kind, namespace, tmp_path, worker={**QUICK, "soft_time_limit": 0.5}
-    )
-    process = daemon(config, "--concurrency", "2")
-    process.wait_ready(2)
-    caught, uncaught = tmp_path / "caught", tmp_path / "uncaught"
-    soft = client.send("async_soft_limited", str(caught), 30.0, True)
-    fails = client.send("async_soft_limited", str(uncaught), 30.0, False)
+    async_caught, async_uncaught = tmp_path / "async_caught", tmp_path / "async_uncaught"
+    soft = client.send("async_soft_limited", str(async_caught), 30.0, True)
+    fails = client.send("async_soft_limited", str(async_uncaught), 30.0, False)
     assert soft.get(timeout=20) == "cut short"
-    assert runs(caught) == ["start", "cleaned_up"]
+    assert runs(async_caught) == ["start", "cleaned_up"]
     state = fails.wait(20)
     assert (state.state, state.error) == (State.FAILURE, "soft time limit exceeded")
-    assert runs(uncaught) == ["start", "cleaned_up"]
+    assert runs(async_uncaught) == ["start", "cleaned_up"]
     quick = client.send("async_soft_limited", str(tmp_path / "quick"), 0.01, True)
     assert quick.get(timeout=20) == "slept"  # the same children go on with the next
     assert not killed_for_time_limit(process)
