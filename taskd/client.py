@@ -35,9 +35,11 @@ from taskd.workflows import Chain, Chord, Group
 log = structlog.get_logger("taskd.client")
 # How long a wait for results goes before it takes in the confirms of earlier sends.
 FIRST_WAIT_S = 0.05
-# A wait for results that meets a backend outage tries again after these pauses, doubling.
+# A wait for results that meets a backend outage tries again after these pauses, doubling,
+# until its timeout, or for this long where it has none.
 OUTAGE_FIRST_PAUSE_S = 0.1
 OUTAGE_MAX_PAUSE_S = 2.0
+OUTAGE_PATIENCE_S = 60.0
 
 
 def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None) -> GoTime | None:
@@ -192,9 +194,9 @@ class Client:
         progress: Progress | None = None,
     ) -> list[TaskState]:
         """The backend's ``wait_states``, riding out an outage of the backend (a failover, a
-        restart) for as long as the wait may last: it is logged once, the wait goes on once
-        the backend answers, and only a wait whose time runs out during it raises it
-        (BackendUnavailable, not ResultTimeout)."""
+        restart) for as long as the wait may last (OUTAGE_PATIENCE_S without a timeout): it
+        is logged once, the wait goes on once the backend answers, and only a wait whose time
+        runs out during it raises it (BackendUnavailable, not ResultTimeout)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         outage_since: float | None = None
         pause_s = OUTAGE_FIRST_PAUSE_S
@@ -203,13 +205,16 @@ class Client:
             try:
                 states = self._wait_overlapped(task_ids, left, progress)
             except BackendUnavailable as exc:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
+                now = time.monotonic()
                 if outage_since is None:
-                    outage_since = time.monotonic()
+                    outage_since = now
                     log.warning("backend_unavailable", error=str(exc), waiting_for=len(task_ids))
-                if deadline is not None:
-                    pause_s = min(pause_s, max(deadline - time.monotonic(), 0.0))
+                # A wait without a timeout gives an outage OUTAGE_PATIENCE_S (a backend that
+                # never answers, a mistyped URL, is then an error, not a silent hang).
+                ends = deadline if deadline is not None else outage_since + OUTAGE_PATIENCE_S
+                if now >= ends:
+                    raise
+                pause_s = min(pause_s, ends - now)
                 time.sleep(pause_s)
                 pause_s = min(max(pause_s, OUTAGE_FIRST_PAUSE_S) * 2, OUTAGE_MAX_PAUSE_S)
                 continue

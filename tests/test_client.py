@@ -126,3 +126,25 @@ def test_threads_sharing_a_new_client_open_each_driver_once(
         thread.join(timeout=20)
     assert len(opened) == 1
     assert len(got) == 6 and all(each is got[0] for each in got)
+
+
+def test_a_wait_rides_out_a_backend_outage_only_as_long_as_it_may_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import taskd.client
+    from taskd.errors import BackendUnavailable
+    from taskd.wire import State, TaskState
+
+    backend = MemoryBackend()
+    client = Client(Config(), broker=MemoryBroker(), backend=backend)
+    backend.states["task_1"] = TaskState("task_1", State.SUCCESS, task_name="t")
+    backend.fail("get_states", 3)  # a short outage: the wait goes on through it
+    assert client.wait_states(["task_1"], timeout_s=30)[0].state is State.SUCCESS
+    assert backend.failures["get_states"] == 0
+
+    backend.fail("get_states", 10**6)  # one that outlasts the wait: its error, not a timeout
+    with pytest.raises(BackendUnavailable):
+        client.wait_states(["task_1"], timeout_s=0.3)
+    monkeypatch.setattr(taskd.client, "OUTAGE_PATIENCE_S", 0.3)
+    with pytest.raises(BackendUnavailable):  # no timeout: the outage's patience runs out
+        client.wait_states(["task_1"])
