@@ -14,13 +14,13 @@ at interpreter exit the windows still open are flushed and any failure logged.
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
 import structlog
 
+from taskd import forking
 from taskd.errors import SendError
 from taskd.wire import Signature
 
@@ -42,13 +42,12 @@ class Window:
         self.limit = limit
         self._waiting: deque[tuple[Confirm, Sequence[Signature]]] = deque()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        forking.forget_in_children(self)
 
     def send(self, write: Callable[[], tuple[Confirm, Sequence[Signature]]]) -> None:
         """Call ``write`` (which sends and returns its confirm and what it sent), once the
         window has room; SendError, and nothing written, when an earlier send failed."""
         with self._lock:
-            self._forget_parents()
             if len(self._waiting) >= max(self.limit, 1):
                 self._take_in(len(self._waiting) - self.limit + 1)
             confirm, signatures = write()
@@ -61,7 +60,6 @@ class Window:
     def flush(self) -> None:
         """Wait for every confirm; SendError naming each task not confirmed."""
         with self._lock:
-            self._forget_parents()
             self._take_in(len(self._waiting))
 
     def __len__(self) -> int:
@@ -84,11 +82,11 @@ class Window:
         if first_error is not None:
             raise SendError(failed, first_error) from first_error
 
-    def _forget_parents(self) -> None:
+    def forget_parents(self) -> None:
         """In a forked child, the parent's sends are the parent's to confirm."""
-        if self._pid != os.getpid():
-            self._waiting.clear()
-            self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._waiting.clear()
+        _awaiting.discard(self)
 
 
 # Windows with sends awaiting confirms, held here so that a client dropped without closing
@@ -101,7 +99,7 @@ def _flush_at_exit() -> None:
     """A program that ends without closing its client still has its sends confirmed, or
     hears which were not."""
     for window in list(_awaiting):
-        if window._pid != os.getpid() or not len(window):
+        if not len(window):
             continue
         try:
             window.flush()

@@ -6,10 +6,10 @@ for a close by the server once it has sat idle.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any
 
+from taskd import forking
 from taskd.drivers import IDLE_CHECK_S
 
 
@@ -52,26 +52,26 @@ def _reusing_pool_class(base: type) -> type:
         def reset(self) -> None:
             super().reset()
             self._kept: list[tuple[Any, float]] = []  # (connection, kept since)
-            self._kept_pid = os.getpid()
+            forking.forget_in_children(self)
+
+        def forget_parents(self) -> None:
+            self._kept = []  # the parent's: left alone, not closed
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-            if self._kept_pid == os.getpid():
-                try:
-                    connection, kept_since = self._kept.pop()
-                except IndexError:  # none kept (or another thread took the last first)
-                    pass
-                else:
-                    if time.monotonic() - kept_since >= IDLE_CHECK_S:
-                        connected_again_if_closed(connection)
-                    return connection
-            return super().get_connection(*args, **kwargs)
+            try:
+                connection, kept_since = self._kept.pop()
+            except IndexError:  # none kept (or another thread took the last first)
+                return super().get_connection(*args, **kwargs)
+            if time.monotonic() - kept_since >= IDLE_CHECK_S:
+                connected_again_if_closed(connection)
+            return connection
 
         def release(self, connection: Any) -> None:
             # One dropped after an error goes back: the pool's get_connection connects it
             # again, to the master Sentinels name now (no Connection property says so in
             # every redis-py release taskd takes).
             connected = getattr(connection, "_sock", None) is not None
-            if self._kept_pid == os.getpid() and len(self._kept) < self.KEEP and connected:
+            if len(self._kept) < self.KEEP and connected:
                 self._kept.append((connection, time.monotonic()))
             else:
                 super().release(connection)

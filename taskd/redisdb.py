@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
 
-from taskd import drivers
+from taskd import drivers, forking
 from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
 from taskd.redis_pools import connected_again_if_closed, pool_class
@@ -178,7 +177,7 @@ def _sentinels_of(pool: Any) -> tuple[str, list[tuple[str, int]]] | None:
 def send_packed(client: Any, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
     """Write ``commands`` in one go on a connection of ``client``'s pool, without waiting;
     the function returned reads their replies (``Pipe.write``)."""
-    return Pipe(client).write(commands)
+    return Pipe(client, outlives_a_call=False).write(commands)
 
 
 class Pipe:
@@ -195,15 +194,16 @@ class Pipe:
     child the parent's connection is left alone.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, outlives_a_call: bool = True) -> None:
         self._pool = client.connection_pool
         self._lock = threading.Lock()
         self._connection: Any = None
         self._written = 0  # replies asked for by every write so far: the next one's index
         self._read = 0  # index of the next reply to read off the connection
         self._kept: dict[int, Any] = {}  # read, waiting for their own reader
-        self._pid = os.getpid()
         self._written_at = 0.0
+        if outlives_a_call:  # one made for a single call is done before any fork
+            forking.forget_in_children(self)
 
     def write(self, commands: Sequence[Sequence[Any]]) -> Callable[..., list[Any]]:
         with self._lock:
@@ -241,8 +241,6 @@ class Pipe:
         """Read replies off the connection until the one before index ``stop``."""
         import redis
 
-        if self._pid != os.getpid():  # forked: the parent's replies are the parent's
-            self._forget_parents()
         while self._read < stop:
             try:
                 reply = self._connection.read_response()
@@ -258,24 +256,25 @@ class Pipe:
             self._connection = None
 
     def _take(self) -> Any:
-        """The connection to write on; after IDLE_CHECK_S without a write, one checked for a
-        close by the server first, as the pool checks the connections it kept."""
-        if self._pid != os.getpid():
-            self._forget_parents()
-        idle = time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
-        if idle and self._connection is not None:
+        """The connection to write on: the pool's (which checks one it kept idle), or the one
+        this pipe holds, its replies unread; held across IDLE_CHECK_S without a write, that
+        one is checked for a close by the server first, as the pool checks its own."""
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        elif time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S:
             # Unread replies look like a closed socket's end: read them for their readers
             # first (they came before any close), which hands the connection back.
             with contextlib.suppress(Exception):  # if it is lost, so are they, and readers hear
                 self._read_up_to(self._written)
-        if self._connection is None:
             self._connection = self._pool.get_connection()
-            if idle:
-                connected_again_if_closed(self._connection)
+            connected_again_if_closed(self._connection)
         return self._connection
 
-    def _forget_parents(self) -> None:
-        self._connection, self._read, self._pid = None, self._written, os.getpid()
+    def forget_parents(self) -> None:
+        """In a forked child: the parent's connection, and the replies on it, are the
+        parent's."""
+        self._lock = threading.Lock()
+        self._connection, self._read = None, self._written
 
     def _drop(self) -> None:
         """Close the connection; the replies still on it are lost."""
