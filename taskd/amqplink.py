@@ -155,7 +155,7 @@ class _Connector:
             raise self._failed(self._driver, f"refused: {type(exc).__name__}: {exc}") from exc
         except transient_errors() as exc:
             raise self._unavailable(
-                self._driver, f"cannot connect: {type(exc).__name__}: {exc}"
+                self._driver, f"cannot connect: {type(exc).__name__}: {exc}", unsent=True
             ) from exc
 
 
@@ -267,7 +267,12 @@ class DirectLink(_Connector):
                 self._drop_if_closed_while_idle()
                 for attempt in (1, 2):
                     reused = self._connection is not None and self._connection.is_open
-                    session = self._ensure()
+                    try:
+                        session = self._ensure()
+                    except DriverError as exc:  # unsent, unless the first attempt wrote some
+                        if attempt == 1 or not exc.unsent:
+                            raise
+                        raise self._unavailable(self._driver, exc.reason) from exc
                     try:
                         return fn(session)
                     except transient_errors() as exc:

@@ -24,6 +24,12 @@ BACKENDS_GROUP = "taskd.backends"
 IDLE_CHECK_S = 0.5
 
 
+class Unconnected(Exception):
+    """No connection to the server could be made, so nothing of the operation was sent:
+    raised from the client library's error inside a driver, and translated (``translated``)
+    into the driver's Unavailable error with ``unsent``."""
+
+
 def scheme_of(url: str) -> str:
     return urlsplit(url).scheme.lower() if "://" in url else ""
 
@@ -103,6 +109,11 @@ class _Translated:
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
             return
+        if isinstance(exc, Unconnected):
+            cause = exc.__cause__ or exc
+            raise self._unavailable(
+                self._driver, f"{type(cause).__name__}: {cause}", unsent=True, **self._context
+            ) from cause
         if isinstance(exc, self._transient) or (self._passing is not None and self._passing(exc)):
             raise self._unavailable(
                 self._driver, f"{type(exc).__name__}: {exc}", **self._context

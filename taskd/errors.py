@@ -65,19 +65,24 @@ class TaskNotFound(TaskdError):
 
 
 class DriverError(TaskdError):
-    """A broker or result backend operation failed."""
+    """A broker or result backend operation failed. ``unsent`` (on the Unavailable errors):
+    nothing was done that doing it again would duplicate (no connection could be made; for a
+    send, its messages were not published), so a client's send rides out such an outage
+    (``client.send_patience``)."""
 
-    def __init__(self, driver: str, reason: str) -> None:
-        self.driver, self.reason = driver, reason
+    def __init__(self, driver: str, reason: str, *, unsent: bool = False) -> None:
+        self.driver, self.reason, self.unsent = driver, reason, unsent
         super().__init__(f"{driver}: {reason}")
 
 
 class BrokerError(DriverError):
     """A broker operation failed for good."""
 
-    def __init__(self, driver: str, reason: str, queue: str | None = None) -> None:
+    def __init__(
+        self, driver: str, reason: str, queue: str | None = None, *, unsent: bool = False
+    ) -> None:
         self.queue = queue
-        super().__init__(driver, f"queue {queue!r}: {reason}" if queue else reason)
+        super().__init__(driver, f"queue {queue!r}: {reason}" if queue else reason, unsent=unsent)
 
 
 class BrokerUnavailable(BrokerError):
@@ -100,9 +105,11 @@ class UnknownDeadLetters(BrokerError):
 class BackendError(DriverError):
     """A result backend operation failed for good."""
 
-    def __init__(self, driver: str, reason: str, task_id: str | None = None) -> None:
+    def __init__(
+        self, driver: str, reason: str, task_id: str | None = None, *, unsent: bool = False
+    ) -> None:
         self.task_id = task_id
-        super().__init__(driver, f"{task_id}: {reason}" if task_id else reason)
+        super().__init__(driver, f"{task_id}: {reason}" if task_id else reason, unsent=unsent)
 
 
 class BackendUnavailable(BackendError):

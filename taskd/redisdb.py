@@ -190,8 +190,9 @@ class Pipe:
     write's replies first reads, and keeps for their own readers, those of earlier writes.
     The connection is taken from the pool for the first write and goes back once every
     reply is read off it. redis-py errors pass to the caller and drop the connection: the
-    replies still on it are lost, and reading them raises ConnectionError. In a forked
-    child the parent's connection is left alone.
+    replies still on it are lost, and reading them raises ConnectionError; one connecting
+    (nothing was written) is raised as drivers.Unconnected. In a forked child the parent's
+    connection is left alone.
     """
 
     def __init__(self, client: Any, *, outlives_a_call: bool = True) -> None:
@@ -259,15 +260,17 @@ class Pipe:
         """The connection to write on: the pool's (which checks one it kept idle), or the one
         this pipe holds, its replies unread; held across IDLE_CHECK_S without a write, that
         one is checked for a close by the server first, as the pool checks its own."""
-        if self._connection is None:
-            self._connection = self._pool.get_connection()
-        elif time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S:
+        held_idle = (
+            self._connection is not None
+            and time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
+        )
+        if held_idle:
             # Unread replies look like a closed socket's end: read them for their readers
             # first (they came before any close), which hands the connection back.
             with contextlib.suppress(Exception):  # if it is lost, so are they, and readers hear
                 self._read_up_to(self._written)
-            self._connection = self._pool.get_connection()
-            connected_again_if_closed(self._connection)
+        if self._connection is None:
+            self._connection = _connected(self._pool, check_closed=held_idle)
         return self._connection
 
     def forget_parents(self) -> None:
@@ -285,6 +288,24 @@ class Pipe:
 
 
 _LOST = object()  # a reply that was on a connection dropped before it was read
+
+
+def _connected(pool: Any, *, check_closed: bool) -> Any:
+    """A connection of ``pool``, connected now (after a check for a close by the server,
+    where ``check_closed``), so that a failure to connect is told from one to write: it sent
+    nothing (drivers.Unconnected)."""
+    connection = None
+    try:
+        connection = pool.get_connection()
+        if check_closed:
+            connected_again_if_closed(connection)
+        if getattr(connection, "_sock", None) is None:  # not connected yet, or no longer
+            connection.connect()
+    except _transient() as exc:
+        if connection is not None:
+            pool.release(connection)
+        raise drivers.Unconnected from exc
+    return connection
 
 
 class Script:

@@ -130,8 +130,8 @@ class Relay:
     """A TCP relay to RabbitMQ that can silence its connections (RabbitMQ's answers to them
     are dropped) or cut them, as network failures would."""
 
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self._server = socket.create_server(("127.0.0.1", port))
         self.url = AMQP_URL.replace("5672", str(self._server.getsockname()[1]))
         self._upstreams: list[socket.socket] = []
         self._silenced: set[socket.socket] = set()
@@ -176,6 +176,10 @@ class Relay:
         self._sockets.clear()
 
     def close(self) -> None:
+        """Refuse new connections (a listening socket closed under a thread waiting in
+        accept() would go on listening: it is shut down first), then drop the others."""
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
         self.cut()
 
@@ -269,3 +273,31 @@ def test_pipelined_sends_of_a_client_are_all_queued_once(
         states = client.backend.get_states(sent)
     assert [decode_signature(body).uuid for body in drain(amqp_namespace)] == sent
     assert {state.state for state in states} == {State.PENDING}
+
+
+def test_a_reconnect_refused_after_a_failed_write_does_not_say_nothing_was_sent(
+    open_amqp: Callable[..., Broker],
+    amqp_namespace: str,
+    relay: Relay,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender tries a call once more on a new connection when its connection fails
+    under it; if that connection cannot be had, what the first attempt wrote may be queued,
+    so the error must not say the send is safe to repeat (``unsent``)."""
+    import taskd.amqplink
+
+    monkeypatch.setattr(taskd.amqplink, "IDLE_CHECK_S", 3600.0)  # no check before the call
+    broker = open_amqp(broker=relay.url)
+    broker.begin_publish([Message(amqp_namespace, b"first")])()  # connected
+    relay.close()  # cut, and no new connection gets through
+
+    def written_then_lost(_session: object) -> None:
+        raise ConnectionError("lost after the publish was written")
+
+    sender = broker._sender  # type: ignore[attr-defined]
+    with pytest.raises(BrokerUnavailable) as caught:
+        sender.call(written_then_lost)
+    assert not caught.value.unsent
+    with pytest.raises(BrokerUnavailable) as caught:  # nothing to write on: nothing written
+        sender.call(written_then_lost)
+    assert caught.value.unsent

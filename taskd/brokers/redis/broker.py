@@ -84,9 +84,6 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
             return
         commands = self.publish_commands(messages)
         with self._translated(messages[0].queue):
-            if len(commands) == 1:
-                self._redis.execute_command(*commands[0])
-                return
             replies = redisdb.send_packed(self._redis, commands)()
         self.raise_first(replies, messages[0].queue)
 

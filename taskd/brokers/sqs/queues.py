@@ -150,7 +150,11 @@ def translated(queue: str | None) -> Iterator[None]:
         )
         raise kind(DRIVER, str(exc), queue) from exc
     except aws.BotoCoreError as exc:  # endpoint unreachable, timeouts, connection closed
-        raise BrokerUnavailable(DRIVER, f"{type(exc).__name__}: {exc}", queue) from exc
+        # Could not connect: nothing was sent.
+        unsent = isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError)
+        raise BrokerUnavailable(
+            DRIVER, f"{type(exc).__name__}: {exc}", queue, unsent=unsent
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
