@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Self
-
-import structlog
+from typing import Any, Self, TypeVar
 
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends.base import Progress
@@ -23,8 +21,9 @@ from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.confirms import Window
-from taskd.errors import BackendUnavailable, ResultTimeout
+from taskd.errors import BackendUnavailable, BrokerUnavailable, DriverError, ResultTimeout
 from taskd.pairs import Send, sender_for
+from taskd.patience import ride_out
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
@@ -32,13 +31,11 @@ from taskd.wire.gotime import LATEST_ETA
 from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
 from taskd.workflows import Chain, Chord, Group
 
-log = structlog.get_logger("taskd.client")
+T = TypeVar("T")
 # How long a wait for results goes before it takes in the confirms of earlier sends.
 FIRST_WAIT_S = 0.05
-# A wait for results that meets a backend outage tries again after these pauses, doubling,
-# until its timeout, or for this long where it has none.
-OUTAGE_FIRST_PAUSE_S = 0.1
-OUTAGE_MAX_PAUSE_S = 2.0
+# A wait for results rides out a backend outage (taskd.patience) until its timeout, or for
+# this long where it has none.
 OUTAGE_PATIENCE_S = 60.0
 
 
@@ -136,14 +133,19 @@ class Client:
         broker: Broker | None = None,
         backend: ResultBackend | None = None,
         pipeline: int | None = None,
+        send_patience: float | None = None,
     ) -> None:
         """``pipeline``: how many sends may await their confirms (default:
-        ``client.pipeline``; 0: each send returns once confirmed)."""
+        ``client.pipeline``; 0: each send returns once confirmed). ``send_patience``: how
+        long a send rides out a broker or backend it cannot reach (default:
+        ``client.send_patience``; 0: it raises at once)."""
         self.config = config if config is not None else load_config()
+        client = self.config.client
+        self._send_patience = client.send_patience if send_patience is None else send_patience
         self._broker, self._backend = broker, backend
         self._send: Send | None = None  # how this pair of drivers sends (taskd.pairs)
         self._owns_drivers = broker is None and backend is None
-        self._window = Window(self.config.client.pipeline if pipeline is None else pipeline)
+        self._window = Window(client.pipeline if pipeline is None else pipeline)
         # Drivers open on first use, once, whichever threads get there first: a second one,
         # dropped, would close its connections under sends still reading their replies.
         self._opening = threading.Lock()
@@ -198,29 +200,19 @@ class Client:
         is logged once, the wait goes on once the backend answers, and only a wait whose time
         runs out during it raises it (BackendUnavailable, not ResultTimeout)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        outage_since: float | None = None
-        pause_s = OUTAGE_FIRST_PAUSE_S
-        while True:
+
+        def wait() -> list[TaskState]:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                states = self._wait_overlapped(task_ids, left, progress)
-            except BackendUnavailable as exc:
-                now = time.monotonic()
-                if outage_since is None:
-                    outage_since = now
-                    log.warning("backend_unavailable", error=str(exc), waiting_for=len(task_ids))
-                # A wait without a timeout gives an outage OUTAGE_PATIENCE_S (a backend that
-                # never answers, a mistyped URL, is then an error, not a silent hang).
-                ends = deadline if deadline is not None else outage_since + OUTAGE_PATIENCE_S
-                if now >= ends:
-                    raise
-                pause_s = min(pause_s, ends - now)
-                time.sleep(pause_s)
-                pause_s = min(max(pause_s, OUTAGE_FIRST_PAUSE_S) * 2, OUTAGE_MAX_PAUSE_S)
-                continue
-            if outage_since is not None:
-                log.info("backend_recovered", outage_s=round(time.monotonic() - outage_since, 3))
-            return states
+            return self._wait_overlapped(task_ids, left, progress)
+
+        # A wait without a timeout gives an outage OUTAGE_PATIENCE_S (a backend that never
+        # answers, a mistyped URL, is then an error, not a silent hang).
+        return ride_out(
+            wait,
+            may_repeat=lambda exc: isinstance(exc, BackendUnavailable),
+            ends=lambda since: since + OUTAGE_PATIENCE_S if deadline is None else deadline,
+            waiting_for=len(task_ids),
+        )
 
     def _wait_overlapped(
         self, task_ids: Sequence[str], timeout_s: float | None, progress: Progress | None
@@ -337,23 +329,37 @@ class Client:
                 self._send = self._send or sender_for(broker, backend)
         send, now = self._send, GoTime.now()
         pending = [pending_state(s, now) for s in prepared]
-        self._window.send(lambda: (send(messages, pending, fresh), prepared))
+        self._patiently(
+            lambda: self._window.send(lambda: (send(messages, pending, fresh), prepared))
+        )
         return prepared
+
+    def _patiently(self, write: Callable[[], T], *, idempotent: bool = False) -> T:
+        """``write()``, made again while the broker or backend cannot be reached and nothing
+        was sent (``unsent``; any outage, for an ``idempotent`` write made before a send
+        publishes), for up to ``client.send_patience``."""
+
+        def may_repeat(exc: DriverError) -> bool:
+            unavailable = isinstance(exc, BrokerUnavailable | BackendUnavailable)
+            return unavailable and (exc.unsent or idempotent)
+
+        patience_s = self._send_patience
+        return ride_out(write, may_repeat=may_repeat, ends=lambda since: since + patience_s)
 
     def send_chain(self, workflow: Chain) -> ChainResult:
         """Send a chain: its head, with the other links nested inside (machinery's SendChain).
         Every link is recorded PENDING first, so each can be looked up, and revoked, at once."""
         now = GoTime.now()
-        self.backend.set_states([pending_state(link, now) for link in workflow.links[1:]])
+        pending = [pending_state(link, now) for link in workflow.links[1:]]
+        self._patiently(lambda: self.backend.set_states(pending), idempotent=True)
         self.publish([workflow.head])
         return ChainResult(self, workflow.link_ids)
 
     def send_group(self, workflow: Group, send_concurrency: int = 0) -> GroupResult:
         """Store the group's metadata, then send its members, ``send_concurrency`` per batch
         (0: all in one batch)."""
-        self.backend.init_group(
-            GroupMeta(workflow.group_uuid, workflow.member_ids, created_at=GoTime.now())
-        )
+        meta = GroupMeta(workflow.group_uuid, workflow.member_ids, created_at=GoTime.now())
+        self._patiently(lambda: self.backend.init_group(meta), idempotent=True)
         size = send_concurrency or len(workflow.members)
         for start in range(0, len(workflow.members), size):
             self.publish(workflow.members[start : start + size])
@@ -362,7 +368,8 @@ class Client:
     def send_chord(self, workflow: Chord, send_concurrency: int = 0) -> ChordResult:
         """Send a chord's group; its callback is recorded PENDING now and sent by a worker."""
         callback = self.prepare(workflow.callback)
-        self.backend.set_state(pending_state(callback, GoTime.now()))
+        pending = pending_state(callback, GoTime.now())
+        self._patiently(lambda: self.backend.set_state(pending), idempotent=True)
         group_result = self.send_group(workflow.group, send_concurrency)
         return ChordResult(group_result, AsyncResult(self, callback.uuid))
 

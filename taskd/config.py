@@ -144,6 +144,12 @@ class ClientConfig:
         min=0,
         max=100_000,
     )
+    send_patience: float = _opt(
+        5.0,
+        "seconds a send keeps trying a broker or backend it cannot connect to; 0: none",
+        min=0,
+        max=3600,
+    )
 
 
 @dataclass(frozen=True, slots=True)

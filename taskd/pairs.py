@@ -36,6 +36,7 @@ from taskd.brokers import Broker, Delivery, Message
 from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
 from taskd.confirms import Confirm
+from taskd.errors import BackendUnavailable
 from taskd.wire import TaskState
 
 # (messages, their PENDING states, fresh ids) -> the confirm still to be awaited
@@ -93,7 +94,11 @@ def _overlapped(
     pending: Sequence[TaskState],
     fresh: bool,
 ) -> Confirm:
-    complete = backend.begin_pending(pending, fresh=fresh)
+    try:
+        complete = backend.begin_pending(pending, fresh=fresh)
+    except BackendUnavailable as exc:
+        exc.unsent = True  # the messages are not published: the send may be made again
+        raise
     try:
         confirm = broker.begin_publish(messages)
     except BaseException:

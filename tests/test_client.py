@@ -148,3 +148,65 @@ def test_a_wait_rides_out_a_backend_outage_only_as_long_as_it_may_wait(
     monkeypatch.setattr(taskd.client, "OUTAGE_PATIENCE_S", 0.3)
     with pytest.raises(BackendUnavailable):  # no timeout: the outage's patience runs out
         client.wait_states(["task_1"])
+
+
+def test_a_send_rides_out_a_broker_it_cannot_reach_only_where_nothing_was_sent() -> None:
+    from taskd.errors import BrokerUnavailable
+
+    broker, backend = MemoryBroker(), MemoryBackend()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=backend)
+    broker.fail("publish_many", 3, unsent=True)  # no connection: tried again, and it goes
+    client.send("count", 1)
+    assert broker.failures["publish_many"] == 0
+    assert len(broker.queues["tasks"]) == 1
+
+    broker.fail("publish_many", 1)  # lost after it was written: it may be queued
+    with pytest.raises(BrokerUnavailable):
+        client.send("count", 2)
+    assert len(broker.called("publish_many")) == 1  # not made again
+    client.send("count", 3)
+    assert len(broker.queues["tasks"]) == 2
+
+
+def test_a_send_gives_up_on_an_unreachable_broker_after_its_patience() -> None:
+    from taskd.errors import BrokerUnavailable
+
+    broker, backend = MemoryBroker(), MemoryBackend()
+    impatient = Client(Config(), broker=broker, backend=backend, send_patience=0)
+    broker.fail("publish_many", 2, unsent=True)
+    with pytest.raises(BrokerUnavailable) as caught:
+        impatient.send("count", 1)
+    assert caught.value.unsent
+    assert broker.failures["publish_many"] == 1  # one attempt only
+
+    patient = Client(Config(), broker=broker, backend=backend, send_patience=0.3)
+    broker.fail("publish_many", 10**6, unsent=True)
+    with pytest.raises(BrokerUnavailable):
+        patient.send("count", 1)
+    assert 10**6 - broker.failures["publish_many"] > 1  # tried more than once meanwhile
+    assert broker.queues.get("default", []) == []
+
+
+def test_a_send_whose_pending_state_cannot_be_written_is_made_again_whole() -> None:
+    """Before anything is published, a backend outage leaves nothing a second attempt would
+    duplicate; the message goes out once."""
+    broker, backend = MemoryBroker(), MemoryBackend()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=backend)
+    backend.fail("set_states", 2)  # not marked unsent by the backend itself
+    sent = client.send("count", 1)
+    assert len(broker.queues["tasks"]) == 1
+    assert backend.states[sent.task_id].state.value == "PENDING"
+
+
+def test_workflows_ride_out_a_backend_outage_before_they_publish() -> None:
+    from taskd.client import signature
+    from taskd.workflows import chain, group
+
+    broker, backend = MemoryBroker(), MemoryBackend()
+    client = Client(Config(default_queue="tasks"), broker=broker, backend=backend)
+    backend.fail("init_group", 2)
+    sent = client.send_group(group(*[signature("count", n) for n in range(3)]))
+    assert backend.groups[sent.group_id].task_uuids == sent.member_ids
+    backend.fail("set_states", 2)
+    client.send_chain(chain(signature("count", 1), signature("count", 2)))
+    assert len(broker.queues["tasks"]) == 4

@@ -25,14 +25,19 @@ class Recorder:
         # A journal shared by a broker and a backend orders their calls against each other.
         self.calls: list[tuple[str, Any]] = [] if journal is None else journal
         self.failures: dict[str, int] = {}
+        self.unsent: dict[str, bool] = {}
 
-    def fail(self, method: str, times: int) -> None:
+    def fail(self, method: str, times: int, *, unsent: bool = False) -> None:
+        """The next ``times`` calls of ``method`` raise Unavailable (``unsent``: saying
+        nothing was sent, as when no connection could be made)."""
         self.failures[method] = times
+        self.unsent[method] = unsent
 
     def _call(self, method: str, detail: Any, unavailable: type[Exception], driver: str) -> None:
         if self.failures.get(method, 0) > 0:
             self.failures[method] -= 1
-            raise unavailable(driver, f"{method} failed on purpose")  # type: ignore[call-arg]
+            unsent = self.unsent.get(method, False)
+            raise unavailable(driver, f"{method} failed on purpose", unsent=unsent)  # type: ignore[call-arg]
         self.calls.append((method, detail))
 
     def called(self, method: str) -> list[Any]:
@@ -133,6 +138,7 @@ class MemoryBackend(Recorder, ResultBackend):
         return [self.states.get(task_id) for task_id in task_ids]
 
     def init_group(self, group: GroupMeta) -> None:
+        self._record("init_group", group.group_uuid)
         self.groups[group.group_uuid] = group
 
     def get_group(self, group_id: str) -> GroupMeta | None:
