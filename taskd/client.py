@@ -21,9 +21,9 @@ from taskd.boards import live_workers
 from taskd.brokers import Broker, Message, open_broker
 from taskd.config import Config, load_config
 from taskd.confirms import Window
-from taskd.errors import BackendUnavailable, BrokerUnavailable, DriverError, ResultTimeout
+from taskd.errors import BackendUnavailable, ResultTimeout
 from taskd.pairs import Send, sender_for
-from taskd.patience import ride_out
+from taskd.patience import ride_out, unavailable, unsent
 from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
@@ -338,13 +338,11 @@ class Client:
         """``write()``, made again while the broker or backend cannot be reached and nothing
         was sent (``unsent``; any outage, for an ``idempotent`` write made before a send
         publishes), for up to ``client.send_patience``."""
+        may_repeat = unavailable if idempotent else unsent
+        return ride_out(write, may_repeat=may_repeat, ends=self._patience_ends)
 
-        def may_repeat(exc: DriverError) -> bool:
-            unavailable = isinstance(exc, BrokerUnavailable | BackendUnavailable)
-            return unavailable and (exc.unsent or idempotent)
-
-        patience_s = self._send_patience
-        return ride_out(write, may_repeat=may_repeat, ends=lambda since: since + patience_s)
+    def _patience_ends(self, outage_since: float) -> float:
+        return outage_since + self._send_patience
 
     def send_chain(self, workflow: Chain) -> ChainResult:
         """Send a chain: its head, with the other links nested inside (machinery's SendChain).

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from taskd.errors import BrokerError, DriverError
+from taskd.errors import BackendUnavailable, BrokerError, BrokerUnavailable, DriverError
 
 log = structlog.get_logger("taskd.client")
 
@@ -58,3 +58,13 @@ def ride_out(
         if since is not None:
             log.info(f"{kind}_recovered", outage_s=round(time.monotonic() - since, 3), **context)
         return result
+
+
+def unavailable(exc: DriverError) -> bool:
+    """An outage of the broker or the backend (whatever it may have done)."""
+    return isinstance(exc, BrokerUnavailable | BackendUnavailable)
+
+
+def unsent(exc: DriverError) -> bool:
+    """An outage in which nothing was sent (``DriverError.unsent``)."""
+    return exc.unsent and unavailable(exc)
