@@ -4,8 +4,6 @@ confirmed later, in order, and no refused or unconfirmed one taken for sent."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +19,12 @@ from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.wire import GoTime, State, decode_signature
 from tests.support.harness import (
     AMQP_URL,
-    RABBITMQ,
     REDIS_URL,
     config_data,
     wait_until,
     write_config,
 )
+from tests.support.relay import Relay
 
 
 @pytest.fixture
@@ -124,64 +122,6 @@ def test_a_publish_whose_channel_rabbitmq_closes_is_unavailable_then_sent_again(
 
 
 BASIC_ACK = b"\x00\x3c\x00\x50"  # an AMQP method frame's class 60 (basic), method 80 (ack)
-
-
-class Relay:
-    """A TCP relay to RabbitMQ that can silence its connections (RabbitMQ's answers to them
-    are dropped) or cut them, as network failures would."""
-
-    def __init__(self, port: int = 0) -> None:
-        self._server = socket.create_server(("127.0.0.1", port))
-        self.url = AMQP_URL.replace("5672", str(self._server.getsockname()[1]))
-        self._upstreams: list[socket.socket] = []
-        self._silenced: set[socket.socket] = set()
-        self._sockets: list[socket.socket] = []
-        self.answers = bytearray()  # what RabbitMQ sent that was passed on to the driver
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(RABBITMQ)
-            self._sockets += [client, upstream]
-            for source, sink, answers in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(
-                    target=self._pump, args=(source, sink, answers), daemon=True
-                ).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if source not in self._silenced:
-                    sink.sendall(data)
-                    if answers:
-                        self.answers += data
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def silence(self) -> None:
-        """From now on, nothing RabbitMQ sends on the connections made so far gets through."""
-        self._silenced.update(self._sockets)
-
-    def cut(self) -> None:
-        """Drop the connections made so far; later ones pass."""
-        for end in self._sockets:
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-            end.close()
-        self._sockets.clear()
-
-    def close(self) -> None:
-        """Refuse new connections (a listening socket closed under a thread waiting in
-        accept() would go on listening: it is shut down first), then drop the others."""
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
-        self.cut()
 
 
 @pytest.fixture
