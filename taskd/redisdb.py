@@ -210,7 +210,8 @@ class Pipe:
         with self._lock:
             connection = self._take()
             try:
-                connection.send_packed_command(_packed(connection, commands))
+                # Checked for health when taken (_connected), where a failure sent nothing.
+                connection.send_packed_command(_packed(connection, commands), check_health=False)
             except BaseException:
                 self._drop()
                 raise
@@ -292,8 +293,9 @@ _LOST = object()  # a reply that was on a connection dropped before it was read
 
 def _connected(pool: Any, *, check_closed: bool) -> Any:
     """A connection of ``pool``, connected now (after a check for a close by the server,
-    where ``check_closed``), so that a failure to connect is told from one to write: it sent
-    nothing (drivers.Unconnected)."""
+    where ``check_closed``), and PINGed where it sat idle past ``redis.max_idle_timeout``
+    (a half-open one gets no answer), so that a failure of either is told from a failure to
+    write: it sent nothing (drivers.Unconnected)."""
     connection = None
     try:
         connection = pool.get_connection()
@@ -301,6 +303,7 @@ def _connected(pool: Any, *, check_closed: bool) -> Any:
             connected_again_if_closed(connection)
         if getattr(connection, "_sock", None) is None:  # not connected yet, or no longer
             connection.connect()
+        connection.check_health()
     except _transient() as exc:
         if connection is not None:
             pool.release(connection)

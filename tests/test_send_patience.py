@@ -5,6 +5,7 @@ goes out once, when the server is back."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from taskd.client import Client
 from taskd.config import load_config
 from taskd.errors import BackendUnavailable, BrokerUnavailable, DriverError
 from taskd.wire import State, decode_signature
-from tests.brokers.test_amqp_pipeline import Relay, drain
+from tests.brokers.test_amqp_pipeline import drain
 from tests.support import harness
 from tests.support.harness import PrivateRedis, config_data, free_port, wait_until, write_config
+from tests.support.relay import Relay
 
 
 def _client(tmp_path: Path, data: dict[str, Any], patience_s: float) -> Client:
@@ -146,3 +148,33 @@ def test_a_backend_that_cannot_take_the_pending_state_holds_the_message_back(
         client.send("add", 2, 3)
     assert caught.value.unsent
     assert client.broker.size("q") == 0
+
+
+def test_a_send_on_a_connection_gone_silent_is_made_on_a_new_one(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """A kept connection the network has silently dropped (half-open: no close ever comes)
+    is PINGed once idle past redis.max_idle_timeout; a PING with no answer sent nothing, so
+    the send goes out on a new connection instead of failing."""
+    import redis
+
+    relay = Relay(upstream=("127.0.0.1", 6379))
+    url = f"redis://127.0.0.1:{relay.port}/0"
+    data = config_data("redis", redis_namespace, tmp_path, default_queue=f"{redis_namespace}:q")
+    data |= {"broker": url, "result_backend": url}
+    # Replies waited for 5.1 s at most (the broker's longest block, 0.1 s, and 5 s).
+    data["redis"] |= {"max_idle_timeout": 1, "read_timeout": 1, "write_timeout": 1}
+    data["worker"] = {"poll_interval": 0.1}
+    client = _client(tmp_path, data, 30)
+    try:
+        first = client.send("add", 1, 2)  # connected; the connection is kept for the next
+        used_at = time.monotonic()
+        relay.silence()
+        wait_until(lambda: time.monotonic() - used_at > 1.2, 5, what="the connection to idle")
+        second = client.send("add", 3, 4)
+        server = redis.Redis.from_url(harness.REDIS_URL)
+        queued = server.lrange(f"{redis_namespace}:q", 0, -1)
+        assert [decode_signature(raw).uuid for raw in queued] == [first.task_id, second.task_id]
+    finally:
+        client.close()
+        relay.close()
