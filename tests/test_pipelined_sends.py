@@ -18,7 +18,7 @@ from taskd.client import Client, signature
 from taskd.confirms import Window
 from taskd.errors import BrokerError, ResultTimeout, SendError
 from taskd.wire import Arg, State, TaskState, decode_signature
-from tests.support.harness import config_data, write_config
+from tests.support.harness import config_data, wait_until, write_config
 
 # -- the window, with confirms the test controls ---------------------------------------------
 
@@ -281,3 +281,29 @@ def test_other_pairs_take_in_their_pending_writes_with_the_confirms_on_one_conne
         results_db = redis.Redis.from_url("redis://127.0.0.1:6379/1")
         results_db.delete(*(r.task_id for r in results))
         results_db.close()
+
+
+def test_a_window_still_to_read_its_replies_is_not_interrupted_by_a_health_check(
+    redis_server: Any, redis_namespace: str, tmp_path: Path
+) -> None:
+    """redis-py PINGs a connection that has read nothing for redis.max_idle_timeout before
+    its next write: on a connection whose window of sends has not read its replies yet, that
+    PING read a send's reply instead ('Bad response from PING health check'), and the
+    window's replies were lost. Sends a little apart (not idle long enough to be taken
+    afresh) keep their connection past that timeout here."""
+    import time
+
+    from taskd.config import load_config
+
+    queue = f"{redis_namespace}:q"
+    data = config_data("redis", redis_namespace, tmp_path, default_queue=queue)
+    data["redis"] |= {"max_idle_timeout": 1}
+    client = Client(load_config(write_config(tmp_path, data), env={}), pipeline=64)
+    sent = []
+    started = time.monotonic()
+    while time.monotonic() - started < 1.6:
+        sent.append(client.send("count", len(sent)).task_id)
+        next_at = time.monotonic() + 0.25
+        wait_until(lambda at=next_at: time.monotonic() >= at, 5, 0.01)  # a send every 0.25 s
+    client.close()  # every confirm taken in
+    assert [decode_signature(raw).uuid for raw in redis_server.lrange(queue, 0, -1)] == sent
