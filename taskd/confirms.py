@@ -67,10 +67,13 @@ class Window:
 
     def _take_in(self, count: int) -> None:
         """Confirm the ``count`` oldest sends, all of them even after a failure (their
-        replies come in order), then raise for the ones that failed."""
+        replies come in order), then raise for the ones that failed. After a failure the
+        rest of the window is taken in too: a lost connection loses them all, and one
+        SendError names every send to make again, not one per later call."""
         failed: list[Signature] = []
         first_error: Exception | None = None
-        for _ in range(count):
+        while self._waiting and (count > 0 or first_error is not None):
+            count -= 1
             confirm, signatures = self._waiting.popleft()
             if not self._waiting:
                 _awaiting.discard(self)

@@ -307,3 +307,16 @@ def test_a_window_still_to_read_its_replies_is_not_interrupted_by_a_health_check
         wait_until(lambda at=next_at: time.monotonic() >= at, 5, 0.01)  # a send every 0.25 s
     client.close()  # every confirm taken in
     assert [decode_signature(raw).uuid for raw in redis_server.lrange(queue, 0, -1)] == sent
+
+
+def test_after_a_failed_confirm_one_error_names_every_send_that_failed() -> None:
+    """A lost connection loses every confirm still to come on it: the producer hears of them
+    all at once, not from each of its next sends in turn."""
+    window, log = Window(3), []
+    _sends(window, log, 3, fail={0, 1, 2})
+    with pytest.raises(SendError) as caught:
+        _sends(window, log, 1)  # a full window: the oldest is taken in first
+    assert caught.value.task_ids == ("t0", "t1", "t2")
+    assert len(window) == 0
+    _sends(window, log, 1)  # written: no earlier failure left to raise
+    assert log[-1] == "write t0"
