@@ -46,12 +46,12 @@ def ride_out(
             if not may_repeat(exc):
                 raise
             now = time.monotonic()
+            end = ends(now if since is None else since)
+            if now >= end:  # (at once, where there is no time to wait: nothing to log)
+                raise
             if since is None:
                 since, kind = now, "broker" if isinstance(exc, BrokerError) else "backend"
                 log.warning(f"{kind}_unavailable", error=str(exc), **context)
-            end = ends(since)
-            if now >= end:
-                raise
             time.sleep(min(pause_s, end - now))
             pause_s = min(pause_s * 2, MAX_PAUSE_S)
             continue
