@@ -109,14 +109,13 @@ class _Translated:
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
             return
-        if isinstance(exc, Unconnected):
-            cause = exc.__cause__ or exc
+        unsent = isinstance(exc, Unconnected)
+        if unsent:  # the library's error, raised before anything was sent
+            exc = exc.__cause__ or exc
+        transient = isinstance(exc, self._transient)
+        if unsent or transient or (self._passing is not None and self._passing(exc)):
             raise self._unavailable(
-                self._driver, f"{type(cause).__name__}: {cause}", unsent=True, **self._context
-            ) from cause
-        if isinstance(exc, self._transient) or (self._passing is not None and self._passing(exc)):
-            raise self._unavailable(
-                self._driver, f"{type(exc).__name__}: {exc}", **self._context
+                self._driver, f"{type(exc).__name__}: {exc}", unsent=unsent, **self._context
             ) from exc
         if isinstance(exc, self._permanent):
             raise self._failed(
