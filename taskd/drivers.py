@@ -24,8 +24,9 @@ BACKENDS_GROUP = "taskd.backends"
 IDLE_CHECK_S = 0.5
 
 
-class Unconnected(Exception):
-    """No connection to the server could be made, so nothing of the operation was sent:
+class Unsent(Exception):
+    """Nothing of the operation took effect: no connection to the server could be made, or
+    the server refused all of it before running any (a replica where the master was):
     raised from the client library's error inside a driver, and translated (``translated``)
     into the driver's Unavailable error with ``unsent``."""
 
@@ -109,8 +110,8 @@ class _Translated:
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
             return
-        unsent = isinstance(exc, Unconnected)
-        if unsent:  # the library's error, raised before anything was sent
+        unsent = isinstance(exc, Unsent)
+        if unsent:  # the library's error, raised where nothing took effect
             exc = exc.__cause__ or exc
         transient = isinstance(exc, self._transient)
         if unsent or transient or (self._passing is not None and self._passing(exc)):

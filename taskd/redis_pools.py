@@ -1,6 +1,12 @@
 """redis-py connection pools as taskd uses them: one that makes callers wait while it is full
 (``redis.wait``), or one that keeps a connection given back for the next caller, checked
 for a close by the server once it has sat idle.
+
+Either drops its connections once one finds a replica where the master was (``release``):
+after a failover that moved the master's address (a virtual IP, a DNS name, a managed
+service's endpoint), connections made before it still reach the old master, now a replica,
+which refuses every write for as long as they stay open (Redis closes only its blocked
+clients as it is demoted). Sentinel's connections see to that themselves.
 """
 
 from __future__ import annotations
@@ -16,22 +22,26 @@ from taskd.drivers import IDLE_CHECK_S
 def pool_class(base: type, waits: bool) -> type:
     """``base``, made to block callers while it is full (redis.wait), or else to keep a
     connection given back for the next caller."""
-    import redis
-
     if not waits:
         return _reusing_pool_class(base)
-    if base is redis.ConnectionPool:
-        return redis.BlockingConnectionPool
     return _blocking_pool_class(base)
 
 
 @functools.cache
 def _blocking_pool_class(base: type) -> type:
-    """A pool of ``base``'s kind (Sentinel's, which has no blocking variant) that makes a
-    caller wait while it is full, as redis-py's BlockingConnectionPool does."""
+    """A pool of ``base``'s kind that makes a caller wait while it is full: redis-py's
+    BlockingConnectionPool, or one made of it and Sentinel's, which has no blocking variant."""
     import redis
 
-    return type(f"Blocking{base.__name__}", (base, redis.BlockingConnectionPool), {})
+    parents = () if base is redis.ConnectionPool else (base,)  # (a base of Blocking...'s)
+
+    class BlockingPool(*parents, redis.BlockingConnectionPool):  # type: ignore[misc]
+        def release(self, connection: Any) -> None:
+            _dropped_if_on_a_replica(self, connection)
+            super().release(connection)
+
+    BlockingPool.__name__ = f"Blocking{base.__name__}"
+    return BlockingPool
 
 
 @functools.cache  # made once per base, on first use (redis-py is imported lazily)
@@ -67,6 +77,7 @@ def _reusing_pool_class(base: type) -> type:
             return connection
 
         def release(self, connection: Any) -> None:
+            _dropped_if_on_a_replica(self, connection)
             # One dropped after an error goes back: the pool's get_connection connects it
             # again, to the master Sentinels name now (no Connection property says so in
             # every redis-py release taskd takes).
@@ -76,7 +87,47 @@ def _reusing_pool_class(base: type) -> type:
             else:
                 super().release(connection)
 
+        def disconnect(self, inuse_connections: bool = True) -> None:
+            for connection, _ in list(self._kept):  # idle, though taken from the pool
+                connection.disconnect()
+            super().disconnect(inuse_connections)
+
     return ReusingPool
+
+
+@functools.cache
+def master_connection_class(base: type) -> type:
+    """A redis-py connection class (``base``) whose connection remembers that its server
+    answered as a replica does (READONLY, MASTERDOWN), for its pool to drop it when it is
+    given back (``_dropped_if_on_a_replica``), once every reply on it has been read."""
+    from redis.exceptions import MasterDownError, ReadOnlyError
+
+    class MasterConnection(base):  # type: ignore[misc,valid-type]
+        reached_a_replica = False
+
+        def on_connect(self, *args: Any, **kwargs: Any) -> None:
+            self.reached_a_replica = False
+            super().on_connect(*args, **kwargs)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().read_response(*args, **kwargs)
+            except (ReadOnlyError, MasterDownError):
+                self.reached_a_replica = True
+                raise
+
+    MasterConnection.__name__ = f"Master{base.__name__}"
+    return MasterConnection
+
+
+def _dropped_if_on_a_replica(pool: Any, connection: Any) -> None:
+    """A connection given back that reached a replica is closed, with the pool's idle ones
+    (made to the same address, they reach the same server): the next command connects
+    anew, to wherever the master's address leads now. Nothing is lost: its replies were
+    read, and the writes refused there did not run."""
+    if getattr(connection, "reached_a_replica", False):
+        connection.disconnect()
+        pool.disconnect(inuse_connections=False)
 
 
 def connected_again_if_closed(connection: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from taskd import drivers, forking
 from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
-from taskd.redis_pools import connected_again_if_closed, pool_class
+from taskd.redis_pools import connected_again_if_closed, master_connection_class, pool_class
 from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
 
 
@@ -86,7 +86,9 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
         **connection_kwargs(url, key, config.source), **options
     ).connection_pool  # only to turn the arguments into a pool's
     pool = pool_class(redis.ConnectionPool, waits)(
-        connection_class=made.connection_class, **made.connection_kwargs, **sizes
+        connection_class=master_connection_class(made.connection_class),
+        **made.connection_kwargs,
+        **sizes,
     )
     return redis.Redis.from_pool(pool)
 
@@ -121,18 +123,26 @@ def _not_now(exc: BaseException) -> bool:
 
 @functools.cache
 def _transient() -> tuple[type[Exception], ...]:
-    """Errors that waiting may cure: connection trouble (a Redis loading its data included),
-    a full Redis (OOM, under noeviction), a replica where a master was (READONLY, MASTERDOWN:
-    a failover under way)."""
+    """Errors that waiting may cure: connection trouble (a Redis loading its data included)
+    and ``_refusals``."""
     from redis import exceptions
 
-    return (
-        exceptions.ConnectionError,
-        exceptions.TimeoutError,
-        exceptions.OutOfMemoryError,
-        exceptions.ReadOnlyError,
-        exceptions.MasterDownError,
-    )
+    return (exceptions.ConnectionError, exceptions.TimeoutError, *_refusals())
+
+
+@functools.cache
+def _refusals() -> tuple[type[Exception], ...]:
+    """Error replies of a server that cannot take writes for now: a full Redis (OOM, under
+    noeviction), a replica where a master was (READONLY, MASTERDOWN: a failover)."""
+    from redis import exceptions
+
+    return (exceptions.OutOfMemoryError, exceptions.ReadOnlyError, exceptions.MasterDownError)
+
+
+def refused(reply: Any) -> bool:
+    """Whether a reply refuses its command for now: the command did not run, and may be
+    made again (``_refusals``, NOT_NOW_REPLIES)."""
+    return isinstance(reply, _refusals()) or _not_now(reply)
 
 
 def refuse_cluster(client: Any, key: str, source: str | None) -> None:
@@ -191,7 +201,7 @@ class Pipe:
     The connection is taken from the pool for the first write and goes back once every
     reply is read off it. redis-py errors pass to the caller and drop the connection: the
     replies still on it are lost, and reading them raises ConnectionError; one connecting
-    (nothing was written) is raised as drivers.Unconnected. In a forked child the parent's
+    (nothing was written) is raised as drivers.Unsent. In a forked child the parent's
     connection is left alone.
     """
 
@@ -260,14 +270,14 @@ class Pipe:
     def _take(self) -> Any:
         """The connection to write on: the pool's (which checks one it kept idle), or the one
         this pipe holds, its replies unread; held across IDLE_CHECK_S without a write, that
-        one is checked for a close by the server first, as the pool checks its own."""
-        held_idle = (
-            self._connection is not None
-            and time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
-        )
-        if held_idle:
+        one is checked for a close by the server first, as the pool checks its own, and one
+        that reached a replica is given up for a new one."""
+        held = self._connection
+        held_idle = held is not None and time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
+        if held_idle or getattr(held, "reached_a_replica", False):
             # Unread replies look like a closed socket's end: read them for their readers
-            # first (they came before any close), which hands the connection back.
+            # first (they came before any close), which hands the connection back (and
+            # closes one that reached a replica: the write goes to a new connection).
             with contextlib.suppress(Exception):  # if it is lost, so are they, and readers hear
                 self._read_up_to(self._written)
         if self._connection is None:
@@ -295,7 +305,7 @@ def _connected(pool: Any, *, check_closed: bool) -> Any:
     """A connection of ``pool``, connected now (after a check for a close by the server,
     where ``check_closed``), and PINGed where it sat idle past ``redis.max_idle_timeout``
     (a half-open one gets no answer), so that a failure of either is told from a failure to
-    write: it sent nothing (drivers.Unconnected)."""
+    write: it sent nothing (drivers.Unsent)."""
     connection = None
     try:
         connection = pool.get_connection()
@@ -307,7 +317,7 @@ def _connected(pool: Any, *, check_closed: bool) -> Any:
     except _transient() as exc:
         if connection is not None:
             pool.release(connection)
-        raise drivers.Unconnected from exc
+        raise drivers.Unsent from exc
     return connection
 
 

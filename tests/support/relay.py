@@ -48,6 +48,11 @@ class Relay:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
 
+    def redirect(self, upstream: tuple[str, int]) -> None:
+        """Later connections go to ``upstream``; those made so far stay with the server they
+        reach, as after a failover that moved a virtual IP or a DNS name."""
+        self._upstream = upstream
+
     def silence(self) -> None:
         """From now on, nothing the server sends on the connections made so far gets
         through."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
-from taskd import redisdb
+from taskd import drivers, redisdb
 from taskd.brokers.base import Broker, DeadLetterCap, Delivery, Message
 from taskd.brokers.redis import checks
 from taskd.brokers.redis.admin import RedisQueueAdmin
@@ -106,10 +106,13 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
 
     def raise_first(self, replies: Sequence[Any], queue: str) -> None:
         """The first error among publish replies, as the driver's: BrokerUnavailable for a
-        Redis that cannot take writes for now (full, or a replica), else BrokerError."""
+        Redis that cannot take writes for now (full, or a replica; ``unsent`` where it
+        refused every publish, so no message was queued), else BrokerError."""
         for reply in replies:
             if isinstance(reply, Exception):
                 with self._translated(queue):
+                    if all(map(redisdb.refused, replies)):
+                        raise drivers.Unsent from reply
                     raise reply
 
     # -- consuming ------------------------------------------------------------------------
