@@ -145,7 +145,7 @@ class Client:
         self._broker, self._backend = broker, backend
         self._send: Send | None = None  # how this pair of drivers sends (taskd.pairs)
         self._owns_drivers = broker is None and backend is None
-        self._window = Window(client.pipeline if pipeline is None else pipeline)
+        self._window = Window(client.pipeline if pipeline is None else pipeline, self._patiently)
         # Drivers open on first use, once, whichever threads get there first: a second one,
         # dropped, would close its connections under sends still reading their replies.
         self._opening = threading.Lock()

@@ -8,7 +8,9 @@ in the oldest confirms, ``flush`` takes in all, and a refused or unconfirmed sen
 as ``SendError`` naming its tasks. Reading a state flushes first, as does closing the
 client, and a wait for results takes the confirms in once it has waited a little, unless
 its tasks finished by then, which shows their sends were delivered (``Client.wait_states``);
-at interpreter exit the windows still open are flushed and any failure logged.
+at interpreter exit the windows still open are flushed and any failure logged. A send whose
+confirm says nothing of it took effect (``unsent``: a Redis that became a replica refused it)
+is made again as its confirm is taken in, patiently (``client.send_patience``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import atexit
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
 from taskd import forking
-from taskd.errors import SendError
+from taskd.errors import DriverError, SendError
+from taskd.patience import unsent
 from taskd.wire import Signature
 
 log = structlog.get_logger("taskd.client")
 
 Confirm = Callable[[], None]  # returns once the send is confirmed, raises if it was not
+Write = Callable[[], tuple[Confirm, Sequence[Signature]]]  # sends; its confirm, what it sent
 
 
 def confirmed() -> None:
@@ -36,15 +41,20 @@ def confirmed() -> None:
 
 class Window:
     """At most ``limit`` sends awaiting their confirms, oldest first; 0: none (every send
-    is confirmed before it returns). Safe to share between threads."""
+    is confirmed before it returns). ``patiently(call)`` makes ``call`` again while it
+    raises an error that says nothing was sent, for as long as the sender's patience lasts
+    (by default, it does not). Safe to share between threads."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, patiently: Callable[[Callable[[], Any]], Any] = lambda call: call()
+    ) -> None:
         self.limit = limit
-        self._waiting: deque[tuple[Confirm, Sequence[Signature]]] = deque()
+        self._patiently = patiently
+        self._waiting: deque[tuple[Confirm, Sequence[Signature], Write]] = deque()
         self._lock = threading.Lock()
         forking.forget_in_children(self)
 
-    def send(self, write: Callable[[], tuple[Confirm, Sequence[Signature]]]) -> None:
+    def send(self, write: Write) -> None:
         """Call ``write`` (which sends and returns its confirm and what it sent), once the
         window has room; SendError, and nothing written, when an earlier send failed."""
         with self._lock:
@@ -54,7 +64,7 @@ class Window:
             if self.limit == 0:
                 confirm()
             else:
-                self._waiting.append((confirm, signatures))
+                self._waiting.append((confirm, signatures, write))
                 _awaiting.add(self)
 
     def flush(self) -> None:
@@ -67,18 +77,30 @@ class Window:
 
     def _take_in(self, count: int) -> None:
         """Confirm the ``count`` oldest sends, all of them even after a failure (their
-        replies come in order), then raise for the ones that failed. After a failure the
-        rest of the window is taken in too: a lost connection loses them all, and one
-        SendError names every send to make again, not one per later call."""
+        replies come in order), then raise for the ones that failed. A send refused before
+        any of it took effect is made again, in its turn, within the patience; once that
+        has run out, the rest fail at once. After a failure the rest of the window is taken
+        in too: a lost connection loses them all, and one SendError names every send to
+        make again, not one per later call."""
         failed: list[Signature] = []
         first_error: Exception | None = None
+        patient = True
         while self._waiting and (count > 0 or first_error is not None):
             count -= 1
-            confirm, signatures = self._waiting.popleft()
+            confirm, signatures, write = self._waiting.popleft()
             if not self._waiting:
                 _awaiting.discard(self)
             try:
-                confirm()
+                try:
+                    confirm()
+                except DriverError as exc:
+                    if not (patient and unsent(exc)):
+                        raise
+                    try:
+                        self._patiently(lambda write=write: _confirmed(write))
+                    except Exception:
+                        patient = False  # the patience ran out: the rest fail at once
+                        raise
             except Exception as exc:
                 failed.extend(signatures)
                 first_error = first_error or exc
@@ -90,6 +112,11 @@ class Window:
         self._lock = threading.Lock()
         self._waiting.clear()
         _awaiting.discard(self)
+
+
+def _confirmed(write: Write) -> None:
+    confirm, _ = write()
+    confirm()
 
 
 # Windows with sends awaiting confirms, held here so that a client dropped without closing

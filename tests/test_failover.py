@@ -89,7 +89,7 @@ def _queued_ids(server: Any) -> list[str]:
     return [decode_signature(raw).uuid for raw in server.lrange("q", 0, -1)]
 
 
-@pytest.mark.parametrize("pipeline", [0])
+@pytest.mark.parametrize("pipeline", [0, 64])
 def test_a_client_connected_before_a_failover_sends_to_the_new_master_once(
     failover: Failover, tmp_path: Path, pipeline: int
 ) -> None:

@@ -16,7 +16,7 @@ import redis
 
 from taskd.client import Client, signature
 from taskd.confirms import Window
-from taskd.errors import BrokerError, ResultTimeout, SendError
+from taskd.errors import BrokerError, BrokerUnavailable, ResultTimeout, SendError
 from taskd.wire import Arg, State, TaskState, decode_signature
 from tests.support.harness import config_data, wait_until, write_config
 
@@ -72,6 +72,62 @@ def test_a_send_that_finds_an_earlier_failure_is_not_written() -> None:
     with pytest.raises(SendError, match="t0"):
         _sends(window, log, 1)
     assert log == ["write t0", "confirm t0"]  # the second send was never written
+
+
+def _refused_sends(window: Window, log: list[str], refusals: list[int], *, unsent: bool) -> None:
+    """Sends t0, t1... whose confirms raise BrokerUnavailable (``unsent``: nothing took
+    effect) for the first ``refusals[n]`` times tn is written."""
+    writes = [0] * len(refusals)
+    for n in range(len(refusals)):
+
+        def write(n: int = n) -> tuple[Callable[[], None], list[Any]]:
+            writes[n] += 1
+            log.append(f"write t{n}")
+            refused = writes[n] <= refusals[n]
+
+            def confirm() -> None:
+                log.append(f"confirm t{n}")
+                if refused:
+                    raise BrokerUnavailable("fake", f"t{n} refused", unsent=unsent)
+
+            return confirm, [signature("task", task_id=f"t{n}")]
+
+        window.send(write)
+
+
+def test_a_send_refused_before_it_took_effect_is_made_again_in_its_turn() -> None:
+    """A Redis demoted to a replica refuses a send without running any of it (``unsent``):
+    as its confirm is taken in, the send is made again, within the patience, before the
+    later confirms, and no SendError is raised for it."""
+    patience: list[int] = []
+
+    def patiently(call: Callable[[], Any]) -> Any:
+        patience.append(1)
+        return call()
+
+    window, log = Window(10, patiently), []
+    _refused_sends(window, log, [1, 0], unsent=True)
+    window.flush()
+    assert log == ["write t0", "write t1", "confirm t0", "write t0", "confirm t0", "confirm t1"]
+    assert patience == [1]
+
+
+def test_a_refused_send_that_may_have_taken_effect_is_not_made_again() -> None:
+    window, log = Window(10), []
+    _refused_sends(window, log, [1], unsent=False)
+    with pytest.raises(SendError, match="t0 refused"):
+        window.flush()
+    assert log == ["write t0", "confirm t0"]
+
+
+def test_once_the_patience_runs_out_the_other_refused_sends_fail_at_once() -> None:
+    """Without it, each send of a full window would wait out the patience in turn."""
+    window, log = Window(10), []  # no patience: a send made again is refused again
+    _refused_sends(window, log, [9, 9, 0], unsent=True)
+    with pytest.raises(SendError) as caught:
+        window.flush()
+    assert caught.value.task_ids == ("t0", "t1")
+    assert log[3:] == ["confirm t0", "write t0", "confirm t0", "confirm t1", "confirm t2"]
 
 
 # -- on Redis --------------------------------------------------------------------------------
