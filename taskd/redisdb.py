@@ -321,16 +321,25 @@ def _connected(pool: Any, *, check_closed: bool) -> Any:
     return connection
 
 
+# A full Redis (maxmemory under noeviction) refuses a script whose first write may take memory,
+# but never stops one midway: after any write, the rest runs. taskd's scripts are how a queue
+# drains (a fetch moves messages, a settle stores states and acks, consumers beat): were they
+# refused, a Redis filled by a backlog would stay full for good, its workers unable to take
+# anything. So each begins with a write that takes none. Sends stay refused (plain commands).
+RUNS_WHEN_FULL = "redis.call('DEL', 'taskd:never-written')\n"
+
+
 class Script:
-    """A Lua script run with one EVALSHA, loading it on NOSCRIPT (after a Redis restart).
+    """A Lua script run with one EVALSHA, loading it on NOSCRIPT (after a Redis restart); it
+    runs on a full Redis too (RUNS_WHEN_FULL).
 
     Cheaper per call than redis-py's pipelines: a batch of N writes in one script costs the
     client one command instead of N packed ones.
     """
 
     def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1
+        self.source = RUNS_WHEN_FULL + source
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()  # Redis names them by SHA-1
 
     @classmethod
     def packaged(cls, *names: str, call: str = "") -> Script:

@@ -1,11 +1,15 @@
-"""A Redis failover that moves the master's address (a virtual IP, a DNS name, a managed
-service's endpoint): connections made before it still reach the old master, now a replica
-that refuses every write. taskd drops them and goes on with the new master; sends refused
-there are made again, once each.
+"""A Redis that cannot take writes for now, on real servers.
 
-Two private Redis servers, the second replicating the first, behind a relay that plays the
-moving address: ``Failover.fail_over`` promotes the replica, demotes the master, and sends
-the relay's new connections to the new master; those made before stay with the old one.
+A failover that moves the master's address (a virtual IP, a DNS name, a managed service's
+endpoint): connections made before it still reach the old master, now a replica that refuses
+every write. taskd drops them and goes on with the new master; sends refused there are made
+again, once each. Two private Redis servers, the second replicating the first, behind a relay
+that plays the moving address: ``Failover.fail_over`` promotes the replica, demotes the
+master, and sends the relay's new connections to the new master; those made before stay with
+the old one.
+
+A full Redis (maxmemory, noeviction): sends wait for room within their patience, and the
+workers drain it.
 """
 
 from __future__ import annotations
@@ -164,4 +168,32 @@ def test_a_send_to_a_full_redis_waits_for_room_within_the_patience(
     assert _queued_ids(server) == [sent.task_id]
     client.close()
     impatient.close()
+    server.close()
+
+
+def test_workers_drain_a_redis_their_backlog_filled(
+    private_redis: PrivateRedis, tmp_path: Path, daemon: Any
+) -> None:
+    """Tasks queued while no worker ran until Redis was full: the workers started then can
+    beat, fetch, store states and ack (taskd's scripts run on a full Redis), and the queue
+    drains, instead of every worker waiting for room that only they could make."""
+    import redis
+
+    server = redis.Redis.from_url(private_redis.url)
+    server.config_set("maxmemory-policy", "noeviction")
+    server.config_set("maxmemory", int(server.info("memory")["used_memory"]) + 2_000_000)
+    config = _config(tmp_path, private_redis.url, pipeline=0, send_patience=0)
+    client = Client(load_config(config, env={}))
+    sent = []
+    with pytest.raises(BrokerUnavailable, match="OutOfMemoryError"):
+        for n in range(100_000):  # bounded: about 2,500 fill it
+            sent.append(client.send("add", n, 1))
+    assert server.llen("q") == len(sent) > 1000
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    states = client.wait_states([result.task_id for result in sent], 60)
+    assert {state.state.value for state in states} == {"SUCCESS"}
+    assert [result.get(timeout=5) for result in sent[:3]] == [1, 2, 3]
+    assert server.llen("q") == 0
+    client.close()
     server.close()
