@@ -37,6 +37,7 @@ from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
 from taskd.confirms import Confirm
 from taskd.errors import BackendUnavailable
+from taskd.redis_scripts import Script
 from taskd.wire import TaskState
 
 # (messages, their PENDING states, fresh ids) -> the confirm still to be awaited
@@ -155,7 +156,7 @@ def settler_for(broker: Broker, backend: ResultBackend) -> Settle | None:
 
 # The states, then the acks, in one script: never pipelined as two, where the acks would
 # still run if the states' script failed (NOSCRIPT after a restart, an error reply).
-SETTLE = redisdb.Script.packaged(
+SETTLE = Script.packaged(
     "set_states.lua",
     "ack.lua",
     call="local n = #KEYS - 2\nset_states(n, KEYS, ARGV)\n"

@@ -1,5 +1,6 @@
 """Redis plumbing shared by the Redis broker and result backend: connections (to one server,
-or to the master that Redis Sentinels name), scripts, and writes whose replies are read later.
+or to the master that Redis Sentinels name), and writes whose replies are read later (the
+scripts are ``taskd.redis_scripts``).
 
 URL forms are machinery's (``taskd.redis_url``).
 """
@@ -8,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from importlib import resources
 from typing import Any
 
 from taskd import drivers, forking
@@ -319,49 +318,6 @@ def _connected(pool: Any, *, check_closed: bool) -> Any:
             pool.release(connection)
         raise drivers.Unsent from exc
     return connection
-
-
-# A full Redis (maxmemory under noeviction) refuses a script whose first write may take memory,
-# but never stops one midway: after any write, the rest runs. taskd's scripts are how a queue
-# drains (a fetch moves messages, a settle stores states and acks, consumers beat): were they
-# refused, a Redis filled by a backlog would stay full for good, its workers unable to take
-# anything. So each begins with a write that takes none. Sends stay refused (plain commands).
-RUNS_WHEN_FULL = "redis.call('DEL', 'taskd:never-written')\n"
-
-
-class Script:
-    """A Lua script run with one EVALSHA, loading it on NOSCRIPT (after a Redis restart); it
-    runs on a full Redis too (RUNS_WHEN_FULL).
-
-    Cheaper per call than redis-py's pipelines: a batch of N writes in one script costs the
-    client one command instead of N packed ones.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = RUNS_WHEN_FULL + source
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()  # Redis names them by SHA-1
-
-    @classmethod
-    def packaged(cls, *names: str, call: str = "") -> Script:
-        """The script made of these files of ``taskd/lua/``, in order (a shared prelude
-        first), shipped as package data, then ``call``: Lua that runs the functions the
-        files define (``set_states.lua`` and ``ack.lua`` are functions, so one script can
-        run both)."""
-        folder = resources.files("taskd") / "lua"
-        parts = [(folder / name).read_text(encoding="utf-8") for name in names]
-        return cls("\n".join([*parts, call] if call else parts))
-
-    def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        import redis
-
-        try:
-            return command(client, ("EVALSHA", self.sha, len(keys), *keys, *args))
-        except redis.exceptions.NoScriptError:
-            return self.load_and_run(client, keys, args)
-
-    def load_and_run(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVAL with the source, for a caller that had NOSCRIPT already: loads and runs it."""
-        return command(client, ("EVAL", self.source, len(keys), *keys, *args))
 
 
 def execute(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:

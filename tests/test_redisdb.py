@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from taskd import redisdb
+from taskd import redis_scripts, redisdb
 from taskd.config import load_config
 from tests.support.harness import REDIS_URL
 
@@ -72,7 +72,7 @@ def test_a_failed_connection_is_dropped(redis_namespace: str, packer: str) -> No
 def test_a_script_not_loaded_yet_runs_with_eval(
     client: Any, redis_namespace: str, packer: str
 ) -> None:
-    script = redisdb.Script(f"return {{KEYS[1], ARGV[1], '{secrets.token_hex(8)}'}}")
+    script = redis_scripts.Script(f"return {{KEYS[1], ARGV[1], '{secrets.token_hex(8)}'}}")
     key = f"{redis_namespace}:k"
     first = script(client, [key], [7])  # NOSCRIPT: sent again with its source
     assert first[:2] == [key.encode(), b"7"]

@@ -20,11 +20,12 @@ from taskd.backends.base import SPENT_CLAIM, Entry, Progress, ResultBackend, all
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendError, BackendUnavailable
+from taskd.redis_scripts import Script
 from taskd.wire import GroupMeta, State, TaskState
 
 log = structlog.get_logger("taskd.redis")
-SET_STATES = redisdb.Script.packaged("set_states.lua", call="return set_states(#KEYS, KEYS, ARGV)")
-CLAIM_CHORD = redisdb.Script.packaged("claim_chord.lua")
+SET_STATES = Script.packaged("set_states.lua", call="return set_states(#KEYS, KEYS, ARGV)")
+CLAIM_CHORD = Script.packaged("claim_chord.lua")
 # set_states.lua's code for each state: replace (PENDING), merge, or merge and wake waiters
 _MERGE = {
     state: "2" if state.is_completed else "0" if state is State.PENDING else "1" for state in State
@@ -34,9 +35,9 @@ WAKE_FIRST_CHECK_S = 0.05  # with nothing pushed, the states are read again afte
 WAKE_GROWTH = 1.5
 WAKE_CHECK_S = 1.0  # ...growing to this
 MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would block for ever)
-POST = redisdb.Script.packaged("post.lua")
-READ_BOARD = redisdb.Script.packaged("read_board.lua")
-REGISTER = redisdb.Script.packaged("register.lua")
+POST = Script.packaged("post.lua")
+READ_BOARD = Script.packaged("read_board.lua")
+REGISTER = Script.packaged("register.lua")
 
 
 def unconfirmed(states: Sequence[TaskState], answers: Sequence[Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from taskd import redisdb
+from taskd import redis_scripts
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends import redis as redis_backend
 from taskd.wire import GoTime, State, TaskState, new_id
@@ -145,7 +145,7 @@ def test_after_a_redis_restart_the_script_is_loaded_and_the_block_still_ends(
     the script, run again with its source, which registers and ends it."""
     monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)
     fresh = f"{redis_backend.REGISTER.source}\n-- {new_id()}"  # a SHA-1 Redis has not seen
-    monkeypatch.setattr(redis_backend, "REGISTER", redisdb.Script(fresh))
+    monkeypatch.setattr(redis_backend, "REGISTER", redis_scripts.Script(fresh))
     releases = _client_releases(backend, monkeypatch)
     task_id = new_id()
     backend.set_states([_state(task_id, State.SUCCESS)])

@@ -17,12 +17,13 @@ from taskd.brokers.redis.dead import RedisDeadLetters, dead_letter_entry
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.redis_scripts import Script
 
-FETCH = redisdb.Script.packaged("fetch.lua")
-ACK = redisdb.Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
-RELEASE = redisdb.Script.packaged("release.lua")
-REJECT = redisdb.Script.packaged("reject.lua")
-PROMOTE = redisdb.Script.packaged("promote.lua")
+FETCH = Script.packaged("fetch.lua")
+ACK = Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
+RELEASE = Script.packaged("release.lua")
+REJECT = Script.packaged("reject.lua")
+PROMOTE = Script.packaged("promote.lua")
 
 MOVE_BATCH = 1000  # due ETA messages moved per script call
 MOVE_BUDGET_S = 0.5  # longest a fetch spends moving due messages before taking its own

@@ -20,12 +20,13 @@ from taskd.brokers.lease import BeatThread, SilenceJudge, gone_here, new_consume
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.config import Lease
 from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.redis_scripts import Script
 
 log = structlog.get_logger("taskd.redis")
 
-BEAT = redisdb.Script.packaged("beat.lua")
-RECLAIM = redisdb.Script.packaged("requeue.lua", "reclaim.lua")
-LEAVE = redisdb.Script.packaged("requeue.lua", "leave.lua")
+BEAT = Script.packaged("beat.lua")
+RECLAIM = Script.packaged("requeue.lua", "reclaim.lua")
+LEAVE = Script.packaged("requeue.lua", "leave.lua")
 RECLAIM_BATCH = 100  # silent consumers handled per reclaim call
 
 
