@@ -134,11 +134,14 @@ class Client:
         backend: ResultBackend | None = None,
         pipeline: int | None = None,
         send_patience: float | None = None,
+        follow_ups: bool = False,
     ) -> None:
         """``pipeline``: how many sends may await their confirms (default:
         ``client.pipeline``; 0: each send returns once confirmed). ``send_patience``: how
         long a send rides out a broker or backend it cannot reach (default:
-        ``client.send_patience``; 0: it raises at once)."""
+        ``client.send_patience``; 0: it raises at once). ``follow_ups``: the daemon's own
+        sends (``taskd.pairs.sender_for``)."""
+        self._follow_ups = follow_ups
         self.config = config if config is not None else load_config()
         client = self.config.client
         self._send_patience = client.send_patience if send_patience is None else send_patience
@@ -318,17 +321,14 @@ class Client:
             for sig in prepared
         ]
         self.broker.check_priorities(messages)  # before recording anything that is refused
-        if states is not None:
-            if states:
-                self.backend.set_states(states)
-            self.broker.publish_many(messages)
-            return prepared
+        if states:
+            self.backend.set_states(states)
         if self._send is None:
             broker, backend = self.broker, self.backend
             with self._opening:
-                self._send = self._send or sender_for(broker, backend)
+                self._send = self._send or sender_for(broker, backend, self._follow_ups)
         send, now = self._send, GoTime.now()
-        pending = [pending_state(s, now) for s in prepared]
+        pending = [pending_state(s, now) for s in prepared] if states is None else []
         self._patiently(
             lambda: self._window.send(lambda: (send(messages, pending, fresh), prepared))
         )

@@ -27,6 +27,7 @@ a state is never acked before it is stored, and only one transaction can promise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from taskd import redisdb
 from taskd.backends import ResultBackend
@@ -35,18 +36,21 @@ from taskd.backends.sqlite import SQLiteBackend
 from taskd.brokers import Broker, Delivery, Message
 from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
-from taskd.confirms import Confirm
+from taskd.confirms import Confirm, confirmed
 from taskd.errors import BackendUnavailable
-from taskd.redis_scripts import Script
+from taskd.redis_scripts import Script, run_when_full
 from taskd.wire import TaskState
 
 # (messages, their PENDING states, fresh ids) -> the confirm still to be awaited
 Send = Callable[[Sequence[Message], Sequence[TaskState], bool], Confirm]
 
 
-def sender_for(broker: Broker, backend: ResultBackend) -> Send:
-    """The way to send through this pair of drivers."""
+def sender_for(broker: Broker, backend: ResultBackend, follow_ups: bool = False) -> Send:
+    """The way to send through this pair of drivers; ``follow_ups``: the daemon's own sends,
+    which take the place of the messages they follow (what a task sets off)."""
     redis = _one_redis_server(broker, backend)
+    if redis is not None and follow_ups:
+        return lambda messages, pending, fresh: _run_when_full(*redis, messages, pending, fresh)
     if redis is not None:
         pipe = redisdb.Pipe(broker.redis)
         return lambda messages, pending, fresh: _packed(pipe, *redis, messages, pending, fresh)
@@ -131,10 +135,36 @@ def _packed(
     def confirm() -> None:
         with broker.translated(queue):
             answers = replies()
-        broker.raise_first(answers[len(sets) :], queue)
-        unconfirmed(pending, answers[: len(sets)])
+        _check(broker, pending, answers, queue)
 
     return confirm
+
+
+def _run_when_full(
+    broker: RedisBroker,
+    backend: RedisBackend,
+    messages: Sequence[Message],
+    pending: Sequence[TaskState],
+    fresh: bool,
+) -> Confirm:
+    """As ``_packed``, confirmed at once, by a script that runs on a full Redis too: what a
+    task sets off takes the place of its message, acked next, so a full Redis still drains
+    (``redisdb.RUNS_WHEN_FULL``)."""
+    commands = [*backend.pending_commands(pending, fresh=fresh), *broker.publish_commands(messages)]
+    queue = messages[0].queue
+    with broker.translated(queue):
+        answers = run_when_full(broker.redis, commands)
+    _check(broker, pending, answers, queue)
+    return confirmed
+
+
+def _check(
+    broker: RedisBroker, pending: Sequence[TaskState], answers: Sequence[Any], queue: str
+) -> None:
+    """The publish replies (after one SET per PENDING state) raised as the broker's error,
+    the SETs' logged (``unconfirmed``)."""
+    broker.raise_first(answers[len(pending) :], queue)
+    unconfirmed(pending, answers[: len(pending)])
 
 
 Settle = Callable[[Sequence[TaskState], Sequence[Delivery]], None]  # (states, then their acks)

@@ -52,3 +52,17 @@ class Script:
     def load_and_run(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVAL with the source, for a caller that had NOSCRIPT already: loads and runs it."""
         return redisdb.command(client, ("EVAL", self.source, len(keys), *keys, *args))
+
+
+RUN = Script.packaged("run.lua")
+RUN_WORDS_MAX = 7000  # Lua in Redis unpacks at most about 8000 values into one call
+
+
+def run_when_full(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``commands`` run by one script, which a full Redis runs too (RUNS_WHEN_FULL), and
+    their replies, each error in its command's place: for writes that take the place of
+    what they follow (the daemon's own sends). A command too long for the script is
+    written as it is, and a full Redis refuses it."""
+    if max(len(each) for each in commands) > RUN_WORDS_MAX:
+        return redisdb.send_packed(client, commands)()
+    return RUN(client, [], [word for each in commands for word in (len(each), *each)])

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from taskd.client import Client
+from taskd.client import Client, signature
 from taskd.config import load_config
 from taskd.errors import BrokerUnavailable, ResultTimeout
 from taskd.wire import decode_signature
 from tests.support.harness import PrivateRedis, wait_until, write_config
 from tests.support.relay import Relay
-from tests.support.tasks import runs
+from tests.support.tasks import lines, runs
 
 
 class Failover:
@@ -171,11 +171,13 @@ def test_a_send_to_a_full_redis_waits_for_room_within_the_patience(
     server.close()
 
 
+@pytest.mark.parametrize("sets_off", ["nothing", "a callback", "a retry"])
 def test_workers_drain_a_redis_their_backlog_filled(
-    private_redis: PrivateRedis, tmp_path: Path, daemon: Any
+    private_redis: PrivateRedis, tmp_path: Path, daemon: Any, sets_off: str
 ) -> None:
     """Tasks queued while no worker ran until Redis was full: the workers started then can
-    beat, fetch, store states and ack (taskd's scripts run on a full Redis), and the queue
+    beat, fetch, store states and ack (taskd's scripts run on a full Redis), and publish
+    what the tasks set off, which takes the place of the messages they ack, so the queue
     drains, instead of every worker waiting for room that only they could make."""
     import redis
 
@@ -184,16 +186,27 @@ def test_workers_drain_a_redis_their_backlog_filled(
     server.config_set("maxmemory", int(server.info("memory")["used_memory"]) + 2_000_000)
     config = _config(tmp_path, private_redis.url, pipeline=0, send_patience=0)
     client = Client(load_config(config, env={}))
+    trace = str(tmp_path / "trace.txt")
+    task = {
+        "nothing": lambda n: client.send("add", n, 1),
+        "a callback": lambda n: client.send("add", n, 1, on_success=[signature("collect", trace)]),
+        "a retry": lambda n: client.send("always_retry", trace, retry_count=1),
+    }[sets_off]
     sent = []
     with pytest.raises(BrokerUnavailable, match="OutOfMemoryError"):
-        for n in range(100_000):  # bounded: about 2,500 fill it
-            sent.append(client.send("add", n, 1))
+        for n in range(100_000):  # bounded: about 2,000 fill it
+            sent.append(task(n))
     assert server.llen("q") == len(sent) > 1000
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     states = client.wait_states([result.task_id for result in sent], 60)
-    assert {state.state.value for state in states} == {"SUCCESS"}
-    assert [result.get(timeout=5) for result in sent[:3]] == [1, 2, 3]
-    assert server.llen("q") == 0
+    final = "FAILURE" if sets_off == "a retry" else "SUCCESS"
+    assert {state.state.value for state in states} == {final}
+    if sets_off == "a callback":
+        wait_until(lambda: len(lines(trace)) >= len(sent), 30, what="every callback to run")
+        assert sorted(lines(trace)) == sorted([n + 1] for n in range(len(sent)))
+    if sets_off == "a retry":
+        assert len(runs(trace)) == 2 * len(sent)  # each ran, and ran again
+    wait_until(lambda: server.llen("q") == 0, 10, what="the queue to drain")
     client.close()
     server.close()

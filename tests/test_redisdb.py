@@ -79,6 +79,22 @@ def test_a_script_not_loaded_yet_runs_with_eval(
     assert script(client, [key], [7]) == first  # by its SHA-1 now
 
 
+def test_commands_run_by_a_script_give_each_reply_in_its_place(
+    client: Any, redis_namespace: str, packer: str
+) -> None:
+    """``run_when_full``: replies as a pipeline's, an error in its command's place; a command
+    too long for one Lua call is written as it is."""
+    key = f"{redis_namespace}:list"
+    commands = [("RPUSH", key, "a", b"\xff"), ("SET", key, "x", "NX"), ("INCR", key)]
+    pushed, not_set, refused = redis_scripts.run_when_full(client, commands)
+    assert (pushed, not_set) == (2, None)
+    assert isinstance(refused, redis.ResponseError) and "WRONGTYPE" in str(refused)
+    words = [str(n) for n in range(redis_scripts.RUN_WORDS_MAX)]
+    assert redis_scripts.run_when_full(client, [("RPUSH", key, *words)]) == [2 + len(words)]
+    assert client.lrange(key, 0, 1) == [b"a", b"\xff"]
+    client.delete(key)
+
+
 def test_a_pipe_writes_several_commands_at_once_and_reads_their_replies_in_order(
     client: Any, redis_namespace: str, packer: str
 ) -> None:

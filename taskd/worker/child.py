@@ -111,7 +111,12 @@ class Child:
         # pipeline=0: what a task sends is confirmed before its message is acked; outages
         # are the child's to ride out (self.outages), not each send's.
         self.sender = Client(
-            self.config, broker=self.broker, backend=self.backend, pipeline=0, send_patience=0
+            self.config,
+            broker=self.broker,
+            backend=self.backend,
+            pipeline=0,
+            send_patience=0,
+            follow_ups=True,
         )
         self.revoked = RevokedIds(
             lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
