@@ -66,9 +66,9 @@ class TaskNotFound(TaskdError):
 
 class DriverError(TaskdError):
     """A broker or result backend operation failed. ``unsent`` (on the Unavailable errors):
-    nothing was done that doing it again would duplicate (no connection could be made; for a
-    send, its messages were not published), so a client's send rides out such an outage
-    (``client.send_patience``)."""
+    nothing was done that doing it again would duplicate (no connection could be made, or the
+    server refused all of it; for a send, its messages were not published), so a client's
+    send rides out such an outage (``client.send_patience``)."""
 
     def __init__(self, driver: str, reason: str, *, unsent: bool = False) -> None:
         self.driver, self.reason, self.unsent = driver, reason, unsent

@@ -12,7 +12,9 @@ confirms before returning where the broker cannot split them.
 - The Redis broker with Redis results on the same server: the SETs and the RPUSH (or ZADD)
   are packed into one write on one connection, one round trip for both; the SETs first, so a
   fast worker's later state is never overwritten by a late PENDING. Consecutive sends share
-  that connection (``redisdb.Pipe``), so their replies can be read in one go.
+  that connection (``redisdb.Pipe``), so their replies can be read in one go. The daemon's
+  own sends (``follow_ups``) run the same commands as one script, which a full Redis runs
+  too: each takes the place of the message it follows (``_run_when_full``).
 - The embedded broker with results in the same SQLite file: one transaction for both, so one
   commit per send instead of two, synced to disk in groups (``sqlite_writer``).
 
@@ -149,7 +151,7 @@ def _run_when_full(
 ) -> Confirm:
     """As ``_packed``, confirmed at once, by a script that runs on a full Redis too: what a
     task sets off takes the place of its message, acked next, so a full Redis still drains
-    (``redisdb.RUNS_WHEN_FULL``)."""
+    (``redis_scripts.RUNS_WHEN_FULL``)."""
     commands = [*backend.pending_commands(pending, fresh=fresh), *broker.publish_commands(messages)]
     queue = messages[0].queue
     with broker.translated(queue):

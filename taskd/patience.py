@@ -2,7 +2,8 @@
 in a way that says doing it again is safe, until a deadline.
 
 A wait for results rides out any outage of the result backend for as long as the wait may
-last; a send rides out a broker or backend it cannot connect to (nothing was sent) for
+last; a send rides out a broker or backend it cannot connect to, or one that refused all of
+it before running any (nothing was sent: ``DriverError.unsent``), for
 ``client.send_patience``. The outage is logged once as it begins (``broker_unavailable`` or
 ``backend_unavailable``) and once as it ends (``broker_recovered``, ``backend_recovered``),
 and the error is raised when the deadline passes first.
