@@ -33,7 +33,7 @@ def _blocking_pool_class(base: type) -> type:
     BlockingConnectionPool, or one made of it and Sentinel's, which has no blocking variant."""
     import redis
 
-    parents = () if base is redis.ConnectionPool else (base,)  # (a base of Blocking...'s)
+    parents = () if base is redis.ConnectionPool else (base,)  # (Blocking...'s own base)
 
     class BlockingPool(*parents, redis.BlockingConnectionPool):  # type: ignore[misc]
         def release(self, connection: Any) -> None:
@@ -105,9 +105,9 @@ def master_connection_class(base: type) -> type:
     class MasterConnection(base):  # type: ignore[misc,valid-type]
         reached_a_replica = False
 
-        def on_connect(self, *args: Any, **kwargs: Any) -> None:
-            self.reached_a_replica = False
-            super().on_connect(*args, **kwargs)
+        def disconnect(self, *args: Any, **kwargs: Any) -> None:
+            self.reached_a_replica = False  # it connects anew, wherever the address leads
+            super().disconnect(*args, **kwargs)
 
         def read_response(self, *args: Any, **kwargs: Any) -> Any:
             try:

@@ -111,6 +111,11 @@ def test_a_client_connected_before_a_failover_sends_to_the_new_master_once(
     assert _queued_ids(failover.new_master) == expected
     with pytest.raises(ResultTimeout):  # not BackendUnavailable: the wait reached a master
         after[-1].wait(timeout=1)
+    connections = failover.new_master.info("stats")["total_connections_received"]
+    for n in range(20):
+        client.send("add", n, n)
+    client.flush()
+    assert failover.new_master.info("stats")["total_connections_received"] == connections
     client.close()
 
 
