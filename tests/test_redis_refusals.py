@@ -49,9 +49,15 @@ class Failover:
         self.url = f"redis://127.0.0.1:{self.relay.port}/0"
 
     def fail_over(self) -> None:
-        assert self.master.wait(1, 5000) == 1  # the replica has every write so far
-        self.replica.replicaof("NO", "ONE")
-        self.master.replicaof("127.0.0.1", self._replica_port)
+        """Redis's own coordinated failover (as Sentinel's or a managed service's): the master
+        holds writes until the replica has every one, then the two swap roles; then the
+        address moves."""
+        self.master.execute_command("FAILOVER", "TO", "127.0.0.1", self._replica_port)
+        wait_until(
+            lambda: _role(self.replica) == "master" and _role(self.master) == "slave",
+            20,
+            what="the replica to take over",
+        )
         self.relay.redirect(("127.0.0.1", self._replica_port))
 
     @property
@@ -59,9 +65,25 @@ class Failover:
         return self.replica
 
     def close(self) -> None:
+        """Once neither server is syncing or rewriting its append-only file: Redis refuses
+        to stop meanwhile ("Writing initial AOF, can't exit")."""
         self.relay.close()
-        self.master.close()
-        self.replica.close()
+        for server in (self.master, self.replica):
+            wait_until(lambda server=server: _at_rest(server), 20, what="Redis to be at rest")
+            server.close()
+
+
+def _role(server: Any) -> str:
+    return str(server.info("replication")["role"])
+
+
+def _at_rest(server: Any) -> bool:
+    info = server.info("persistence") | server.info("replication")
+    busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "master_sync_in_progress")
+    return not any(info.get(field) for field in busy) and info.get("master_failover_state") in (
+        None,
+        "no-failover",
+    )
 
 
 @pytest.fixture
