@@ -38,7 +38,7 @@ from taskd.backends.sqlite import SQLiteBackend
 from taskd.brokers import Broker, Delivery, Message
 from taskd.brokers.redis import RedisBroker
 from taskd.brokers.sqlite import SQLiteBroker
-from taskd.confirms import Confirm, confirmed
+from taskd.confirms import Confirm
 from taskd.errors import BackendUnavailable
 from taskd.redis_scripts import Script, run_when_full
 from taskd.wire import TaskState
@@ -51,11 +51,9 @@ def sender_for(broker: Broker, backend: ResultBackend, follow_ups: bool = False)
     """The way to send through this pair of drivers; ``follow_ups``: the daemon's own sends,
     which take the place of the messages they follow (what a task sets off)."""
     redis = _one_redis_server(broker, backend)
-    if redis is not None and follow_ups:
-        return lambda messages, pending, fresh: _run_when_full(*redis, messages, pending, fresh)
     if redis is not None:
-        pipe = redisdb.Pipe(broker.redis)
-        return lambda messages, pending, fresh: _packed(pipe, *redis, messages, pending, fresh)
+        write = _run_when_full(broker.redis) if follow_ups else redisdb.Pipe(broker.redis).write
+        return lambda messages, pending, fresh: _packed(write, *redis, messages, pending, fresh)
     sqlite = _one_sqlite_file(broker, backend)
     if sqlite is not None:
 
@@ -122,51 +120,39 @@ def _overlapped(
 
 
 def _packed(
-    pipe: redisdb.Pipe,
+    write: Callable[[list[tuple]], Callable[[], list[Any]]],
     broker: RedisBroker,
     backend: RedisBackend,
     messages: Sequence[Message],
     pending: Sequence[TaskState],
     fresh: bool,
 ) -> Confirm:
+    """The SETs and the publish in one ``write``, which returns the function that reads
+    their replies (a Pipe's, or ``_run_when_full``'s)."""
     sets = backend.pending_commands(pending, fresh=fresh)
     queue = messages[0].queue
     with broker.translated(queue):
-        replies = pipe.write([*sets, *broker.publish_commands(messages)])
+        replies = write([*sets, *broker.publish_commands(messages)])
 
     def confirm() -> None:
         with broker.translated(queue):
             answers = replies()
-        _check(broker, pending, answers, queue)
+        broker.raise_first(answers[len(sets) :], queue)
+        unconfirmed(pending, answers[: len(sets)])
 
     return confirm
 
 
-def _run_when_full(
-    broker: RedisBroker,
-    backend: RedisBackend,
-    messages: Sequence[Message],
-    pending: Sequence[TaskState],
-    fresh: bool,
-) -> Confirm:
-    """As ``_packed``, confirmed at once, by a script that runs on a full Redis too: what a
-    task sets off takes the place of its message, acked next, so a full Redis still drains
-    (``redis_scripts.RUNS_WHEN_FULL``)."""
-    commands = [*backend.pending_commands(pending, fresh=fresh), *broker.publish_commands(messages)]
-    queue = messages[0].queue
-    with broker.translated(queue):
-        answers = run_when_full(broker.redis, commands)
-    _check(broker, pending, answers, queue)
-    return confirmed
+def _run_when_full(client: Any) -> Callable[[list[tuple]], Callable[[], list[Any]]]:
+    """The daemon's own sends' write: one script, which runs on a full Redis too, its
+    replies read at once. What a task sets off takes the place of its message, acked next,
+    so a full Redis still drains (``redis_scripts.RUNS_WHEN_FULL``)."""
 
+    def write(commands: list[tuple]) -> Callable[[], list[Any]]:
+        answers = run_when_full(client, commands)
+        return lambda: answers
 
-def _check(
-    broker: RedisBroker, pending: Sequence[TaskState], answers: Sequence[Any], queue: str
-) -> None:
-    """The publish replies (after one SET per PENDING state) raised as the broker's error,
-    the SETs' logged (``unconfirmed``)."""
-    broker.raise_first(answers[len(pending) :], queue)
-    unconfirmed(pending, answers[: len(pending)])
+    return write
 
 
 Settle = Callable[[Sequence[TaskState], Sequence[Delivery]], None]  # (states, then their acks)
