@@ -16,6 +16,7 @@ from taskd.client import Client
 from taskd.config import Config, RedisConfig, load_config
 from taskd.errors import ConfigError
 from taskd.redisdb import connect, same_server
+from taskd.wire import decode_signature
 from tests.support.harness import (
     TEST_TASKS,
     config_data,
@@ -118,6 +119,33 @@ def test_tasks_run_through_the_master_the_sentinel_names_and_after_a_failover(
     assert sums(config, tmp_path, 200) == [200 + n for n in range(10)]
     assert process.process.poll() is None  # the daemon rode the failover out
     assert process.events("broker_unavailable"), "the children never saw the master go"
+
+
+def test_with_min_replicas_to_write_no_send_is_lost_to_a_sentinel_failover(
+    sentinels: Sentinels, namespace: str, tmp_path: Path
+) -> None:
+    """Sentinel promotes the replica while the old master, alive, stays a master until
+    Sentinel reconfigures it (some seconds): what a client connected to it writes meanwhile
+    is lost. With min-replicas-to-write the old master refuses it (NOREPLICAS) instead: the
+    sends wait that out (``client.send_patience``), then go to the new master, each once."""
+    import redis
+
+    with redis.Redis(port=sentinels.master) as old:
+        old.config_set("min-replicas-to-write", 1)
+        old.config_set("min-replicas-max-lag", 1)
+    data = sentinel_config(sentinels, namespace, tmp_path)
+    data["client"] = {"send_patience": 60}  # Sentinel reconfigures the old master in ~10 s
+    config = load_config(write_config(tmp_path, data), env={"TASKD_STATE_DIR": str(tmp_path)})
+    with Client(config) as client:
+        before = [client.send("add", 1, n).task_id for n in range(3)]
+        client.flush()
+        sentinels.ask("SENTINEL", "FAILOVER", MASTER)
+        wait_until(lambda: sentinels.master_port() == sentinels.replica, 30, 0.1, "promotion")
+        after = [client.send("add", 2, n).task_id for n in range(5)]
+        client.flush()
+    with redis.Redis(port=sentinels.replica) as new:
+        queued = [decode_signature(raw).uuid for raw in new.lrange(namespace, 0, -1)]
+    assert queued == before + after
 
 
 def test_a_pool_that_waits_when_full_works_through_sentinel(sentinels: Sentinels) -> None:
