@@ -120,12 +120,18 @@ def master_connection_class(base: type) -> type:
     return MasterConnection
 
 
+def on_a_replica(connection: Any) -> bool:
+    """Whether the connection's server answered as a replica (``master_connection_class``;
+    never for Sentinel's, which drop themselves)."""
+    return getattr(connection, "reached_a_replica", False)
+
+
 def _dropped_if_on_a_replica(pool: Any, connection: Any) -> None:
     """A connection given back that reached a replica is closed, with the pool's idle ones
     (made to the same address, they reach the same server): the next command connects
     anew, to wherever the master's address leads now. Nothing is lost: its replies were
     read, and the writes refused there did not run."""
-    if getattr(connection, "reached_a_replica", False):
+    if on_a_replica(connection):
         connection.disconnect()
         pool.disconnect(inuse_connections=False)
 

@@ -18,7 +18,12 @@ from typing import Any
 from taskd import drivers, forking
 from taskd.config import Config
 from taskd.errors import ConfigError, DriverError
-from taskd.redis_pools import connected_again_if_closed, master_connection_class, pool_class
+from taskd.redis_pools import (
+    connected_again_if_closed,
+    master_connection_class,
+    on_a_replica,
+    pool_class,
+)
 from taskd.redis_url import SENTINEL_PORT, connection_kwargs, parse_url
 
 
@@ -273,7 +278,7 @@ class Pipe:
         that reached a replica is given up for a new one."""
         held = self._connection
         held_idle = held is not None and time.monotonic() - self._written_at >= drivers.IDLE_CHECK_S
-        if held_idle or getattr(held, "reached_a_replica", False):
+        if held_idle or on_a_replica(held):
             # Unread replies look like a closed socket's end: read them for their readers
             # first (they came before any close), which hands the connection back (and
             # closes one that reached a replica: the write goes to a new connection).
