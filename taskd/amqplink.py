@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
 
-from taskd import forking
+from taskd import amqp_alarms, forking
 from taskd.config import Config, redact_url
 from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
@@ -150,6 +150,7 @@ class _Connector:
 
         try:
             connection = pika.BlockingConnection(self._parameters)
+            amqp_alarms.watch(connection, self._driver)
             return connection, self._open_session(connection)
         except refusals() as exc:  # waiting will not help: the URL or the server must change
             raise self._failed(self._driver, f"refused: {type(exc).__name__}: {exc}") from exc
@@ -183,8 +184,9 @@ class Link(_Connector):
             try:
                 return fn(session)
             except transient_errors() as exc:
+                why = _why(exc, self._connection)
                 self._drop(exc)
-                raise self._unavailable(self._driver, f"{type(exc).__name__}: {exc}") from exc
+                raise self._unavailable(self._driver, why) from exc
 
     def post(self, fn: Callable[[Any], None]) -> None:
         """``fn(session)`` where losing the connection does not matter (acks: if the
@@ -276,11 +278,10 @@ class DirectLink(_Connector):
                     try:
                         return fn(session)
                     except transient_errors() as exc:
+                        why = _why(exc, self._connection)
                         self._drop()
                         if attempt == 2 or not reused:
-                            raise self._unavailable(
-                                self._driver, f"{type(exc).__name__}: {exc}"
-                            ) from exc
+                            raise self._unavailable(self._driver, why) from exc
                         log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
                 raise AssertionError("unreachable")
             finally:
@@ -314,6 +315,11 @@ class DirectLink(_Connector):
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def _why(exc: BaseException, connection: Any) -> str:
+    """The error of a call that failed on ``connection``, with RabbitMQ's block if any."""
+    return f"{type(exc).__name__}: {exc}{amqp_alarms.note(connection)}"
 
 
 def send_now(connection: Any) -> None:

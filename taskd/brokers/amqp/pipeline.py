@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from taskd import amqp_alarms
 from taskd.amqplink import send_now, take_in
 from taskd.errors import BrokerUnavailable
 
@@ -113,7 +114,9 @@ class Pipeline:
         one was never settled (the channel closed first). Once only: refusals are forgotten."""
         if not self.settled(first, last):
             raise BrokerUnavailable(
-                "amqp", f"the channel closed before RabbitMQ confirmed the publish: {self.lost}"
+                "amqp",
+                "the channel closed before RabbitMQ confirmed the publish:"
+                f" {self.lost}{amqp_alarms.note(self._connection)}",
             )
         refused = [self._refused.pop(tag) for tag in range(first, last + 1) if tag in self._refused]
         return refused[0] if refused else None
