@@ -89,6 +89,12 @@ class BrokerUnavailable(BrokerError):
     """The broker cannot be reached now; the operation may succeed later."""
 
 
+class BrokerFull(BrokerError):
+    """The broker refused a message for now (RabbitMQ's nack: a bounded queue at its limit),
+    and may take it once consumers make room. A client's send raises it (back-pressure); a
+    worker waits a while for room for what a task sets off."""
+
+
 class UnknownDeadLetters(BrokerError):
     """Ids that are not among a queue's dead letters (mistyped, or dropped meanwhile)."""
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from taskd.errors import BackendUnavailable, BrokerUnavailable, GiveUp
+from taskd.errors import BackendUnavailable, BrokerFull, BrokerUnavailable, GiveUp
 
 log = structlog.get_logger("taskd.worker")
 
@@ -27,6 +27,9 @@ BACKOFF_FIRST_S = 0.1  # first pause after a driver error...
 BACKOFF_MAX_S = 5.0  # ...doubling up to this
 STOP_GRACE_S = 3.0  # asked to stop during an outage: wait this long for the driver, then leave
 REPORT_EVERY_S = 30.0  # an outage is logged again this often while it lasts
+# A broker refusing messages for now (BrokerFull) is waited out this long, then raised: the
+# room may only come from this worker's own queue, which nobody drains while all wait.
+ROOM_PATIENCE_S = 10.0
 
 # Fixed event names per driver kind, so logs can be searched for them.
 BEGAN = {"broker": "broker_unavailable", "backend": "backend_unavailable"}
@@ -53,15 +56,19 @@ class Outages:
         """``call(*args, **kwargs)``, again and again while the driver is unavailable.
 
         Raises GiveUp when the child is asked to stop and the outage has lasted
-        STOP_GRACE_S: whatever it did not ack is delivered again.
+        STOP_GRACE_S: whatever it did not ack is delivered again. A BrokerFull that lasts
+        ROOM_PATIENCE_S is raised.
         """
         while True:
             try:
                 result = call(*args, **kwargs)
-            except (BrokerUnavailable, BackendUnavailable) as exc:
+            except (BrokerUnavailable, BackendUnavailable, BrokerFull) as exc:
                 since, _attempts = self._began.get(kind, (time.monotonic(), 0))
                 if self._stopping() and time.monotonic() - since >= STOP_GRACE_S:
                     raise GiveUp(kind) from exc
+                if isinstance(exc, BrokerFull) and time.monotonic() - since >= ROOM_PATIENCE_S:
+                    self.ended(kind, recovered=False)
+                    raise
                 self.pause(kind, exc)
                 continue
             self.ended(kind)
@@ -87,9 +94,10 @@ class Outages:
         self._still_alive()  # just waiting, not wedged
         time.sleep(pause_s * random.uniform(0.5, 1.0))
 
-    def ended(self, kind: DriverKind) -> None:
+    def ended(self, kind: DriverKind, *, recovered: bool = True) -> None:
         began = self._began.pop(kind, None)
         if began is not None:
-            log.info(ENDED[kind], outage_s=round(time.monotonic() - began[0], 3))
+            if recovered:
+                log.info(ENDED[kind], outage_s=round(time.monotonic() - began[0], 3))
             other = next(iter(self._began.items()), None)
             self._report(*(other[0], other[1][0]) if other else ("", 0.0))

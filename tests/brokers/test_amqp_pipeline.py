@@ -15,7 +15,7 @@ from taskd.brokers import Broker, Message, open_broker
 from taskd.brokers.amqp.pipeline import Pipeline
 from taskd.client import Client
 from taskd.config import load_config
-from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 from taskd.wire import GoTime, State, decode_signature
 from tests.support.harness import (
     AMQP_URL,
@@ -82,15 +82,21 @@ def test_an_unroutable_message_is_refused_and_those_around_it_confirmed(
     assert drain(amqp_namespace) == [b"before", b"after"]
 
 
-def test_a_nacked_message_is_refused(open_amqp: Callable[..., Broker], amqp_namespace: str) -> None:
+def test_a_nacked_message_is_refused_for_now(
+    open_amqp: Callable[..., Broker], amqp_namespace: str
+) -> None:
+    """A nack (here: a queue full under reject-publish) is BrokerFull, pipelined or not: the
+    queue may take the message later."""
     broker = open_amqp(
         amqp={"queue_declare_args": {"x-max-length": 1, "x-overflow": "reject-publish"}}
     )
     first = broker.begin_publish([Message(amqp_namespace, b"kept")])
     second = broker.begin_publish([Message(amqp_namespace, b"over the limit")])
     first()
-    with pytest.raises(BrokerError, match=f"queue '{amqp_namespace}': RabbitMQ nacked"):
+    with pytest.raises(BrokerFull, match=f"queue '{amqp_namespace}': RabbitMQ nacked"):
         second()
+    with pytest.raises(BrokerFull, match="a queue full under x-overflow: reject-publish"):
+        broker.publish_many([Message(amqp_namespace, b"over the limit too")])
     assert drain(amqp_namespace) == [b"kept"]
 
 
@@ -193,7 +199,7 @@ def test_a_confirm_that_never_comes_is_given_up_in_time(rabbitmq: list[str], rel
         with pytest.raises(pika.exceptions.AMQPConnectionError, match=r"within 0\.5 s"):
             pipeline.wait(tag, tag)  # the broker driver drops the connection then
         with pytest.raises(BrokerUnavailable, match=r"no publisher confirm within 0\.5 s"):
-            pipeline.outcome(tag, tag)
+            pipeline.outcome(tag, tag, "taskd-t-nowhere")
     finally:
         relay.cut()
         with contextlib.suppress(pika.exceptions.AMQPError):

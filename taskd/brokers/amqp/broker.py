@@ -13,11 +13,11 @@ from taskd import confirms
 from taskd.amqplink import DirectLink, Link, connection_parameters, send_now
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
-from taskd.brokers.amqp.pipeline import Pipeline, confirm_timeout_s, pipeline_of
+from taskd.brokers.amqp.pipeline import NACKED, Pipeline, confirm_timeout_s, pipeline_of
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
-from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 from taskd.wire import GoTime
 
 T = TypeVar("T")
@@ -71,16 +71,19 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         self, fn: Callable[[Session], T], queue: str | None = None, *, sending: bool = False
     ) -> T:
         """``fn(session)`` on the consuming connection (or, ``sending``, on the sender's),
-        holding it; RabbitMQ's refusals as BrokerError."""
+        holding it; RabbitMQ's refusals as BrokerError, its nacks as BrokerFull."""
         import pika.exceptions
 
         try:
             return (self._sender if sending else self._link).call(fn)
-        except (pika.exceptions.AMQPChannelError, pika.exceptions.NackError) as exc:
+        except pika.exceptions.NackError as exc:
+            raise BrokerFull(self.driver, NACKED, queue) from exc
+        except pika.exceptions.AMQPChannelError as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
     def check(self, queues: Sequence[str]) -> None:
         self._topology.check_names(queues, "--queue")
+        self._topology.warn_of_bounds()
 
     def routing_key(self, queue: str) -> str:
         """machinery's AdjustRoutingKey: on a direct exchange, the binding key."""
@@ -155,9 +158,8 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                 # confirm came first.
                 with contextlib.suppress(BrokerError):
                     self._call(drive, queue, sending=True)
-            refused = pipeline.outcome(first, last)
-            if refused is not None:
-                raise BrokerError(self.driver, refused, queue)
+            if (refused := pipeline.outcome(first, last, queue)) is not None:
+                raise refused
 
         return confirm
 

@@ -13,7 +13,14 @@ from typing import Any
 
 from taskd import amqp_alarms
 from taskd.amqplink import send_now, take_in
-from taskd.errors import BrokerUnavailable
+from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
+
+# A nack is RabbitMQ's "not now" (it refuses a message it cannot route with a return): the
+# usual cause is a queue bounded with x-overflow: reject-publish, full at the time.
+NACKED = (
+    "RabbitMQ nacked the message: a queue full under x-overflow: reject-publish, or one"
+    " that cannot take it now"
+)
 
 
 def confirm_timeout_s(parameters: Any) -> float:
@@ -61,7 +68,7 @@ class Pipeline:
         self._channel = self._blocking._impl
         self._tag = 0  # the last tag given out
         self._unsettled: set[int] = set()
-        self._refused: dict[int, str] = {}  # settled tags nacked or returned: why
+        self._refused: dict[int, tuple[type[BrokerError], str]] = {}  # nacked or returned tags
         self._returned: str | None = None  # a return, for the tag settled next
         self._waiting = False  # a wait drives the connection until a confirm comes
         self.lost: BaseException | None = None  # why the channel closed
@@ -109,9 +116,10 @@ class Pipeline:
     def settled(self, first: int, last: int) -> bool:
         return not any(tag in self._unsettled for tag in range(first, last + 1))
 
-    def outcome(self, first: int, last: int) -> str | None:
-        """Why one of tags ``first`` to ``last`` was refused, or None; BrokerUnavailable if
-        one was never settled (the channel closed first). Once only: refusals are forgotten."""
+    def outcome(self, first: int, last: int, queue: str) -> BrokerError | None:
+        """The error for the first of tags ``first`` to ``last`` that was refused (BrokerFull
+        for a nack), or None; BrokerUnavailable raised if one was never settled (the channel
+        closed first). Once only: refusals are forgotten."""
         if not self.settled(first, last):
             raise BrokerUnavailable(
                 "amqp",
@@ -119,7 +127,10 @@ class Pipeline:
                 f" {self.lost}{amqp_alarms.note(self._connection)}",
             )
         refused = [self._refused.pop(tag) for tag in range(first, last + 1) if tag in self._refused]
-        return refused[0] if refused else None
+        if not refused:
+            return None
+        error, reason = refused[0]
+        return error("amqp", reason, queue)
 
     # -- pika's callbacks, run by whichever call drives the connection ----------------------
 
@@ -135,9 +146,9 @@ class Pipeline:
         self._unsettled -= settled
         if isinstance(method, pika.spec.Basic.Nack):
             for t in settled:
-                self._refused[t] = "RabbitMQ nacked the message"
+                self._refused[t] = (BrokerFull, NACKED)
         if self._returned is not None:
-            self._refused[tag] = self._returned
+            self._refused[tag] = (BrokerError, self._returned)
             self._returned = None
         if self._waiting:  # end process_data_events, which returns early for its own events only
             self._waiting = False

@@ -106,6 +106,24 @@ class Topology:
             " it for delays and dead letters)"
         )
 
+    def warn_of_bounds(self) -> None:
+        """A queue bounded in ``amqp.queue_declare_args`` loses tasks where RabbitMQ keeps it
+        at its bound without telling anyone: say how, once per check (start, check-config,
+        reload)."""
+        if not {"x-max-length", "x-max-length-bytes"} & self.queue_arguments.keys():
+            return
+        if self.queue_arguments.get("x-overflow", "drop-head") == "drop-head":
+            risk = (
+                "x-overflow is drop-head (RabbitMQ's default): a full queue drops its oldest"
+                " tasks without a word; reject-publish refuses new ones instead"
+            )
+        else:
+            risk = (
+                "a delayed task (ETA, countdown, retry) that leaves its delay queue while the"
+                " queue is full is dropped by RabbitMQ (dead-lettering has no confirms)"
+            )
+        log.warning("amqp_queue_bounded", key="amqp.queue_declare_args", risk=risk)
+
     @property
     def quorum(self) -> bool:
         return self.queue_arguments.get("x-queue-type") == "quorum"
