@@ -120,7 +120,7 @@ def test_a_confirm_that_came_is_taken_without_a_turn_of_the_ioloop(
     monkeypatch.setattr(connection, "process_data_events", no_turns)
     pipeline.wait(tag, tag)
     assert pipeline.settled(tag, tag)
-    assert pipeline.outcome(tag, tag, amqp_namespace) is None
+    assert pipeline.refusals(tag, tag, amqp_namespace) == {}
 
 
 class Unknown:

@@ -20,6 +20,7 @@ from taskd.wire import GoTime, State, decode_signature
 from tests.support.harness import (
     AMQP_URL,
     REDIS_URL,
+    amqp_connection,
     config_data,
     wait_until,
     write_config,
@@ -80,6 +81,28 @@ def test_an_unroutable_message_is_refused_and_those_around_it_confirmed(
         confirms[1]()
     confirms[2]()
     assert drain(amqp_namespace) == [b"before", b"after"]
+
+
+def test_a_queue_deleted_after_its_publisher_declared_it_is_declared_again(
+    open_amqp: Callable[..., Broker], amqp_namespace: str
+) -> None:
+    """A long-lived producer whose queue was deleted (an operator's delete, a policy's
+    expiry) had every later send returned unroutable until it restarted. The returned
+    message is published once more, its queue declared anew: pipelined or not, nothing is
+    lost and nothing is queued twice."""
+    broker = open_amqp()
+    broker.begin_publish([Message(amqp_namespace, b"first")])()
+    broker.publish_many([Message(amqp_namespace, b"second")])
+    assert drain(amqp_namespace) == [b"first", b"second"]
+    for send in (
+        lambda body: broker.begin_publish([Message(amqp_namespace, body)])(),
+        lambda body: broker.publish_many([Message(amqp_namespace, body)]),
+    ):
+        with amqp_connection() as connection:
+            connection.channel().queue_delete(amqp_namespace)
+        send(b"after the delete")
+        send(b"and the next")
+        assert drain(amqp_namespace) == [b"after the delete", b"and the next"]
 
 
 def test_a_nacked_message_is_refused_for_now(
@@ -199,7 +222,7 @@ def test_a_confirm_that_never_comes_is_given_up_in_time(rabbitmq: list[str], rel
         with pytest.raises(pika.exceptions.AMQPConnectionError, match=r"within 0\.5 s"):
             pipeline.wait(tag, tag)  # the broker driver drops the connection then
         with pytest.raises(BrokerUnavailable, match=r"no publisher confirm within 0\.5 s"):
-            pipeline.outcome(tag, tag, "taskd-t-nowhere")
+            pipeline.refusals(tag, tag, "taskd-t-nowhere")
     finally:
         relay.cut()
         with contextlib.suppress(pika.exceptions.AMQPError):

@@ -493,6 +493,31 @@ def test_a_lost_connection_loses_nothing(
     client.close()
 
 
+def test_workers_declare_their_queue_again_once_it_is_deleted(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Deleting the queue (an operator purging it that way, a policy's expiry) cancels its
+    consumers. The children consumed it again without declaring it, failing every fetch with
+    404 for as long as nobody else declared it, and a Go producer's tasks (which only
+    publish) were unroutable. They declare it again now, and such a task runs."""
+    namespace = amqp_namespace
+    binding_key = f"{namespace}.task"
+    config, client = amqp_client(namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    task_id = new_id()
+    args = '[{"Name":"","Type":"int64","Value":2},{"Name":"","Type":"int64","Value":3}]'
+    with amqp_connection() as connection:
+        connection.channel().queue_delete(namespace)
+        wait_until(lambda: consumer_count(connection, namespace) == 2, 20, 0.1, "consumers")
+        message = go_message(task_id, "add", args, binding_key)
+        go_publish(connection, namespace, binding_key, message)
+    assert client.result(task_id).get(timeout=20) == 5
+    assert len(process.events("amqp_consumer_cancelled")) == 2
+    assert not process.events("fetch_failed")
+    client.close()
+
+
 def test_a_sender_whose_connection_rabbitmq_closed_while_idle_sends_without_error(
     amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:

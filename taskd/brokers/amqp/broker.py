@@ -1,4 +1,4 @@
-"""The AMQP broker's fetch path: publish with confirms, consume with late acks."""
+"""The AMQP broker's fetch path: consume with late acks (publishing: ``publishing.py``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-from taskd import confirms
+import structlog
+
 from taskd.amqplink import DirectLink, Link, connection_parameters, send_now
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
-from taskd.brokers.amqp.pipeline import NACKED, Pipeline, confirm_timeout_s, pipeline_of
+from taskd.brokers.amqp.pipeline import NACKED, Unroutable, confirm_timeout_s, unroutable
+from taskd.brokers.amqp.publishing import AMQPPublishing
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
@@ -21,6 +23,7 @@ from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 from taskd.wire import GoTime
 
 T = TypeVar("T")
+log = structlog.get_logger("taskd.amqp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,7 @@ class Received:
     body: bytes
 
 
-class AMQPBroker(AMQPDeadLetters, Broker):
+class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
     driver = "amqp"
     counts_releases = True  # a requeue sets the redelivered flag (quorum queues: counts it)
 
@@ -78,6 +81,9 @@ class AMQPBroker(AMQPDeadLetters, Broker):
             return (self._sender if sending else self._link).call(fn)
         except pika.exceptions.NackError as exc:
             raise BrokerFull(self.driver, NACKED, queue) from exc
+        except pika.exceptions.UnroutableError as exc:
+            reason = unroutable(exc.messages[0].method)
+            raise Unroutable(self.driver, reason, queue) from exc
         except pika.exceptions.AMQPChannelError as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
@@ -90,90 +96,6 @@ class AMQPBroker(AMQPDeadLetters, Broker):
         if self._topology.routes_by_binding_key and queue == self._topology.default_queue:
             return self._topology.binding_key
         return queue
-
-    # -- producing ------------------------------------------------------------------------
-
-    def publish_many(self, messages: Sequence[Message]) -> None:
-        """Each message confirmed by RabbitMQ before the next (mandatory: an unroutable one
-        is an error, not a silent loss); the destination is declared first."""
-        if not messages:
-            return
-        self.check_priorities(messages)
-        confirmed = [0]  # a retry on a new connection resumes after these
-
-        def publish(session: Session) -> None:
-            self._publish(session, messages[confirmed[0] :], confirmed)
-
-        self._call(publish, messages[0].queue, sending=True)
-
-    def _publish(self, session: Session, messages: Sequence[Message], confirmed: list[int]) -> None:
-        channel = session.publishing()
-        for message in messages:
-            properties = _properties(message)
-            if delays.waits(message.eta):
-                self._publish_delayed(session, channel, message, properties)
-            else:
-                queue = self._topology.queue_for(message.queue)
-                self._topology.declare_queue(session, channel, queue)
-                channel.basic_publish(
-                    self._topology.exchange, message.queue, message.body, properties, mandatory=True
-                )
-            confirmed[0] += 1
-
-    def begin_publish(self, messages: Sequence[Message]) -> confirms.Confirm:
-        """Ready messages are published at once, as by publish_many, on a channel whose
-        confirms are collected as they come (``pipeline.py``); the function returned waits
-        for theirs. Delayed ones are confirmed here, by publish_many."""
-        if not messages or any(delays.waits(message.eta) for message in messages):
-            self.publish_many(messages)
-            return confirms.confirmed
-        self.check_priorities(messages)
-        queue = messages[0].queue
-
-        def publish(session: Session) -> tuple[Pipeline, int, int]:
-            # First: after a channel RabbitMQ closed, everything is declared again.
-            pipeline = pipeline_of(session, self._confirm_timeout_s)
-            channel = session.publishing()  # declarations wait for their replies on this one
-            for message in messages:
-                self._topology.declare_queue(
-                    session, channel, self._topology.queue_for(message.queue)
-                )
-            tags = [
-                pipeline.publish(self._topology.exchange, m.queue, m.body, _properties(m))
-                for m in messages
-            ]
-            pipeline.flush()
-            return pipeline, tags[0], tags[-1]
-
-        # A retry on a new connection sends them all again: the tags are of the last attempt.
-        pipeline, first, last = self._call(publish, queue, sending=True)
-
-        def drive(session: Session) -> None:
-            if session.pipeline is pipeline:  # else its connection is gone, and its tags void
-                pipeline.wait(first, last)
-
-        def confirm() -> None:
-            if pipeline.lost is None and not pipeline.settled(first, last):
-                # If the connection is lost meanwhile, the outcome tells whether the
-                # confirm came first.
-                with contextlib.suppress(BrokerError):
-                    self._call(drive, queue, sending=True)
-            if (refused := pipeline.outcome(first, last, queue)) is not None:
-                raise refused
-
-        return confirm
-
-    def _publish_delayed(
-        self, session: Session, channel: Any, message: Message, properties: Any
-    ) -> None:
-        assert message.eta is not None
-        self._topology.declare_delayed(session, channel, message.queue)
-        properties.headers[delays.ETA_HEADER] = message.eta.unix_ns
-        # The delay left now, as it is published: not as it was before the ladder was
-        # declared or the messages ahead of it in the batch were confirmed (it would run late).
-        units = delays.units_for((message.eta.unix_ns - time.time_ns()) / 1e6)
-        top, key = self._topology.ladder.top, delays.routing_key(units, message.queue)
-        channel.basic_publish(top, key, message.body, properties, mandatory=True)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -255,7 +177,9 @@ class AMQPBroker(AMQPDeadLetters, Broker):
                     )
                 )
 
-            def cancelled(_frame: Any) -> None:  # by RabbitMQ (queue deleted): consume again
+            def cancelled(_frame: Any) -> None:  # by RabbitMQ: its queue was deleted
+                log.warning("amqp_consumer_cancelled", queue=queue, then="declared again")
+                session.declared.discard(queue)  # the next fetch declares it and consumes
                 session.consuming.pop(queue, None)
                 self._consuming.pop(queue, None)
 
@@ -387,14 +311,3 @@ def _ack(channel: Any, tag: int) -> None:
 def _open(channel: Any) -> bool:
     """Whether a channel is open (read without the lock: a stale answer costs one call)."""
     return channel is not None and bool(channel.is_open)
-
-
-def _properties(message: Message) -> Any:
-    import pika
-
-    return pika.BasicProperties(
-        content_type="application/json",
-        delivery_mode=2,
-        priority=message.priority,
-        headers=dict(message.headers or {}),
-    )

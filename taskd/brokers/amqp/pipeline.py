@@ -23,6 +23,19 @@ NACKED = (
 )
 
 
+class Unroutable(BrokerError):
+    """RabbitMQ returned a mandatory message that no queue is bound to take: it was queued
+    nowhere, so publishing it again cannot duplicate it."""
+
+
+def unroutable(method: Any) -> str:
+    """Why RabbitMQ returned a message, from its basic.return."""
+    return (
+        f"unroutable: {method.reply_code} {method.reply_text} (exchange {method.exchange!r},"
+        f" routing key {method.routing_key!r})"
+    )
+
+
 def confirm_timeout_s(parameters: Any) -> float:
     """How long a confirm may keep a sender waiting: no less than pika takes to give up a
     silent peer (it checks every heartbeat + 5 s) or a connection RabbitMQ keeps blocked, so
@@ -116,21 +129,20 @@ class Pipeline:
     def settled(self, first: int, last: int) -> bool:
         return not any(tag in self._unsettled for tag in range(first, last + 1))
 
-    def outcome(self, first: int, last: int, queue: str) -> BrokerError | None:
-        """The error for the first of tags ``first`` to ``last`` that was refused (BrokerFull
-        for a nack), or None; BrokerUnavailable raised if one was never settled (the channel
-        closed first). Once only: refusals are forgotten."""
+    def refusals(self, first: int, last: int, queue: str) -> dict[int, BrokerError]:
+        """The errors of tags ``first`` to ``last`` that RabbitMQ refused (BrokerFull for a
+        nack, Unroutable for a return); BrokerUnavailable raised if one was never settled
+        (the channel closed first). Once only: refusals are forgotten."""
         if not self.settled(first, last):
             raise BrokerUnavailable(
                 "amqp",
                 "the channel closed before RabbitMQ confirmed the publish:"
                 f" {self.lost}{amqp_alarms.note(self._connection)}",
             )
-        refused = [self._refused.pop(tag) for tag in range(first, last + 1) if tag in self._refused]
-        if not refused:
-            return None
-        error, reason = refused[0]
-        return error("amqp", reason, queue)
+        refused = [
+            (tag, self._refused.pop(tag)) for tag in range(first, last + 1) if tag in self._refused
+        ]
+        return {tag: error("amqp", reason, queue) for tag, (error, reason) in refused}
 
     # -- pika's callbacks, run by whichever call drives the connection ----------------------
 
@@ -148,17 +160,14 @@ class Pipeline:
             for t in settled:
                 self._refused[t] = (BrokerFull, NACKED)
         if self._returned is not None:
-            self._refused[tag] = (BrokerError, self._returned)
+            self._refused[tag] = (Unroutable, self._returned)
             self._returned = None
         if self._waiting:  # end process_data_events, which returns early for its own events only
             self._waiting = False
             self._connection.call_later(0, _nothing)
 
     def _on_return(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
-        self._returned = (
-            f"unroutable: {method.reply_code} {method.reply_text} (exchange {method.exchange!r},"
-            f" routing key {method.routing_key!r})"
-        )
+        self._returned = unroutable(method)
 
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         # A lost connection makes process_data_events raise; a channel RabbitMQ closes
