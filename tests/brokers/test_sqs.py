@@ -85,6 +85,29 @@ def test_a_missing_queue_is_created_or_named(
     assert wait_until(lambda: strict.size(namespace) == 2, 5)
 
 
+def test_a_queue_deleted_while_in_use_is_created_again(
+    open_sqs: Callable[..., Broker], namespace: str, raw: Any
+) -> None:
+    """A queue deleted after the broker read its URL (an operator's delete) failed every
+    later send and receive with NonExistentQueue, for as long as the process lived. Such a
+    call is an outage in which nothing was sent (a client's send rides it out), and the next
+    call reads, here creates, the queue again."""
+    broker = open_sqs()
+    broker.publish(namespace, b'{"n":1}')
+    broker.ack(take(broker, namespace))
+    raw.delete_queue(QueueUrl=raw.get_queue_url(QueueName=namespace)["QueueUrl"])
+    with pytest.raises(BrokerUnavailable, match="NonExistentQueue") as caught:
+        broker.publish(namespace, b'{"n":2}')
+    assert caught.value.unsent
+    broker.publish(namespace, b'{"n":2}')
+    assert take(broker, namespace).body == b'{"n":2}'
+    raw.delete_queue(QueueUrl=raw.get_queue_url(QueueName=namespace)["QueueUrl"])
+    with pytest.raises(BrokerUnavailable, match="NonExistentQueue"):
+        broker.fetch(namespace, max_messages=1, wait_s=2)
+    broker.publish(namespace, b'{"n":3}')
+    assert take(broker, namespace).body == b'{"n":3}'
+
+
 def test_large_messages_are_sent_in_batches_sqs_takes(
     open_sqs: Callable[..., Broker], namespace: str
 ) -> None:

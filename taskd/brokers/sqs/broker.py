@@ -178,7 +178,7 @@ class SQSBroker(SQSDeadLetters, Broker):
         """One SendMessageBatch; entries SQS failed on its side are sent again."""
         for attempt in range(SEND_ATTEMPTS):
             numbered = {str(i): entry for i, entry in enumerate(entries)}
-            with translated(queue.name):
+            with self._queues.using(queue):
                 reply = self._client().send_message_batch(
                     QueueUrl=queue.url, Entries=[{"Id": i, **e} for i, e in numbered.items()]
                 )
@@ -222,7 +222,7 @@ class SQSBroker(SQSDeadLetters, Broker):
 
     def _receive(self, queue: Queue, max_messages: int) -> list[dict[str, Any]]:
         """One long poll (in the poll thread); what it gets is held from here on."""
-        with translated(queue.name):
+        with self._queues.using(queue):
             reply = self._client().receive_message(
                 QueueUrl=queue.url,
                 MaxNumberOfMessages=max(1, min(max_messages, 10)),

@@ -45,6 +45,7 @@ TRANSIENT_CODES = frozenset(
         "InternalError",
         "InternalFailure",
         "KMS.ThrottlingException",
+        "AWS.SimpleQueueService.QueueDeletedRecently",  # created again within 60 s of a delete
     }
 )
 MISSING_QUEUE_CODES = frozenset(
@@ -130,9 +131,10 @@ def error_code(exc: Exception) -> str:
 
 
 @contextmanager
-def translated(queue: str | None) -> Iterator[None]:
+def translated(queue: str | None, *, unsent: bool = False) -> Iterator[None]:
     """botocore's errors as taskd's: connection trouble, throttling and 5xx as
-    BrokerUnavailable (the worker waits and retries), the rest as BrokerError."""
+    BrokerUnavailable (the worker waits and retries), the rest as BrokerError; ``unsent``:
+    nothing in the block sends a message."""
     import botocore.exceptions as aws
 
     try:
@@ -148,10 +150,10 @@ def translated(queue: str | None) -> Iterator[None]:
             if error_code(exc) in TRANSIENT_CODES or status >= 500
             else BrokerError
         )
-        raise kind(DRIVER, str(exc), queue) from exc
+        raise kind(DRIVER, str(exc), queue, unsent=unsent) from exc
     except aws.BotoCoreError as exc:  # endpoint unreachable, timeouts, connection closed
         # Could not connect: nothing was sent.
-        unsent = isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError)
+        unsent = unsent or isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError)
         raise BrokerUnavailable(
             DRIVER, f"{type(exc).__name__}: {exc}", queue, unsent=unsent
         ) from exc
@@ -189,7 +191,7 @@ class Queues:
             return known
         if (reason := name_error(name)) is not None:  # a message's RoutingKey, say
             raise BrokerError(DRIVER, reason, name)
-        with self._lock, translated(name):
+        with self._lock, translated(name, unsent=True):
             queue = self._read(name)
             if queue is None and create and self._create:
                 self._client().create_queue(QueueName=name, Attributes=self._attributes(name))
@@ -202,9 +204,21 @@ class Queues:
                 )
             return queue
 
-    def forget(self, name: str) -> None:
-        """Read the queue again next time (it was deleted, or its policy changed)."""
-        self._known.pop(name, None)
+    @contextmanager
+    def using(self, queue: Queue) -> Iterator[None]:
+        """``translated``, for a call on ``queue`` that a deleted queue refuses whole (a send,
+        a receive): the queue is read, or created, again by the next call, and the error is
+        an outage in which nothing was sent."""
+        try:
+            with translated(queue.name):
+                yield
+        except BrokerError as exc:
+            if exc.__cause__ is None or error_code(exc.__cause__) not in MISSING_QUEUE_CODES:
+                raise
+            self._known.pop(queue.name, None)
+            raise BrokerUnavailable(
+                DRIVER, f"{exc.__cause__} (deleted since it was read)", queue.name, unsent=True
+            ) from exc
 
     def _read(self, name: str) -> Queue | None:
         import json
