@@ -31,7 +31,9 @@ def memory_alarm() -> Iterator[None]:
     """RabbitMQ in a memory alarm (its watermark at 1 byte); its watermark put back after."""
     was = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     absolute = re.fullmatch(r"\{absolute,(\d+)\}", was)
-    restore = ["absolute", absolute.group(1)] if absolute else [was]
+    relative = re.fullmatch(r"\d*\.\d+", was)
+    # Put back as it was; RabbitMQ's default where the form is not understood.
+    restore = ["absolute", absolute.group(1)] if absolute else [was if relative else "0.4"]
     rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
     try:
         wait_until(alarm_on, 10, 0.1, "RabbitMQ's memory alarm")
