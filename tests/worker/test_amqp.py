@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tests.support.harness import (
     declare_machinery_state_queue,
     delete_amqp_namespace,
     go_message,
+    run_cli,
     wait_until,
     write_config,
 )
@@ -561,6 +562,55 @@ def test_names_too_long_for_rabbitmq_are_config_errors_naming_the_key(
         open_broker(load_config(path, env={})).check(["r" * 200])
     assert caught.value.key == key
     assert "RabbitMQ" in str(caught.value) and "bytes" in str(caught.value)
+
+
+@pytest.fixture
+def amqp_user_who_cannot_declare(namespace: str) -> Iterator[str]:
+    """A RabbitMQ user who may read and write but not configure (declare): an AMQP URL."""
+    rabbitmqctl("add_user", namespace, namespace)
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", namespace, "^$", ".*", ".*")
+        yield f"amqp://{namespace}:{namespace}@127.0.0.1:5672/%2F"
+    finally:
+        rabbitmqctl("delete_user", namespace)
+
+
+def test_a_user_who_may_not_declare_is_a_config_error_at_start(
+    amqp_namespace: str, amqp_user_who_cannot_declare: str, tmp_path: Path
+) -> None:
+    """The daemon started, its children never became ready, and each logged fetch_failed
+    (ACCESS_REFUSED) every second for good; check-config said the file was fine."""
+    config, client = amqp_client(amqp_namespace, tmp_path, broker=amqp_user_who_cannot_declare)
+    client.close()
+    for command in (["check-config"], ["start", "--concurrency", "1"]):
+        done = run_cli(tmp_path, "taskd", *command, "-c", str(config), timeout_s=30)
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"{config}: broker: RabbitMQ refused to declare" in done.stderr
+        assert "ACCESS_REFUSED" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("declared", "key"),
+    [
+        ("queue", "amqp.queue_declare_args"),  # with another x-max-priority
+        ("exchange", "amqp.exchange_type"),  # fanout, where the config says direct
+    ],
+)
+def test_a_topology_rabbitmq_has_otherwise_is_a_config_error_naming_the_key(
+    declared: str, key: str, amqp_namespace: str, tmp_path: Path
+) -> None:
+    config, client = amqp_client(amqp_namespace, tmp_path)
+    client.close()
+    with amqp_connection() as connection:
+        channel = connection.channel()
+        if declared == "queue":
+            channel.queue_declare(amqp_namespace, durable=True, arguments={"x-max-priority": 3})
+        else:
+            channel.exchange_declare(amqp_namespace, exchange_type="fanout", durable=True)
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: {key}: RabbitMQ refused to declare" in done.stderr
+    assert "PRECONDITION_FAILED" in done.stderr
 
 
 def test_the_longest_queue_name_rabbitmq_takes_runs_delays_and_dead_letters(

@@ -41,6 +41,7 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
 
     def __init__(self, url: str, config: Config) -> None:
         self._topology = Topology.of(config)
+        self._source = config.source
         # Consuming, acks and taskctl's look into queues on a kept connection (heartbeats
         # flow while a task runs); publishing on one of the sender's own, without heartbeats.
         self._link = Link(
@@ -90,6 +91,9 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
     def check(self, queues: Sequence[str]) -> None:
         self._topology.check_names(queues, "--queue")
         self._topology.warn_of_bounds()
+        self._topology.check_declarable(
+            lambda declare: self._call(declare, queues[0]), queues, self._source
+        )
 
     def routing_key(self, queue: str) -> str:
         """machinery's AdjustRoutingKey: on a direct exchange, the binding key."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ import structlog
 from taskd.amqplink import open_channel
 from taskd.brokers.amqp import delays
 from taskd.config import Config
-from taskd.errors import BrokerError, ConfigError
+from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
 log = structlog.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
@@ -105,6 +105,37 @@ class Topology:
             f" (AMQP's names stop at {MAX_NAME_BYTES} bytes, and taskd derives longer ones from"
             " it for delays and dead letters)"
         )
+
+    def check_declarable(
+        self,
+        call: Callable[[Callable[[Session], None]], None],
+        queues: Sequence[str],
+        source: str | None,
+    ) -> None:
+        """Declare the exchange, ``queues`` and their bindings through ``call`` (the broker's
+        own): what RabbitMQ refuses there (a user without the permission to declare, an
+        exchange or queue declared before with other arguments) is a ConfigError naming the
+        setting, at start, instead of a failure of every fetch of every child for good. An
+        unreachable RabbitMQ passes (BrokerUnavailable: the daemon rides it out)."""
+
+        def declare(session: Session) -> None:
+            channel = session.publishing()
+            for queue in queues:
+                self.declare_queue(session, channel, queue)
+
+        try:
+            call(declare)
+        except BrokerUnavailable:
+            raise
+        except BrokerError as exc:
+            refused = str(exc.__cause__ or exc)
+            if getattr(exc.__cause__, "reply_code", 0) != PRECONDITION_FAILED:
+                key = "broker"  # the URL's user and vhost: ACCESS_REFUSED, NOT_ALLOWED
+            elif "for exchange" in refused:
+                key = "amqp.exchange_type"
+            else:
+                key = "amqp.queue_declare_args"
+            raise ConfigError(key, f"RabbitMQ refused to declare: {refused}", source) from None
 
     def warn_of_bounds(self) -> None:
         """A queue bounded in ``amqp.queue_declare_args`` loses tasks where RabbitMQ keeps it
