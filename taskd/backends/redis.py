@@ -19,7 +19,7 @@ from taskd import redisdb
 from taskd.backends.base import SPENT_CLAIM, Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
-from taskd.errors import BackendError, BackendUnavailable
+from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.redis_scripts import Script
 from taskd.wire import GroupMeta, State, TaskState
 
@@ -34,6 +34,7 @@ WAITER_TTL_S = 60  # a waiter's registration (and list) outlives this client by 
 WAKE_FIRST_CHECK_S = 0.05  # with nothing pushed, the states are read again after this...
 WAKE_GROWTH = 1.5
 WAKE_CHECK_S = 1.0  # ...growing to this
+ACL_CHECK_ID = "task_taskd-acl-check"  # read by check(): never a task's id
 MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would block for ever)
 POST = Script.packaged("post.lua")
 READ_BOARD = Script.packaged("read_board.lua")
@@ -59,8 +60,19 @@ class RedisBackend(ResultBackend):
         self._source = config.source
 
     def check(self) -> None:
+        import redis
+
         with self._translated():
             redisdb.refuse_cluster(self._redis, "result_backend", self._source)
+            try:  # a state is kept under its task's id (machinery's layout), not the prefix
+                self._redis.execute_command("MGET", ACL_CHECK_ID)
+            except redis.exceptions.NoPermissionError as exc:
+                raise ConfigError(
+                    "result_backend",
+                    f"{exc}: taskd keeps each task's state under the task's id, as machinery"
+                    " does, not under redis.key_prefix; this user's ACL must allow such keys",
+                    self._source,
+                ) from None
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:

@@ -4,7 +4,7 @@ colliding names and keys of the wrong type are config errors naming the setting 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,42 @@ def test_a_redis_cluster_is_refused_naming_the_key(redis_namespace: str, tmp_pat
             done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
             assert done.returncode == 2, done.stderr
             assert f"{config}: {key}: the Redis server runs in cluster mode" in done.stderr
+
+
+@pytest.fixture
+def acl_user(redis_server: Any, namespace: str) -> Iterator[Callable[[str], str]]:
+    """``acl_user(keys)``: a Redis URL of a user of this test's, allowed every command on
+    the keys of the ACL pattern ``keys``; deleted afterwards."""
+
+    def user(keys: str) -> str:
+        redis_server.execute_command(
+            "ACL", "SETUSER", namespace, "reset", "on", ">pw", keys, "+@all"
+        )
+        return f"redis://{namespace}:pw@127.0.0.1:6379/0"
+
+    yield user
+    redis_server.execute_command("ACL", "DELUSER", namespace)
+
+
+def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_backend(
+    redis_namespace: str, acl_user: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Allowed only the keys under redis.key_prefix, a user could send (PENDING unstored,
+    a warning), and every worker failed to start; task states live under their task's
+    id, as in machinery. check-config, start and taskctl now name the setting (exit 2)."""
+    url = acl_user(f"~{redis_namespace}*")
+    config, client = client_for("redis", redis_namespace, tmp_path, broker=url)
+    client.close()
+    for command in (
+        ["taskd", "check-config", "-c", str(config)],
+        ["taskctl", "-c", str(config), "send", "noop"],
+    ):
+        done = run_cli(tmp_path, *command)
+        assert done.returncode == 2, done.stderr
+        assert f"{config}: result_backend: this user has no permissions" in done.stderr
+        assert "under the task's id" in done.stderr
+    url = acl_user("~*")  # every key: it passes
+    config, client = client_for("redis", redis_namespace, tmp_path, broker=url)
+    client.close()
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 0, done.stderr
