@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import queue as queues
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,7 @@ from taskd.backends.amqp_records import (
 )
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
-from taskd.errors import BackendError, BackendUnavailable
+from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
@@ -88,10 +89,32 @@ class AMQPBackend(ResultBackend):
         self._machinery_exchange = config.amqp.exchange if direct else ""
         self._machinery_arguments = {"x-message-ttl": expire_ms, "x-expires": expire_ms}
         self._machinery_watched: dict[str, None] = {}  # tasks machinery programs read, oldest first
+        self._source = config.source
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
+
+    def check(self) -> None:
+        """Declare and delete a record's queue, as each task's result needs: RabbitMQ's
+        refusal (a user without the permission to configure queues) is a ConfigError naming
+        result_backend at start, not an error at every task. Unreachable: no error."""
+        name = self._name("state", f"taskd-check-{secrets.token_hex(4)}")
+
+        def declare_and_delete(session: RecordSession) -> None:
+            self._declare(session, name, self._record_arguments)
+            session.writing().queue_delete(name)
+
+        try:
+            self._call(declare_and_delete, name)
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            raise ConfigError(
+                "result_backend",
+                f"RabbitMQ refused to declare a result's queue: {exc.reason}",
+                self._source,
+            ) from None
 
     def _name(self, kind: str, record_id: str) -> str:
         return f"{self._prefix}.{kind}.{record_id}"

@@ -575,17 +575,26 @@ def amqp_user_who_cannot_declare(namespace: str) -> Iterator[str]:
         rabbitmqctl("delete_user", namespace)
 
 
+@pytest.mark.parametrize("key", ["broker", "result_backend"])
 def test_a_user_who_may_not_declare_is_a_config_error_at_start(
-    amqp_namespace: str, amqp_user_who_cannot_declare: str, tmp_path: Path
+    key: str, amqp_namespace: str, amqp_user_who_cannot_declare: str, tmp_path: Path
 ) -> None:
-    """The daemon started, its children never became ready, and each logged fetch_failed
-    (ACCESS_REFUSED) every second for good; check-config said the file was fine."""
-    config, client = amqp_client(amqp_namespace, tmp_path, broker=amqp_user_who_cannot_declare)
+    """As the broker, the daemon started, its children never became ready, and each logged
+    fetch_failed (ACCESS_REFUSED) every second for good; as the result backend (a queue per
+    task), it started and failed every task's state. check-config said the file was fine."""
+    url = amqp_user_who_cannot_declare
+    if key == "broker":
+        config, client = amqp_client(amqp_namespace, tmp_path, broker=url)
+    else:
+        sqlite = f"sqlite://{tmp_path}/{amqp_namespace}.db"
+        config, client = client_for(
+            "amqp", amqp_namespace, tmp_path, broker=sqlite, result_backend=url
+        )
     client.close()
     for command in (["check-config"], ["start", "--concurrency", "1"]):
         done = run_cli(tmp_path, "taskd", *command, "-c", str(config), timeout_s=30)
         assert done.returncode == 2, (command, done.stderr)
-        assert f"{config}: broker: RabbitMQ refused to declare" in done.stderr
+        assert f"{config}: {key}: RabbitMQ refused to declare" in done.stderr
         assert "ACCESS_REFUSED" in done.stderr
 
 
