@@ -98,6 +98,27 @@ def opened(
     try:
         return connect(path, synchronous, schema)
     except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _NOT_ALLOWED:
+            raise permanent(driver, f"cannot open {path}: {exc}{_as_whom()}") from exc
         raise unavailable(driver, f"cannot open {path}: {exc}") from exc
     except (OSError, sqlite3.Error) as exc:
         raise permanent(driver, f"cannot open {path}: {exc}") from exc
+
+
+# What waiting does not mend: a file, its -wal or -shm, or its directory that this user may
+# not write (say, created by root before the service ran as its own user).
+_NOT_ALLOWED = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
+
+
+def _as_whom() -> str:
+    import os
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    return (
+        f" (as {user}: the file, its -wal and -shm files and its directory must be writable"
+        " by the user taskd runs as)"
+    )

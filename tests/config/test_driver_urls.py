@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import run_cli, write_config
+from tests.support.harness import BIN, process_env, run_cli, write_config
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,50 @@ def test_check_config_names_the_key_of_a_bad_url(
     assert reason in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_database_the_user_may_not_write_is_a_config_error(tmp_path: Path) -> None:
+    """A database created by one user (root, by a first ``taskctl send`` or ``make run``)
+    and served by another (the service's own): check-config passed, taskctl send exited 69
+    as for an outage, and the daemon waited for good with no child ready. Now all three
+    stop at once (exit 2), naming the key, the file and the user."""
+    import os
+    import shutil
+    import sqlite3
+    import subprocess
+    import tempfile
+
+    from taskd.sqlitedb import connect
+
+    # A directory the other user can reach (pytest's own is its creator's alone).
+    place = Path(tempfile.mkdtemp(prefix="taskd-t-"))
+    try:
+        place.chmod(0o755)
+        url = f"sqlite://{place}/q.db"
+        config = write_config(place, {"broker": url, "result_backend": url})
+        config.chmod(0o644)
+        connect(place / "q.db", "FULL", "CREATE TABLE IF NOT EXISTS t (x)").close()
+        if os.geteuid() == 0:  # root writes anything: run as nobody instead
+            setpriv = shutil.which("setpriv")
+            assert setpriv, "setpriv (util-linux) runs the commands as another user"
+            as_other = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        else:
+            (place / "q.db").chmod(0o444)
+            place.chmod(0o555)
+            as_other = []
+        for command in (["taskd", "check-config", "-c"], ["taskctl", "send", "noop", "-c"]):
+            done = subprocess.run(
+                [*as_other, str(BIN / command[0]), *command[1:], str(config)],
+                capture_output=True,
+                text=True,
+                env=process_env(place),  # its state directory there too
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 2, done.stderr
+            assert f"{config}: broker: sqlite: cannot open {place}/q.db" in done.stderr
+            assert "must be writable by the user taskd runs as" in done.stderr
+        assert sqlite3.connect(place / "q.db").execute("SELECT 1").fetchone() == (1,)
+    finally:
+        place.chmod(0o755)
+        shutil.rmtree(place)
