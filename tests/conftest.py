@@ -121,8 +121,9 @@ def raw(sqs_server: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sqs_namespace(sqs_server: str, namespace: str) -> Iterator[str]:
+def sqs_namespace(sqs_server: str, namespace: str, request: pytest.FixtureRequest) -> Iterator[str]:
     yield namespace
+    stop_daemons(request)
     delete_sqs_namespace(sqs_server, namespace)
 
 
@@ -170,10 +171,25 @@ def mongodb_namespace(mongodb: Any, namespace: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def amqp_namespace(rabbitmq: list[str], namespace: str) -> Iterator[str]:
+def amqp_namespace(
+    rabbitmq: list[str], namespace: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
     rabbitmq.append(namespace)
     yield namespace
+    stop_daemons(request)
     delete_amqp_namespace(namespace)
+
+
+# The test's daemons (``daemon``), for the namespace fixtures to stop before they delete.
+DAEMONS = pytest.StashKey[list[Daemon]]()
+
+
+def stop_daemons(request: pytest.FixtureRequest) -> None:
+    """Stop the test's daemons, whatever order its fixtures were set up in: one still
+    running declares (RabbitMQ) or creates (SQS) its queue again once it is deleted, as it
+    does in production, and would leave it behind."""
+    for process in request.node.stash.get(DAEMONS, []):
+        process.kill()
 
 
 def kind_with_server(request: pytest.FixtureRequest) -> str:
@@ -232,9 +248,9 @@ def drivers(driver_kind: str, driver_opener: Callable[..., Any]) -> Callable[...
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Daemon]]:
     """``daemon(config_path, "--concurrency", "2")`` starts taskd; teardown kills its group."""
-    started: list[Daemon] = []
+    started = request.node.stash.setdefault(DAEMONS, [])
 
     def start(config: Path | None, *args: str, **env: str) -> Daemon:
         process = Daemon(config, tmp_path, list(args), process_env(tmp_path, **env))

@@ -497,10 +497,11 @@ def test_a_lost_connection_loses_nothing(
 def test_workers_declare_their_queue_again_once_it_is_deleted(
     amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
-    """Deleting the queue (an operator purging it that way, a policy's expiry) cancels its
-    consumers. The children consumed it again without declaring it, failing every fetch with
-    404 for as long as nobody else declared it, and a Go producer's tasks (which only
-    publish) were unroutable. They declare it again now, and such a task runs."""
+    """Deleting the queue (an operator purging it that way, a policy's expiry; here with its
+    exchange) cancels its consumers. The children consumed it again without declaring it,
+    failing every fetch with 404 for as long as nobody else declared it, and a Go producer's
+    tasks (which only publish) were unroutable. They declare both again now, and such a task
+    runs."""
     namespace = amqp_namespace
     binding_key = f"{namespace}.task"
     config, client = amqp_client(namespace, tmp_path)
@@ -509,7 +510,9 @@ def test_workers_declare_their_queue_again_once_it_is_deleted(
     task_id = new_id()
     args = '[{"Name":"","Type":"int64","Value":2},{"Name":"","Type":"int64","Value":3}]'
     with amqp_connection() as connection:
-        connection.channel().queue_delete(namespace)
+        channel = connection.channel()
+        channel.queue_delete(namespace)
+        channel.exchange_delete(namespace)  # the namespace's exchange too
         wait_until(lambda: consumer_count(connection, namespace) == 2, 20, 0.1, "consumers")
         message = go_message(task_id, "add", args, binding_key)
         go_publish(connection, namespace, binding_key, message)

@@ -183,7 +183,8 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
 
             def cancelled(_frame: Any) -> None:  # by RabbitMQ: its queue was deleted
                 log.warning("amqp_consumer_cancelled", queue=queue, then="declared again")
-                session.declared.discard(queue)  # the next fetch declares it and consumes
+                # The next fetch declares it (and the exchange, maybe deleted too) and consumes.
+                session.declared.clear()
                 session.consuming.pop(queue, None)
                 self._consuming.pop(queue, None)
 
