@@ -105,6 +105,12 @@ def refusals() -> tuple[type[Exception], ...]:
     )
 
 
+def refused_connection(exc: BaseException) -> bool:
+    """Whether a driver's error is RabbitMQ refusing the connection itself (credentials, an
+    unknown vhost), not something done on it."""
+    return isinstance(exc.__cause__, refusals())
+
+
 def transient_errors() -> tuple[type[Exception], ...]:
     """pika errors after which a new connection may succeed."""
     import pika.exceptions as errors

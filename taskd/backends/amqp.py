@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self, TypeVar
 
-from taskd.amqplink import Link, connection_parameters
+from taskd.amqplink import Link, connection_parameters, refused_connection
 from taskd.backends import amqp_board, amqp_chord, amqp_machinery
 from taskd.backends.amqp_records import (
     NOT_FOUND,
@@ -110,11 +110,8 @@ class AMQPBackend(ResultBackend):
         except BackendUnavailable:
             raise
         except BackendError as exc:
-            raise ConfigError(
-                "result_backend",
-                f"RabbitMQ refused to declare a result's queue: {exc.reason}",
-                self._source,
-            ) from None
+            what = "" if refused_connection(exc) else "RabbitMQ refused to declare a record: "
+            raise ConfigError("result_backend", f"{what}{exc.reason}", self._source) from None
 
     def _name(self, kind: str, record_id: str) -> str:
         return f"{self._prefix}.{kind}.{record_id}"

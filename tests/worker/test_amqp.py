@@ -602,6 +602,26 @@ def test_a_user_who_may_not_declare_is_a_config_error_at_start(
 
 
 @pytest.mark.parametrize(
+    ("key", "url", "reason"),
+    [
+        ("broker", "amqp://guest:guest@127.0.0.1:5672/taskd-no-such-vhost", "NOT_ALLOWED"),
+        ("result_backend", "amqp://guest:not-the-password@127.0.0.1:5672/", "ACCESS_REFUSED"),
+    ],
+)
+def test_a_connection_rabbitmq_refuses_is_a_config_error_at_start(
+    key: str, url: str, reason: str, amqp_namespace: str, tmp_path: Path
+) -> None:
+    """An unknown vhost or a wrong password: check-config passed (drivers connect lazily),
+    and the daemon's children failed every fetch or state for good."""
+    config, client = client_for("amqp", amqp_namespace, tmp_path, **{key: url})
+    client.close()
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: {key}: refused: " in done.stderr and reason in done.stderr
+    assert "not-the-password" not in done.stderr
+
+
+@pytest.mark.parametrize(
     ("declared", "key"),
     [
         ("queue", "amqp.queue_declare_args"),  # with another x-max-priority

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from taskd.amqplink import open_channel
+from taskd.amqplink import open_channel, refused_connection
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -128,6 +128,8 @@ class Topology:
         except BrokerUnavailable:
             raise
         except BrokerError as exc:
+            if refused_connection(exc):
+                raise ConfigError("broker", exc.reason, source) from None
             refused = str(exc.__cause__ or exc)
             if getattr(exc.__cause__, "reply_code", 0) != PRECONDITION_FAILED:
                 key = "broker"  # the URL's user and vhost: ACCESS_REFUSED, NOT_ALLOWED
