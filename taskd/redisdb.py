@@ -149,14 +149,18 @@ def refused(reply: Any) -> bool:
     return isinstance(reply, _refusals()) or _not_now(reply)
 
 
-def refuse_cluster(client: Any, key: str, source: str | None) -> None:
-    """ConfigError naming ``key`` for a server in cluster mode: taskd's scripts and
-    pipelines touch keys of many hash slots at once, which a cluster refuses (CROSSSLOT),
-    so every fetch would fail. Nothing where INFO is not allowed."""
+def refuse_unusable(client: Any, key: str, source: str | None) -> None:
+    """ConfigError naming ``key`` for a server taskd cannot use as configured: one that
+    refuses the URL's credentials (a wrong or missing password, an unknown user), which the
+    children would otherwise wait on for good as on an outage; or one in cluster mode:
+    taskd's scripts and pipelines touch keys of many hash slots at once, which a cluster
+    refuses (CROSSSLOT), so every fetch would fail. Nothing where INFO is not allowed."""
     import redis
 
     try:
         enabled = client.info("cluster").get("cluster_enabled")
+    except redis.exceptions.AuthenticationError as exc:
+        raise ConfigError(key, f"Redis refused the connection: {exc}", source) from None
     except redis.ResponseError:
         return
     if enabled:

@@ -256,3 +256,22 @@ def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_backend(
     client.close()
     done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
     assert done.returncode == 0, done.stderr
+
+
+def test_credentials_redis_refuses_are_a_config_error_naming_the_key(
+    redis_namespace: str, acl_user: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A wrong password passed check-config (an outage, to the check), and the children
+    waited for Redis for good, as for one that was down."""
+    wrong = acl_user("~*").replace(":pw@", ":not-the-password@")
+    for key, urls in (
+        ("broker", {"broker": wrong, "result_backend": wrong}),
+        ("result_backend", {"broker": f"sqlite://{tmp_path}/q.db", "result_backend": wrong}),
+    ):
+        config = write_config(tmp_path, config_data("redis", redis_namespace, tmp_path, **urls))
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+        assert done.returncode == 2, done.stderr
+        assert f"{config}: {key}: Redis refused the connection: invalid username-password" in (
+            done.stderr
+        )
+        assert "not-the-password" not in done.stderr

@@ -69,7 +69,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         naming the setting; a warning if Redis may evict taskd's keys."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
-            redisdb.refuse_cluster(self._redis, "broker", self._source)
+            redisdb.refuse_unusable(self._redis, "broker", self._source)
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
 
