@@ -105,10 +105,12 @@ def refusals() -> tuple[type[Exception], ...]:
     )
 
 
-def refused_connection(exc: BaseException) -> bool:
-    """Whether a driver's error is RabbitMQ refusing the connection itself (credentials, an
-    unknown vhost), not something done on it."""
-    return isinstance(exc.__cause__, refusals())
+def refused_at_check(exc: DriverError, url_key: str, key: str, source: str | None) -> ConfigError:
+    """What RabbitMQ refused a driver's check at start, as a ConfigError: the connection
+    itself (credentials, an unknown vhost) naming ``url_key``, a declaration naming ``key``."""
+    if isinstance(exc.__cause__, refusals()):
+        return ConfigError(url_key, exc.reason, source)
+    return ConfigError(key, f"RabbitMQ refused to declare: {exc.reason}", source)
 
 
 def transient_errors() -> tuple[type[Exception], ...]:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self, TypeVar
 
-from taskd.amqplink import Link, connection_parameters, refused_connection
+from taskd.amqplink import Link, connection_parameters, refused_at_check
 from taskd.backends import amqp_board, amqp_chord, amqp_machinery
 from taskd.backends.amqp_records import (
     NOT_FOUND,
@@ -47,7 +47,7 @@ from taskd.backends.amqp_records import (
 )
 from taskd.backends.base import Entry, ResultBackend
 from taskd.config import Config
-from taskd.errors import BackendError, BackendUnavailable, ConfigError
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
@@ -107,11 +107,10 @@ class AMQPBackend(ResultBackend):
 
         try:
             self._call(declare_and_delete, name)
-        except BackendUnavailable:
-            raise
         except BackendError as exc:
-            what = "" if refused_connection(exc) else "RabbitMQ refused to declare a record: "
-            raise ConfigError("result_backend", f"{what}{exc.reason}", self._source) from None
+            if isinstance(exc, BackendUnavailable):
+                raise
+            raise refused_at_check(exc, "result_backend", "result_backend", self._source) from None
 
     def _name(self, kind: str, record_id: str) -> str:
         return f"{self._prefix}.{kind}.{record_id}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from taskd.amqplink import open_channel, refused_connection
+from taskd.amqplink import open_channel, refused_at_check
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -125,19 +125,16 @@ class Topology:
 
         try:
             call(declare)
-        except BrokerUnavailable:
-            raise
         except BrokerError as exc:
-            if refused_connection(exc):
-                raise ConfigError("broker", exc.reason, source) from None
-            refused = str(exc.__cause__ or exc)
+            if isinstance(exc, BrokerUnavailable):
+                raise
             if getattr(exc.__cause__, "reply_code", 0) != PRECONDITION_FAILED:
-                key = "broker"  # the URL's user and vhost: ACCESS_REFUSED, NOT_ALLOWED
-            elif "for exchange" in refused:
+                key = "broker"  # the URL's user may not: ACCESS_REFUSED
+            elif "for exchange" in str(exc.__cause__):
                 key = "amqp.exchange_type"
             else:
                 key = "amqp.queue_declare_args"
-            raise ConfigError(key, f"RabbitMQ refused to declare: {refused}", source) from None
+            raise refused_at_check(exc, "broker", key, source) from None
 
     def warn_of_bounds(self) -> None:
         """A queue bounded in ``amqp.queue_declare_args`` loses tasks where RabbitMQ keeps it
