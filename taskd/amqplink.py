@@ -35,6 +35,10 @@ from taskd.tls import TLSOptions, split_query
 log = structlog.get_logger("taskd.amqp")
 
 T = TypeVar("T")
+# AMQP reply codes RabbitMQ closes a channel with, that taskd tells apart.
+NOT_FOUND = 404  # no such queue or exchange
+RESOURCE_LOCKED = 405  # an exclusive queue another connection declared
+PRECONDITION_FAILED = 406  # a queue or exchange declared before with other arguments
 # pika's URL options that connection_parameters sets itself, whatever the URL says.
 SET_BY_TASKD = (
     "heartbeat", "connection_attempts", "socket_timeout", "blocked_connection_timeout",

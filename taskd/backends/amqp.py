@@ -34,10 +34,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self, TypeVar
 
-from taskd.amqplink import Link, connection_parameters, refused_at_check
+from taskd.amqplink import (
+    NOT_FOUND,
+    PRECONDITION_FAILED,
+    Link,
+    connection_parameters,
+    refused_at_check,
+)
 from taskd.backends import amqp_board, amqp_chord, amqp_machinery
 from taskd.backends.amqp_records import (
-    NOT_FOUND,
     Inbox,
     RecordSession,
     Seen,
@@ -52,7 +57,6 @@ from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.state import merged
 
 T = TypeVar("T")
-PRECONDITION_FAILED = 406  # AMQP reply code: a queue declared before with other arguments
 HELD_WAIT_S = 1.0  # longest wait for a record others hold; one still empty has expired
 
 

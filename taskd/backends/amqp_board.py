@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from taskd.amqplink import RESOURCE_LOCKED
 from taskd.backends import board_json
 from taskd.backends.amqp_records import RecordSession, Seen, Write
 from taskd.backends.base import Entry
@@ -35,7 +36,6 @@ from taskd.errors import BackendUnavailable, DriverError
 if TYPE_CHECKING:
     from taskd.backends.amqp import AMQPBackend
 
-RESOURCE_LOCKED = 405  # AMQP reply code: an exclusive queue another connection declared
 LOCK_WAIT_S = 10.0  # longest wait for the lock before a post gives up
 LOCK_PAUSES_S = (0.002, 0.02)  # a random pause between tries: a writer holds it ~3 ms
 

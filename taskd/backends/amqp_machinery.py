@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from taskd.amqplink import NOT_FOUND
 from taskd.backends.amqp_board import locked
 from taskd.backends.amqp_chord import claim_queue, gathered_queue
-from taskd.backends.amqp_records import NOT_FOUND, RecordSession, Write
+from taskd.backends.amqp_records import RecordSession, Write
 from taskd.backends.base import SPENT_CLAIM, claim_covers
 from taskd.errors import BackendError, BackendUnavailable, DecodeError
 from taskd.wire import TaskState, decode_state

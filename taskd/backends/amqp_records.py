@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from taskd.amqplink import open_channel
-
-NOT_FOUND = 404  # AMQP reply code: no such queue or exchange (it also closes the channel)
+from taskd.amqplink import NOT_FOUND, open_channel
 
 
 class Seen(Enum):

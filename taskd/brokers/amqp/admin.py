@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from taskd.amqplink import NOT_FOUND
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.topology import Session, Topology
 from taskd.brokers.base import Holding
@@ -45,7 +46,7 @@ class AMQPQueueAdmin:
         try:
             return int(channel.queue_declare(queue, passive=True).method.message_count)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:  # no such queue: nothing in it
+            if exc.reply_code == NOT_FOUND:  # no such queue: nothing in it
                 return 0
             raise
 

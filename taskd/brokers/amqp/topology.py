@@ -8,14 +8,13 @@ from typing import Any
 
 import structlog
 
-from taskd.amqplink import open_channel, refused_at_check
+from taskd.amqplink import PRECONDITION_FAILED, open_channel, refused_at_check
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
 log = structlog.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
-PRECONDITION_FAILED = 406  # a queue redeclared with other arguments than it has
 MAX_NAME_BYTES = 255  # AMQP's short strings: exchange, queue and routing key names
 _warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged
 
