@@ -10,7 +10,8 @@ FAILURE with the member's error, instead of never finishing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import structlog
 
 from taskd.backends import ResultBackend
 from taskd.brokers import Broker
-from taskd.errors import BackendError, BackendUnavailable
+from taskd.errors import BackendError, BackendUnavailable, DriverError
 from taskd.wire import Arg, GoTime, Signature, State, TaskResult, TaskState
 from taskd.worker.execute import Kind, Outcome
 from taskd.worker.jobs import Job
@@ -59,11 +60,32 @@ def set_off(
     if follow.record:
         call("backend", backend.set_states, list(follow.record))
     if follow.send:
-        call("broker", sender.publish, sendable(follow.send, broker))
+        with _failed_if_refused(follow.send, backend, call):
+            call("broker", sender.publish, sendable(follow.send, broker))
     if follow.fires_chord:
         call("backend", backend.chord_fired, follow.fires_chord)
     if follow.again is not None:
-        call("broker", sender.publish, sendable([follow.again], broker), states=())
+        with _failed_if_refused([follow.again], backend, call):
+            call("broker", sender.publish, sendable([follow.again], broker), states=())
+
+
+@contextlib.contextmanager
+def _failed_if_refused(
+    signatures: Sequence[Signature], backend: ResultBackend, call: Callable[..., Any]
+) -> Iterator[None]:
+    """Where the send in the block is refused for good, the tasks it sends (and the rest of
+    their chains) are recorded FAILURE saying so, before the error passes on: they run only
+    if an operator requeues the message that sets them off, and whoever waits on one would
+    otherwise wait on PENDING for ever."""
+    try:
+        yield
+    except DriverError as exc:
+        error = f"not sent: {exc} (what sends it is set aside with the dead letters)"
+        try:
+            call("backend", backend.set_states, never_running(signatures, error, GoTime.now()))
+        except DriverError as also:
+            log.error("refusal_not_recorded", error=str(also))
+        raise
 
 
 def sendable(signatures: Sequence[Signature], broker: Broker) -> list[Signature]:
@@ -161,15 +183,18 @@ def never_to_run(sig: Signature, error: str, now: GoTime) -> list[TaskState]:
     """FAILURE for the OnSuccess callbacks of a task that failed for good, and theirs: the
     rest of its chain, whose links were recorded PENDING when it was sent, never runs, and
     whoever waits on one is told why (machinery leaves them PENDING for ever)."""
+    return never_running(sig.on_success or (), error, now)
+
+
+def never_running(signatures: Sequence[Signature], error: str, now: GoTime) -> list[TaskState]:
+    """FAILURE with ``error`` for these tasks and the OnSuccess callbacks of each, theirs..."""
     return [
         state
-        for callback in sig.on_success or ()
-        if callback.uuid
+        for sig in signatures
+        if sig.uuid
         for state in (
-            TaskState(
-                callback.uuid, State.FAILURE, task_name=callback.name, error=error, created_at=now
-            ),
-            *never_to_run(callback, error, now),
+            TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error, created_at=now),
+            *never_to_run(sig, error, now),
         )
     ]
 

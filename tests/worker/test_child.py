@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,10 @@ from structlog.testing import capture_logs
 
 from taskd import chain, chord
 from taskd.backends.base import SPENT_CLAIM
-from taskd.brokers import Delivery
+from taskd.brokers import Delivery, Message
 from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
-from taskd.errors import ConfigError
+from taskd.errors import BrokerError, ConfigError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime, State, TaskResult, TaskState, decode_signature
@@ -379,3 +380,43 @@ def test_a_chain_link_delivered_again_sends_on_only_what_no_worker_took(
     assert rig.serve() == EXIT_OK
     assert lines(trace) == [[3]]  # once, with the head's result
     assert rig.state(sent.task_id) is State.SUCCESS
+
+
+class RefusingMemoryBroker(MemoryBroker):
+    """Refuses every publish for good once ``refusing`` is set (a message larger than the
+    broker takes, a key of the wrong type)."""
+
+    refusing = False
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        if self.refusing:
+            raise BrokerError(self.driver, "refused on purpose", messages[0].queue)
+        super().publish_many(messages)
+
+
+@pytest.mark.parametrize("follow_up", ["callback", "retry"])
+def test_tasks_a_refused_send_was_to_run_are_failure_saying_so(
+    follow_up: str, tmp_path: Path
+) -> None:
+    """What a task sets off refused for good: its message is set aside, and the tasks that
+    send was to run (a chain's next links, or the task's own retry) are FAILURE saying why,
+    instead of PENDING (RETRY) for whoever waits on them for ever."""
+    rig = Rig(RefusingMemoryBroker)
+    trace = str(tmp_path / "trace")
+    if follow_up == "callback":
+        sent = rig.client.send_chain(
+            chain(signature("record", trace, "a"), signature("count"), signature("count"))
+        )
+        waiting_on = list(sent.link_ids[1:])
+    else:
+        sent = rig.client.send("flaky_traced", trace, 1, retry_count=1)
+        waiting_on = [sent.task_id]
+    rig.broker.refusing = True
+    assert rig.serve() == EXIT_OK
+    assert len(runs(trace)) == 1
+    for task_id in waiting_on:
+        state = rig.backend.states[task_id]
+        assert state.state is State.FAILURE and "not sent" in state.error, state
+        assert "refused on purpose" in state.error
+    (letter,) = rig.broker.dead
+    assert letter.reason.startswith("what it sets off was refused: ")

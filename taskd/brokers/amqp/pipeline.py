@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from taskd import amqp_alarms
-from taskd.amqplink import send_now, take_in
+from taskd.amqplink import PRECONDITION_FAILED, send_now, take_in
 from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 
 # A nack is RabbitMQ's "not now" (it refuses a message it cannot route with a return): the
@@ -132,8 +132,13 @@ class Pipeline:
     def refusals(self, first: int, last: int, queue: str) -> dict[int, BrokerError]:
         """The errors of tags ``first`` to ``last`` that RabbitMQ refused (BrokerFull for a
         nack, Unroutable for a return); BrokerUnavailable raised if one was never settled
-        (the channel closed first). Once only: refusals are forgotten."""
+        (the channel closed first), BrokerError where RabbitMQ closed it over a message it
+        will never take. Once only: refusals are forgotten."""
         if not self.settled(first, last):
+            if getattr(self.lost, "reply_code", 0) == PRECONDITION_FAILED:
+                # Said of a message (larger than RabbitMQ's max_message_size, a server
+                # setting, 128 MiB on 3.x): sending it again would be refused again.
+                raise BrokerError("amqp", f"RabbitMQ refused the message: {self.lost}", queue)
             raise BrokerUnavailable(
                 "amqp",
                 "the channel closed before RabbitMQ confirmed the publish:"
