@@ -99,8 +99,10 @@ def _reusing_pool_class(base: type) -> type:
 def master_connection_class(base: type) -> type:
     """A redis-py connection class (``base``) whose connection remembers that its server
     answered as a replica does (READONLY, MASTERDOWN), for its pool to drop it when it is
-    given back (``_dropped_if_on_a_replica``), once every reply on it has been read."""
-    from redis.exceptions import MasterDownError, ReadOnlyError
+    given back (``_dropped_if_on_a_replica``), once every reply on it has been read; and
+    that closes itself on a protocol error, after which Redis closes it (a command longer
+    than its proto-max-bulk-len): else the next command on it, another caller's, fails."""
+    from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 
     class MasterConnection(base):  # type: ignore[misc,valid-type]
         reached_a_replica = False
@@ -114,6 +116,10 @@ def master_connection_class(base: type) -> type:
                 return super().read_response(*args, **kwargs)
             except (ReadOnlyError, MasterDownError):
                 self.reached_a_replica = True
+                raise
+            except ResponseError as exc:
+                if str(exc).startswith("Protocol error"):
+                    self.disconnect()
                 raise
 
     MasterConnection.__name__ = f"Master{base.__name__}"

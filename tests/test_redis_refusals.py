@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from taskd.client import Client, signature
 from taskd.config import load_config
-from taskd.errors import BrokerUnavailable, ResultTimeout
+from taskd.errors import BrokerUnavailable, ResultTimeout, TaskdError
 from taskd.wire import decode_signature
 from tests.support.harness import PrivateRedis, wait_until, write_config
 from tests.support.relay import Relay
@@ -237,3 +237,23 @@ def test_workers_drain_a_redis_their_backlog_filled(
     wait_until(lambda: server.llen("q") == 0, 10, what="the queue to drain")
     client.close()
     server.close()
+
+
+def test_a_send_longer_than_redis_takes_fails_alone(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """A message longer than Redis's proto-max-bulk-len gets a protocol error, after which
+    Redis closes the connection: the connection went back to the pool as it was, and the
+    client's next send, on it, failed too (connection reset)."""
+    import redis
+
+    redis.Redis(port=private_redis.port).config_set("proto-max-bulk-len", "1mb")
+    client = Client(load_config(_config(tmp_path, private_redis.url)))
+    for attempt in range(3):
+        with pytest.raises(TaskdError):
+            client.send("record", str(tmp_path / "trace"), "x" * 1_100_000)
+            client.flush()
+        sent = client.send("noop")
+        client.flush()
+        assert redis.Redis(port=private_redis.port).exists(sent.task_id), attempt
+    client.close()

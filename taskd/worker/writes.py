@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from taskd.brokers import Delivery
-from taskd.errors import BackendError
+from taskd.errors import BackendError, BrokerError
 from taskd.wire import State, TaskState
 
 log = structlog.get_logger("taskd.worker")
@@ -76,9 +76,16 @@ class WriteBuffer:
         """Write the waiting states, then ack the messages they settle (never the reverse)."""
         self.refused = {}
         if self._states and self._acks and self._settle is not None:
-            self._settle(list(self._states.values()), self._acks)
-            self._states.clear()
-            self._acks = []
+            try:
+                self._settle(list(self._states.values()), self._acks)
+            except (BrokerError, BackendError) as exc:  # for good: outages are ridden out
+                # Apart, so that the state refused is found and stored as a FAILURE (a result
+                # larger than Redis's proto-max-bulk-len fails the pair's one script, whose
+                # error would otherwise crash the child, and the message's next one).
+                log.warning("settle_apart", error=str(exc))
+            else:
+                self._states.clear()
+                self._acks = []
         if self._states:
             states = list(self._states.values())
             try:

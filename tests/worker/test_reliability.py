@@ -414,23 +414,40 @@ def test_an_outage_longer_than_consumer_timeout_does_not_rerun_live_tasks(
     client.close()
 
 
+@pytest.mark.parametrize("store", ["memcache", "redis"])
 def test_a_result_too_large_for_the_backend_fails_once_with_the_reason(
-    memcached: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+    store: str, request: pytest.FixtureRequest, namespace: str, tmp_path: Path, daemon: Any
 ) -> None:
-    """memcached keeps items of up to 1 MB: a task returning 2 MB runs once, ends in FAILURE
-    saying why, and its OnError callback hears it, with no child lost."""
-    config, client = client_for("memcache", namespace, tmp_path, worker=QUICK_RECOVERY)
+    """memcached keeps items of up to 1 MB, and a Redis with proto-max-bulk-len 1mb takes
+    no longer string (its error failed the one script that stores a state with its ack: the
+    child crashed, and again at each delivery): a task returning 2 MB runs once, ends in
+    FAILURE saying why, and its OnError callback hears it, with no child lost."""
+    if store == "memcache":
+        request.getfixturevalue("memcached")
+        config, client = client_for("memcache", namespace, tmp_path, worker=QUICK_RECOVERY)
+    else:
+        import redis
+
+        server: PrivateRedis = request.getfixturevalue("private_redis")
+        redis.Redis.from_url(server.url).config_set("proto-max-bulk-len", "1mb")
+        config, client = client_for(
+            "redis", namespace, tmp_path, broker=server.url, worker=QUICK_RECOVERY
+        )
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     trace, errors = tmp_path / "trace", tmp_path / "errors"
+    # Alone (its state written with its ack), then with an OnError callback (its state first).
+    alone = client.send("sized_record", str(trace), 2_000_000).wait(60)
+    assert alone.state is State.FAILURE
+    assert "its result could not be stored" in alone.error, alone.error
     on_error = signature("collect_error", str(errors))
     too_large = client.send("sized_record", str(trace), 2_000_000, on_error=[on_error])
     state = too_large.wait(60)
     assert state.state is State.FAILURE
     assert "its result could not be stored" in state.error, state.error
     assert wait_until(lambda: lines(errors), 20, what="the OnError callback") == [state.error]
-    assert runs(trace) == ["sized"]  # once: running it again would be refused again
+    assert runs(trace) == ["sized", "sized"]  # once each: running again would be refused again
     assert client.send("sized_record", str(trace), 1_000).get(timeout=30) == "x" * 1_000
     assert not process.events("child_crashed")
-    assert len(process.events("result_refused")) == 1
+    assert len(process.events("result_refused")) == 2
     client.close()
