@@ -10,7 +10,9 @@ holds the files of the live children only, however many children were recycled. 
 the supervisor knows (children alive, restarts, the queue's depth, the build) comes from a
 collector that reads it at scrape time.
 
-- ``taskd_tasks_finished_total{task,state}``: SUCCESS, FAILURE or RETRY.
+- ``taskd_tasks_finished_total{task,state}``: SUCCESS, FAILURE or RETRY. A task no worker
+  has registered counts as ``task="(unregistered)"``: its name came off the wire, and a label
+  per name sent would let a faulty producer grow every child and every scrape without bound.
 - ``taskd_task_duration_seconds{task}``: tasks that ran (not those settled unrun).
 - ``taskd_task_queue_wait_seconds{task}``: received minus created; machinery's message
   carries no creation time, so this is observed for messages with an ETA (countdowns,
@@ -55,6 +57,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUEUE_CACHE_S = 5.0  # queue depths are read from the broker at most this often...
 QUEUE_TIMEOUT_S = 2.0  # ...and left out of a scrape when the broker takes longer
 STATES = {Kind.SUCCEEDED: "SUCCESS", Kind.FAILED: "FAILURE", Kind.RETRY: "RETRY"}
+UNREGISTERED = "(unregistered)"  # the task label of names no worker has registered
 FOLDED_KINDS = ("counter", "histogram")  # the kinds of file a child writes
 BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -89,7 +92,7 @@ class TaskMetrics:
         self.retries = Counter("taskd_task_retries", "Retries sent", ["task"], registry=None)
 
     def record(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
-        name = job.sig.name
+        name = job.sig.name if job.task is not None else UNREGISTERED
         self.finished.labels(name, STATES[outcome.kind]).inc()
         if duration_ms > 0:  # 0: settled without running
             self.duration.labels(name).observe(duration_ms / 1000)

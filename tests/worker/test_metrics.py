@@ -201,6 +201,35 @@ def listening_sockets(pid: int) -> set[str]:
     return held & listening
 
 
+def test_tasks_no_worker_has_count_under_one_label(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Each unknown task name sent made a label of its own, in every child's files and in
+    every scrape: a producer with a bug (or anyone who may send) could grow them without
+    bound. They count under one label."""
+    port = free_port()
+    config, client = client_for(
+        "sqlite", namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
+    )
+    with client:
+        taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
+        taskd.wait_ready(2)
+        unknown = client.send_many([signature(f"no_such_task_{i}") for i in range(20)])
+        for sent in unknown:
+            assert sent.wait(timeout=30).state.value == "FAILURE"
+
+        def counted() -> Samples | None:
+            samples = scrape(port)
+            done = value(
+                samples, "taskd_tasks_finished_total", task="(unregistered)", state="FAILURE"
+            )
+            return samples if done == 20 else None
+
+        samples = wait_until(counted, 10, what="20 unregistered tasks counted")
+    tasks = {dict(labels).get("task") for _name, labels in samples}
+    assert not [task for task in tasks if task and task.startswith("no_such_task_")]
+
+
 def test_metrics_are_off_by_default(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
