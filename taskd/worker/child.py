@@ -45,10 +45,10 @@ from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
-from taskd.worker import followups
+from taskd.worker import followups, redelivered
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
 from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
-from taskd.worker.limits import killed_at_time_limit, limits_of
+from taskd.worker.limits import limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
 from taskd.worker.outages import Outages
@@ -199,12 +199,12 @@ class Child:
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
         received_at = GoTime.now()
         jobs = [job for d in deliveries if (job := self._accept(d, received_at)) is not None]
-        self._look_up_finished(jobs)
+        redelivered.look_up(self.backend, jobs, self.outages.call)
         # Visible as waiting behind the first, unless all are quick: then each is done before
         # its RECEIVED could be read, and writing it would only cost a write.
         if not all(self.pacing.is_quick(job.sig.name) for job in jobs):
             for job in jobs[1:]:
-                if job.task is not None:
+                if job.task is not None and job.finished is None and not job.elsewhere:
                     self.writes.add_state(job.state(State.RECEIVED))
                     job.announced = True
         more: bool | None = None  # others to come: the batch's, else the broker's (asked once)
@@ -259,18 +259,6 @@ class Child:
             self.outages.call("backend", self.backend.set_states, [failed])
         self.outages.call("broker", self.broker.reject, delivery, reason)
 
-    def _look_up_finished(self, jobs: Sequence[Job]) -> None:
-        """A message whose worker died may have finished before it died (its state stored,
-        its ack lost), or been killed at its hard time limit (its supervisor stored RETRY or
-        FAILURE): such a job is settled from that state without running a second time."""
-        again = [job for job in jobs if job.delivery.redelivered and job.task is not None]
-        if again:
-            ids = [job.sig.uuid for job in again]
-            states = self.outages.call("backend", self.backend.get_states, ids)
-            for job, state in zip(again, states, strict=True):
-                if state is not None and (state.is_completed or killed_at_time_limit(state)):
-                    job.finished = state
-
     def _would_hold_back(self, job: Job) -> bool:
         """Whether running this job first would keep the rest of its batch from idle children
         (a task not known to be quick, under auto prefetch) or see them killed with it (one
@@ -308,6 +296,10 @@ class Child:
             if outcome is not None:
                 self._settle(job, outcome, share=False)
                 self._log_outcome(job, outcome, 0.0)
+                return
+            if job.elsewhere:  # delivered again while a live worker runs it
+                delay_s = self.config.worker.consumer_timeout
+                redelivered.postpone(job, delay_s, self.sender, self.broker, self.outages.call)
                 return
             assert job.task is not None
             limits = limits_of(job.sig, job.task, self.config.worker)

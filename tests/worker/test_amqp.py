@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +119,22 @@ def rabbitmqctl(*args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@contextlib.contextmanager
+def rabbit_setting(name: str, value: int) -> Iterator[None]:
+    """RabbitMQ's setting ``name`` (an integer of the rabbit application) at ``value``, put
+    back after. Server-wide: for tests pytest runs alone."""
+    was = rabbitmqctl("eval", f"application:get_env(rabbit, {name}).").strip()
+    found = re.fullmatch(r"\{ok,(\d+)\}", was)
+    rabbitmqctl("eval", f"application:set_env(rabbit, {name}, {value}).")
+    try:
+        yield
+    finally:
+        if found:
+            rabbitmqctl("eval", f"application:set_env(rabbit, {name}, {found[1]}).")
+        else:
+            rabbitmqctl("eval", f"application:unset_env(rabbit, {name}).")
 
 
 def queues_named_after(namespace: str) -> set[str]:

@@ -197,6 +197,69 @@ def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Pa
     assert rig.state(sent.task_id) is State.SUCCESS
 
 
+class DelayingMemoryBroker(MemoryBroker):
+    """Keeps messages with an ETA aside (``delayed``) instead of queueing them at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delayed: list[Message] = []
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        self.delayed += [m for m in messages if m.eta is not None]
+        super().publish_many([m for m in messages if m.eta is None])
+
+
+def _a_pid_gone() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()  # reaped: its pid names no process
+    return process.pid
+
+
+@pytest.mark.parametrize("runner", ["another host", "a live process here", "a dead one here"])
+def test_a_message_delivered_again_while_a_live_worker_runs_it_waits(
+    runner: str, tmp_path: Path
+) -> None:
+    """A broker delivers a message again when it takes its consumer for gone (RabbitMQ's
+    consumer_timeout, a consumer silent past worker.consumer_timeout): the task ran a second
+    time, at once, beside the first. Where the workers board shows a live worker running it,
+    it is sent again for later, then acked, and does not run here; where that worker is a
+    process of this host that is gone, it runs."""
+    import os
+    import socket
+
+    from taskd.boards import WORKERS
+
+    rig = Rig(DelayingMemoryBroker, consumer_timeout=15)
+    trace = tmp_path / "trace"
+    sent = rig.client.send("record", str(trace), "once")
+    started = TaskState(sent.task_id, State.STARTED, task_name="record", created_at=GoTime.now())
+    rig.backend.set_states([started])
+    body, _before = rig.broker.queues[QUEUE].popleft()
+    rig.broker.queues[QUEUE].append((body, 1))  # delivered again
+    host, pid = {
+        "another host": ("elsewhere.example", 4242),
+        "a live process here": (socket.gethostname(), os.getpid()),
+        "a dead one here": (socket.gethostname(), _a_pid_gone()),
+    }[runner]
+    task = {"id": sent.task_id, "name": "record", "started_at": str(GoTime.now())}
+    entry = {"host": host, "pid": 1, "children": [{"slot": 0, "pid": pid, "task": task}]}
+    rig.backend.post(WORKERS, {f"{host}:1": entry}, 60)
+    assert rig.serve() == EXIT_OK
+    assert rig.broker.called("ack_many") + rig.broker.called("ack") != []
+    if runner == "a dead one here":
+        assert runs(trace) == ["once"]
+        assert rig.broker.delayed == []
+        return
+    assert runs(trace) == []
+    assert rig.state(sent.task_id) is State.STARTED  # the runner's, left alone
+    (later,) = rig.broker.delayed
+    assert decode_signature(later.body).uuid == sent.task_id
+    assert later.eta is not None
+    assert 14 < (later.eta.unix_ns - GoTime.now().unix_ns) / 1e9 <= 15
+
+
 def test_a_message_whose_workers_keep_dying_is_set_aside(tmp_path: Path) -> None:
     rig = Rig(max_deliveries=3)
     sent = rig.client.send("record", str(tmp_path / "trace"), "x")

@@ -40,7 +40,27 @@ class Session:
         if channel is not self.consumer:  # what the old one consumed is gone with it
             self.consumer, self.prefetch = channel, 0
             self.consuming.clear()
+            channel._impl.add_on_close_callback(_consumer_closed)  # pika's channel under it
         return channel
+
+
+def _consumer_closed(_channel: Any, reason: BaseException) -> None:
+    """RabbitMQ closed the consuming channel (a lost connection, or taskd's own close, is
+    logged elsewhere): what it delivered there goes to other consumers again; say why."""
+    import pika.exceptions
+
+    if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return
+    if reason.reply_code == PRECONDITION_FAILED and "acknowledgement" in reason.reply_text:
+        log.error(
+            "amqp_delivery_timed_out",
+            reason=reason.reply_text,
+            then="RabbitMQ delivers the running task's message again; a worker that takes it"
+            " while this one runs the task sends it again for later (task_running_elsewhere)",
+            fix="raise RabbitMQ's consumer_timeout above the longest task",
+        )
+    else:
+        log.warning("amqp_consumer_closed", code=reason.reply_code, reason=reason.reply_text)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""A message larger than RabbitMQ takes (its ``max_message_size``, 128 MiB by default on
-3.x): RabbitMQ closes the channel over it. That refusal is for good, for that message: a
-worker sets aside what sends it instead of retrying it for ever, and the tasks it would have
-sent are FAILURE, saying why. The limit is server-wide and lowered here: pytest runs these
-tests alone."""
+"""RabbitMQ's server-wide limits, lowered here (so pytest runs these tests alone):
+
+- ``max_message_size`` (128 MiB by default on 3.x): RabbitMQ closes the channel over a
+  larger message. That refusal is for good, for that message: a worker sets aside what sends
+  it instead of retrying it for ever, and the tasks it would have sent are FAILURE, saying
+  why.
+- ``consumer_timeout`` (30 minutes by default): a delivery unacked for longer has its channel
+  closed and goes to another consumer, while its task still runs. That one sends it again for
+  later instead of running it beside the first.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,25 +21,11 @@ from taskd.client import signature
 from taskd.errors import SendError, TaskFailed
 from tests.support.harness import Daemon, wait_until
 from tests.support.tasks import runs
-from tests.worker.test_amqp import amqp_client, rabbitmqctl
+from tests.worker.test_amqp import amqp_client, rabbit_setting
 
 pytestmark = pytest.mark.alone
 
 LIMIT = 65_536  # bytes; RabbitMQ's channels opened while it is lowered keep it
-
-
-@contextlib.contextmanager
-def max_message_size(limit: int) -> Iterator[None]:
-    was = rabbitmqctl("eval", "application:get_env(rabbit, max_message_size).").strip()
-    found = re.fullmatch(r"\{ok,(\d+)\}", was)
-    rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {limit}).")
-    try:
-        yield
-    finally:
-        if found:
-            rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {found[1]}).")
-        else:
-            rabbitmqctl("eval", "application:unset_env(rabbit, max_message_size).")
 
 
 def test_a_callback_too_large_for_rabbitmq_fails_instead_of_holding_the_worker(
@@ -48,7 +37,7 @@ def test_a_callback_too_large_for_rabbitmq_fails_instead_of_holding_the_worker(
     saying why, and the worker goes on."""
     config, client = amqp_client(amqp_namespace, tmp_path, worker={"prefetch": 1})
     trace = tmp_path / "trace"
-    with max_message_size(LIMIT):
+    with rabbit_setting("max_message_size", LIMIT):
         process = daemon(config, "--concurrency", "1")
         process.wait_ready(1)
         sent = client.send_chain(
@@ -70,5 +59,30 @@ def test_a_callback_too_large_for_rabbitmq_fails_instead_of_holding_the_worker(
         with pytest.raises(SendError, match="RabbitMQ refused the message"):
             client.send("record", str(trace), "x" * 2 * LIMIT)
             client.flush()
+    assert process.process.poll() is None
+    client.close()
+
+
+def test_a_task_rabbitmq_delivers_again_while_it_runs_runs_once(
+    amqp_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """Past RabbitMQ's consumer_timeout the running task's message went to the other child,
+    which ran it too, beside the first, and nothing was logged. Now the timeout is logged,
+    the other child sends the message again for later while the workers board shows the
+    task running, and the copy that comes back after it ended is settled from its state."""
+    config, client = amqp_client(
+        amqp_namespace, tmp_path, worker={"heartbeat_interval": 1.0, "consumer_timeout": 4}
+    )
+    trace = tmp_path / "trace"
+    # RabbitMQ looks for timed-out deliveries every channel_tick_interval (ms).
+    with rabbit_setting("channel_tick_interval", 500), rabbit_setting("consumer_timeout", 3000):
+        process = daemon(config, "--concurrency", "2")
+        process.wait_ready(2)
+        sent = client.send("slow_record", str(trace), "long", 9.0)
+        assert sent.get(timeout=60) == "long"
+        assert process.events("amqp_delivery_timed_out")
+        assert process.events("task_running_elsewhere")
+        wait_until(lambda: process.events("task_already_finished"), 20, 0.1, "the copy settled")
+    assert runs(trace) == ["start:long", "end:long"]
     assert process.process.poll() is None
     client.close()
