@@ -12,6 +12,8 @@ import contextlib
 import importlib
 import inspect
 import math
+import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -266,6 +268,9 @@ class Registry:
             )
         registered = describe(fn, name, source or _where(fn))
         self._tasks[name] = registered
+        module = getattr(fn, "__module__", None)
+        if module and module not in _IMPORTED_MTIMES:  # the first time: just imported
+            _IMPORTED_MTIMES[module] = _mtime(module)
         return registered
 
     def register_module(self, module: types.ModuleType, source: str = "") -> list[Task]:
@@ -314,6 +319,24 @@ class Registry:
 
     def tasks(self) -> Mapping[str, Task]:
         return dict(self._tasks)
+
+    def changed_on_disk(self) -> list[str]:
+        """The modules of these tasks whose file changed since this process imported them:
+        Python runs the code it imported, so a reload keeps it and a restart loads the new."""
+        modules = sorted({getattr(task.fn, "__module__", "") for task in self._tasks.values()})
+        return [m for m in modules if m in _IMPORTED_MTIMES and _mtime(m) != _IMPORTED_MTIMES[m]]
+
+
+# Module name -> its file's mtime when this process first registered a task of it.
+_IMPORTED_MTIMES: dict[str, float] = {}
+
+
+def _mtime(module: str) -> float:
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        return os.stat(path).st_mtime if path else 0.0
+    except OSError:
+        return 0.0
 
 
 def load_registry(imports: Iterable[str] = ()) -> Registry:

@@ -70,6 +70,9 @@ HANDLED = (
 LOOP_TICK_S = 1.0  # how often the loop looks at child liveness when no signal wakes it
 FAST_STOP_S = 3.0  # after QUIT, how long children get before KILL
 CHILD_STALL_S = 60.0  # an idle child silent this long is wedged and gets replaced
+# A reload reads the config again, and imports modules it has not imported; Python keeps
+# the code of those it has (the children fork from this process).
+CODE_CHANGED_FIX = "a reload keeps the task code taskd started with: restart taskd to run it"
 
 
 @dataclass(slots=True)
@@ -363,6 +366,8 @@ class Supervisor:
             log.error("reload_failed", error=str(exc))
             self.service.reload_failed(str(exc))
             return
+        if stale := registry.changed_on_disk():
+            log.warning("task_code_not_reloaded", modules=stale, fix=CODE_CHANGED_FIX)
         old = self._current()
         self.config, self.registry = config, registry
         self.desired = self._concurrency(config)

@@ -16,6 +16,7 @@ from taskd.brokers import lease
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
 from tests.support.harness import (
+    REPO,
     TEST_TASKS,
     client_for,
     config_data,
@@ -289,6 +290,34 @@ def test_ttin_ttou_resize_and_hup_reloads(
         process.signal(signal.SIGHUP)
         wait_until(lambda n=refused: len(process.events("reload_failed")) > n, 15, what="a refusal")
         assert client.send("sum", [1]).get(timeout=30) == 1  # the old children carry on
+    client.close()
+
+
+def test_a_reload_says_which_task_modules_changed_on_disk(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """A reload reads the config again, but Python keeps the task code it imported (the
+    children fork from the supervisor): after an upgrade of a task module a reload ran the
+    old code, and said nothing. It now names the modules changed, and what runs them."""
+    module = tmp_path / ("reloaded_" + re.sub(r"\W", "_", namespace) + ".py")
+    source = "from taskd import task\n\n\n@task\ndef code_version() -> int:\n"
+    module.write_text(source + "    return 1\n")
+    config, client = client_for("sqlite", namespace, tmp_path, imports=[module.stem])
+    process = daemon(config, "--concurrency", "1", PYTHONPATH=f"{REPO}:{tmp_path}")
+    process.wait_ready(1)
+    assert client.send("code_version").get(timeout=30) == 1
+    process.signal(signal.SIGHUP)
+    wait_until(lambda: process.events("config_reloaded"), 15, what="the reload")
+    assert not process.events("task_code_not_reloaded")
+    module.write_text(module.read_text().replace("return 1", "return 2"))
+    stat = module.stat()
+    os.utime(module, (stat.st_atime, stat.st_mtime + 10))  # a later upgrade, whatever the clock
+    process.signal(signal.SIGHUP)
+    wait_until(lambda: len(process.events("config_reloaded")) == 2, 15, what="a second reload")
+    (warned,) = process.events("task_code_not_reloaded")
+    assert warned["modules"] == [module.stem]
+    assert "restart" in warned["fix"]
+    assert client.send("code_version").get(timeout=30) == 1  # as the warning says
     client.close()
 
 
