@@ -11,9 +11,10 @@ does. While a child runs a task the thread also reads the ``revoked`` board ever
 stops (``Kills.terminate``).
 
 ``taskctl workers`` reads the board (``taskd.boards.live_workers``). An entry is a JSON
-object: host, pid, version, queues, concurrency, started_at and beat_at (RFC 3339),
-tasks_done and tasks_failed since the daemon started, and children: each one's slot, pid,
-tasks done and the task it runs (id, name, started_at), or null.
+object: host, pid, version, queues, tasks (the names it has), concurrency, started_at and
+beat_at (RFC 3339), tasks_done and tasks_failed since the daemon started, and children: each
+one's slot, pid, tasks done and the task it runs (id, name, started_at), or null. Workers
+read it too (``taskd.worker.peers``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def snapshot(pool: Supervisor) -> Entry:
         "pid": pool.pid,
         "version": __version__,
         "queues": [pool.queue],
+        "tasks": pool.registry.names(),
         "concurrency": pool.desired,
         "started_at": pool.started_at,
         "tasks_done": done,

@@ -45,7 +45,7 @@ from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
-from taskd.worker import followups, redelivered
+from taskd.worker import followups, peers
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
 from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
 from taskd.worker.limits import limits_of
@@ -199,7 +199,7 @@ class Child:
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
         received_at = GoTime.now()
         jobs = [job for d in deliveries if (job := self._accept(d, received_at)) is not None]
-        redelivered.look_up(self.backend, jobs, self.outages.call)
+        peers.look_up(self.backend, jobs, self.outages.call, self.config.worker.consumer_timeout)
         # Visible as waiting behind the first, unless all are quick: then each is done before
         # its RECEIVED could be read, and writing it would only cost a write.
         if not all(self.pacing.is_quick(job.sig.name) for job in jobs):
@@ -292,14 +292,13 @@ class Child:
             task_id=job.sig.uuid, task=job.sig.name, queue=job.delivery.queue
         )
         try:
+            if job.elsewhere:  # a live worker runs it, or has it where this one has not
+                peers.postpone(job, self.sender, self.broker, self.outages.call)
+                return
             outcome = self._outcome_without_running(job)
             if outcome is not None:
                 self._settle(job, outcome, share=False)
                 self._log_outcome(job, outcome, 0.0)
-                return
-            if job.elsewhere:  # delivered again while a live worker runs it
-                delay_s = self.config.worker.consumer_timeout
-                redelivered.postpone(job, delay_s, self.sender, self.broker, self.outages.call)
                 return
             assert job.task is not None
             limits = limits_of(job.sig, job.task, self.config.worker)

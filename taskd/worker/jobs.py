@@ -23,7 +23,8 @@ class Job:
     task: Task | None  # None: not registered here
     received_at: GoTime
     finished: TaskState | None = None  # stored final state (or time-limit kill) of a redelivery
-    elsewhere: str = ""  # a redelivery a live worker runs now: which (redelivered.py)
+    elsewhere: str = ""  # left to another worker: why (peers.py)...
+    wait_s: float = 0.0  # ...and when to look at it again
     announced: bool = False  # RECEIVED was recorded for it (written, or waiting to be)
     run: str = ""  # names this run of the task in a chord claim, once one is made
 

@@ -81,7 +81,7 @@ def test_a_task_rabbitmq_delivers_again_while_it_runs_runs_once(
         sent = client.send("slow_record", str(trace), "long", 9.0)
         assert sent.get(timeout=60) == "long"
         assert process.events("amqp_delivery_timed_out")
-        assert process.events("task_running_elsewhere")
+        assert process.events("task_left_to_peer")
         wait_until(lambda: process.events("task_already_finished"), 20, 0.1, "the copy settled")
     assert runs(trace) == ["start:long", "end:long"]
     assert process.process.poll() is None

@@ -260,6 +260,33 @@ def test_a_message_delivered_again_while_a_live_worker_runs_it_waits(
     assert 14 < (later.eta.unix_ns - GoTime.now().unix_ns) / 1e9 <= 15
 
 
+@pytest.mark.parametrize("peer", ["on this queue", "on another queue", "none"])
+def test_a_task_not_registered_here_is_left_to_a_live_worker_that_has_it(peer: str) -> None:
+    """A rolling upgrade (or workers with different tasks on one queue, as machinery allows):
+    a task this worker lacks was FAILURE and set aside even where another live worker of the
+    queue has it. It is now sent again a little later for that one; where no live worker of
+    the queue has it, it still fails, instead of going round for ever."""
+    from taskd.boards import WORKERS
+
+    rig = Rig(DelayingMemoryBroker, consumer_timeout=15)
+    sent = rig.client.send("newer_task", 1)
+    if peer != "none":
+        queue = QUEUE if peer == "on this queue" else "other"
+        entry = {"host": "peer.example", "pid": 7, "queues": [queue], "tasks": ["newer_task"]}
+        rig.backend.post(WORKERS, {"peer.example:7": entry}, 60)
+    assert rig.serve() == EXIT_OK
+    if peer != "on this queue":
+        assert rig.state(sent.task_id) is State.FAILURE
+        assert len(rig.broker.dead) == 1 and rig.broker.delayed == []
+        return
+    assert rig.state(sent.task_id) is State.PENDING  # as its sender wrote it
+    assert rig.broker.dead == []
+    (later,) = rig.broker.delayed
+    assert decode_signature(later.body).uuid == sent.task_id
+    assert later.eta is not None
+    assert 1 < (later.eta.unix_ns - GoTime.now().unix_ns) / 1e9 <= 1.5
+
+
 def test_a_message_whose_workers_keep_dying_is_set_aside(tmp_path: Path) -> None:
     rig = Rig(max_deliveries=3)
     sent = rig.client.send("record", str(tmp_path / "trace"), "x")

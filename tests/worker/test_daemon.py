@@ -321,6 +321,29 @@ def test_a_reload_says_which_task_modules_changed_on_disk(
     client.close()
 
 
+def test_workers_with_different_tasks_share_a_queue(
+    namespace: str, tmp_path: Path, redis_namespace: str, daemon: Callable[..., Any]
+) -> None:
+    """Two daemons on one queue, one without the test tasks (as in a rolling upgrade): what
+    the second takes of them it leaves to the first, and every task runs once, none FAILURE."""
+    config, client = client_for("redis", namespace, tmp_path)
+    (tmp_path / "lacking").mkdir()
+    lacking = write_config(
+        tmp_path / "lacking", config_data("redis", namespace, tmp_path, imports=[]), "taskd.yml"
+    )
+    having = daemon(config, "--concurrency", "1")
+    without = daemon(lacking, "--concurrency", "1")
+    having.wait_ready(1)
+    without.wait_ready(1)
+    trace = tmp_path / "trace"
+    sent = client.send_many([signature("record", str(trace), f"t{i}") for i in range(20)])
+    assert [result.get(timeout=60) for result in sent] == [f"t{i}" for i in range(20)]
+    assert sorted(runs(trace)) == sorted(f"t{i}" for i in range(20))
+    assert without.events("task_left_to_peer")
+    assert not without.events("task_failed")
+    client.close()
+
+
 def test_quick_tasks_come_in_batches_but_a_slow_one_holds_nothing_back(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:

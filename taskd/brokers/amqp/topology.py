@@ -56,7 +56,7 @@ def _consumer_closed(_channel: Any, reason: BaseException) -> None:
             "amqp_delivery_timed_out",
             reason=reason.reply_text,
             then="RabbitMQ delivers the running task's message again; a worker that takes it"
-            " while this one runs the task sends it again for later (task_running_elsewhere)",
+            " while this one runs the task sends it again for later (task_left_to_peer)",
             fix="raise RabbitMQ's consumer_timeout above the longest task",
         )
     else:
