@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskd.worker")
 
 # On a copy ``postpone`` sent: looked up as a redelivery is (Go workers ignore the header).
-POSTPONED_HEADER = "taskd_postponed"
+POSTPONED_HEADER = "taskd_postponed"  # how many times it was left to others
+MAX_LEFT = 10  # a task this worker lacks is left to peers this many times at most
 
 
 class Peers:
@@ -121,7 +122,9 @@ def look_up(
                 job.finished = state
             else:
                 unfinished.append(job)
-    unknown = [job for job in jobs if job.task is None]  # (those to drop are dropped)
+    # (Those to drop are dropped; one left to peers MAX_LEFT times is theirs no longer: a
+    # board that says what no consumer does, such as a peer on another broker's queue.)
+    unknown = [job for job in jobs if job.task is None and _times_left(job) < MAX_LEFT]
     if not unfinished and not unknown:
         return
     peers = Peers.read(backend, call)
@@ -139,11 +142,17 @@ def _again(job: Job) -> bool:
     return job.delivery.redelivered or POSTPONED_HEADER in (job.sig.headers or {})
 
 
+def _times_left(job: Job) -> int:
+    """How many times this message was left to other workers (``postpone``)."""
+    times = (job.sig.headers or {}).get(POSTPONED_HEADER, 0)
+    return times if isinstance(times, int) else 0
+
+
 def postpone(job: Job, sender: Client, broker: Broker, call: Callable[..., Any]) -> None:
     """Send the job's message again, due in ``job.wait_s``, then ack this delivery."""
     later = job.sig.with_changes(
         eta=GoTime(time.time_ns() + round(job.wait_s * 1e9)),
-        headers={**(job.sig.headers or {}), POSTPONED_HEADER: job.delivery.deliveries},
+        headers={**(job.sig.headers or {}), POSTPONED_HEADER: _times_left(job) + 1},
     )
     call("broker", sender.publish, sendable([later], broker), states=())
     call("broker", broker.ack, job.delivery)

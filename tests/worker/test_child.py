@@ -260,18 +260,23 @@ def test_a_message_delivered_again_while_a_live_worker_runs_it_waits(
     assert 14 < (later.eta.unix_ns - GoTime.now().unix_ns) / 1e9 <= 15
 
 
-@pytest.mark.parametrize("peer", ["on this queue", "on another queue", "none"])
+@pytest.mark.parametrize(
+    "peer", ["on this queue", "on another queue", "none", "on this queue, left 10 times"]
+)
 def test_a_task_not_registered_here_is_left_to_a_live_worker_that_has_it(peer: str) -> None:
     """A rolling upgrade (or workers with different tasks on one queue, as machinery allows):
     a task this worker lacks was FAILURE and set aside even where another live worker of the
     queue has it. It is now sent again a little later for that one; where no live worker of
-    the queue has it, it still fails, instead of going round for ever."""
+    the queue has it, or it went round MAX_LEFT times already (a board that says what no
+    consumer does), it still fails, instead of going round for ever."""
     from taskd.boards import WORKERS
+    from taskd.worker.peers import MAX_LEFT, POSTPONED_HEADER
 
     rig = Rig(DelayingMemoryBroker, consumer_timeout=15)
-    sent = rig.client.send("newer_task", 1)
+    left = MAX_LEFT if peer.endswith("left 10 times") else 0
+    sent = rig.client.send("newer_task", 1, headers={POSTPONED_HEADER: left} if left else None)
     if peer != "none":
-        queue = QUEUE if peer == "on this queue" else "other"
+        queue = "other" if peer == "on another queue" else QUEUE
         entry = {"host": "peer.example", "pid": 7, "queues": [queue], "tasks": ["newer_task"]}
         rig.backend.post(WORKERS, {"peer.example:7": entry}, 60)
     assert rig.serve() == EXIT_OK
