@@ -29,6 +29,8 @@ it is imported only once the directory is set (nothing is imported while metrics
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -59,6 +61,7 @@ QUEUE_TIMEOUT_S = 2.0  # ...and left out of a scrape when the broker takes longe
 STATES = {Kind.SUCCEEDED: "SUCCESS", Kind.FAILED: "FAILURE", Kind.RETRY: "RETRY"}
 UNREGISTERED = "(unregistered)"  # the task label of names no worker has registered
 FOLDED_KINDS = ("counter", "histogram")  # the kinds of file a child writes
+BYTES_PER_TASK = 16_384  # a task's labels in a process's files (both histograms, all states)
 BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 # -- the children's side --------------------------------------------------------------------
@@ -103,9 +106,48 @@ class TaskMetrics:
             self.retries.labels(name).inc()
 
 
-def task_metrics() -> TaskMetrics | None:
-    """For a child: its recorder, or None when the daemon serves no metrics."""
-    return TaskMetrics() if TaskMetrics.enabled else None
+def task_metrics(tasks: int) -> TaskMetrics | None:
+    """For a child with ``tasks`` registered: its recorder, or None when the daemon serves no
+    metrics, or where the directory has no room for its files (logged)."""
+    if not TaskMetrics.enabled:
+        return None
+    directory, size = os.environ[MULTIPROC_ENV], file_bytes(tasks)
+    for kind in FOLDED_KINDS:
+        if not reserved(os.path.join(directory, f"{kind}_{os.getpid()}.db"), size):
+            log.error("metrics_off_in_child", reason=f"no room in {directory}", needs=size)
+            return None
+    return TaskMetrics()
+
+
+def file_bytes(tasks: int) -> int:
+    """A size for a process's metrics file that its labels fit in, as prometheus-client
+    would grow it (it doubles the file from 64 KiB): then it never needs to grow it."""
+    size = 1 << 16
+    while size < (tasks + 1) * BYTES_PER_TASK:  # +1: (unregistered)
+        size *= 2
+    return size
+
+
+def reserved(path: str, size: int) -> bool:
+    """The first ``size`` bytes of ``path`` (made if missing) backed by disk blocks; False,
+    and no file left, where the filesystem has no room. prometheus-client maps the file and
+    writes to it through the map: a page a full filesystem (a full /tmp) cannot back then
+    kills the process with SIGBUS, and a supervisor folding a dead child's counts with it."""
+    made = not os.path.exists(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # cannot reserve here: as before
+            return True
+        if made:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        return False
+    return True
 
 
 # -- the supervisor's side ------------------------------------------------------------------
@@ -187,6 +229,9 @@ class Metrics:
                 continue
             if kind not in self._retired:
                 retired = os.path.join(self.directory, f"{kind}_retired.db")
+                size = os.path.getsize(path)  # a child's labels, as the retired ones
+                if not reserved(retired, size):
+                    raise OSError(errno.ENOSPC, f"no room for {size} bytes", retired)
                 self._retired[kind] = (MmapedDict(retired), {})
             into, counts = self._retired[kind]
             for key, value, *_ in entries:  # a histogram's buckets are not cumulative here

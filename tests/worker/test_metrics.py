@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,64 @@ def listening_sockets(pid: int) -> set[str]:
             if fields[3] == "0A":  # TCP_LISTEN
                 listening.add(fields[9])
     return held & listening
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs of the test's own, for it to fill (mounting needs root, as CI runs)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> None:
+    with open(directory / "filler", "wb") as filler, contextlib.suppress(OSError):  # full
+        while True:
+            filler.write(b"\0" * 65_536)
+            filler.flush()
+
+
+def test_a_full_metrics_directory_costs_metrics_not_the_daemon(
+    namespace: str, tmp_path: Path, small_tmpfs: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """prometheus-client writes its files through a memory map: on a full filesystem (a full
+    /tmp) the first write to a page it cannot back killed the child with SIGBUS, and the
+    supervisor, folding that child's counts into a file of its own, with it. Now each
+    process's files are backed when made, and a process without room records no metrics."""
+    port = free_port()
+    config, client = client_for(
+        "sqlite", namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
+    )
+    with client:
+        taskd = daemon(config, "--concurrency", "2", TMPDIR=str(small_tmpfs))
+        taskd.wait_ready(2)
+        fill(small_tmpfs)
+        sent = client.send_many([signature("count", i) for i in range(20)])
+        assert [result.get(timeout=30) for result in sent] == [1] * 20
+        before = taskd.child_pids()
+        os.kill(next(iter(before)), signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = taskd.child_pids()
+            return len(now) == 2 and now != before
+
+        wait_until(replaced, 20, what="the child replaced")
+        assert client.send("count", 1, 2).get(timeout=30) == 2
+    assert taskd.process.poll() is None
+    assert taskd.events("metrics_off_in_child")  # the new child: no room for its files
+    samples = scrape(port)
+    assert value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS") == 20
 
 
 def test_tasks_no_worker_has_count_under_one_label(
