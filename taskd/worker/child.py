@@ -80,7 +80,7 @@ class Child:
         self.pacing = Pacing(config.worker.prefetch)
         self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
         self.tasks: RunningTasks | None = None  # what it runs, for its supervisor (if any)
-        self.metrics = task_metrics(len(registry.names()))  # None unless metrics.listen
+        self.metrics = task_metrics()  # None unless the supervisor serves metrics.listen
         beat, report = partial(liveness.stamp, slot, busy=True), partial(liveness.outage, slot)
         self.outages = Outages(lambda: self.stopping, beat, report)
         self.broker: Broker

@@ -29,7 +29,6 @@ it is imported only once the directory is set (nothing is imported while metrics
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -47,6 +46,7 @@ from taskd import __version__
 from taskd.config import Config, split_host_port
 from taskd.errors import ConfigError
 from taskd.worker.execute import Kind, Outcome
+from taskd.worker.metrics_files import RESERVED_FIRST_TASKS, file_bytes, reserved
 
 if TYPE_CHECKING:
     from taskd.brokers import Broker
@@ -61,20 +61,27 @@ QUEUE_TIMEOUT_S = 2.0  # ...and left out of a scrape when the broker takes longe
 STATES = {Kind.SUCCEEDED: "SUCCESS", Kind.FAILED: "FAILURE", Kind.RETRY: "RETRY"}
 UNREGISTERED = "(unregistered)"  # the task label of names no worker has registered
 FOLDED_KINDS = ("counter", "histogram")  # the kinds of file a child writes
-BYTES_PER_TASK = 16_384  # a task's labels in a process's files (both histograms, all states)
 BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 # -- the children's side --------------------------------------------------------------------
 
 
 class TaskMetrics:
-    """What a child records after each task, to its own files in the shared directory."""
+    """What a child records after each task, to its own files in the shared directory, backed
+    ahead of what they hold (``metrics_files``): for a few tasks when the child starts, and
+    twice as many whenever a new task would need more; a child that finds no room records no
+    more (logged), instead of dying of SIGBUS."""
 
     enabled = False  # set by the supervisor before it forks: then its children record
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
+        directory = os.environ[MULTIPROC_ENV]
+        self._paths = [os.path.join(directory, f"{kind}_{os.getpid()}.db") for kind in FOLDED_KINDS]
+        self._names: set[str] = set()  # task labels recorded
+        self._backed = 0  # bytes of each file backed
+        self.off = not self._back(RESERVED_FIRST_TASKS)
         self.finished = Counter(
             "taskd_tasks_finished", "Tasks finished", ["task", "state"], registry=None
         )
@@ -96,6 +103,10 @@ class TaskMetrics:
 
     def record(self, job: Job, outcome: Outcome, duration_ms: float) -> None:
         name = job.sig.name if job.task is not None else UNREGISTERED
+        if self.off or (name not in self._names and not self._back(len(self._names) + 1)):
+            self.off = True
+            return
+        self._names.add(name)
         self.finished.labels(name, STATES[outcome.kind]).inc()
         if duration_ms > 0:  # 0: settled without running
             self.duration.labels(name).observe(duration_ms / 1000)
@@ -105,49 +116,31 @@ class TaskMetrics:
         if outcome.kind is Kind.RETRY:
             self.retries.labels(name).inc()
 
+    def _back(self, tasks: int) -> bool:
+        """Files backed for the labels of ``tasks`` tasks: False, logged, without room."""
+        size = file_bytes(tasks)
+        if size <= self._backed:
+            return True
+        size = max(size, 2 * self._backed)
+        if not all(reserved(path, size) for path in self._paths):
+            log.error(
+                "metrics_off_in_child",
+                reason="no room",
+                directory=os.path.dirname(self._paths[0]),
+                needs=size,
+            )
+            return False
+        self._backed = size
+        return True
 
-def task_metrics(tasks: int) -> TaskMetrics | None:
-    """For a child with ``tasks`` registered: its recorder, or None when the daemon serves no
-    metrics, or where the directory has no room for its files (logged)."""
+
+def task_metrics() -> TaskMetrics | None:
+    """For a child: its recorder, or None when the daemon serves no metrics, or where the
+    directory has no room for its files (logged)."""
     if not TaskMetrics.enabled:
         return None
-    directory, size = os.environ[MULTIPROC_ENV], file_bytes(tasks)
-    for kind in FOLDED_KINDS:
-        if not reserved(os.path.join(directory, f"{kind}_{os.getpid()}.db"), size):
-            log.error("metrics_off_in_child", reason=f"no room in {directory}", needs=size)
-            return None
-    return TaskMetrics()
-
-
-def file_bytes(tasks: int) -> int:
-    """A size for a process's metrics file that its labels fit in, as prometheus-client
-    would grow it (it doubles the file from 64 KiB): then it never needs to grow it."""
-    size = 1 << 16
-    while size < (tasks + 1) * BYTES_PER_TASK:  # +1: (unregistered)
-        size *= 2
-    return size
-
-
-def reserved(path: str, size: int) -> bool:
-    """The first ``size`` bytes of ``path`` (made if missing) backed by disk blocks; False,
-    and no file left, where the filesystem has no room. prometheus-client maps the file and
-    writes to it through the map: a page a full filesystem (a full /tmp) cannot back then
-    kills the process with SIGBUS, and a supervisor folding a dead child's counts with it."""
-    made = not os.path.exists(path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # cannot reserve here: as before
-            return True
-        if made:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        return False
-    return True
+    recorder = TaskMetrics()
+    return None if recorder.off else recorder
 
 
 # -- the supervisor's side ------------------------------------------------------------------

@@ -229,6 +229,47 @@ def fill(directory: Path) -> None:
             filler.flush()
 
 
+RECORD_TASKS = """
+import os, sys
+from taskd.brokers import Delivery
+from taskd.client import signature
+from taskd.wire import GoTime
+from taskd.worker.execute import Kind, Outcome
+from taskd.worker.jobs import Job
+from taskd.worker.metrics import TaskMetrics
+
+metrics = TaskMetrics()
+for i in range(int(sys.argv[1])):
+    sig = signature(f"task_{i:03d}", eta=GoTime.now())
+    job = Job(Delivery("q", b"", 1, None), sig, object(), GoTime.now())
+    metrics.record(job, Outcome(Kind.SUCCEEDED), 1.0)
+    metrics.record(job, Outcome(Kind.RETRY, error="again"), 1.0)
+"""
+
+
+@pytest.mark.parametrize("tasks", [2, 40])
+def test_a_childs_files_are_backed_ahead_of_what_they_hold(tasks: int, tmp_path: Path) -> None:
+    """Each file of a child's is backed with disk blocks beyond the bytes its labels use (a
+    write prometheus-client makes through its map never meets a page without one), and
+    grows with the tasks it has run, not with those it has."""
+    import struct
+    import sys
+
+    from taskd.worker.metrics_files import file_bytes
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    command = [sys.executable, "-c", RECORD_TASKS, str(tasks)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    files = sorted(tmp_path.glob("*.db"))
+    assert [f.name.split("_")[0] for f in files] == ["counter", "histogram"]
+    for path in files:
+        used = struct.unpack("i", path.read_bytes()[:4])[0]
+        backed = path.stat().st_blocks * 512
+        assert used <= path.stat().st_size <= backed, (path.name, used, path.stat())
+        assert path.stat().st_size == file_bytes(max(tasks, 3))
+
+
 def test_a_full_metrics_directory_costs_metrics_not_the_daemon(
     namespace: str, tmp_path: Path, small_tmpfs: Path, daemon: Callable[..., Daemon]
 ) -> None:
