@@ -299,7 +299,8 @@ def test_a_full_metrics_directory_costs_metrics_not_the_daemon(
     assert taskd.process.poll() is None
     assert taskd.events("metrics_off_in_child")  # the new child: no room for its files
     samples = scrape(port)
-    assert value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS") == 20
+    counted = value(samples, "taskd_tasks_finished_total", task="count", state="SUCCESS")
+    assert counted in (20, 21)  # the last one too where the child that ran it records
 
 
 def test_tasks_no_worker_has_count_under_one_label(
