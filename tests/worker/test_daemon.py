@@ -335,6 +335,11 @@ def test_workers_with_different_tasks_share_a_queue(
     without = daemon(lacking, "--concurrency", "1")
     having.wait_ready(1)
     without.wait_ready(1)
+
+    def on_the_board() -> bool:  # a beat after its start (the workers board is how they know)
+        return any("record" in entry.get("tasks", ()) for entry in client.workers())
+
+    wait_until(on_the_board, 15, 0.1, "the daemon with the tasks on the workers board")
     trace = tmp_path / "trace"
     sent = client.send_many([signature("record", str(trace), f"t{i}") for i in range(20)])
     assert [result.get(timeout=60) for result in sent] == [f"t{i}" for i in range(20)]
