@@ -74,11 +74,12 @@ def test_a_task_rabbitmq_delivers_again_while_it_runs_runs_once(
         amqp_namespace, tmp_path, worker={"heartbeat_interval": 1.0, "consumer_timeout": 4}
     )
     trace = tmp_path / "trace"
-    # RabbitMQ looks for timed-out deliveries every channel_tick_interval (ms).
-    with rabbit_setting("channel_tick_interval", 500), rabbit_setting("consumer_timeout", 3000):
+    # RabbitMQ looks for timed-out deliveries every channel_tick_interval (ms); the running
+    # task is on the workers board a beat or two after it starts, well before 5 s.
+    with rabbit_setting("channel_tick_interval", 500), rabbit_setting("consumer_timeout", 5000):
         process = daemon(config, "--concurrency", "2")
         process.wait_ready(2)
-        sent = client.send("slow_record", str(trace), "long", 9.0)
+        sent = client.send("slow_record", str(trace), "long", 12.0)
         assert sent.get(timeout=60) == "long"
         assert process.events("amqp_delivery_timed_out")
         assert process.events("task_left_to_peer")
