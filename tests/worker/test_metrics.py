@@ -33,6 +33,7 @@ from tests.support.tasks import runs
 
 # Daemons get TMPDIR=tmp_path: the fixture's kill -9 leaves their metrics directory behind.
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Served = tuple[int, Path, Any]  # port, config path, Client
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -72,13 +73,19 @@ def scrape_counted(port: int, tasks: int) -> Samples:
     return samples
 
 
+def serving_metrics(kind: str, namespace: str, tmp_path: Path, **overrides: Any) -> Served:
+    """A config of this test's serving metrics on a free loopback port: the port, the
+    config's path and a Client of it."""
+    port = free_port()
+    metrics = {"listen": f"127.0.0.1:{port}"}
+    config, client = client_for(kind, namespace, tmp_path, metrics=metrics, **overrides)
+    return port, config, client
+
+
 def test_metrics_sum_tasks_over_children(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
-    port = free_port()
-    config, client = client_for(
-        driver_kind, namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
-    )
+    port, config, client = serving_metrics(driver_kind, namespace, tmp_path)
     with client:
         taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
         taskd.wait_ready(2)
@@ -111,13 +118,8 @@ def test_metrics_sum_tasks_over_children(
 def test_recycled_children_leave_their_counts_not_their_files(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
-    port = free_port()
-    config, client = client_for(
-        driver_kind,
-        namespace,
-        tmp_path,
-        metrics={"listen": f"127.0.0.1:{port}"},
-        worker={"max_tasks_per_child": 3},
+    port, config, client = serving_metrics(
+        driver_kind, namespace, tmp_path, worker={"max_tasks_per_child": 3}
     )
     with client:
         taskd = daemon(config, "--concurrency", "1", TMPDIR=str(tmp_path))
@@ -140,10 +142,7 @@ def test_recycled_children_leave_their_counts_not_their_files(
 def test_healthz_is_503_while_draining_and_the_directory_goes(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
-    port = free_port()
-    config, client = client_for(
-        driver_kind, namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
-    )
+    port, config, client = serving_metrics(driver_kind, namespace, tmp_path)
     trace = tmp_path / "trace"
     with client:
         taskd = daemon(config, "--concurrency", "1", TMPDIR=str(tmp_path))
@@ -169,11 +168,7 @@ def test_healthz_is_503_until_every_child_reached_its_redis(
     reached its broker and backend: a daemon that starts while its Redis is down says
     "starting" until Redis comes up, then works."""
     private_redis.stop()
-    port = free_port()
-    config, client = client_for(
-        "redis", namespace, tmp_path, broker=private_redis.url,
-        metrics={"listen": f"127.0.0.1:{port}"},
-    )  # fmt: skip
+    port, config, client = serving_metrics("redis", namespace, tmp_path, broker=private_redis.url)
     taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
     wait_until(lambda: len(taskd.events("backend_unavailable")) == 2, 20, what="both children")
     assert get(port, "/healthz") == (503, "starting\n")
@@ -277,10 +272,7 @@ def test_a_full_metrics_directory_costs_metrics_not_the_daemon(
     /tmp) the first write to a page it cannot back killed the child with SIGBUS, and the
     supervisor, folding that child's counts into a file of its own, with it. Now each
     process's files are backed when made, and a process without room records no metrics."""
-    port = free_port()
-    config, client = client_for(
-        "sqlite", namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
-    )
+    port, config, client = serving_metrics("sqlite", namespace, tmp_path)
     with client:
         taskd = daemon(config, "--concurrency", "2", TMPDIR=str(small_tmpfs))
         taskd.wait_ready(2)
@@ -309,10 +301,7 @@ def test_tasks_no_worker_has_count_under_one_label(
     """Each unknown task name sent made a label of its own, in every child's files and in
     every scrape: a producer with a bug (or anyone who may send) could grow them without
     bound. They count under one label."""
-    port = free_port()
-    config, client = client_for(
-        "sqlite", namespace, tmp_path, metrics={"listen": f"127.0.0.1:{port}"}
-    )
+    port, config, client = serving_metrics("sqlite", namespace, tmp_path)
     with client:
         taskd = daemon(config, "--concurrency", "2", TMPDIR=str(tmp_path))
         taskd.wait_ready(2)
