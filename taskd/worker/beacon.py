@@ -11,10 +11,10 @@ does. While a child runs a task the thread also reads the ``revoked`` board ever
 stops (``Kills.terminate``).
 
 ``taskctl workers`` reads the board (``taskd.boards.live_workers``). An entry is a JSON
-object: host, pid, version, queues, tasks (the names it has), concurrency, started_at and
-beat_at (RFC 3339), tasks_done and tasks_failed since the daemon started, and children: each
-one's slot, pid, tasks done and the task it runs (id, name, started_at), or null. Workers
-read it too (``taskd.worker.peers``).
+object: host, machine (host, boot and pid namespace), pid, version, queues, tasks (the names
+it has), concurrency, started_at and beat_at (RFC 3339), tasks_done and tasks_failed since
+the daemon started, and children: each one's slot, pid, tasks done and the task it runs (id,
+name, started_at), or null. Workers read it too (``taskd.worker.peers``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from taskd import __version__
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends.base import Entry
 from taskd.boards import REVOKED, WORKERS
+from taskd.brokers.lease import MACHINE
 from taskd.config import Config
 from taskd.revocations import REFRESH_S, to_terminate
 from taskd.wire import GoTime
@@ -62,6 +63,7 @@ def snapshot(pool: Supervisor) -> Entry:
     done, failed = pool.liveness.totals(child.slot for child in pool.children.values())
     return {
         "host": socket.gethostname(),
+        "machine": MACHINE,  # where its pids name its processes (taskd.worker.peers)
         "pid": pool.pid,
         "version": __version__,
         "queues": [pool.queue],

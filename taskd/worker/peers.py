@@ -21,10 +21,8 @@ has the task takes it.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,6 +31,7 @@ from taskd.backends import ResultBackend
 from taskd.backends.base import Entry
 from taskd.boards import WORKERS
 from taskd.brokers import Broker
+from taskd.brokers.lease import MACHINE, process_alive
 from taskd.errors import DriverError
 from taskd.wire import GoTime
 from taskd.worker.followups import sendable
@@ -67,15 +66,15 @@ class Peers:
 
     def running(self) -> dict[str, str]:
         """The ids of the tasks live workers run now, each with the worker that runs it. A
-        child of this host that is gone is left out at once: the board is a beat behind,
-        and a crash's messages come back to its siblings sooner."""
-        here = socket.gethostname()
+        child of this machine (``lease.MACHINE``: host, boot and pid namespace) that is gone
+        is left out at once: the board is a beat behind, and a crash's messages come back to
+        its siblings sooner."""
         return {
             child["task"]["id"]: f"{_name(entry)} child {child.get('pid')}"
             for entry in self._entries
             for child in entry.get("children") or ()
             if isinstance(child, dict) and isinstance(child.get("task"), dict)
-            if entry.get("host") != here or _alive(child.get("pid"))
+            if entry.get("machine") != MACHINE or _alive(child.get("pid"))
         }
 
     def able(self, task: str, queue: str) -> str:
@@ -95,16 +94,7 @@ def _name(entry: Entry) -> str:
 
 
 def _alive(pid: object) -> bool:
-    """A process of this host that exists and is not a zombie (dead, not yet reaped)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc to read: exists, as far as can be told
-        return True
-    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+    return isinstance(pid, int) and pid > 0 and process_alive(pid)
 
 
 def look_up(

@@ -227,9 +227,9 @@ def test_a_message_delivered_again_while_a_live_worker_runs_it_waits(
     it is sent again for later, then acked, and does not run here; where that worker is a
     process of this host that is gone, it runs."""
     import os
-    import socket
 
     from taskd.boards import WORKERS
+    from taskd.brokers.lease import MACHINE
 
     rig = Rig(DelayingMemoryBroker, consumer_timeout=15)
     trace = tmp_path / "trace"
@@ -238,14 +238,15 @@ def test_a_message_delivered_again_while_a_live_worker_runs_it_waits(
     rig.backend.set_states([started])
     body, _before = rig.broker.queues[QUEUE].popleft()
     rig.broker.queues[QUEUE].append((body, 1))  # delivered again
-    host, pid = {
-        "another host": ("elsewhere.example", 4242),
-        "a live process here": (socket.gethostname(), os.getpid()),
-        "a dead one here": (socket.gethostname(), _a_pid_gone()),
+    machine, pid = {
+        "another host": ("elsewhere.example/boot/ns", 4242),
+        "a live process here": (MACHINE, os.getpid()),
+        "a dead one here": (MACHINE, _a_pid_gone()),
     }[runner]
     task = {"id": sent.task_id, "name": "record", "started_at": str(GoTime.now())}
-    entry = {"host": host, "pid": 1, "children": [{"slot": 0, "pid": pid, "task": task}]}
-    rig.backend.post(WORKERS, {f"{host}:1": entry}, 60)
+    children = [{"slot": 0, "pid": pid, "task": task}]
+    entry = {"host": "h", "machine": machine, "pid": 1, "children": children}
+    rig.backend.post(WORKERS, {"h:1": entry}, 60)
     assert rig.serve() == EXIT_OK
     assert rig.broker.called("ack_many") + rig.broker.called("ack") != []
     if runner == "a dead one here":
