@@ -44,11 +44,7 @@ def when(eta: datetime | GoTime | None = None, countdown_s: float | None = None)
     if eta is not None and countdown_s is not None:
         raise ValueError("give an ETA or a countdown, not both")
     if countdown_s is not None:
-        if not 0 <= countdown_s <= (LATEST_ETA.unix_ns - time.time_ns()) / 1e9:
-            raise ValueError(
-                f"countdown {countdown_s:g} s is out of range (0 to the latest ETA, {LATEST_ETA})"
-            )
-        return GoTime(time.time_ns() + round(countdown_s * 1e9))
+        return GoTime.after(countdown_s)
     if isinstance(eta, datetime):
         eta = GoTime.from_datetime(eta)
     check_eta(eta)

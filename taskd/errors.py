@@ -175,6 +175,13 @@ class Retry(Exception):  # control flow, not an error: machinery's ErrRetryTaskL
     """Raised by a task to run again after ``countdown_s``; honours the signature's RetryCount."""
 
     def __init__(self, countdown_s: float = 0.0, reason: str = "retry requested") -> None:
+        # Refused where the task raises it, so its traceback shows the line at fault.
+        if isinstance(countdown_s, bool) or not isinstance(countdown_s, int | float):
+            raise TypeError(f"Retry countdown_s must be seconds, got {type(countdown_s).__name__}")
+        if not 0 <= countdown_s < float("inf"):
+            raise ValueError(f"Retry countdown_s must be 0 or more seconds, got {countdown_s}")
+        if not isinstance(reason, str):
+            raise TypeError(f"Retry reason must be a str, got {type(reason).__name__}")
         self.countdown_s, self.reason = countdown_s, reason
         super().__init__(reason)
 

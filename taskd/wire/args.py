@@ -74,23 +74,28 @@ def _check_scalar(type_name: str, value: Any) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
+    # A subclass's value is taken as the plain str, int or float it is: its own __str__ or
+    # __repr__ (an IntEnum, a task's int type) must not write the JSON.
     elif kind == "string":
         if isinstance(value, str):
-            return value
+            return value if type(value) is str else str.__str__(value)
     elif isinstance(value, bool):
         pass  # JSON true is not a number
     elif kind == "int":
         if isinstance(value, int):
+            value = value if type(value) is int else int.__int__(value)
             low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
             if not low <= value <= high:
                 raise ArgumentError(f"{value} is out of range for {type_name}")
             return value
     elif kind == "uint":
         if isinstance(value, int):
+            value = value if type(value) is int else int.__int__(value)
             if not 0 <= value < (1 << bits):
                 raise ArgumentError(f"{value} is out of range for {type_name}")
             return value
     elif isinstance(value, int | float):  # float
+        value = float.__float__(value) if isinstance(value, float) else int.__int__(value)
         number = float(value) if abs(value) < 2**1024 else math.inf
         if not math.isfinite(number):  # 1e400 parses to inf; Go's Float64() says out of range
             raise ArgumentError(f"{value} is out of range for {type_name}")

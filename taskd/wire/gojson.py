@@ -111,10 +111,10 @@ def encode_value(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int):  # a subclass's own __str__ (a task's int type) never writes it
+        return int.__repr__(value)
     if isinstance(value, float):
-        return encode_float(value)
+        return encode_float(float.__float__(value))
     if isinstance(value, str):
         return encode_str(value)
     if isinstance(value, bytes | bytearray):

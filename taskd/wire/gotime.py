@@ -35,6 +35,22 @@ class GoTime:
         return cls(time.time_ns())
 
     @classmethod
+    def after(cls, countdown_s: float) -> GoTime:
+        """``countdown_s`` seconds from now; ValueError for anything but a number of seconds
+        from 0 to the latest ETA (a countdown given to ``send`` or to ``Retry``)."""
+        if isinstance(countdown_s, bool) or not isinstance(countdown_s, int | float):
+            raise ValueError(
+                f"countdown must be a number of seconds, got {type(countdown_s).__name__}"
+            )
+        now_ns = time.time_ns()
+        if not 0 <= countdown_s <= (LATEST_ETA.unix_ns - now_ns) / _NS_PER_S:
+            raise ValueError(
+                f"countdown {float(countdown_s):g} s is out of range"
+                f" (0 to the latest ETA, {LATEST_ETA})"
+            )
+        return cls(now_ns + round(countdown_s * _NS_PER_S))
+
+    @classmethod
     def from_unix(cls, seconds: float) -> GoTime:
         return cls(round(seconds * _NS_PER_S))
 

@@ -171,13 +171,14 @@ def results_from_return(value: Any, declared: Sequence[str | None] = ()) -> tupl
         try:
             if isinstance(item, TaskResult):
                 result = item
+                result.encode()  # built by the task: its value may have no JSON form
             elif type_name is not None:
                 result = TaskResult.of(type_name, item)
             else:
                 result = TaskResult.infer(item)
             if "float" in result.type:  # NaN and infinity have no JSON form: fail the task
                 result.encode()  # here, not the write of its state
-        except (ArgumentError, ValueError) as exc:
+        except (ArgumentError, ValueError, TypeError) as exc:
             raise ArgumentError(f"return value {index + 1} cannot be stored: {exc}") from None
         results.append(result)
     return tuple(results)

@@ -6,7 +6,6 @@ leaves recording and acknowledging to the caller.
 
 from __future__ import annotations
 
-import time
 import traceback
 from dataclasses import dataclass
 from enum import Enum
@@ -59,9 +58,14 @@ def attempt_of(sig: Signature) -> int:
 
 def error_text(exc: BaseException) -> str:
     """What goes in TaskState.Error: the message, as Go's err.Error() would give it."""
-    if isinstance(exc, SystemExit):
-        return f"the task called sys.exit({exc.code!r})"
-    return str(exc) or type(exc).__name__
+    try:
+        if isinstance(exc, SystemExit):
+            return f"the task called sys.exit({exc.code!r})"
+        return str(exc) or type(exc).__name__
+    # The task's own classes run here (__str__, __repr__): whatever they raise fails its task,
+    # never its worker.
+    except BaseException as unreadable:
+        return f"{type(exc).__name__} (its message could not be read: {type(unreadable).__name__})"
 
 
 def execute(
@@ -100,6 +104,9 @@ def execute(
         results = results_from_return(value, task.returns)
     except ArgumentError as exc:
         return Outcome(Kind.FAILED, error=f"task {task.name!r}: {exc}")
+    except Exception as exc:  # the value's own code (a list subclass's __iter__...) raised
+        error = f"task {task.name!r}: its return value cannot be read: {error_text(exc)}"
+        return Outcome(Kind.FAILED, error=error, traceback=traceback.format_exc())
     return Outcome(Kind.SUCCEEDED, results=results)
 
 
@@ -129,11 +136,15 @@ def retry_or_fail(
         retry_timeout = fibonacci_next(sig.retry_timeout)
         countdown_s = float(retry_timeout)
     delay_s = with_jitter(countdown_s, policy.jitter, policy.max_delay_s)
+    try:
+        eta = GoTime.after(delay_s)
+    except ValueError as exc:  # a countdown, or a RetryTimeout off the wire, past the latest ETA
+        return Outcome(Kind.FAILED, error=f"{error} (not retried: {exc})", traceback=trace)
     headers = {**(sig.headers or {}), ATTEMPT_HEADER: attempt_of(sig) + 1}
     again = sig.with_changes(
         retry_count=sig.retry_count - 1,
         retry_timeout=retry_timeout,
-        eta=GoTime(time.time_ns() + round(delay_s * 1e9)),
+        eta=eta,
         headers=headers,
     )
     return Outcome(Kind.RETRY, error=error, traceback=trace, retry=again, retry_in_s=delay_s)

@@ -424,3 +424,40 @@ def test_slice_helpers() -> None:
     assert typed.kind_of("[]byte") == "uint"
     assert typed.kind_of("float32") == "float"
     assert typed.kind_of("[]string") == "string"
+
+
+class _Code(int):  # a task's own int type, as an IntEnum is: its text is not its JSON
+    def __str__(self) -> str:
+        return "CODE"
+
+    __repr__ = __str__
+
+
+class _Ratio(float):
+    def __repr__(self) -> str:
+        return "RATIO"
+
+
+class _Label(str):
+    def __str__(self) -> str:
+        return "LABEL"
+
+
+def test_subclasses_of_int_float_and_str_are_written_as_their_plain_values() -> None:
+    from taskd.client import signature
+    from taskd.wire import State, TaskState, decode_signature
+    from taskd.wire.state import decode_state, results_from_return
+
+    sig = signature(
+        "add", _Code(1), [_Code(2)], _Ratio(2.5), [_Label("x")], headers={"h": _Code(3)}
+    )
+    assert decode_signature(sig.encode()).args == (
+        Arg("int64", 1),
+        Arg("[]int64", [2]),
+        Arg("float64", 2.5),
+        Arg("[]string", ["x"]),
+    )
+    assert b'"Headers":{"h":3}' in sig.encode()
+    results = results_from_return((_Code(5), [_Ratio(0.5)], _Label("y")))
+    stored = decode_state(TaskState("t", State.SUCCESS, results=results).encode())
+    assert [r.python_value() for r in stored.results or ()] == [5, [0.5], "y"]

@@ -199,6 +199,57 @@ def test_any_base_exception_fails_the_task_not_its_worker() -> None:
         assert (outcome.kind, outcome.error) == (Kind.RETRY, error)
 
 
+class _UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("its __str__ is broken")
+
+
+class _ExitingError(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(3)
+
+
+def test_an_exception_whose_message_cannot_be_read_fails_its_task_not_its_worker() -> None:
+    def raises(kind: str) -> None:
+        raise {"unreadable": _UnreadableError, "exiting": _ExitingError}[kind]()
+
+    for kind, name in (("unreadable", "_UnreadableError"), ("exiting", "_ExitingError")):
+        for retries, outcome_kind in ((0, Kind.FAILED), (1, Kind.RETRY)):
+            sig = _sig("raises", Arg("string", kind), retry_count=retries)
+            outcome, _, _ = _run(raises, sig)
+            assert outcome.kind is outcome_kind
+            assert outcome.error.startswith(f"{name} (its message could not be read: ")
+            assert "in raises" in outcome.traceback
+
+
+class _UnreadableList(list[int]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("cursor closed")
+
+
+def test_a_return_value_whose_own_code_raises_fails_its_task_not_its_worker() -> None:
+    def returns_unreadable() -> Any:
+        return _UnreadableList([1, 2])
+
+    outcome, _, _ = _run(returns_unreadable, _sig("returns_unreadable", retry_count=2))
+    assert (outcome.kind, outcome.retry) == (Kind.FAILED, None)
+    assert outcome.error == (
+        "task 'returns_unreadable': its return value cannot be read: cursor closed"
+    )
+    assert "RuntimeError: cursor closed" in outcome.traceback
+
+
+def test_a_returned_task_result_without_a_json_form_fails_its_task() -> None:
+    def returns_raw() -> Any:
+        return TaskResult("int64", object())
+
+    outcome, _, _ = _run(returns_raw, _sig("returns_raw"))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.error == (
+        "task 'returns_raw': return value 1 cannot be stored: cannot encode object as JSON"
+    )
+
+
 # -- async def tasks ----------------------------------------------------------------------------
 
 
@@ -425,6 +476,39 @@ def test_retry_requests_run_out() -> None:
         if outcome.retry is not None:
             sig = outcome.retry
     assert kinds == [Kind.RETRY, Kind.RETRY, Kind.RETRY, Kind.FAILED]
+
+
+@pytest.mark.parametrize(
+    ("countdown_s", "reason", "error"),
+    [
+        (float("inf"), "x", "ValueError: Retry countdown_s must be 0 or more seconds, got inf"),
+        (float("nan"), "x", "ValueError: Retry countdown_s must be 0 or more seconds, got nan"),
+        (-1, "x", "ValueError: Retry countdown_s must be 0 or more seconds, got -1"),
+        ("5", "x", "TypeError: Retry countdown_s must be seconds, got str"),
+        (True, "x", "TypeError: Retry countdown_s must be seconds, got bool"),
+        (1, 123, "TypeError: Retry reason must be a str, got int"),
+    ],
+)
+def test_a_retry_request_taskd_cannot_honour_fails_where_the_task_raises_it(
+    countdown_s: Any, reason: Any, error: str
+) -> None:
+    outcome, _, _ = _run(make_retrier(countdown_s, reason), _sig("retrier"))
+    assert outcome.kind is Kind.FAILED
+    assert outcome.error == error.partition(": ")[2]
+    assert error in outcome.traceback
+    assert "in retrier" in outcome.traceback  # the task's own line is shown
+
+
+def test_a_retry_past_the_latest_eta_fails_instead_of_being_sent() -> None:
+    outcome, _, _ = _run(make_retrier(1e300, "later"), _sig("retrier", retry_count=1))
+    assert (outcome.kind, outcome.retry) == (Kind.FAILED, None)
+    assert outcome.error.startswith("later (not retried: countdown 1e+300 s is out of range")
+    # A RetryTimeout off the wire (any producer's) grows the backoff past it the same way.
+    sig = _sig("fail", Arg("string", "boom"), retry_count=1, retry_timeout=2**62)
+    outcome, _, _ = _run(fail, sig)
+    assert (outcome.kind, outcome.retry) == (Kind.FAILED, None)
+    assert outcome.error.startswith("boom (not retried: countdown ")
+    assert "RuntimeError: boom" in outcome.traceback
 
 
 # -- bad arguments -----------------------------------------------------------------------------
