@@ -53,10 +53,21 @@ class Chord:
     callback: Signature
 
 
+# Each link nests two JSON levels deeper (OnSuccess: [{...}]); JSON readers stop at about
+# 1,000 (orjson at 1,024, Python's own below): a longer chain could be sent but never read.
+MAX_CHAIN_LINKS = 400
+
+
 def chain(*links: Signature) -> Chain:
     """``add(1, 2) -> multiply(3)``: each link runs with the previous one's results appended."""
     if not links:
         raise ValueError("a chain needs at least one signature")
+    if len(links) > MAX_CHAIN_LINKS:
+        raise ValueError(
+            f"a chain of {len(links)} links is longer than workers can read (at most"
+            f" {MAX_CHAIN_LINKS}: each link nests its message deeper); split it, a task of"
+            " one chain sending the next"
+        )
     with_ids = [_with_id(link) for link in links]
     nested = with_ids[-1]
     for link in reversed(with_ids[:-1]):

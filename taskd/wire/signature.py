@@ -8,6 +8,7 @@ as Go's (unknown keys ignored, key case ignored) and as strict about value types
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -112,8 +113,30 @@ def _encode_list(items: tuple[Any, ...] | None, encode_item: Callable[[Any], str
     return "[" + ",".join(encode_item(item) for item in items) + "]"
 
 
-def _encode_signature(sig: Signature) -> str:
-    s, name = gojson.encode_str, gojson.encode_name  # names recur: remembered
+def _nested(sig: Signature) -> list[Signature]:
+    nested = [*(sig.on_success or ()), *(sig.on_error or ())]
+    return nested if sig.chord_callback is None else [*nested, sig.chord_callback]
+
+
+def _encode_signature(top: Signature) -> str:
+    # The signatures nested in it (a chain's later links, callbacks) are written innermost
+    # first, without recursion: a chain may be hundreds of links deep.
+    if top.on_success is None and top.on_error is None and top.chord_callback is None:
+        return _encode_fields(top, {})
+    order, pending = [], [top]
+    while pending:
+        sig = pending.pop()
+        order.append(sig)
+        pending.extend(_nested(sig))
+    written: dict[int, str] = {}
+    for sig in reversed(order):  # each after the signatures nested in it
+        written[id(sig)] = _encode_fields(sig, written)
+    return written[id(top)]
+
+
+def _encode_fields(sig: Signature, written: Mapping[int, str]) -> str:
+    """``sig`` as JSON, the signatures nested in it taken from ``written`` (by id)."""
+    s, name, nested = gojson.encode_str, gojson.encode_name, lambda n: written[id(n)]
     return (
         f'{{"UUID":{s(sig.uuid)},"Name":{name(sig.name)},"RoutingKey":{name(sig.routing_key)},'
         f'"ETA":{"null" if sig.eta is None else s(sig.eta.format())},'
@@ -122,10 +145,10 @@ def _encode_signature(sig: Signature) -> str:
         f'"Headers":{gojson.encode_value(sig.headers)},"Priority":{sig.priority},'
         f'"Immutable":{_bool(sig.immutable)},"RetryCount":{sig.retry_count},'
         f'"RetryTimeout":{sig.retry_timeout},'
-        f'"OnSuccess":{_encode_list(sig.on_success, _encode_signature)},'
-        f'"OnError":{_encode_list(sig.on_error, _encode_signature)},'
+        f'"OnSuccess":{_encode_list(sig.on_success, nested)},'
+        f'"OnError":{_encode_list(sig.on_error, nested)},'
         f'"ChordCallback":'
-        f"{'null' if sig.chord_callback is None else _encode_signature(sig.chord_callback)},"
+        f"{'null' if sig.chord_callback is None else nested(sig.chord_callback)},"
         f'"BrokerMessageGroupId":{s(sig.broker_message_group_id)},'
         f'"SQSReceiptHandle":{s(sig.sqs_receipt_handle)},'
         f'"StopTaskDeletionOnError":{_bool(sig.stop_task_deletion_on_error)},'
@@ -161,20 +184,54 @@ SIGNATURE_FIELDS = {
 }
 
 
-def _decode_signatures(value: Any, key: str) -> tuple[Signature, ...] | None:
+def _decoded_list(
+    value: Any, key: str, decoded: Mapping[int, Signature]
+) -> tuple[Signature, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
         raise DecodeError(f"{key} must be an array, got {gojson.json_type(value)}")
-    return tuple(decode_signature_object(item, f"{key}[{i}]") for i, item in enumerate(value))
+    return tuple(decoded[id(item)] for item in value)
+
+
+def _path(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
 
 
 def decode_signature_object(obj: Any, path: str = "") -> Signature:
     """A Signature from decoded JSON; DecodeError names the offending field by its path
     (``Priority``, ``OnSuccess[0].Args[1].Type``)."""
-    f = gojson.fold_keys(obj, SIGNATURE_FIELDS, path or "signature")
+    top = gojson.fold_keys(obj, SIGNATURE_FIELDS, path or "signature")
+    on_success, on_error, chord = top.get("OnSuccess"), top.get("OnError"), top.get("ChordCallback")
+    if on_success is None and on_error is None and chord is None:  # most messages
+        return _signature_of_at(top, path, {})
+    # The signatures nested in it (a chain's later links, callbacks) are decoded innermost
+    # first, without recursion: a chain may be hundreds of links deep.
+    found: list[tuple[Any, dict[str, Any], str]] = []
+    pending = [(obj, top, path)]
+    while pending:
+        raw, fields, where = pending.pop()
+        found.append((raw, fields, where))
+        inner = []
+        for key in ("OnSuccess", "OnError"):
+            value = fields.get(key)
+            if isinstance(value, list):
+                inner += [(item, _path(where, f"{key}[{i}]")) for i, item in enumerate(value)]
+        if fields.get("ChordCallback") is not None:
+            inner.append((fields["ChordCallback"], _path(where, "ChordCallback")))
+        for item, at in inner:
+            pending.append((item, gojson.fold_keys(item, SIGNATURE_FIELDS, at), at))
+    decoded: dict[int, Signature] = {}
+    for raw, fields, where in reversed(found):  # each after the signatures nested in it
+        decoded[id(raw)] = _signature_of_at(fields, where, decoded)
+    return decoded[id(obj)]
+
+
+def _signature_of_at(
+    fields: dict[str, Any], path: str, decoded: Mapping[int, Signature]
+) -> Signature:
     try:
-        return _signature_of(f)
+        return _signature_of(fields, decoded)
     except DecodeError as exc:
         if not path:
             raise
@@ -182,8 +239,9 @@ def decode_signature_object(obj: Any, path: str = "") -> Signature:
         raise DecodeError(f"{path}.{exc.reason}", exc.raw) from None
 
 
-def _signature_of(f: dict[str, Any]) -> Signature:
-    """A Signature from an object's canonical fields; errors name fields from here."""
+def _signature_of(f: dict[str, Any], decoded: Mapping[int, Signature]) -> Signature:
+    """A Signature from an object's canonical fields, those nested in it already ``decoded``
+    (by the id of their JSON objects); errors name fields from here."""
     raw_args = f.get("Args")
     args: tuple[Arg, ...] | None = None
     if raw_args is not None:
@@ -207,9 +265,9 @@ def _signature_of(f: dict[str, Any]) -> Signature:
         immutable=want_bool(f.get("Immutable"), "Immutable"),
         retry_count=want_int(f.get("RetryCount"), "RetryCount"),
         retry_timeout=want_int(f.get("RetryTimeout"), "RetryTimeout"),
-        on_success=_decode_signatures(f.get("OnSuccess"), "OnSuccess"),
-        on_error=_decode_signatures(f.get("OnError"), "OnError"),
-        chord_callback=None if chord is None else decode_signature_object(chord, "ChordCallback"),
+        on_success=_decoded_list(f.get("OnSuccess"), "OnSuccess", decoded),
+        on_error=_decoded_list(f.get("OnError"), "OnError", decoded),
+        chord_callback=None if chord is None else decoded[id(chord)],
         broker_message_group_id=want_str(f.get("BrokerMessageGroupId"), "BrokerMessageGroupId"),
         sqs_receipt_handle=want_str(f.get("SQSReceiptHandle"), "SQSReceiptHandle"),
         stop_task_deletion_on_error=want_bool(
@@ -226,13 +284,22 @@ def decode_signature(body: bytes) -> Signature:
     return decode_signature_object(gojson.loads(body))
 
 
+# Go and taskd write UUID and Name first: found there when the JSON as a whole cannot be read
+# (nested deeper than any JSON reader here takes, or cut short).
+_LEADING_IDENTITY = re.compile(rb'\s*\{"UUID":"([^"\\]*)","Name":"([^"\\]*)"')
+
+
 def identity_of(body: bytes) -> tuple[str, str]:
     """The UUID and Name of a message that may not decode as a whole ("" where unreadable),
     so that its sender can be told why it was set aside."""
     try:
         fields = gojson.fold_keys(gojson.loads(body), SIGNATURE_FIELDS, "signature")
     except DecodeError:
-        return "", ""
+        found = _LEADING_IDENTITY.match(body)
+        if found is None:
+            return "", ""
+        uuid, name = (part.decode("utf-8", "replace") for part in found.groups())
+        return uuid, name
     uuid, name = fields.get("UUID"), fields.get("Name")
     return (uuid if isinstance(uuid, str) else "", name if isinstance(name, str) else "")
 

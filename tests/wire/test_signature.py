@@ -503,6 +503,48 @@ def test_a_nested_field_is_named_by_its_whole_path(raw: bytes, message: str) -> 
     assert str(caught.value).startswith(message)
 
 
+def _nested_links(count: int) -> bytes:
+    """A message whose OnSuccess nests ``count`` links in all, as any producer may write it."""
+    body = b'{"UUID":"task_last","Name":"add"}'
+    for index in range(count - 1):
+        body = b'{"UUID":"task_%d","Name":"add","OnSuccess":[%s]}' % (index, body)
+    return body
+
+
+def test_a_chain_as_long_as_chains_go_round_trips_byte_for_byte() -> None:
+    from taskd import chain
+    from taskd.client import signature
+    from taskd.workflows import MAX_CHAIN_LINKS, Chain
+
+    sent = chain(*[signature("add", index) for index in range(MAX_CHAIN_LINKS)])
+    body = sent.head.encode()
+    decoded = decode_signature(body)
+    assert decoded.encode() == body
+    assert [link.uuid for link in Chain(decoded, sent.link_ids).links] == list(sent.link_ids)
+
+
+def test_a_chain_longer_than_workers_can_read_is_refused_where_it_is_built() -> None:
+    from taskd import chain
+    from taskd.client import signature
+    from taskd.workflows import MAX_CHAIN_LINKS
+
+    with pytest.raises(
+        ValueError, match=f"longer than workers can read \\(at most {MAX_CHAIN_LINKS}"
+    ):
+        chain(*[signature("add") for _ in range(MAX_CHAIN_LINKS + 1)])
+    assert decode_signature(_nested_links(MAX_CHAIN_LINKS + 100)).uuid == "task_498"
+    with pytest.raises(DecodeError, match="nested too deeply"):  # why there is a limit at all
+        decode_signature(_nested_links(520))
+
+
+def test_the_identity_of_a_message_too_deep_to_read_is_still_found() -> None:
+    from taskd.wire.signature import identity_of
+
+    assert identity_of(_nested_links(600)) == ("task_598", "add")
+    assert identity_of(b'{"UUID":"task_cut","Name":"add","Args":[') == ("task_cut", "add")
+    assert identity_of(b"not json") == ("", "")
+
+
 def test_wrong_number_error_shows_the_value_as_sent() -> None:
     with pytest.raises(DecodeError, match=r"GroupTaskCount.*2\.0"):
         decode_signature(b'{"GroupTaskCount":2.0}')

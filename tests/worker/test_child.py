@@ -176,11 +176,21 @@ def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
     malformed, too_deep, unregistered = rig.broker.dead
     assert malformed.body == b"not json" and malformed.reason.startswith("malformed message")
     assert too_deep.body == deep and "nested too deeply" in too_deep.reason
+    assert rig.state("task_deep") is State.FAILURE  # its sender is told, though it is unreadable
+    assert "nested too deeply" in rig.backend.states["task_deep"].error
     assert decode_signature(unregistered.body).uuid == unknown.task_id
     assert rig.backend.states[unknown.task_id].state is State.FAILURE
     assert "not registered" in rig.backend.states[unknown.task_id].error
     assert rig.state(ignored.task_id) is State.PENDING  # dropped as its sender asked
     assert rig.state(after.task_id) is State.SUCCESS
+
+
+def test_a_chain_hundreds_of_links_long_runs_to_its_end() -> None:
+    rig = Rig()
+    sent = rig.client.send_chain(chain(*[signature("count", 1) for _ in range(300)]))
+    assert rig.serve() == EXIT_OK
+    assert {rig.state(link_id) for link_id in sent.link_ids} == {State.SUCCESS}
+    assert rig.backend.states[sent.task_id].python_results() == [2]  # its 1 and the result
 
 
 def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Path) -> None:
