@@ -235,6 +235,10 @@ class Child:
         except DecodeError as exc:
             self._set_aside_malformed(delivery, f"malformed message: {exc.reason}", received_at)
             return None
+        except Exception as exc:  # unforeseen: still the message's, and must not stop the worker
+            reason = f"malformed message: it could not be read: {type(exc).__name__}: {exc}"
+            self._set_aside_malformed(delivery, reason, received_at)
+            return None
         try:
             task: Task | None = self.registry.get(sig.name, delivery.queue)
         except TaskNotFound:

@@ -185,6 +185,29 @@ def test_messages_that_can_never_run_are_set_aside_and_recorded() -> None:
     assert rig.state(after.task_id) is State.SUCCESS
 
 
+def test_a_message_that_fails_to_decode_unforeseen_is_set_aside_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import taskd.worker.child
+
+    def decode(body: bytes) -> Any:
+        if b"task_strange" in body:
+            raise RecursionError("maximum recursion depth exceeded")  # as deep chains once did
+        return decode_signature(body)
+
+    monkeypatch.setattr(taskd.worker.child, "decode_signature", decode)
+    rig = Rig()
+    rig.broker.publish(QUEUE, b'{"UUID":"task_strange","Name":"count"}')
+    after = rig.client.send("count", 7)
+    assert rig.serve() == EXIT_OK
+    (strange,) = rig.broker.dead
+    assert strange.reason == (
+        "malformed message: it could not be read: RecursionError: maximum recursion depth exceeded"
+    )
+    assert rig.state("task_strange") is State.FAILURE
+    assert rig.state(after.task_id) is State.SUCCESS
+
+
 def test_a_chain_hundreds_of_links_long_runs_to_its_end() -> None:
     rig = Rig()
     sent = rig.client.send_chain(chain(*[signature("count", 1) for _ in range(300)]))
