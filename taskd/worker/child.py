@@ -370,7 +370,7 @@ class Child:
             follow = self.outages.call("backend", followups.not_taken, self.backend, follow)
         try:
             followups.set_off(follow, self.backend, self.broker, self.sender, self.outages.call)
-        except DriverError as exc:  # refused for good (outages are ridden out): not a crash loop
+        except followups.REFUSALS as exc:  # for good: kept aside, not a crash loop
             log.error("followups_refused", error=str(exc))
             dead_letter, outcome = True, replace(outcome, error=f"{followups.REFUSED}: {exc}")
         if dead_letter:

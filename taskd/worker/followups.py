@@ -46,6 +46,11 @@ class FollowUp:
 # backend refused for good: kept for an operator to replay once the cause is mended.
 REFUSED = "what it sets off was refused"
 
+# What says a follow-up will never go out as it is (outages are ridden out, not raised): a
+# driver's refusal for good, or a follow-up no worker could run, found by Client.prepare
+# before anything is sent (ValueError: no task name, an ETA past the latest; a producer's).
+REFUSALS = (DriverError, ValueError)
+
 
 def set_off(
     follow: FollowUp,
@@ -79,7 +84,7 @@ def _failed_if_refused(
     otherwise wait on PENDING for ever."""
     try:
         yield
-    except DriverError as exc:
+    except REFUSALS as exc:
         error = f"not sent: {exc} (what sends it is set aside with the dead letters)"
         try:
             call("backend", backend.set_states, never_running(signatures, error, GoTime.now()))

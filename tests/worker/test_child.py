@@ -523,6 +523,31 @@ class RefusingMemoryBroker(MemoryBroker):
         super().publish_many(messages)
 
 
+@pytest.mark.parametrize(
+    ("callback", "error"),
+    [
+        ('"Name":"count","ETA":"9999-12-31T23:59:59Z"', "is later than the latest one possible"),
+        ('"Name":""', "a task name is needed"),
+    ],
+)
+def test_a_callback_no_worker_could_run_is_failure_and_its_task_set_aside(
+    callback: str, error: str
+) -> None:
+    """A producer's callback that can never be sent (any producer may write one) was a crash
+    at each delivery: now it is refused as a broker's refusal for good is."""
+    rig = Rig()
+    body = '{"UUID":"task_head","Name":"count","OnSuccess":[{"UUID":"task_cb",' + callback + "}]}"
+    rig.broker.publish(QUEUE, body.encode())
+    after = rig.client.send("count", 7)
+    assert rig.serve() == EXIT_OK
+    assert rig.state("task_head") is State.SUCCESS  # it ran; what it sets off cannot go out
+    (letter,) = rig.broker.dead
+    assert letter.reason.startswith("what it sets off was refused: ") and error in letter.reason
+    state = rig.backend.states["task_cb"]
+    assert state.state is State.FAILURE and error in state.error
+    assert rig.state(after.task_id) is State.SUCCESS
+
+
 @pytest.mark.parametrize("follow_up", ["callback", "retry"])
 def test_tasks_a_refused_send_was_to_run_are_failure_saying_so(
     follow_up: str, tmp_path: Path
