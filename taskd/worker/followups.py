@@ -124,7 +124,9 @@ def after(backend: ResultBackend, job: Job, outcome: Outcome) -> FollowUp:
     if outcome.kind is Kind.SUCCEEDED:
         chord = _chord(chord_after_success, backend, sig, claimant, outcome.results)
         follow = FollowUp(
-            send=(*on_success(sig, outcome.results), *chord.send), fires_chord=chord.fires_chord
+            send=(*on_success(sig, outcome.results), *chord.send),
+            record=chord.record,
+            fires_chord=chord.fires_chord,
         )
         return _readable(backend, sig, follow)
     now = GoTime.now()
@@ -169,9 +171,33 @@ def _chord(
         return step(backend, sig, *args)
     except BackendUnavailable:
         raise
-    except BackendError as exc:  # group metadata expired or unreadable: nothing to trigger
-        log.error("chord_failed", group=sig.group_uuid, error=str(exc))
+    except BackendError as exc:  # group metadata expired or unreadable: it can never fire
+        log.error("chord_failed", group=sig.group_uuid, error=str(exc), fix=CHORD_LIFETIME)
+        return _never_fired(backend, sig, f"chord not fired: {exc} ({CHORD_LIFETIME})")
+
+
+CHORD_LIFETIME = (
+    "a chord must end within results_expire_in of its send: its group's record and its"
+    " members' results expire after that"
+)
+
+
+def _never_fired(backend: ResultBackend, sig: Signature, error: str) -> FollowUp:
+    """A chord that can never fire: its callback is FAILURE saying why, instead of PENDING
+    (or no state at all) for whoever waits on it; unless it has a later state (it fired
+    before its group's record went)."""
+    callback = sig.chord_callback
+    if callback is None or not callback.uuid:
         return FollowUp()
+    try:
+        (stored,) = backend.get_states([callback.uuid])
+    except BackendUnavailable:
+        raise
+    except BackendError:  # unreadable: written over
+        stored = None
+    if stored is not None and stored.state is not State.PENDING:
+        return FollowUp()
+    return FollowUp(record=tuple(never_running([callback], error, GoTime.now())))
 
 
 def _as_args(results: Sequence[TaskResult]) -> tuple[Arg, ...]:

@@ -406,7 +406,8 @@ def test_the_last_quick_task_of_a_batch_is_written_before_its_bookkeeping(
 
 def test_a_chord_member_whose_group_metadata_is_missing_says_so() -> None:
     """As for a Go producer on machinery's AMQP backend, which stores no group metadata: the
-    callback cannot be sent, and the log says why instead of staying silent."""
+    callback cannot be sent, and the log and the callback's state say why instead of the
+    callback staying PENDING (or unknown) for whoever waits on it."""
     rig = Rig()
     callback = rig.client.prepare(signature("count"))
     member = signature("count", 1).with_changes(
@@ -419,7 +420,41 @@ def test_a_chord_member_whose_group_metadata_is_missing_says_so() -> None:
     failed = [entry for entry in logs if entry["event"] == "chord_failed"]
     assert [entry["group"] for entry in failed] == ["group_missing"]
     assert "group metadata is missing" in failed[0]["error"]
-    assert rig.state(callback.uuid) is None  # never sent
+    assert "results_expire_in" in failed[0]["fix"]
+    stored = rig.backend.states[callback.uuid]
+    assert stored.state is State.FAILURE
+    assert (
+        stored.error.startswith("chord not fired: ") and "group metadata is missing" in stored.error
+    )
+    assert not any(
+        decode_signature(body).uuid == callback.uuid for body, _ in rig.broker.queues[QUEUE]
+    )  # never sent
+
+
+@pytest.mark.parametrize("fired_before", [False, True])
+def test_a_chord_whose_group_expired_before_its_last_member_ended_fails_its_callback(
+    fired_before: bool,
+) -> None:
+    """Members running longer than results_expire_in (or queued behind a backlog that long):
+    the group's record expires and the chord can never fire. Its callback was PENDING until it
+    expired too, so a waiter timed out not knowing why; now it is FAILURE saying so, unless
+    the chord had fired (a member delivered again later leaves the callback's state alone)."""
+    rig = Rig()
+    workflow = chord([signature("count", 1), signature("count", 2)], signature("count"))
+    sent = rig.client.send_chord(workflow)
+    if fired_before:
+        done = TaskState(workflow.callback.uuid, State.SUCCESS, task_name="count")
+        rig.backend.set_states([done])
+    del rig.backend.groups[workflow.group.group_uuid]  # expired
+    assert rig.serve() == EXIT_OK
+    assert {rig.state(member_id) for member_id in workflow.group.member_ids} == {State.SUCCESS}
+    stored = rig.backend.states[sent.task_id]
+    if fired_before:
+        assert stored.state is State.SUCCESS
+    else:
+        assert stored.state is State.FAILURE
+        assert "group metadata is missing or expired" in stored.error
+        assert "results_expire_in" in stored.error
 
 
 @pytest.mark.parametrize("member_fails", [False, True], ids=["callback", "error_callback"])
