@@ -7,9 +7,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
+import structlog
+
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
-from taskd.errors import BackendError, DecodeError, NotSupported, ResultTimeout
+from taskd.errors import (
+    BackendError,
+    BackendUnavailable,
+    DecodeError,
+    NotSupported,
+    ResultTimeout,
+)
 from taskd.wire import GroupMeta, TaskState, decode_group, decode_state
 
 Entry = dict[str, Any]  # a board's entry: a JSON object
@@ -24,6 +32,9 @@ def claim_covers(owner: str, claimant: str) -> bool:
     """Whether a chord claim recorded for ``owner`` is ``claimant``'s (``claim_chord``): the
     same run, or any run of the task a bare task id names (task ids hold no "/")."""
     return owner == claimant or owner.partition("/")[0] == claimant
+
+
+log = structlog.get_logger("taskd.backends")
 
 
 class ResultBackend(ABC):
@@ -48,6 +59,27 @@ class ResultBackend(ABC):
     @abstractmethod
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
         """The stored state of each task, in order; None where there is none (or it expired)."""
+
+    def readable_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        """``get_states`` for a worker's decisions, where a record that cannot be read
+        (another program's value under a task's id, a key of another type) counts as none:
+        the worker carries on, and the task's next state is written over it. Outages raise."""
+        try:
+            return self.get_states(task_ids)
+        except BackendUnavailable:
+            raise
+        except BackendError:  # one record spoils the batch's read: read each on its own
+            return [self._readable_state(task_id) for task_id in task_ids]
+
+    def _readable_state(self, task_id: str) -> TaskState | None:
+        try:
+            (state,) = self.get_states([task_id])
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            log.warning("state_unreadable", task_id=task_id, error=str(exc))
+            return None
+        return state
 
     @abstractmethod
     def init_group(self, group: GroupMeta) -> None:

@@ -279,7 +279,7 @@ class Child:
         announced = [j for j in jobs if j.announced and j.sig.uuid not in unwritten]
         if announced:
             ids = [job.sig.uuid for job in announced]
-            stored = self.outages.call("backend", self.backend.get_states, ids)
+            stored = self.outages.call("backend", self.backend.readable_states, ids)
             pending = [
                 pending_again(job, prev) for job, prev in zip(announced, stored, strict=True)
             ]

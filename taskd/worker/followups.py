@@ -147,7 +147,7 @@ def not_taken(backend: ResultBackend, follow: FollowUp) -> FollowUp:
     still PENDING (or gone) goes again: maybe twice, never lost."""
     if not follow.send:
         return follow
-    stored = backend.get_states([sent.uuid for sent in follow.send])
+    stored = backend.readable_states([sent.uuid for sent in follow.send])
     send = tuple(
         sent
         for sent, state in zip(follow.send, stored, strict=True)
@@ -189,12 +189,7 @@ def _never_fired(backend: ResultBackend, sig: Signature, error: str) -> FollowUp
     callback = sig.chord_callback
     if callback is None or not callback.uuid:
         return FollowUp()
-    try:
-        (stored,) = backend.get_states([callback.uuid])
-    except BackendUnavailable:
-        raise
-    except BackendError:  # unreadable: written over
-        stored = None
+    (stored,) = backend.readable_states([callback.uuid])  # unreadable: written over
     if stored is not None and stored.state is not State.PENDING:
         return FollowUp()
     return FollowUp(record=tuple(never_running([callback], error, GoTime.now())))
@@ -250,7 +245,7 @@ def chord_after_success(
             return FollowUp()
         states: Sequence[TaskState | None] = gathered
     else:
-        states = backend.get_states(group.task_uuids)
+        states = backend.readable_states(group.task_uuids)
         if not all(state is not None and state.state is State.SUCCESS for state in states):
             return FollowUp()  # not finished yet, or a member failed and fired the error path
         if not backend.claim_chord(sig.group_uuid, claimant):

@@ -106,7 +106,7 @@ def look_up(
     again = [job for job in jobs if _again(job) and job.task is not None]
     unfinished = []
     if again:
-        states = call("backend", backend.get_states, [job.sig.uuid for job in again])
+        states = call("backend", backend.readable_states, [job.sig.uuid for job in again])
         for job, state in zip(again, states, strict=True):
             if state is not None and (state.is_completed or killed_at_time_limit(state)):
                 job.finished = state

@@ -14,7 +14,7 @@ from taskd.backends.base import SPENT_CLAIM
 from taskd.brokers import Delivery, Message
 from taskd.client import Client, signature
 from taskd.config import Config, WorkerConfig
-from taskd.errors import BrokerError, ConfigError
+from taskd.errors import BackendError, BrokerError, ConfigError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime, State, TaskResult, TaskState, decode_signature
@@ -30,10 +30,15 @@ QUEUE = "tasks"
 class Rig:
     """A child wired to in-memory drivers that stops once its queue is empty."""
 
-    def __init__(self, broker_class: type[MemoryBroker] = MemoryBroker, **worker: Any) -> None:
+    def __init__(
+        self,
+        broker_class: type[MemoryBroker] = MemoryBroker,
+        backend_class: type[MemoryBackend] = MemoryBackend,
+        **worker: Any,
+    ) -> None:
         self.journal: list[tuple[str, Any]] = []
         self.broker = broker_class(self.journal, on_idle=self.stop)
-        self.backend = MemoryBackend(self.journal)
+        self.backend = backend_class(self.journal)
         worker.setdefault("poll_interval", 0.01)
         self.config = Config(default_queue=QUEUE, worker=WorkerConfig(**worker))
         self.registry: Registry = load_registry(["tests.support.tasks"])
@@ -214,6 +219,52 @@ def test_a_chain_hundreds_of_links_long_runs_to_its_end() -> None:
     assert rig.serve() == EXIT_OK
     assert {rig.state(link_id) for link_id in sent.link_ids} == {State.SUCCESS}
     assert rig.backend.states[sent.task_id].python_results() == [2]  # its 1 and the result
+
+
+class UnreadableMemoryBackend(MemoryBackend):
+    """Holds records no reader can read under some task ids (another program's values, keys
+    of another type) until a state is written over them."""
+
+    unreadable: set[str] = set()
+
+    def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
+        if self.unreadable.intersection(task_ids):
+            raise BackendError(self.driver, "stored state is not valid: not valid JSON")
+        return super().get_states(task_ids)
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        super().set_states(states)
+        self.unreadable = self.unreadable - {state.task_uuid for state in states}
+
+
+def test_an_unreadable_stored_state_is_written_over_not_a_crash_at_each_delivery() -> None:
+    """A message delivered again is looked up in the backend first: one record that could not
+    be read crashed the child before worker.max_deliveries was looked at, at every delivery,
+    for good. Now it counts as no state (the run writes over it), and the others of the
+    batch, a chord's members too, are read as they are."""
+    rig = Rig(backend_class=UnreadableMemoryBackend)
+    first, second = rig.client.send("count", 1), rig.client.send("count", 2)
+    rig.broker.queues[QUEUE] = type(rig.broker.queues[QUEUE])(
+        (body, 2) for body, _deliveries in rig.broker.queues[QUEUE]
+    )  # both delivered again: their worker died
+    rig.backend.unreadable = {first.task_id}
+    with capture_logs() as logs:
+        assert rig.serve() == EXIT_OK
+    assert [rig.state(first.task_id), rig.state(second.task_id)] == [State.SUCCESS] * 2
+    unreadable = [entry["task_id"] for entry in logs if entry["event"] == "state_unreadable"]
+    assert unreadable == [first.task_id]
+
+
+def test_a_chord_member_whose_record_cannot_be_read_does_not_fail_the_chord() -> None:
+    rig = Rig(backend_class=UnreadableMemoryBackend)
+    workflow = chord([signature("count", 1), signature("count", 2)], signature("count"))
+    sent = rig.client.send_chord(workflow)
+    rig.backend.unreadable = {workflow.group.member_ids[1]}  # until its run writes over it
+    with capture_logs() as logs:
+        assert rig.serve() == EXIT_OK
+    assert "chord_failed" not in [entry["event"] for entry in logs]
+    assert rig.state(sent.task_id) is State.SUCCESS
+    assert rig.backend.states[sent.task_id].python_results() == [2]  # both members' results
 
 
 def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Path) -> None:
