@@ -128,6 +128,7 @@ class Child:
             None
             if settle is None
             else lambda states, acks: self.outages.call("broker", settle, states, acks),
+            lambda delivery, why: self.outages.call("broker", self.broker.reject, delivery, why),
         )
         try:
             while not self.stopping:
@@ -360,9 +361,13 @@ class Child:
             outcome.kind is Kind.FAILED and job.sig.stop_task_deletion_on_error
         )
         if not dead_letter and not followups.sets_off(job.sig, outcome):
-            self.writes.ack_after_states(job.delivery, wait=share)
+            self.writes.ack_after_states(job.delivery, job.sig.uuid, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
+        if job.sig.uuid in self.writes.unstored:  # no state of it can be: kept for an operator
+            why = f"its state could not be stored: {self.writes.unstored[job.sig.uuid]}"
+            self.outages.call("broker", self.broker.reject, job.delivery, why)
+            return
         if job.sig.uuid in self.writes.refused:  # stored as a FAILURE: it sets off what that does
             outcome = Outcome(Kind.FAILED, error=self.writes.refused[job.sig.uuid])
         follow = self.outages.call("backend", followups.after, self.backend, job, outcome)

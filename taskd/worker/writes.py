@@ -9,7 +9,9 @@ worst, never loses its result.
 
 A final state the backend refuses for good (a result larger than a Memcache item or a MongoDB
 document may be) is stored as a FAILURE saying why, and its message acked: running the task
-again would only be refused again.
+again would only be refused again. Where no state of the task can be stored at all (its id is
+no key the backend takes: spaces or 300 bytes for Memcache), its message is set aside with the
+reason instead, kept for an operator; a passing state refused (RECEIVED) is only logged.
 """
 
 from __future__ import annotations
@@ -34,13 +36,18 @@ class WriteBuffer:
         write_states: Callable[[Sequence[TaskState]], None],
         ack: Callable[[Sequence[Delivery]], None],
         settle: Callable[[Sequence[TaskState], Sequence[Delivery]], None] | None = None,
+        set_aside: Callable[[Delivery, str], None] | None = None,
     ) -> None:
-        """``settle``: both in one call, states first, where the drivers can (``taskd.pairs``)."""
+        """``settle``: both in one call, states first, where the drivers can (``taskd.pairs``);
+        ``set_aside``: reject a message with a reason (its state could not be stored)."""
         self._write_states, self._ack, self._settle = write_states, ack, settle
+        self._set_aside = set_aside
         self._states: dict[str, TaskState] = {}  # task id -> newest state not yet written
-        self._acks: list[Delivery] = []  # settled; acked once their states are written
+        self._acks: list[tuple[Delivery, str]] = []  # (message, its task id), settled: acked
+        # once their states are written
         self._since: float | None = None  # when the oldest unwritten thing was added
         self.refused: dict[str, str] = {}  # task id -> why its state was refused (last flush)
+        self.unstored: dict[str, str] = {}  # task id -> why no state of it could be (last flush)
 
     def add_state(self, state: TaskState) -> None:
         """Write this state with the next flush; a newer state of the same task replaces it."""
@@ -53,10 +60,10 @@ class WriteBuffer:
         """Do not write this task's state after all; whether one was waiting."""
         return self._states.pop(task_id, None) is not None
 
-    def ack_after_states(self, delivery: Delivery, *, wait: bool) -> None:
-        """Ack this message once the states are written: now, or (``wait``) within
-        COALESCE_S, with whatever else settles meanwhile."""
-        self._acks.append(delivery)
+    def ack_after_states(self, delivery: Delivery, task_id: str, *, wait: bool) -> None:
+        """Ack this message (of this task) once the states are written: now, or (``wait``)
+        within COALESCE_S, with whatever else settles meanwhile."""
+        self._acks.append((delivery, task_id))
         if self._since is None:
             self._since = time.monotonic()
         if not wait or time.monotonic() - self._since >= COALESCE_S:
@@ -74,10 +81,10 @@ class WriteBuffer:
 
     def flush(self) -> None:
         """Write the waiting states, then ack the messages they settle (never the reverse)."""
-        self.refused = {}
+        self.refused, self.unstored = {}, {}
         if self._states and self._acks and self._settle is not None:
             try:
-                self._settle(list(self._states.values()), self._acks)
+                self._settle(list(self._states.values()), [each for each, _ in self._acks])
             except (BrokerError, BackendError) as exc:  # for good: outages are ridden out
                 # Apart, so that the state refused is found and stored as a FAILURE (a result
                 # larger than Redis's proto-max-bulk-len fails the pair's one script, whose
@@ -94,7 +101,13 @@ class WriteBuffer:
                 self._write_apart(states)
             self._states.clear()
         if self._acks:
-            self._ack(self._acks)
+            acks = [each for each, task_id in self._acks if task_id not in self.unstored]
+            aside = [(each, task_id) for each, task_id in self._acks if task_id in self.unstored]
+            if acks:
+                self._ack(acks)
+            for each, task_id in aside:
+                assert self._set_aside is not None  # a child's buffer, set up with one
+                self._set_aside(each, f"its state could not be stored: {self.unstored[task_id]}")
             self._acks = []
         self._since = None
 
@@ -105,11 +118,26 @@ class WriteBuffer:
             try:
                 self._write_states([state])
             except BackendError as exc:
-                if not state.is_completed:
-                    raise
-                reason = f"its result could not be stored: {exc}"
-                log.error("result_refused", task_id=state.task_uuid, error=str(exc))
-                self._write_states(
-                    [state.with_changes(state=State.FAILURE, results=None, error=reason)]
+                if state.is_completed and self._store_failure(state, exc):
+                    continue
+                log.error(
+                    "state_not_stored",
+                    task_id=state.task_uuid,
+                    state=state.state.value,
+                    error=str(exc),
                 )
-                self.refused[state.task_uuid] = reason
+                if state.is_completed:
+                    self.unstored[state.task_uuid] = str(exc)
+
+    def _store_failure(self, state: TaskState, exc: BackendError) -> bool:
+        """A final state refused stored as a FAILURE saying why; False if that is refused too."""
+        reason = f"its result could not be stored: {exc}"
+        try:
+            self._write_states(
+                [state.with_changes(state=State.FAILURE, results=None, error=reason)]
+            )
+        except BackendError:
+            return False
+        log.error("result_refused", task_id=state.task_uuid, error=str(exc))
+        self.refused[state.task_uuid] = reason
+        return True

@@ -267,6 +267,39 @@ def test_a_chord_member_whose_record_cannot_be_read_does_not_fail_the_chord() ->
     assert rig.backend.states[sent.task_id].python_results() == [2]  # both members' results
 
 
+class KeyRefusingMemoryBackend(MemoryBackend):
+    """Refuses, for good, any state whose task id has a space, as Memcache refuses such keys."""
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        for state in states:
+            if " " in state.task_uuid:
+                raise BackendError(self.driver, "Key contains whitespace", state.task_uuid)
+        super().set_states(states)
+
+
+@pytest.mark.parametrize("sets_off", [False, True], ids=["quick", "with_callback"])
+def test_a_task_whose_state_can_never_be_stored_is_set_aside_not_a_crash(sets_off: bool) -> None:
+    """A producer's task id the result backend cannot key (Memcache: spaces, 250 bytes):
+    every write of its state, its FAILURE too, was refused, which crashed the child at each
+    delivery, for good. Now it is set aside with the reason and the others go on."""
+    rig = Rig(backend_class=KeyRefusingMemoryBackend)
+    callback = ',"OnSuccess":[{"UUID":"task_cb","Name":"count"}]' if sets_off else ""
+    body = '{"UUID":"task with space","Name":"count"' + callback + "}"
+    rig.broker.publish(QUEUE, body.encode())
+    after = rig.client.send("count", 7)
+    with capture_logs() as logs:
+        assert rig.serve() == EXIT_OK
+    (letter,) = rig.broker.dead
+    assert letter.body == body.encode()
+    assert (
+        letter.reason
+        == "its state could not be stored: memory: task with space: Key contains whitespace"
+    )
+    assert "state_not_stored" in [entry["event"] for entry in logs]
+    assert rig.state("task_cb") is None  # nothing it sets off went out: it runs when requeued
+    assert rig.state(after.task_id) is State.SUCCESS
+
+
 def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Path) -> None:
     rig = Rig()
     trace = tmp_path / "trace"
