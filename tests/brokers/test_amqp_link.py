@@ -1,4 +1,4 @@
-"""Direct writes and reads on pika connections (``taskd.amqplink.send_now``, ``take_in``) on a
+"""Direct writes and reads on pika connections (``taskd.amqp_frames.send_now``, ``take_in``) on a
 real RabbitMQ: what is buffered leaves in one system call, what came is handled without a
 turn of pika's ioloop, and the broker's acks are on the wire when ``ack_many`` returns."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from taskd.amqplink import send_now, take_in
+from taskd.amqp_frames import send_now, take_in
 from taskd.brokers import Broker, Delivery, Message, open_broker
 from taskd.brokers.amqp.pipeline import Pipeline
 from tests.brokers.test_amqp_pipeline import drain

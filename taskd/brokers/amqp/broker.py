@@ -11,7 +11,8 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
-from taskd.amqplink import DirectLink, Link, connection_parameters, send_now
+from taskd.amqp_frames import send_now
+from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
 from taskd.brokers.amqp.pipeline import NACKED, Unroutable, confirm_timeout_s, unroutable

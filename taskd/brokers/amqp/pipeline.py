@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from taskd import amqp_alarms
-from taskd.amqplink import PRECONDITION_FAILED, send_now, take_in
+from taskd.amqp_frames import send_now, take_in
+from taskd.amqplink import PRECONDITION_FAILED
 from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 
 # A nack is RabbitMQ's "not now" (it refuses a message it cannot route with a return): the
