@@ -154,6 +154,17 @@ class _Connector:
         self._lock = threading.Lock()
         self._connection = self._session = None
 
+    def _drop(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _spoiled(self, exc: Exception) -> DriverError:
+        """A call that failed neither on its connection nor on a channel (pika's own errors, such
+        as a name longer than AMQP's 255 bytes, which leaves a half-made request that spoils
+        the channel's next ones): the connection is started afresh, and the call failed for
+        good, as the driver's error."""
+        self._drop(None)  # not lost: the caller reports the error
+        return self._failed(self._driver, f"{type(exc).__name__}: {exc}")
+
     def _connect(self) -> tuple[Any, Any]:
         """A new connection and its session."""
         import pika
@@ -197,6 +208,10 @@ class Link(_Connector):
                 why = _why(exc, self._connection)
                 self._drop(exc)
                 raise self._unavailable(self._driver, why) from exc
+            except _callers_errors():
+                raise
+            except Exception as exc:
+                raise self._spoiled(exc) from exc
 
     def post(self, fn: Callable[[Any], None]) -> None:
         """``fn(session)`` where losing the connection does not matter (acks: if the
@@ -287,12 +302,16 @@ class DirectLink(_Connector):
                         raise self._unavailable(self._driver, exc.reason) from exc
                     try:
                         return fn(session)
+                    except _callers_errors():
+                        raise
                     except transient_errors() as exc:
                         why = _why(exc, self._connection)
                         self._drop()
                         if attempt == 2 or not reused:
                             raise self._unavailable(self._driver, why) from exc
                         log.info("amqp_reconnecting", driver=self._driver, error=str(exc))
+                    except Exception as exc:
+                        raise self._spoiled(exc) from exc
                 raise AssertionError("unreachable")
             finally:
                 self._used_at = time.monotonic()
@@ -320,11 +339,19 @@ class DirectLink(_Connector):
             self._connection, self._session = self._connect()
         return self._session
 
-    def _drop(self) -> None:
+    def _drop(self, _exc: BaseException | None = None) -> None:
         connection, self._connection, self._session = self._connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def _callers_errors() -> tuple[type[Exception], ...]:
+    """What a call raises for its caller to handle: RabbitMQ's refusals on a channel (which
+    closes the channel alone: it is opened again), and the driver's own errors."""
+    import pika.exceptions as errors
+
+    return (errors.AMQPChannelError, DriverError)
 
 
 def _why(exc: BaseException, connection: Any) -> str:

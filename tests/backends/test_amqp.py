@@ -287,3 +287,19 @@ def test_copies_go_on_after_the_exchange_was_deleted(
     backend.set_state(member_success(task_id, 2))
     assert backend.get_state(task_id) == member_success(task_id, 2)
     raw_channel.exchange_declare(amqp_namespace, "direct", durable=True, passive=True)
+
+
+def test_a_task_id_too_long_for_a_queue_name_is_refused_and_the_backend_goes_on(
+    open_amqp: Callable[..., ResultBackend],
+) -> None:
+    """A producer's task id over AMQP's 255 bytes for a name: pika refused it while making the
+    request, outside the errors a call expected, and left that half-made request on the
+    channel, so every later call on the connection failed too (DuplicateGetOkCallback). Now it
+    is the backend's error for good (a worker sets such a task aside) and the next call works."""
+    backend = open_amqp()
+    too_long = "task_" + "x" * 300
+    with pytest.raises(BackendError, match="ShortStringTooLong"):
+        backend.set_states([TaskState(too_long, State.SUCCESS, task_name="add")])
+    fine = TaskState(new_id(), State.SUCCESS, task_name="add", created_at=GoTime.now())
+    backend.set_states([fine])
+    assert backend.get_states([fine.task_uuid]) == [fine]
