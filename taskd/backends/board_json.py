@@ -1,18 +1,26 @@
-"""A board kept whole as one JSON value, by the drivers that store it so (Memcache, AMQP).
+"""Boards' entries as JSON, read so that none that is not taskd's stops a reader: a worker
+reads the revoked board for its tasks and the workers board for its peers, and a value there
+from another program or version (not JSON, or no object) is left out and logged once
+(``board_entry_unreadable``), never raised.
 
-The value is ``{key: [expiry, entry]}``, the expiry in seconds since the epoch by the clock of
-the host that posted it (hosts whose clocks disagree disagree on what is live by as much).
+``entries`` reads the drivers that keep an entry per key (Redis, SQLite, MongoDB); ``live``
+and ``pinned`` those that keep a board whole as one JSON value (Memcache, AMQP):
+``{key: [expiry, entry]}``, the expiry in seconds since the epoch by the clock of the host that
+posted it (hosts whose clocks disagree disagree on what is live by as much). A whole board that
+cannot be read is read as empty, and the next post writes it anew.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 
 from taskd.backends.base import Entry
-from taskd.errors import BackendError
+
+log = structlog.get_logger("taskd.backends")
 
 Stored = dict[str, list[Any]]  # key -> [expiry_s, entry]
 
@@ -45,19 +53,51 @@ def live(raw: bytes | None, now_s: float, *, driver: str, board: str) -> dict[st
 
 
 def loaded(raw: bytes | None, driver: str, board: str) -> Stored:
-    """The stored board ``raw`` decoded; BackendError if it is not one."""
+    """The stored board ``raw`` decoded, what is not ``[expiry, entry]`` left out."""
     if raw is None:
         return {}
+    stored = _json(raw)
+    if not isinstance(stored, dict):
+        _unreadable(driver, board, "(the whole board)")
+        return {}
+    kept: Stored = {}
+    for key, item in stored.items():
+        if (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], int | float)
+            and isinstance(item[1], dict)
+        ):
+            kept[key] = item
+        else:
+            _unreadable(driver, board, key)
+    return kept
+
+
+def entries(stored: Iterable[tuple[str, Any]], *, driver: str, board: str) -> dict[str, Entry]:
+    """The entries stored one per key (``(key, JSON)``), those that are no JSON object left
+    out."""
+    kept: dict[str, Entry] = {}
+    for key, raw in stored:
+        entry = _json(raw)
+        if isinstance(entry, dict):
+            kept[key] = entry
+        else:
+            _unreadable(driver, board, key)
+    return kept
+
+
+def _json(raw: Any) -> Any:
     try:
-        stored = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BackendError(driver, f"stored board is not JSON: {exc}", f"board {board}") from exc
-    if not isinstance(stored, dict) or not all(
-        isinstance(item, list)
-        and len(item) == 2
-        and isinstance(item[0], int | float)
-        and isinstance(item[1], dict)
-        for item in stored.values()
-    ):
-        raise BackendError(driver, "stored board is not {key: [expiry, entry]}", f"board {board}")
-    return stored
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+_TOLD: set[tuple[str, str]] = set()  # (board, key) said to be unreadable by this process
+
+
+def _unreadable(driver: str, board: str, key: str) -> None:
+    if (board, key) not in _TOLD:
+        _TOLD.add((board, key))
+        log.warning("board_entry_unreadable", driver=driver, board=board, key=key)

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from taskd.backends import board_json
 from taskd.backends.base import Entry
-from taskd.errors import BackendError
 
 BOARDS = "taskd_boards"  # taskd's own collection, next to machinery's
 
@@ -53,8 +53,5 @@ def read(collection: Any, board: str, now_ms: int) -> dict[str, Entry]:
     found = collection.find(
         {"board": board, "delete_at": {"$gt": DatetimeMS(now_ms)}}, {"key": 1, "entry": 1}
     )
-    try:
-        return {doc["key"]: orjson.loads(doc["entry"]) for doc in found}
-    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
-        reason = f"stored entry is not valid: {type(exc).__name__}: {exc}"
-        raise BackendError("mongodb", reason, f"board {board}") from exc
+    pairs = ((str(doc.get("key")), doc.get("entry")) for doc in found)
+    return board_json.entries(pairs, driver="mongodb", board=board)

@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from taskd import redisdb
+from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
@@ -174,7 +175,8 @@ class RedisBackend(ResultBackend):
     def read_board(self, board: str) -> dict[str, Entry]:
         with self._translated():
             flat = READ_BOARD(self._redis, [f"{self._prefix}board:{board}"], [])
-        return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        pairs = ((flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2))
+        return board_json.entries(pairs, driver=self.driver, board=board)
 
     def wait_states(
         self,

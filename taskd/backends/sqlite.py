@@ -14,6 +14,7 @@ from typing import Self
 import orjson
 
 from taskd import forking
+from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
@@ -234,7 +235,7 @@ class SQLiteBackend(ResultBackend):
                 "SELECT key, entry FROM taskd_boards WHERE board = ? AND expires_ns > ?",
                 (board, time.time_ns()),
             ).fetchall()
-        return {key: orjson.loads(entry) for key, entry in rows}
+        return board_json.entries(rows, driver=self.driver, board=board)
 
     def purge(self, task_id: str) -> None:
         with self._guard(task_id), self._lock:
