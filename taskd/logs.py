@@ -31,6 +31,8 @@ from typing import Any
 import orjson
 import structlog
 
+from taskd.terminal import SHOWN
+
 
 class _FdLogger:
     """Writes each rendered event to a file descriptor in one call."""
@@ -86,6 +88,12 @@ def _journal_line(_logger: Any, method: str, event: dict[str, Any]) -> str:
     name = _logfmt(str(event.pop("event", "")))  # a message with spaces too stays one token
     pairs = "".join(f" {key}={_logfmt(value)}" for key, value in event.items())
     return f"<{priority}>{name}{pairs}"
+
+
+def _shown(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, control characters in values (a task's error, a message's body) are
+    shown as escapes, not obeyed (``taskd.terminal``)."""
+    return {key: v.translate(SHOWN) if isinstance(v, str) else v for key, v in event.items()}
 
 
 def _logfmt(value: Any) -> str:
@@ -156,7 +164,11 @@ def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> 
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ]
     else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=True)]
+        renderer = [
+            structlog.processors.format_exc_info,
+            _shown,
+            structlog.dev.ConsoleRenderer(colors=True),
+        ]
     threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, *renderer],

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
+from taskd import terminal
 from taskd.backends.base import Progress
 from taskd.cli.params import as_click_error, load
 from taskd.client import Client
@@ -39,6 +40,7 @@ class Group(click.Group):
             raise as_click_error(exc, EXIT_DRIVER_ERROR) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        terminal.shown_on_terminals()  # what producers and tasks wrote is shown, not obeyed
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:  # Ctrl-C, or end of input at a prompt

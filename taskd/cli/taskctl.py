@@ -28,7 +28,13 @@ EPILOG = "\b\nExit status:\n" + "\n".join(
 )
 
 
-@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+# color: click would strip escape sequences from what goes to a pipe or file, altering message
+# bodies and results; they go as they are, and are shown as escapes on a terminal (Group).
+@click.group(
+    cls=Group,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "color": True},
+)
 @config_option
 @click.version_option(__version__, prog_name="taskctl")
 @click.pass_context
