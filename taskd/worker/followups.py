@@ -46,6 +46,12 @@ class FollowUp:
 # backend refused for good: kept for an operator to replay once the cause is mended.
 REFUSED = "what it sets off was refused"
 
+# Why a chord can no longer fire, most often: what its members' chord_failed says to do.
+CHORD_LIFETIME = (
+    "a chord must end within results_expire_in of its send: its group's record and its"
+    " members' results expire after that"
+)
+
 # What says a follow-up will never go out as it is (outages are ridden out, not raised): a
 # driver's refusal for good, or a follow-up no worker could run, found by Client.prepare
 # before anything is sent (ValueError: no task name, an ETA past the latest; a producer's).
@@ -174,12 +180,6 @@ def _chord(
     except BackendError as exc:  # group metadata expired or unreadable: it can never fire
         log.error("chord_failed", group=sig.group_uuid, error=str(exc), fix=CHORD_LIFETIME)
         return _never_fired(backend, sig, f"chord not fired: {exc} ({CHORD_LIFETIME})")
-
-
-CHORD_LIFETIME = (
-    "a chord must end within results_expire_in of its send: its group's record and its"
-    " members' results expire after that"
-)
 
 
 def _never_fired(backend: ResultBackend, sig: Signature, error: str) -> FollowUp:

@@ -35,16 +35,16 @@ class WriteBuffer:
         self,
         write_states: Callable[[Sequence[TaskState]], None],
         ack: Callable[[Sequence[Delivery]], None],
-        settle: Callable[[Sequence[TaskState], Sequence[Delivery]], None] | None = None,
-        set_aside: Callable[[Delivery, str], None] | None = None,
+        settle: Callable[[Sequence[TaskState], Sequence[Delivery]], None] | None,
+        set_aside: Callable[[Delivery, str], None],
     ) -> None:
         """``settle``: both in one call, states first, where the drivers can (``taskd.pairs``);
         ``set_aside``: reject a message with a reason (its state could not be stored)."""
         self._write_states, self._ack, self._settle = write_states, ack, settle
         self._set_aside = set_aside
         self._states: dict[str, TaskState] = {}  # task id -> newest state not yet written
-        self._acks: list[tuple[Delivery, str]] = []  # (message, its task id), settled: acked
-        # once their states are written
+        # (message, its task's id), settled: acked once their states are written
+        self._acks: list[tuple[Delivery, str]] = []
         self._since: float | None = None  # when the oldest unwritten thing was added
         self.refused: dict[str, str] = {}  # task id -> why its state was refused (last flush)
         self.unstored: dict[str, str] = {}  # task id -> why no state of it could be (last flush)
@@ -106,7 +106,6 @@ class WriteBuffer:
             if acks:
                 self._ack(acks)
             for each, task_id in aside:
-                assert self._set_aside is not None  # a child's buffer, set up with one
                 self._set_aside(each, f"its state could not be stored: {self.unstored[task_id]}")
             self._acks = []
         self._since = None
