@@ -63,6 +63,8 @@ def parse_signature(item: Any, where: str) -> Signature:
         return sig
     except (ArgumentError, DecodeError, ValueError) as exc:  # ValueError: shlex quoting
         raise DocumentError(f"{where}: {exc}") from None
+    except RecursionError:  # YAML can nest a mapping in itself (an anchor inside its alias)
+        raise DocumentError(f"{where}: nested too deeply, or nested in itself") from None
 
 
 def from_text(text: str) -> Signature:

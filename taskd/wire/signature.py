@@ -194,6 +194,9 @@ def _decoded_list(
     return tuple(decoded[id(item)] for item in value)
 
 
+MAX_NESTED = 100_000  # far more than JSON's depth lets a message hold, and a loop's end
+
+
 def _path(parent: str, key: str) -> str:
     return f"{parent}.{key}" if parent else key
 
@@ -221,6 +224,8 @@ def decode_signature_object(obj: Any, path: str = "") -> Signature:
             inner.append((fields["ChordCallback"], _path(where, "ChordCallback")))
         for item, at in inner:
             pending.append((item, gojson.fold_keys(item, SIGNATURE_FIELDS, at), at))
+        if len(found) > MAX_NESTED:  # a YAML document can nest a signature in itself
+            raise DecodeError(f"more than {MAX_NESTED} signatures nested in one")
     decoded: dict[int, Signature] = {}
     for raw, fields, where in reversed(found):  # each after the signatures nested in it
         decoded[id(raw)] = _signature_of_at(fields, where, decoded)

@@ -163,6 +163,7 @@ def test_bad_workflow_documents_are_usage_errors(tmp_path: Path, namespace: str)
         "- {NAME: add, ARGS: [{TYPE: int64, VALU: 5}]}": "[0].Args[0]: unknown key 'VALU'",
         "- {Name: add, OnSuccess: [{Name: add, Retrycont: 1}]}": "[0].OnSuccess[0]: unknown",
         "- {Name: add, countdown: 1}": "'countdown' is a key of the short form",
+        "- &x {Name: add, OnSuccess: [*x]}": "[0]: nested too deeply, or nested in itself",
     }
     for text, message in cases.items():
         document = tmp_path / "bad.yml"
