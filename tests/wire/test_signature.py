@@ -623,3 +623,12 @@ def test_new_ids_are_uuid4_text_behind_their_prefix() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
         variants.add(text[19])
     assert variants == set("89ab")
+
+
+def test_a_signature_nested_in_itself_is_refused_not_followed_for_ever() -> None:
+    from taskd.wire.signature import MAX_NESTED, decode_signature_object
+
+    looped: dict[str, object] = {"UUID": "task_loop", "Name": "add"}
+    looped["OnSuccess"] = [looped]  # as a YAML anchor inside its own alias makes one
+    with pytest.raises(DecodeError, match=f"more than {MAX_NESTED} signatures nested in one"):
+        decode_signature_object(looped)
