@@ -197,51 +197,61 @@ def _decoded_list(
 MAX_NESTED = 100_000  # far more than JSON's depth lets a message hold, and a loop's end
 
 
-def _path(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
-
-
 def decode_signature_object(obj: Any, path: str = "") -> Signature:
     """A Signature from decoded JSON; DecodeError names the offending field by its path
     (``Priority``, ``OnSuccess[0].Args[1].Type``)."""
     top = gojson.fold_keys(obj, SIGNATURE_FIELDS, path or "signature")
     on_success, on_error, chord = top.get("OnSuccess"), top.get("OnError"), top.get("ChordCallback")
     if on_success is None and on_error is None and chord is None:  # most messages
-        return _signature_of_at(top, path, {})
+        return _signature_of_at(top, {}, lambda: path)
     # The signatures nested in it (a chain's later links, callbacks) are decoded innermost
-    # first, without recursion: a chain may be hundreds of links deep.
-    found: list[tuple[Any, dict[str, Any], str]] = []
-    pending = [(obj, top, path)]
+    # first, without recursion: a chain may be hundreds of links deep. Each is found as
+    # (JSON object, its fields, the index of the one it is nested in, its key there); a path
+    # is joined only for an error.
+    found: list[tuple[Any, dict[str, Any], int, str]] = []
+
+    def path_of(index: int, key: str = "") -> str:
+        keys = [key] if key else []
+        while index > 0:
+            _raw, _fields, index, nested_as = found[index]
+            keys.append(nested_as)
+        return ".".join([path, *reversed(keys)] if path else reversed(keys))
+
+    pending: list[tuple[Any, int, str]] = [(obj, -1, "")]
     while pending:
-        raw, fields, where = pending.pop()
-        found.append((raw, fields, where))
-        inner = []
-        for key in ("OnSuccess", "OnError"):
-            value = fields.get(key)
-            if isinstance(value, list):
-                inner += [(item, _path(where, f"{key}[{i}]")) for i, item in enumerate(value)]
-        if fields.get("ChordCallback") is not None:
-            inner.append((fields["ChordCallback"], _path(where, "ChordCallback")))
-        for item, at in inner:
-            pending.append((item, gojson.fold_keys(item, SIGNATURE_FIELDS, at), at))
-        if len(found) > MAX_NESTED:  # a YAML document can nest a signature in itself
+        raw, parent, key = pending.pop()
+        if len(found) >= MAX_NESTED:  # a YAML document can nest a signature in itself
             raise DecodeError(f"more than {MAX_NESTED} signatures nested in one")
+        try:  # its path before the reason (" must be a JSON object..."), joined on error only
+            fields = top if parent < 0 else gojson.fold_keys(raw, SIGNATURE_FIELDS, "")
+        except DecodeError as exc:
+            raise DecodeError(f"{path_of(parent, key)}{exc.reason}", exc.raw) from None
+        index = len(found)
+        found.append((raw, fields, parent, key))
+        for name in ("OnSuccess", "OnError"):
+            value = fields.get(name)
+            if isinstance(value, list):
+                pending += [(item, index, f"{name}[{i}]") for i, item in enumerate(value)]
+        if fields.get("ChordCallback") is not None:
+            pending.append((fields["ChordCallback"], index, "ChordCallback"))
     decoded: dict[int, Signature] = {}
-    for raw, fields, where in reversed(found):  # each after the signatures nested in it
-        decoded[id(raw)] = _signature_of_at(fields, where, decoded)
+    for index in range(len(found) - 1, -1, -1):  # each after the signatures nested in it
+        raw, fields, _parent, _key = found[index]
+        decoded[id(raw)] = _signature_of_at(fields, decoded, lambda at=index: path_of(at))
     return decoded[id(obj)]
 
 
 def _signature_of_at(
-    fields: dict[str, Any], path: str, decoded: Mapping[int, Signature]
+    fields: dict[str, Any], decoded: Mapping[int, Signature], path: Callable[[], str]
 ) -> Signature:
     try:
         return _signature_of(fields, decoded)
     except DecodeError as exc:
-        if not path:
+        where = path()
+        if not where:
             raise
         # The path is joined here, on error only: a message is decoded on every task.
-        raise DecodeError(f"{path}.{exc.reason}", exc.raw) from None
+        raise DecodeError(f"{where}.{exc.reason}", exc.raw) from None
 
 
 def _signature_of(f: dict[str, Any], decoded: Mapping[int, Signature]) -> Signature:
