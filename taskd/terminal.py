@@ -34,6 +34,11 @@ class Shown:
         return getattr(self._stream, name)
 
 
+def unshown(stream: TextIO) -> TextIO:
+    """The stream under a ``Shown`` one: for what taskctl draws itself (a progress bar)."""
+    return stream._stream if isinstance(stream, Shown) else stream
+
+
 def shown_on_terminals() -> None:
     """Wrap stdout and stderr where they are terminals."""
     for name in ("stdout", "stderr"):

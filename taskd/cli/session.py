@@ -143,7 +143,9 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=total, label="finished", file=sys.stderr)
+            # taskctl's own drawing (carriage returns, the cursor), not what others wrote
+            stream = terminal.unshown(sys.stderr)
+            bar = click.progressbar(length=total, label="finished", file=stream)
             bar.__enter__()
         bar.update(done - bar.pos)
 

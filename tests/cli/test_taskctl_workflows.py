@@ -207,6 +207,7 @@ def test_waiting_on_a_chord_shows_progress_on_a_terminal_only(tmp_path: Path, se
     assert done.stdout.decode().splitlines()[-1] == "2"  # the callback got both results
     assert b"finished" in shown
     assert b"100%" in shown
+    assert b"\r" in shown and b"\\x" not in shown  # drawn, not shown as escaped text
     piped = taskctl(tmp_path, served, "chord", str(document), "--wait", "30")
     assert piped.returncode == 0
     assert "finished" not in piped.stderr  # plain output when piped
