@@ -17,9 +17,13 @@ class Respawns:
         self.early_deaths = 0
         self.at = 0.0  # time.monotonic() before which no child is spawned
 
-    def died(self, lived_s: float) -> float:
+    def died(self, lived_s: float, *, in_a_task: bool = False) -> float:
         """Note a child that died unasked after ``lived_s``; the delay before its
-        replacement is spawned (0: at once)."""
+        replacement is spawned (0: at once). One that died ``in_a_task`` is replaced at once:
+        the task's message is set aside after worker.max_deliveries such deaths, and a
+        backoff would stall every other task behind a few that crash their worker."""
+        if in_a_task:
+            return 0.0
         if lived_s >= HEALTHY_AFTER_S:
             self.early_deaths = 0
             return 0.0

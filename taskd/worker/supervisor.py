@@ -275,7 +275,9 @@ class Supervisor:
         self.liveness.retire(child.slot)
         if self.metrics is not None:
             self.metrics.child_gone(child.pid, replaced=not self.draining)
-        fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s}
+        running = None if expected else self.kills.running(child)  # the task it died running
+        task = {} if running is None else {"task_id": running.task_id, "task": running.task_name}
+        fields = {"child": child.slot, "child_pid": child.pid, "lived_s": lived_s, **task}
         if code == EXIT_CHILD_RECYCLE:  # max_tasks_per_child or max_memory_per_child
             log.info("child_exited", exit_code=code, reason="recycled", **fields)
             return  # replaced by _tend at once: no crash, no backoff
@@ -298,7 +300,8 @@ class Supervisor:
             return
         if expected:
             return
-        delay = self.respawns.died(lived_s)
+        in_a_task = running is not None and self.config.worker.max_deliveries > 0
+        delay = self.respawns.died(lived_s, in_a_task=in_a_task)
         if delay:
             log.warning(
                 "child_respawn_delayed", delay_s=delay, early_deaths=self.respawns.early_deaths

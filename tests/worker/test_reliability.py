@@ -333,6 +333,14 @@ def test_a_message_that_kills_every_worker_is_set_aside(
     assert "worker.max_deliveries" in letter.reason
     assert client.send("sum", [4]).get(timeout=60) == 4  # the daemon carries on
     assert process.process.poll() is None
+    deaths = process.events("child_exited")
+    assert [(death["task_id"], death["task"]) for death in deaths] == [
+        (deadly.task_id, "crash")
+    ] * 2
+    # Each death is the message's, bounded by max_deliveries: its next child comes at once,
+    # not after a backoff that stalled every other task (two such messages on 2 children
+    # held 30 ordinary tasks up for 40 s, and the second crasher for minutes).
+    assert not process.events("child_respawn_delayed")
     client.close()
 
 
