@@ -129,6 +129,11 @@ class Broker(ABC):
     stops, where one more count is the price of not holding work back.
     """
 
+    counts_deliveries: ClassVar[bool] = True
+    """Whether ``deliveries`` counts every earlier delivery, so that worker.max_deliveries
+    sets aside a message whose task kills its worker (not on RabbitMQ classic queues, which
+    only flag a redelivery: ``deliveries`` is 2 at most there)."""
+
     releases_keep_order: ClassVar[bool] = True
     """Whether a released message goes back ahead of the rest of its queue, in order (not on
     RabbitMQ quorum queues, which requeue at the back)."""

@@ -194,7 +194,8 @@ class Child:
         if not self.ready:  # its backend answered at boot, its broker now: its queue exists
             self.ready = True
             log.info("child_ready", queue=self.queue)  # logged before taskd_ready can be
-            self.liveness.mark_ready(self.slot)
+            bounded = self.broker.counts_deliveries and self.config.worker.max_deliveries > 0
+            self.liveness.mark_ready(self.slot, bounded=bounded)
         return deliveries
 
     def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:

@@ -41,6 +41,7 @@ _COLUMNS = {
     "failed": COUNT,
     "outage_since": FLOAT,
     "outage_kind": COUNT,
+    "bounded": COUNT,  # a task that kills the child is set aside after worker.max_deliveries
 }
 OUTAGE_KINDS = ("", "broker", "backend")
 PROBE_TASK_ID = "taskd-readiness-probe"  # looked up once per child; never a task's id
@@ -92,8 +93,15 @@ class ChildLiveness:
         self._beat[slot] = time.monotonic()
         self._busy[slot] = busy
 
-    def mark_ready(self, slot: int) -> None:
-        """Ready, and the supervisor woken to see it (not at its next tick)."""
+    def bounded(self, slot: int) -> bool:
+        """Whether a task that kills the child in ``slot`` is set aside after so many deaths
+        (``mark_ready``): where it is, its next child need not wait (supervisor)."""
+        return bool(self._table["bounded"][slot])
+
+    def mark_ready(self, slot: int, *, bounded: bool = False) -> None:
+        """Ready, and the supervisor woken to see it (not at its next tick); ``bounded``:
+        its broker counts deliveries and worker.max_deliveries is set."""
+        self._table["bounded"][slot] = int(bounded)
         self._table["ready"][slot] = 1
         if self.supervisor_pid is not None:
             with contextlib.suppress(ProcessLookupError):  # it died: this child follows it

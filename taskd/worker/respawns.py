@@ -19,9 +19,10 @@ class Respawns:
 
     def died(self, lived_s: float, *, in_a_task: bool = False) -> float:
         """Note a child that died unasked after ``lived_s``; the delay before its
-        replacement is spawned (0: at once). One that died ``in_a_task`` is replaced at once:
-        the task's message is set aside after worker.max_deliveries such deaths, and a
-        backoff would stall every other task behind a few that crash their worker."""
+        replacement is spawned (0: at once). One that died ``in_a_task`` whose message is set
+        aside after worker.max_deliveries such deaths (where the broker counts them) is
+        replaced at once: a backoff would stall every other task behind a few that crash
+        their worker."""
         if in_a_task:
             return 0.0
         if lived_s >= HEALTHY_AFTER_S:

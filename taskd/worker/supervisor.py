@@ -300,7 +300,7 @@ class Supervisor:
             return
         if expected:
             return
-        in_a_task = running is not None and self.config.worker.max_deliveries > 0
+        in_a_task = running is not None and self.liveness.bounded(child.slot)
         delay = self.respawns.died(lived_s, in_a_task=in_a_task)
         if delay:
             log.warning(

@@ -344,6 +344,26 @@ def test_a_message_that_kills_every_worker_is_set_aside(
     client.close()
 
 
+@pytest.mark.parametrize("driver_kind", ["amqp"], indirect=True)
+def test_where_deliveries_are_not_counted_a_killing_task_is_paced_not_looped(
+    driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """A RabbitMQ classic queue only flags a redelivery: worker.max_deliveries cannot set a
+    message aside there (README), so the children it kills are replaced after the backoff,
+    not at once (a fork loop)."""
+    config, client = client_for(driver_kind, namespace, tmp_path, worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    trace = tmp_path / "trace"
+    client.send("crash", str(trace))
+    wait_until(lambda: len(runs(trace)) >= 3, 60, what="three deaths")
+    deaths = process.events("child_exited")
+    assert {death.get("task") for death in deaths} == {"crash"}
+    delays = [event["delay_s"] for event in process.events("child_respawn_delayed")]
+    assert len(delays) >= 2 and delays == sorted(delays)  # doubling, not at once
+    client.close()
+
+
 def test_a_redelivered_message_that_had_finished_does_not_run_again(
     driver_kind: str, namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:

@@ -61,6 +61,11 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
         return cls(url, config)
 
     @property  # type: ignore[override]
+    def counts_deliveries(self) -> bool:
+        """Quorum queues count deliveries (x-delivery-count); classic queues flag one."""
+        return self._topology.quorum
+
+    @property  # type: ignore[override]
     def releases_keep_order(self) -> bool:
         """Classic queues put a requeued message back in its place; quorum queues at the
         back."""
