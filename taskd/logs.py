@@ -32,6 +32,7 @@ import orjson
 import structlog
 
 from taskd.terminal import SHOWN
+from taskd.wire.gojson import SURROGATE
 
 
 class _FdLogger:
@@ -62,7 +63,23 @@ def _fd_logger_factory(fd: int) -> Any:
 
 
 def _orjson_dumps(event: Any, **_kwargs: Any) -> bytes:
-    return orjson.dumps(event, default=str)
+    try:
+        return orjson.dumps(event, default=str)
+    except TypeError:  # a lone surrogate (a task's error naming a file by its raw bytes...)
+        return orjson.dumps(_without_surrogates(event), default=str)
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates in its strings written U+FFFD, as Go writes invalid
+    UTF-8: orjson refuses them, and a log line must never fail (it would take its child down,
+    its task's outcome with it)."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(item) for item in value]
+    return value
 
 
 # syslog priorities (sd-daemon(3)'s SD_ERR...) of structlog's levels
@@ -99,9 +116,9 @@ def _shown(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
 def _logfmt(value: Any) -> str:
     if isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
         value = ",".join(map(str, value))  # tasks=add,sum: a list of names reads as one
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    text = value if isinstance(value, str) else _orjson_dumps(value).decode()
     if not text or not text.isprintable() or any(c in text for c in ' "='):
-        return orjson.dumps(text).decode()  # quoted, newlines escaped
+        return _orjson_dumps(text).decode()  # quoted, newlines escaped
     return text
 
 

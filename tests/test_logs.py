@@ -134,3 +134,34 @@ def test_the_standard_librarys_logging_comes_out_as_taskds_own(tmp_path: Path) -
     lines = stream.read_text().splitlines()
     assert '<4>"disk almost full: 93%" logger=mytasks task_id=task_1' in lines
     assert any(line.startswith('<3>"it broke"') and "ZeroDivisionError" in line for line in lines)
+
+
+SURROGATES = """
+import structlog
+from taskd import logs
+logs.configure("info")
+structlog.get_logger("t").error("task_failed", error="no such file: b\\udcff.txt", at=["\\ud800"])
+structlog.get_logger("t").info("after")
+"""
+
+
+def test_a_lone_surrogate_in_a_value_is_logged_as_go_writes_it(tmp_path: Path) -> None:
+    """A task's error naming a file by its raw bytes (Python's surrogateescape) carries a lone
+    surrogate, which orjson refuses: the log call raised, in a child after its task's outcome,
+    so the child crashed with the outcome unwritten, at every delivery. Both the JSON and the
+    journal's lines write U+FFFD, as Go's encoder writes invalid UTF-8."""
+    for env in ({}, {"JOURNAL_STREAM": "{dev}:{ino}"}):
+        stream = tmp_path / "stderr"
+        stream.touch()
+        stat = stream.stat()
+        journal = {k: v.format(dev=stat.st_dev, ino=stat.st_ino) for k, v in env.items()}
+        with stream.open("wb") as stderr:
+            done = subprocess.run(
+                [str(BIN / "python"), "-c", SURROGATES],
+                stderr=stderr,
+                env=process_env(tmp_path, **journal),
+                check=False,
+            )
+        text = stream.read_text()
+        assert done.returncode == 0, text
+        assert "no such file: b\ufffd.txt" in text and "after" in text

@@ -26,7 +26,7 @@ _HTML_UNSAFE = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 _UNSAFE_CHARS = frozenset("<>&\u2028\u2029")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones: no UTF-8 has them
 # orjson turns integers beyond int64/uint64 into floats: a body with a run of 20 digits, or
 # of 19 after a minus, goes to the stdlib parser. Digits are found by turning them all into
 # "0" and looking for a run of zeros: a byte search, far quicker than a regular expression.
@@ -41,7 +41,7 @@ def encode_str(text: str) -> str:
     try:
         out = orjson.dumps(text).decode()
     except orjson.JSONEncodeError:  # lone surrogates: Go writes U+FFFD for invalid UTF-8
-        text = _SURROGATE.sub("\ufffd", text)
+        text = SURROGATE.sub("\ufffd", text)
         out = orjson.dumps(text).decode()
     if _UNSAFE_CHARS.isdisjoint(text):
         return out
