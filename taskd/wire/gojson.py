@@ -145,11 +145,32 @@ def loads(raw: bytes | str) -> Any:
             pass
     # The stdlib parses what orjson refuses but Go reads: lone surrogates, huge integers.
     try:
-        return json.loads(data.decode("utf-8", "replace"), parse_constant=_not_json)
+        parsed = json.loads(data.decode("utf-8", "replace"), parse_constant=_not_json)
     except ValueError as exc:
         raise DecodeError(f"not valid JSON: {exc}", data) from exc
     except RecursionError:  # deeper than orjson takes (1,024) and than Python's stack allows
         raise DecodeError("not valid JSON: nested too deeply", data) from None
+    return _go_strings(parsed)
+
+
+def _go_strings(value: Any) -> Any:
+    """Strings as Go's decoder reads them: an escape of a lone surrogate (``\\ud800``) is
+    U+FFFD, where Python keeps the surrogate (which no UTF-8 encoder then takes). In place,
+    without recursion (the parse may be nested as deep as Python's stack allowed)."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    pending = [value] if isinstance(value, dict | list) else []
+    while pending:
+        item = pending.pop()
+        entries = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
+        for key, child in entries:
+            if isinstance(child, dict | list):
+                pending.append(child)
+            elif isinstance(child, str) and SURROGATE.search(child):
+                item[key] = SURROGATE.sub("\ufffd", child)
+            if isinstance(key, str) and SURROGATE.search(key):  # a dict's: as Go, later wins
+                item[SURROGATE.sub("\ufffd", key)] = item.pop(key)
+    return value
 
 
 _CANONICAL: dict[int, frozenset[str]] = {}  # id of a fields mapping -> its canonical names

@@ -259,3 +259,15 @@ def test_fold_keys_rejects_non_objects_naming_what(value: object, kind: str) -> 
 )
 def test_json_type_names(value: object, kind: str) -> None:
     assert gojson.json_type(value) == kind
+
+
+def test_loads_reads_a_lone_surrogate_escape_as_go_does() -> None:
+    """Go's decoder reads ``\\ud800`` alone as U+FFFD; Python kept the surrogate, which then
+    failed every UTF-8 encoder that met it (a log line, a board post) far from the message."""
+    raw = b'{"a\\ud800":"x\\udcffy","l":["\\ud800",{"k":"\\udfff"}],"pair":"\\ud83d\\ude00"}'
+    assert gojson.loads(raw) == {
+        "a\ufffd": "x\ufffdy",
+        "l": ["\ufffd", {"k": "\ufffd"}],
+        "pair": "\U0001f600",  # a valid pair stays one character
+    }
+    assert gojson.loads(b'"\\udc80"') == "\ufffd"
