@@ -365,9 +365,7 @@ class Child:
             self.writes.ack_after_states(job.delivery, job.sig.uuid, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
-        if job.sig.uuid in self.writes.unstored:  # no state of it can be: kept for an operator
-            why = f"its state could not be stored: {self.writes.unstored[job.sig.uuid]}"
-            self.outages.call("broker", self.broker.reject, job.delivery, why)
+        if self.writes.set_aside(job.delivery, job.sig.uuid):  # no state of it can be stored
             return
         if job.sig.uuid in self.writes.refused:  # stored as a FAILURE: it sets off what that does
             outcome = Outcome(Kind.FAILED, error=self.writes.refused[job.sig.uuid])

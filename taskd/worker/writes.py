@@ -101,14 +101,18 @@ class WriteBuffer:
                 self._write_apart(states)
             self._states.clear()
         if self._acks:
-            acks = [each for each, task_id in self._acks if task_id not in self.unstored]
-            aside = [(each, task_id) for each, task_id in self._acks if task_id in self.unstored]
+            acks = [each for each, task_id in self._acks if not self.set_aside(each, task_id)]
             if acks:
                 self._ack(acks)
-            for each, task_id in aside:
-                self._set_aside(each, f"its state could not be stored: {self.unstored[task_id]}")
             self._acks = []
         self._since = None
+
+    def set_aside(self, delivery: Delivery, task_id: str) -> bool:
+        """Set this message aside if no state of its task could be stored (last flush)."""
+        why = self.unstored.get(task_id)
+        if why is not None:
+            self._set_aside(delivery, f"its state could not be stored: {why}")
+        return why is not None
 
     def _write_apart(self, states: list[TaskState]) -> None:
         """Each state on its own: a final one the backend refuses is stored as a FAILURE
