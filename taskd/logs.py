@@ -23,6 +23,7 @@ lost connection that taskd reports once per outage, is silenced.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -32,7 +33,6 @@ import orjson
 import structlog
 
 from taskd.terminal import SHOWN
-from taskd.wire.gojson import SURROGATE
 
 
 class _FdLogger:
@@ -65,21 +65,10 @@ def _fd_logger_factory(fd: int) -> Any:
 def _orjson_dumps(event: Any, **_kwargs: Any) -> bytes:
     try:
         return orjson.dumps(event, default=str)
-    except TypeError:  # a lone surrogate (a task's error naming a file by its raw bytes...)
-        return orjson.dumps(_without_surrogates(event), default=str)
-
-
-def _without_surrogates(value: Any) -> Any:
-    """``value`` with lone surrogates in its strings written U+FFFD, as Go writes invalid
-    UTF-8: orjson refuses them, and a log line must never fail (it would take its child down,
-    its task's outcome with it)."""
-    if isinstance(value, str):
-        return SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_without_surrogates(item) for item in value]
-    return value
+    except TypeError:  # a lone surrogate (a task's error naming a file by its raw bytes...),
+        # which orjson refuses: the stdlib escapes it (\\udce9), and a log line never fails
+        # (it would take its child down, its task's outcome with it)
+        return json.dumps(event, default=str).encode()
 
 
 # syslog priorities (sd-daemon(3)'s SD_ERR...) of structlog's levels

@@ -26,7 +26,7 @@ _HTML_UNSAFE = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 _UNSAFE_CHARS = frozenset("<>&\u2028\u2029")
-SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones: no UTF-8 has them
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones: no UTF-8 has them
 # orjson turns integers beyond int64/uint64 into floats: a body with a run of 20 digits, or
 # of 19 after a minus, goes to the stdlib parser. Digits are found by turning them all into
 # "0" and looking for a run of zeros: a byte search, far quicker than a regular expression.
@@ -41,7 +41,7 @@ def encode_str(text: str) -> str:
     try:
         out = orjson.dumps(text).decode()
     except orjson.JSONEncodeError:  # lone surrogates: Go writes U+FFFD for invalid UTF-8
-        text = SURROGATE.sub("\ufffd", text)
+        text = _SURROGATE.sub("\ufffd", text)
         out = orjson.dumps(text).decode()
     if _UNSAFE_CHARS.isdisjoint(text):
         return out
@@ -158,7 +158,7 @@ def _go_strings(value: Any) -> Any:
     U+FFFD, where Python keeps the surrogate (which no UTF-8 encoder then takes). In place,
     without recursion (the parse may be nested as deep as Python's stack allowed)."""
     if isinstance(value, str):
-        return SURROGATE.sub("\ufffd", value)
+        return _SURROGATE.sub("\ufffd", value)
     pending = [value] if isinstance(value, dict | list) else []
     while pending:
         item = pending.pop()
@@ -166,10 +166,10 @@ def _go_strings(value: Any) -> Any:
         for key, child in entries:
             if isinstance(child, dict | list):
                 pending.append(child)
-            elif isinstance(child, str) and SURROGATE.search(child):
-                item[key] = SURROGATE.sub("\ufffd", child)
-            if isinstance(key, str) and SURROGATE.search(key):  # a dict's: as Go, later wins
-                item[SURROGATE.sub("\ufffd", key)] = item.pop(key)
+            elif isinstance(child, str) and _SURROGATE.search(child):
+                item[key] = _SURROGATE.sub("\ufffd", child)
+            if isinstance(key, str) and _SURROGATE.search(key):  # a dict's: as Go, later wins
+                item[_SURROGATE.sub("\ufffd", key)] = item.pop(key)
     return value
 
 
