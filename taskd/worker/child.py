@@ -261,8 +261,8 @@ class Child:
         log.error("message_rejected", queue=delivery.queue, reason=reason, body=body)
         if task_id:
             failed = TaskState(task_id, State.FAILURE, task_name=name, created_at=received_at)
-            failed = failed.with_changes(error=reason)
-            self.outages.call("backend", self.backend.set_states, [failed])
+            self.writes.add_state(failed.with_changes(error=reason))
+            self.writes.flush()  # a refusal for good is logged: the letter keeps the reason
         self.outages.call("broker", self.broker.reject, delivery, reason)
 
     def _would_hold_back(self, job: Job) -> bool:

@@ -300,6 +300,20 @@ def test_a_task_whose_state_can_never_be_stored_is_set_aside_not_a_crash(sets_of
     assert rig.state(after.task_id) is State.SUCCESS
 
 
+def test_a_malformed_message_whose_failure_cannot_be_stored_is_still_set_aside() -> None:
+    rig = Rig(backend_class=KeyRefusingMemoryBackend)
+    body = b'{"UUID":"task with space","Name":""}'  # no name: malformed, its sender told...
+    rig.broker.publish(QUEUE, body)
+    after = rig.client.send("count", 7)
+    assert rig.serve() == EXIT_OK  # ...where the backend takes its id: not a crash loop here
+    (letter,) = rig.broker.dead
+    assert (letter.body, letter.reason) == (
+        body,
+        "malformed message: UUID and Name must not be empty",
+    )
+    assert rig.state(after.task_id) is State.SUCCESS
+
+
 def test_a_redelivered_message_that_had_finished_does_not_run_again(tmp_path: Path) -> None:
     rig = Rig()
     trace = tmp_path / "trace"
