@@ -70,9 +70,9 @@ class Peers:
         is left out at once: the board is a beat behind, and a crash's messages come back to
         its siblings sooner."""
         return {
-            child["task"]["id"]: f"{_name(entry)} child {child.get('pid')}"
+            child["task"].get("id"): f"{_name(entry)} child {child.get('pid')}"
             for entry in self._entries
-            for child in entry.get("children") or ()
+            for child in _list(entry.get("children"))
             if isinstance(child, dict) and isinstance(child.get("task"), dict)
             if entry.get("machine") != MACHINE or _alive(child.get("pid"))
         }
@@ -87,6 +87,11 @@ def _able(entry: Entry, task: str, queue: str) -> bool:
     return (
         isinstance(tasks, list) and task in tasks and isinstance(queues, list) and queue in queues
     )
+
+
+def _list(value: object) -> list[object]:
+    """A list on the board, or none: another version's entry may hold anything there."""
+    return value if isinstance(value, list) else []
 
 
 def _name(entry: Entry) -> str:

@@ -707,3 +707,20 @@ def test_tasks_a_refused_send_was_to_run_are_failure_saying_so(
         assert "refused on purpose" in state.error
     (letter,) = rig.broker.dead
     assert letter.reason.startswith("what it sets off was refused: ")
+
+
+def test_workers_board_entries_of_another_shape_name_no_runner_and_no_peer() -> None:
+    """The board holds JSON objects only (taskd.backends.board_json), but what is inside one
+    is another version's or program's to choose: it must not raise where a child looks up
+    the runner of a redelivered task (which would crash it at each delivery)."""
+    from taskd.worker.peers import Peers
+
+    odd = [
+        {"children": 5, "tasks": "add", "queues": {"q": 1}},
+        {"children": [None, "a", {"task": {}}, {"task": 7}]},
+        {"children": [{"task": {"id": "task_x"}, "pid": "not a pid"}], "machine": "elsewhere"},
+    ]
+    peers = Peers(odd)
+    assert set(peers.running()) <= {None, "task_x"}
+    assert peers.running()["task_x"].endswith("child not a pid")
+    assert peers.able("add", "q") == ""
