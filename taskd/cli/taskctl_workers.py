@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from taskd.boards import listed
 from taskd.cli.session import Session, pass_session
 from taskd.errors import DecodeError
 from taskd.exitcodes import EXIT_NO_SUCH_TASK, EXIT_OK
@@ -32,11 +33,11 @@ def workers(session: Session, as_json: bool) -> None:
         return
     now = GoTime.now()
     for daemon in live:
-        children = daemon.get("children") or []
+        children = [child for child in listed(daemon.get("children")) if isinstance(child, dict)]
         failed = daemon.get("tasks_failed", 0)
         click.echo(
             f"{daemon.get('host')}:{daemon.get('pid')}  taskd {daemon.get('version')}"
-            f"  queues {','.join(daemon.get('queues') or [])}"
+            f"  queues {','.join(map(str, listed(daemon.get('queues'))))}"
             f"  children {len(children)}/{daemon.get('concurrency')}"
             f"  done {daemon.get('tasks_done', 0)} ({failed} failed)"
             f"  up {_age(daemon.get('started_at'), now)}"
@@ -48,7 +49,7 @@ def workers(session: Session, as_json: bool) -> None:
 
 def _doing(child: dict[str, Any], now: GoTime) -> str:
     task = child.get("task")
-    if not task:
+    if not isinstance(task, dict) or not task:
         return "idle"
     return f"running {task.get('name')} {task.get('id')} for {_age(task.get('started_at'), now)}"
 

@@ -29,7 +29,7 @@ import structlog
 
 from taskd.backends import ResultBackend
 from taskd.backends.base import Entry
-from taskd.boards import WORKERS
+from taskd.boards import WORKERS, listed
 from taskd.brokers import Broker
 from taskd.brokers.lease import MACHINE, process_alive
 from taskd.errors import DriverError
@@ -72,7 +72,7 @@ class Peers:
         return {
             child["task"].get("id"): f"{_name(entry)} child {child.get('pid')}"
             for entry in self._entries
-            for child in _list(entry.get("children"))
+            for child in listed(entry.get("children"))
             if isinstance(child, dict) and isinstance(child.get("task"), dict)
             if entry.get("machine") != MACHINE or _alive(child.get("pid"))
         }
@@ -87,11 +87,6 @@ def _able(entry: Entry, task: str, queue: str) -> bool:
     return (
         isinstance(tasks, list) and task in tasks and isinstance(queues, list) and queue in queues
     )
-
-
-def _list(value: object) -> list[object]:
-    """A list on the board, or none: another version's entry may hold anything there."""
-    return value if isinstance(value, list) else []
 
 
 def _name(entry: Entry) -> str:

@@ -257,3 +257,25 @@ def test_workers_lists_live_daemons_and_drops_one_that_died(
         what="the dead daemon to drop out",
     )
     client.close()
+
+
+def test_workers_shows_entries_of_another_shape_without_failing(
+    namespace: str, tmp_path: Path
+) -> None:
+    """Another version's or program's entry on the workers board (any JSON object): listed
+    as far as it can be read, never a traceback."""
+    from taskd.boards import WORKERS
+
+    config, client = client_for("sqlite", namespace, tmp_path)
+    client.backend.post(
+        WORKERS,
+        {
+            "odd": {"children": 5, "host": 7, "queues": [1, "q"], "started_at": "x"},
+            "odder": {"children": [5, {"task": 3}, {"task": {"name": 1}}]},
+        },
+        60,
+    )
+    text = taskctl(tmp_path, config, "workers")
+    assert text.returncode == EXIT_OK, text.stderr
+    assert "queues 1,q" in text.stdout and "running 1 None" in text.stdout
+    client.close()
