@@ -171,6 +171,12 @@ class GiveUp(Exception):  # control flow, not an error
     delivered again."""
 
 
+class DriverStale(DriverError):
+    """What the driver's URL names is no longer what it opened (an SQLite file deleted or
+    replaced while taskd had it open): nothing sent there reaches it any more. A fresh
+    connection, opened anew, does (a worker makes way for a fresh child)."""
+
+
 class Retry(Exception):  # control flow, not an error: machinery's ErrRetryTaskLater
     """Raised by a task to run again after ``countdown_s``; honours the signature's RetryCount."""
 

@@ -21,6 +21,7 @@ from taskd import drivers
 from taskd.errors import ConfigError, DriverError
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
+FILE_CHECK_S = 1.0  # how often a consumer looks whether its file is still the one at its path
 _SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
 
@@ -122,3 +123,27 @@ def _as_whom() -> str:
         f" (as {user}: the file, its -wal and -shm files and its directory must be writable"
         " by the user taskd runs as)"
     )
+
+
+class FileWatch:
+    """Whether the file at ``path`` is still the one opened (looked at once a FILE_CHECK_S at
+    most): an operator's rm of the state directory while taskd runs left it on a file nobody
+    else reaches, clients on a new one, and nothing ran, silently."""
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._identity, self._checked_at = path, _identity(path), time.monotonic()
+
+    def replaced(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at < FILE_CHECK_S:
+            return False
+        self._checked_at = now
+        return _identity(self._path) != self._identity
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino

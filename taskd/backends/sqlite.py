@@ -18,9 +18,10 @@ from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
-from taskd.errors import BackendError, BackendUnavailable
+from taskd.errors import BackendError, BackendUnavailable, DriverStale
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
+    FileWatch,
     opened,
     sqlite_path,
     synchronous_mode,
@@ -83,6 +84,7 @@ class SQLiteBackend(ResultBackend):
             self._path, self._synchronous, _SCHEMA, BackendUnavailable, BackendError, self.driver
         )
         self._writer = Writer(self._conn, self._path, self._synchronous, BackendError, self.driver)
+        self._watch = FileWatch(self._path)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -210,6 +212,8 @@ class SQLiteBackend(ResultBackend):
             )
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
+        if self._watch.replaced():  # the beacon's: it opens the file the path names now
+            raise DriverStale(self.driver, f"{self._path} was deleted or replaced while open")
         now = time.time_ns()
         expires_ns = now + round(ttl_s * 1e9)
         pinned = [

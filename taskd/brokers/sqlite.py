@@ -25,9 +25,10 @@ from taskd.brokers.doorbell import Doorbell
 from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config, Lease
 from taskd.confirms import Confirm
-from taskd.errors import BrokerError, BrokerUnavailable
+from taskd.errors import BrokerError, BrokerUnavailable, DriverStale
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
+    FileWatch,
     opened,
     sqlite_path,
     synchronous_mode,
@@ -93,6 +94,7 @@ class SQLiteBroker(Broker):
         """The main connection, and the writer that commits on it."""
         self._conn = self._connect()
         self._writer = Writer(self._conn, self._path, self._synchronous, BrokerError, self.driver)
+        self._watch = FileWatch(self._path)
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
@@ -164,6 +166,8 @@ class SQLiteBroker(Broker):
         consumer = self._register(queue)
         deadline = time.monotonic() + wait_s
         while True:
+            if self._watch.replaced():
+                raise DriverStale(self.driver, f"{self._path} was deleted or replaced while open")
             with self._guard(queue), self._lock:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version or self._ready_now(queue):

@@ -36,6 +36,7 @@ from taskd.errors import (
     ConfigError,
     DecodeError,
     DriverError,
+    DriverStale,
     GiveUp,
     TaskNotFound,
 )
@@ -185,6 +186,10 @@ class Child:
             )
         except BrokerUnavailable as exc:
             self.outages.pause("broker", exc)
+            return []
+        except DriverStale as exc:  # a fresh child opens anew what the URL names now
+            log.error("driver_stale", error=str(exc))
+            self.recycling.reason, self.stopping = "driver_stale", True
             return []
         except DriverError as exc:  # a broken queue (WRONGTYPE...): say so, slowly, and go on
             log.error("fetch_failed", error=str(exc))

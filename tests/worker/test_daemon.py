@@ -411,3 +411,24 @@ def test_children_stop_when_their_supervisor_is_killed(
 
     wait_until(all_gone, 15, what="the orphaned children to stop")
     client.close()
+
+
+def test_a_database_file_deleted_under_the_daemon_is_followed(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """An operator's rm of the state directory while taskd runs (a "reset"): the daemon kept
+    the unlinked file, clients made a new one, and nothing ran, silently. Its children now
+    notice within a second (driver_stale) and make way for fresh ones on the new file."""
+    from taskd.config import load_config
+
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "2")
+    process.wait_ready(2)
+    assert client.send("sum", [1]).get(timeout=30) == 1
+    client.close()
+    for leftover in tmp_path.glob(f"{namespace}.db*"):
+        leftover.unlink()
+    fresh = Client(load_config(config, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
+    assert fresh.send("sum", [2]).get(timeout=30) == 2
+    wait_until(lambda: len(process.events("driver_stale")) == 2, 10, what="each child, once")
+    fresh.close()
