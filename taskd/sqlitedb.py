@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from taskd import drivers
-from taskd.errors import ConfigError, DriverError
+from taskd.errors import ConfigError, DriverError, DriverStale
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
 FILE_CHECK_S = 1.0  # how often a consumer looks whether its file is still the one at its path
@@ -133,12 +133,14 @@ class FileWatch:
     def __init__(self, path: Path) -> None:
         self._path, self._identity, self._checked_at = path, _identity(path), time.monotonic()
 
-    def replaced(self) -> bool:
+    def check(self, driver: str) -> None:
+        """DriverStale where the path names another file than the one opened (or none)."""
         now = time.monotonic()
         if now - self._checked_at < FILE_CHECK_S:
-            return False
+            return
         self._checked_at = now
-        return _identity(self._path) != self._identity
+        if _identity(self._path) != self._identity:
+            raise DriverStale(driver, f"{self._path} was deleted or replaced while open")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

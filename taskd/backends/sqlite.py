@@ -18,7 +18,7 @@ from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend, claim_covers
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
-from taskd.errors import BackendError, BackendUnavailable, DriverStale
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
     FileWatch,
@@ -212,8 +212,7 @@ class SQLiteBackend(ResultBackend):
             )
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
-        if self._watch.replaced():  # the beacon's: it opens the file the path names now
-            raise DriverStale(self.driver, f"{self._path} was deleted or replaced while open")
+        self._watch.check(self.driver)  # DriverStale: the beacon opens the new file
         now = time.time_ns()
         expires_ns = now + round(ttl_s * 1e9)
         pinned = [

@@ -25,7 +25,7 @@ from taskd.brokers.doorbell import Doorbell
 from taskd.brokers.lease import BeatThread, SilenceJudge, new_consumer_id, process_alive
 from taskd.config import Config, Lease
 from taskd.confirms import Confirm
-from taskd.errors import BrokerError, BrokerUnavailable, DriverStale
+from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
     FileWatch,
@@ -166,8 +166,7 @@ class SQLiteBroker(Broker):
         consumer = self._register(queue)
         deadline = time.monotonic() + wait_s
         while True:
-            if self._watch.replaced():
-                raise DriverStale(self.driver, f"{self._path} was deleted or replaced while open")
+            self._watch.check(self.driver)  # DriverStale: a fresh child opens the new file
             with self._guard(queue), self._lock:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version or self._ready_now(queue):
