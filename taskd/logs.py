@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import structlog
 
-from taskd.terminal import SHOWN
+from taskd.terminal import shown
 
 
 class _FdLogger:
@@ -62,7 +62,7 @@ def _fd_logger_factory(fd: int) -> Any:
     return factory
 
 
-def _orjson_dumps(event: Any, **_kwargs: Any) -> bytes:
+def _json_bytes(event: Any, **_kwargs: Any) -> bytes:
     try:
         return orjson.dumps(event, default=str)
     except TypeError:  # a lone surrogate (a task's error naming a file by its raw bytes...),
@@ -96,18 +96,18 @@ def _journal_line(_logger: Any, method: str, event: dict[str, Any]) -> str:
     return f"<{priority}>{name}{pairs}"
 
 
-def _shown(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _shown_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """On a terminal, control characters in values (a task's error, a message's body) are
     shown as escapes, not obeyed (``taskd.terminal``)."""
-    return {key: v.translate(SHOWN) if isinstance(v, str) else v for key, v in event.items()}
+    return {key: shown(v) if isinstance(v, str) else v for key, v in event.items()}
 
 
 def _logfmt(value: Any) -> str:
     if isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
         value = ",".join(map(str, value))  # tasks=add,sum: a list of names reads as one
-    text = value if isinstance(value, str) else _orjson_dumps(value).decode()
+    text = value if isinstance(value, str) else _json_bytes(value).decode()
     if not text or not text.isprintable() or any(c in text for c in ' "='):
-        return _orjson_dumps(text).decode()  # quoted, newlines escaped
+        return _json_bytes(text).decode()  # quoted, newlines escaped
     return text
 
 
@@ -167,12 +167,12 @@ def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> 
     elif json:
         renderer = [
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+            structlog.processors.JSONRenderer(serializer=_json_bytes),
         ]
     else:
         renderer = [
             structlog.processors.format_exc_info,
-            _shown,
+            _shown_values,
             structlog.dev.ConsoleRenderer(colors=True),
         ]
     threshold = logging.getLevelNamesMapping()[level.upper()]

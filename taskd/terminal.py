@@ -14,11 +14,16 @@ import sys
 from typing import Any, TextIO
 
 # C0 but tab and newline, DEL, and C1 (8-bit CSI, OSC... where a terminal takes them).
-SHOWN = {
+_ESCAPED = {
     code: f"\\x{code:02x}"
     for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
     if code not in (0x09, 0x0A)
 }
+
+
+def shown(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``)."""
+    return text.translate(_ESCAPED)
 
 
 class Shown:
@@ -28,7 +33,7 @@ class Shown:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(text.translate(SHOWN))
+        return self._stream.write(shown(text))
 
     def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding...
         return getattr(self._stream, name)
