@@ -9,7 +9,10 @@ local function requeue(id, fallback)
   while true do
     local body = redis.call('LMOVE', proc, queue, 'RIGHT', 'LEFT')
     if not body then break end
-    redis.call('HINCRBY', KEYS[3], redis.sha1hex(body), 1)
+    local sum = redis.sha1hex(body)
+    if type(redis.pcall('HINCRBY', KEYS[3], sum, 1)) == 'table' then  -- its error: a count
+      redis.call('HSET', KEYS[3], sum, 1)                                -- that is no integer
+    end
     moved = moved + 1
   end
   if moved > 0 then redis.call('EXPIRE', KEYS[3], 604800) end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -209,3 +210,52 @@ def test_a_blocking_fetch_on_a_key_that_is_not_a_list_is_a_broker_error_naming_t
         assert delivery.body == b"after"
     finally:
         broker.close()
+
+
+def test_a_count_of_deliveries_that_is_no_number_reads_as_none(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    """Another program's value in the hash of failed deliveries: that message counts none
+    (not a crash at each fetch of it), and the counts of the others in its batch still read."""
+    namespace = redis_namespace
+    broker = open_broker(make_config("redis"))
+    assert isinstance(broker, RedisBroker)
+    counts = broker._keys.deliveries
+    try:
+        broker.publish_many([Message(namespace, body) for body in (b"a", b"b", b"c")])
+        redis_server.hset(counts, hashlib.sha1(b"a").hexdigest(), "junk")
+        redis_server.hset(counts, hashlib.sha1(b"b").hexdigest(), "2")
+        batch = broker.fetch(namespace, max_messages=3, wait_s=0)
+        assert [(d.body, d.deliveries) for d in batch] == [(b"a", 1), (b"b", 3), (b"c", 1)]
+        broker.ack_many(batch)
+        assert broker.fetch(namespace, max_messages=1, wait_s=0.05) == []  # known empty...
+        redis_server.rpush(namespace, b"d")
+        redis_server.hset(counts, hashlib.sha1(b"d").hexdigest(), "1.5")
+        (delivery,) = broker.fetch(namespace, max_messages=1, wait_s=1)  # ...so a blocking move
+        assert (delivery.body, delivery.deliveries) == (b"d", 1)
+    finally:
+        redis_server.delete(counts)
+        broker.close()
+
+
+def test_a_message_handed_back_over_a_count_that_is_no_number_is_counted_anew(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    """Handing back a gone consumer's messages counts each as a failed delivery; a count that
+    is no integer made that script stop half-way (HINCRBY's error): it starts again at 1."""
+    namespace = redis_namespace
+    holder = open_broker(make_config("redis"))
+    assert isinstance(holder, RedisBroker)
+    counts = holder._keys.deliveries
+    try:
+        holder.publish(namespace, b"e")
+        assert holder.fetch(namespace, max_messages=1, wait_s=1)
+        redis_server.hset(counts, hashlib.sha1(b"e").hexdigest(), "junk")
+        holder.close()  # hands back what it holds, as a consumer found gone would
+        taker = open_broker(make_config("redis"))
+        (again,) = taker.fetch(namespace, max_messages=1, wait_s=1)
+        assert (again.body, again.deliveries) == (b"e", 2)
+        assert redis_server.zcard(holder._keys.consumers) == 1  # the holder is forgotten
+        taker.close()
+    finally:
+        redis_server.delete(counts)

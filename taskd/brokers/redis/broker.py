@@ -156,8 +156,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
             self._backlog[queue] = 1 if len(bodies) == max_messages else 0
             if bodies or wait_s <= 0:
                 return [
-                    (body, int(failed[i]) if i < len(failed) else 0)
-                    for i, body in enumerate(bodies)
+                    (body, failed[i] if i < len(failed) else 0) for i, body in enumerate(bodies)
                 ]
         block_s = min(wait_s, max(self._next_promote - time.monotonic(), 0.01))
         body, backlog, counted = redisdb.execute(  # not a redis-py pipeline: far less CPU
@@ -174,7 +173,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         failed = 0
         if counted:  # some message somewhere came back from a dead consumer: is it this one?
             digest = hashlib.sha1(body).hexdigest()
-            failed = int(redisdb.command(self._redis, ("HGET", self._keys.deliveries, digest)) or 0)
+            failed = _count(redisdb.command(self._redis, ("HGET", self._keys.deliveries, digest)))
         return [(body, failed)]
 
     def _promote_due(self) -> None:
@@ -249,3 +248,13 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
     def close(self) -> None:
         self._consumers.leave()
         self._redis.close()
+
+
+def _count(reply: bytes | None) -> int:
+    """A count of failed deliveries as stored; one that is no whole number (another
+    program's value) counts none, as in fetch.lua."""
+    try:
+        count = int(reply or 0)
+    except ValueError:
+        return 0
+    return count if 0 <= count < 10**9 else 0
