@@ -20,15 +20,20 @@ maps it onto what its broker has:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+import structlog
+
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import NotSupported
 from taskd.wire import GoTime
+
+log = structlog.get_logger("taskd.broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,18 +81,44 @@ class DeadLetter:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
 class DeadLetterCap:
     """How many dead letters a queue keeps and for how long (0: no limit); ``reject``
     drops the oldest beyond either. From ``worker.dead_letters_max`` and
-    ``worker.dead_letters_max_age``."""
+    ``worker.dead_letters_max_age``.
 
-    max_count: int
-    max_age_s: int
+    Those the count drops before their age let them go are lost for good, so an operator
+    hears of it (``dropped``): the first time, then at most every ``LOG_EVERY_S`` per queue
+    with the count since (a flood of poison messages drops one per message).
+    """
+
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, max_count: int, max_age_s: int) -> None:
+        self.max_count, self.max_age_s = max_count, max_age_s
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
 
     @classmethod
     def of(cls, config: Config) -> DeadLetterCap:
         return cls(config.worker.dead_letters_max, config.worker.dead_letters_max_age)
+
+    def dropped(self, queue: str, count: int) -> None:
+        if count <= 0:
+            return
+        count += self._unlogged.pop(queue, 0)
+        now = time.monotonic()
+        if now - self._logged_at.get(queue, -self.LOG_EVERY_S) < self.LOG_EVERY_S:
+            self._unlogged[queue] = count
+            return
+        self._logged_at[queue] = now
+        log.warning(
+            "dead_letters_dropped",
+            queue=queue,
+            count=count,
+            kept=self.max_count,
+            fix="see why messages are set aside (taskctl queue dead), or raise"
+            " worker.dead_letters_max",
+        )
 
 
 @dataclass(frozen=True, slots=True)

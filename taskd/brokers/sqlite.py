@@ -246,9 +246,12 @@ class SQLiteBroker(Broker):
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         with self._guard(delivery.queue), self._lock, self._writer.transaction():
-            sqlite_dead.set_aside(self._conn, delivery.queue, delivery.body, reason, self._dead_cap)
+            dropped = sqlite_dead.set_aside(
+                self._conn, delivery.queue, delivery.body, reason, self._dead_cap
+            )
             self._conn.execute("DELETE FROM taskd_messages WHERE id = ?", (delivery.handle,))
         self._writer.committed()
+        self._dead_cap.dropped(delivery.queue, dropped)
 
     def close(self) -> None:
         if self._beats is not None:

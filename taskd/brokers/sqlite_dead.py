@@ -31,9 +31,10 @@ DRIVER = "sqlite"
 
 def set_aside(
     conn: sqlite3.Connection, queue: str, body: bytes, reason: str, cap: DeadLetterCap
-) -> None:
+) -> int:
     """Keep a message with its reason, then drop the queue's oldest beyond the cap (both
-    cheap with the indexes: an index walk of ``max_count`` rows, a range delete)."""
+    cheap with the indexes: an index walk of ``max_count`` rows, a range delete); how many
+    the count cap dropped."""
     now_ns = time.time_ns()
     conn.execute(
         "INSERT INTO taskd_dead_letters (queue, body, reason, rejected_ns) VALUES (?, ?, ?, ?)",
@@ -44,13 +45,14 @@ def set_aside(
             "DELETE FROM taskd_dead_letters WHERE queue = ? AND rejected_ns < ?",
             (queue, now_ns - cap.max_age_s * 1_000_000_000),
         )
-    if cap.max_count:
-        conn.execute(
-            "DELETE FROM taskd_dead_letters WHERE queue = ? AND id <= ("
-            "  SELECT id FROM taskd_dead_letters WHERE queue = ? ORDER BY id DESC"
-            "  LIMIT 1 OFFSET ?)",
-            (queue, queue, cap.max_count),
-        )
+    if not cap.max_count:
+        return 0
+    return conn.execute(
+        "DELETE FROM taskd_dead_letters WHERE queue = ? AND id <= ("
+        "  SELECT id FROM taskd_dead_letters WHERE queue = ? ORDER BY id DESC"
+        "  LIMIT 1 OFFSET ?)",
+        (queue, queue, cap.max_count),
+    ).rowcount
 
 
 def newest(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from structlog.testing import capture_logs
 
-from taskd.brokers import Broker, Message, open_broker
+from taskd.brokers import Broker, Message, base, open_broker
+from taskd.brokers.base import DeadLetterCap
 from taskd.brokers.sqs.queues import DEAD_PREFIX as SQS_DEAD_PREFIX
 from tests.support.harness import AMQP_URL, create_queue_with_redrive, wait_until
 
@@ -18,6 +20,42 @@ from tests.support.harness import AMQP_URL, create_queue_with_redrive, wait_unti
 def take_one(broker: Broker, queue: str) -> Any:
     (delivery,) = wait_until(lambda: broker.fetch(queue, max_messages=1, wait_s=0.2), 15)
     return delivery
+
+
+# -- SQLite and Redis: the drivers that trim as they set aside ------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_dead_letters_the_count_cap_drops_are_logged_at_most_once_a_minute(
+    kind: str, namespace: str, make_config: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """Lost for good before their age let them go: said once, then with the count since."""
+    if kind == "redis":
+        request.getfixturevalue("redis_namespace")
+    broker = open_broker(make_config(kind, worker={"dead_letters_max": 2}))
+    try:
+        with capture_logs() as logs:
+            for payload in (b"1", b"2", b"3", b"4", b"5"):
+                broker.publish(namespace, payload)
+                broker.reject(take_one(broker, namespace), "set aside")
+        drops = [e for e in logs if e["event"] == "dead_letters_dropped"]
+        assert [(e["queue"], e["count"], e["kept"]) for e in drops] == [(namespace, 1, 2)]
+        assert "worker.dead_letters_max" in drops[0]["fix"]
+        assert [letter.body for letter in broker.dead_letters(namespace, 10)] == [b"5", b"4"]
+    finally:
+        broker.close()
+
+
+def test_dead_letter_drops_not_yet_logged_are_counted_in_the_next_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([100.0, 110.0, 130.0, 170.0])
+    monkeypatch.setattr(base.time, "monotonic", lambda: next(clock))
+    cap = DeadLetterCap(2, 0)
+    with capture_logs() as logs:
+        for count in (1, 3, 1, 2):
+            cap.dropped("q", count)
+    assert [(e["queue"], e["count"]) for e in logs] == [("q", 1), ("q", 6)]
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -238,12 +238,13 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         cap = self._dead_cap
         oldest_ms = (time.time_ns() // 1_000_000 - cap.max_age_s * 1000) if cap.max_age_s else 0
         with self._translated(delivery.queue):
-            REJECT(
+            _held, dropped = REJECT(
                 self._redis,
                 keys=[delivery.handle, self._keys.dead(delivery.queue), self._keys.deliveries],
                 args=[delivery.body, entry, cap.max_count, oldest_ms],
             )
         self.settled([delivery])
+        self._dead_cap.dropped(delivery.queue, dropped)
 
     def close(self) -> None:
         self._consumers.leave()
