@@ -9,6 +9,7 @@ across processes, commits synced in groups).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,11 +18,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import structlog
+
 from taskd import drivers
 from taskd.errors import ConfigError, DriverError, DriverStale
 
+log = structlog.get_logger("taskd.sqlite")
+
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
-FILE_CHECK_S = 1.0  # how often a consumer looks whether its file is still the one at its path
+FILE_CHECK_S = 1.0  # how often a driver looks whether its file is still the one at its path
 _SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
 
@@ -126,21 +131,66 @@ def _as_whom() -> str:
 
 
 class FileWatch:
-    """Whether the file at ``path`` is still the one opened (looked at once a FILE_CHECK_S at
-    most): an operator's rm of the state directory while taskd runs left it on a file nobody
-    else reaches, clients on a new one, and nothing ran, silently."""
+    """Whether the file at ``path`` is still the one opened: an operator's rm of the state
+    directory while taskd runs left it on a file nobody else reaches, clients on a new one,
+    and nothing ran, silently. The path is looked at once a FILE_CHECK_S at most, and what
+    was seen is shared by the process's drivers on that path (a broker and a backend sharing
+    the file see a change at once, and follow it together)."""
 
     def __init__(self, path: Path) -> None:
-        self._path, self._identity, self._checked_at = path, _identity(path), time.monotonic()
+        self._path, self._identity = path, _identity(path)
+        _seen[path] = (time.monotonic(), self._identity)
+
+    def moved(self) -> bool:
+        """Whether the path names another file than the one opened (or none)."""
+        now = time.monotonic()
+        looked_at, seen = _seen.get(self._path, (-FILE_CHECK_S, None))
+        if now - looked_at >= FILE_CHECK_S:
+            seen = _identity(self._path)
+            _seen[self._path] = (now, seen)
+        return seen != self._identity
 
     def check(self, driver: str) -> None:
         """DriverStale where the path names another file than the one opened (or none)."""
-        now = time.monotonic()
-        if now - self._checked_at < FILE_CHECK_S:
-            return
-        self._checked_at = now
-        if _identity(self._path) != self._identity:
+        if self.moved():
             raise DriverStale(driver, f"{self._path} was deleted or replaced while open")
+
+
+_seen: dict[Path, tuple[float, tuple[int, int] | None]] = {}  # path -> (looked at, identity)
+
+
+class FollowsFile:
+    """Of a driver whose connection may be opened anew in place, holding nothing tied to
+    the file but the connection (a result backend; a broker that is no consumer):
+    ``_follow`` does that where the file at its path was deleted or replaced, so that a
+    long-lived producer writes where the workers now read. The driver sets ``driver``,
+    ``_path``, ``_lock``, ``_conn``, ``_writer`` and ``_watch`` (in ``_open``)."""
+
+    driver: str
+    _path: Path
+    _lock: AbstractContextManager[Any]
+    _conn: sqlite3.Connection
+    _writer: Any  # taskd.sqlite_writer.Writer, which imports this module
+    _watch: FileWatch
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _follow(self) -> None:
+        if not self._watch.moved():
+            return
+        with self._lock:
+            stale_writer, stale_conn = self._writer, self._conn
+            self._open()
+        log.warning(
+            "sqlite_file_followed",
+            driver=self.driver,
+            database=str(self._path),
+            reason="deleted or replaced while open: what it held went with it",
+        )
+        with contextlib.suppress(Exception):  # a file gone: nothing there to keep
+            stale_writer.close()
+            stale_conn.close()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

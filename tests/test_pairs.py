@@ -1,4 +1,4 @@
-"""taskd.pairs on the Redis pair: final states and their acks in one script."""
+"""taskd.pairs: the Redis pair's final states and acks in one script; the SQLite pair's one file."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from taskd import redisdb
+from taskd import redisdb, sqlitedb
 from taskd.backends import open_backend
 from taskd.brokers import Delivery, Message, open_broker
 from taskd.errors import BrokerError
@@ -130,6 +131,34 @@ def test_a_broker_and_backend_on_different_databases_have_no_settler(
     backend = open_backend(make_config("redis", result_backend="redis://127.0.0.1:6379/1"))
     try:
         assert settler_for(broker, backend) is None
+    finally:
+        broker.close()
+        backend.close()
+
+
+def test_a_client_on_one_sqlite_file_follows_it_when_it_is_deleted(
+    namespace: str, make_config: Callable[..., Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's reset of the state directory under a long-lived producer: its next send
+    goes to the file the path names now, message and PENDING in one commit (the new file has
+    both drivers' tables), where it had gone into the deleted one, which nobody reads."""
+    from taskd.client import Client
+
+    monkeypatch.setattr(sqlitedb, "FILE_CHECK_S", 0.0)  # looked at on each use
+    config = make_config("sqlite")
+    with Client(config) as client:
+        client.send("add", 1, 2)
+        for leftover in tmp_path.glob(f"{namespace}.db*"):
+            leftover.unlink()
+        with capture_logs() as logs:
+            sent = client.send("add", 3, 4)
+        assert "sqlite_file_followed" in {e["event"] for e in logs}
+        assert sent.state() is not None and sent.state().state is State.PENDING
+    broker, backend = open_broker(config), open_backend(config)
+    try:
+        (delivery,) = broker.fetch(namespace, max_messages=5, wait_s=0)
+        assert sent.task_id.encode() in delivery.body
+        assert backend.get_states([sent.task_id])[0].state is State.PENDING
     finally:
         broker.close()
         backend.close()

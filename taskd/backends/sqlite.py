@@ -22,6 +22,7 @@ from taskd.errors import BackendError, BackendUnavailable
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
     FileWatch,
+    FollowsFile,
     opened,
     sqlite_path,
     synchronous_mode,
@@ -60,7 +61,7 @@ INSERT_FRESH = "INSERT OR IGNORE INTO taskd_states (task_id, state, expires_ns) 
 SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records
 
 
-class SQLiteBackend(ResultBackend):
+class SQLiteBackend(FollowsFile, ResultBackend):
     driver = "sqlite"
 
     def __init__(self, path: Path, synchronous: str, *, expire_s: int) -> None:
@@ -95,6 +96,7 @@ class SQLiteBackend(ResultBackend):
         )
 
     def _guard(self, task_id: str | None = None) -> AbstractContextManager[None]:
+        self._follow()  # the file an operator's reset made, where workers now write
         return translated(BackendUnavailable, BackendError, self.driver, task_id=task_id)
 
     def set_states(self, states: Sequence[TaskState]) -> None:
@@ -134,7 +136,9 @@ class SQLiteBackend(ResultBackend):
 
     def writing(self, states: Sequence[TaskState]) -> Callable[[sqlite3.Connection], None]:
         """``states`` stored, by machinery's merge rule, on the connection of a broker sharing
-        the file, inside its transaction (``taskd.pairs``): one commit for both."""
+        the file, inside its transaction (``taskd.pairs``): one commit for both. Where the
+        file was replaced, its tables are made in the new one first (the broker follows too)."""
+        self._follow()
         return lambda conn: self._store(conn, states)
 
     def get_states(self, task_ids: Sequence[str]) -> list[TaskState | None]:
@@ -212,7 +216,6 @@ class SQLiteBackend(ResultBackend):
             )
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
-        self._watch.check(self.driver)  # DriverStale: the beacon opens the new file
         now = time.time_ns()
         expires_ns = now + round(ttl_s * 1e9)
         pinned = [

@@ -29,6 +29,7 @@ from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.sqlite_writer import Writer
 from taskd.sqlitedb import (
     FileWatch,
+    FollowsFile,
     opened,
     sqlite_path,
     synchronous_mode,
@@ -61,7 +62,7 @@ IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
 InTransaction = Callable[[sqlite3.Connection], None] | None  # more writes, in the same commit
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(FollowsFile, Broker):
     driver = "sqlite"
     counts_releases = False  # a release takes back the count its fetch added
 
@@ -132,6 +133,8 @@ class SQLiteBroker(Broker):
         backend sharing the file: ``taskd.pairs``), and ring the doorbell; the confirm
         returned waits until the commit is on disk (``sqlite_writer``)."""
         self.check_priorities(messages)
+        if self._consumer_id is None:  # a consumer's file is its fetch's to check (DriverStale)
+            self._follow()
         now = time.time_ns()
         rows = [(m.queue, m.body, max(now, m.eta.unix_ns) if m.eta else now) for m in messages]
         with self._guard(), self._lock, self._writer.transaction():

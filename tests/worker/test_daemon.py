@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from taskd import sqlitedb
 from taskd.brokers import lease
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
@@ -414,21 +415,24 @@ def test_children_stop_when_their_supervisor_is_killed(
 
 
 def test_a_database_file_deleted_under_the_daemon_is_followed(
-    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An operator's rm of the state directory while taskd runs (a "reset"): the daemon kept
     the unlinked file, clients made a new one, and nothing ran, silently. Its children now
-    notice within a second (driver_stale) and make way for fresh ones on the new file."""
+    notice within a second (driver_stale) and make way for fresh ones on the new file; a
+    long-lived client follows too, where it sent into the old file nobody read."""
     from taskd.config import load_config
 
+    monkeypatch.setattr(sqlitedb, "FILE_CHECK_S", 0.0)  # this process's clients: at each use
     config, client = client_for("sqlite", namespace, tmp_path)
     process = daemon(config, "--concurrency", "2")
     process.wait_ready(2)
     assert client.send("sum", [1]).get(timeout=30) == 1
-    client.close()
     for leftover in tmp_path.glob(f"{namespace}.db*"):
         leftover.unlink()
     fresh = Client(load_config(config, env={"TASKD_STATE_DIR": str(tmp_path / "state")}))
     assert fresh.send("sum", [2]).get(timeout=30) == 2
     wait_until(lambda: len(process.events("driver_stale")) == 2, 10, what="each child, once")
+    assert client.send("sum", [3]).get(timeout=10) == 3  # the client opened before it
     fresh.close()
+    client.close()
