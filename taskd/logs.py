@@ -12,7 +12,9 @@ One event per line on stderr, in one of three forms:
   terminal (files, pipes, container logs).
 - readable console lines on a terminal.
 
-Each line goes out in a single ``write`` so lines from forked children never interleave.
+Each line goes out in a single ``write`` so lines from forked children never interleave, to
+a copy of stderr's descriptor made at the first ``configure``: a task that closes fd 2, or
+opens a file that takes its number, leaves the daemon's logs where they were.
 
 The standard library's logging (a task's own ``logging.getLogger(...)``, a library's, Python's
 warnings) goes the same way at the same level, with the same context (the running task's id):
@@ -136,6 +138,22 @@ class _StdlibHandler(logging.Handler):
             self.handleError(record)
 
 
+_copies: dict[tuple[int, int, int], int] = {}  # (descriptor, its file) -> the copy
+
+
+def _own_copy(fd: int) -> int:
+    """A descriptor of this module's for the file ``fd`` names now, made once per file (the
+    daemon reconfigures on reload); ``fd`` itself where it cannot be copied (closed)."""
+    try:
+        found = os.fstat(fd)
+        key = (fd, found.st_dev, found.st_ino)
+        if key not in _copies:
+            _copies[key] = os.dup(fd)  # not inherited across exec; forked children share it
+    except OSError:
+        return fd
+    return _copies[key]
+
+
 def _route_stdlib(level: int, processors: list[Any], fd: int) -> None:
     root = logging.getLogger()
     for handler in root.handlers[:]:
@@ -151,8 +169,9 @@ def _route_stdlib(level: int, processors: list[Any], fd: int) -> None:
 
 
 def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> None:
-    """Route structlog to ``fd``: journal lines when it is the journal, else JSON lines
-    unless it is a terminal (``json`` forces one of the last two)."""
+    """Route structlog to ``fd`` (through a copy of it): journal lines when it is the
+    journal, else JSON lines unless it is a terminal (``json`` forces one of the last two)."""
+    fd = _own_copy(fd)
     journal = json is None and is_journal(fd)
     if json is None:
         json = not os.isatty(fd)

@@ -189,3 +189,15 @@ def hold_memory(mib: int) -> int:
     """Keep ``mib`` MiB resident in the process that runs it."""
     _HELD.append(b"\x01" * (mib * 1024 * 1024))  # written, so resident (not lazily zero)
     return mib
+
+
+_KEPT: list[Any] = []
+
+
+@task
+def take_stderr(path: str) -> int:
+    """Close fd 2, then open a file, which takes its number (the lowest free), and keep it."""
+    os.close(2)
+    kept = open(path, "w")  # noqa: SIM115 (kept open for the life of the process)
+    _KEPT.append(kept)
+    return kept.fileno()

@@ -436,3 +436,25 @@ def test_a_database_file_deleted_under_the_daemon_is_followed(
     assert client.send("sum", [3]).get(timeout=10) == 3  # the client opened before it
     fresh.close()
     client.close()
+
+
+def test_a_task_that_takes_fd_2_leaves_the_daemons_logs_where_they_were(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """A task closing fd 2 and opening a file (which takes that number): its child's log
+    lines went into the task's file from then on, or nowhere."""
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    taken = tmp_path / "task-file"
+    assert client.send("take_stderr", str(taken)).get(timeout=30) == 2
+    trace = tmp_path / "trace"
+    sent = client.send("record", str(trace), "after")
+    assert sent.get(timeout=30) == "after"
+    wait_until(
+        lambda: sent.task_id in {e.get("task_id") for e in process.events("task_succeeded")},
+        10,
+        what="the later task's log line in the daemon's log",
+    )
+    assert taken.read_text() == ""  # no log line of the daemon's in the task's own file
+    client.close()
