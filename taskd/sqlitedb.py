@@ -31,11 +31,12 @@ _SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
 
 def sqlite_path(url: str, key: str, source: str | None = None) -> Path:
-    """The database file of ``sqlite:///abs/path.db`` or ``sqlite://relative.db``."""
+    """The database file of ``sqlite:///abs/path.db`` or ``sqlite://relative.db``; a relative
+    one is of the directory this is called in, for good (a task may change directory)."""
     rest = url.split("://", 1)[1].split("?", 1)[0]
     if not rest or rest == "/":
         raise ConfigError(key, f"{url!r} names no database file", source)
-    return Path(rest)
+    return Path(rest).absolute()
 
 
 def synchronous_mode(url: str, key: str, source: str | None = None) -> str:
