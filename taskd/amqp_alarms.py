@@ -17,9 +17,9 @@ import time
 import weakref
 from typing import Any
 
-import structlog
+from taskd import logs
 
-log = structlog.get_logger("taskd.amqp")
+log = logs.get_logger("taskd.amqp")
 
 # connection -> (RabbitMQ's reason, when it blocked the connection); gone when unblocked
 _blocked: weakref.WeakKeyDictionary[Any, tuple[str, float]] = weakref.WeakKeyDictionary()

@@ -22,15 +22,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import structlog
-
-from taskd import amqp_alarms, forking
+from taskd import amqp_alarms, forking, logs
 from taskd.config import Config, redact_url
 from taskd.drivers import IDLE_CHECK_S
 from taskd.errors import ConfigError, DriverError
 from taskd.tls import TLSOptions, split_query
 
-log = structlog.get_logger("taskd.amqp")
+log = logs.get_logger("taskd.amqp")
 
 T = TypeVar("T")
 # AMQP reply codes RabbitMQ closes a channel with, that taskd tells apart.

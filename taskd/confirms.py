@@ -21,14 +21,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import structlog
-
-from taskd import forking
+from taskd import forking, logs
 from taskd.errors import DriverError, SendError
 from taskd.patience import unsent
 from taskd.wire import Signature
 
-log = structlog.get_logger("taskd.client")
+log = logs.get_logger("taskd.client")
 
 Confirm = Callable[[], None]  # returns once the send is confirmed, raises if it was not
 Write = Callable[[], tuple[Confirm, Sequence[Signature]]]  # sends; its confirm, what it sent

@@ -13,9 +13,9 @@ import os
 import weakref
 from typing import Protocol
 
-import structlog
+from taskd import logs
 
-log = structlog.get_logger("taskd")
+log = logs.get_logger("taskd")
 
 
 class ForgetsParents(Protocol):

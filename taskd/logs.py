@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -195,10 +195,48 @@ def configure(level: str = "info", *, json: bool | None = None, fd: int = 2) -> 
             structlog.dev.ConsoleRenderer(colors=True),
         ]
     threshold = logging.getLevelNamesMapping()[level.upper()]
+    filtering = structlog.make_filtering_bound_logger(threshold)
+    TaskdLogger.configured = structlog.wrap_logger(
+        _FdLogger(fd), processors=[*shared, *renderer], wrapper_class=filtering
+    ).bind()
+    # The same for structlog's global configuration: what tasks log through it comes out
+    # alike, with the running task's id (unless their application configures it otherwise).
     structlog.configure(
         processors=[*shared, *renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        wrapper_class=filtering,
         logger_factory=_fd_logger_factory(fd),
         cache_logger_on_first_use=True,
     )
     _route_stdlib(threshold, [*shared, *renderer], fd)
+
+
+def _to_target(method: str) -> Callable[..., Any]:
+    def log(self: TaskdLogger, event: str, **values: Any) -> Any:
+        own = self.configured
+        return getattr(self._app if own is None else own, method)(event, **values)
+
+    log.__name__ = method
+    return log
+
+
+class TaskdLogger:
+    """taskd's own logger (``get_logger``). Once ``configure`` ran (``taskd``, ``taskctl``),
+    it renders through taskd's configuration whatever a task's module then does to
+    structlog's global one (an application configuring structlog at import took the daemon's
+    lines to its own stdout, in its own form, without the running task's id); before that (an
+    application using the client API), through the global one: the application's."""
+
+    __slots__ = ("_app",)
+    configured: Any = None  # taskd's own configuration, bound (``configure``)
+
+    def __init__(self, name: str) -> None:
+        self._app = structlog.get_logger(name)
+
+    debug, info, warning, error, critical, exception = (
+        _to_target(method)
+        for method in ("debug", "info", "warning", "error", "critical", "exception")
+    )
+
+
+def get_logger(name: str) -> TaskdLogger:
+    return TaskdLogger(name)

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import structlog
-
+from taskd import logs
 from taskd.errors import BackendUnavailable, BrokerError, BrokerUnavailable, DriverError
 
-log = structlog.get_logger("taskd.client")
+log = logs.get_logger("taskd.client")
 
 T = TypeVar("T")
 

@@ -34,13 +34,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import structlog
-
+from taskd import logs
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import DriverError
 from taskd.sqlitedb import write_transaction
 
-log = structlog.get_logger("taskd.sqlite")
+log = logs.get_logger("taskd.sqlite")
 SYNC_THREAD_IDLE_S = 5.0  # a sync thread with nothing to sync for this long ends
 CHECKPOINT_EVERY = 100  # commits of a connection between its checkpoints (about SQLite's own
 # 1,000 pages of log at the 7 or so pages a send or a settle writes)

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import structlog
-
-from taskd import drivers
+from taskd import drivers, logs
 from taskd.errors import ConfigError, DriverError, DriverStale
 
-log = structlog.get_logger("taskd.sqlite")
+log = logs.get_logger("taskd.sqlite")
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the file lock before giving up
 FILE_CHECK_S = 1.0  # how often a driver looks whether its file is still the one at its path

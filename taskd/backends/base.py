@@ -7,8 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
-import structlog
-
+from taskd import logs
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import (
@@ -34,7 +33,7 @@ def claim_covers(owner: str, claimant: str) -> bool:
     return owner == claimant or owner.partition("/")[0] == claimant
 
 
-log = structlog.get_logger("taskd.backends")
+log = logs.get_logger("taskd.backends")
 
 
 class ResultBackend(ABC):

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
-import structlog
 
+from taskd import logs
 from taskd.backends.base import Entry
 
-log = structlog.get_logger("taskd.backends")
+log = logs.get_logger("taskd.backends")
 
 Stored = dict[str, list[Any]]  # key -> [expiry_s, entry]
 

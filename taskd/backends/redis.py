@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import orjson
-import structlog
 
-from taskd import redisdb
+from taskd import logs, redisdb
 from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Entry, Progress, ResultBackend, all_final, is_final
 from taskd.config import Config
@@ -24,7 +23,7 @@ from taskd.errors import BackendError, BackendUnavailable, ConfigError
 from taskd.redis_scripts import Script
 from taskd.wire import GroupMeta, State, TaskState
 
-log = structlog.get_logger("taskd.redis")
+log = logs.get_logger("taskd.redis")
 SET_STATES = Script.packaged("set_states.lua", call="return set_states(#KEYS, KEYS, ARGV)")
 CLAIM_CHORD = Script.packaged("claim_chord.lua")
 # set_states.lua's code for each state: replace (PENDING), merge, or merge and wake waiters

@@ -26,14 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-import structlog
-
+from taskd import logs
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
 from taskd.errors import NotSupported
 from taskd.wire import GoTime
 
-log = structlog.get_logger("taskd.broker")
+log = logs.get_logger("taskd.broker")
 
 
 @dataclass(frozen=True, slots=True)

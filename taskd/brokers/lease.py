@@ -14,11 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
-import structlog
-
+from taskd import logs
 from taskd.errors import DriverError
 
-log = structlog.get_logger("taskd.lease")
+log = logs.get_logger("taskd.lease")
 
 
 def _pid_space() -> str:

@@ -16,9 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Self
 
-import structlog
-
-from taskd import forking
+from taskd import forking, logs
 from taskd.brokers import lease, sqlite_dead
 from taskd.brokers.base import Broker, DeadLetter, DeadLetterCap, Delivery, Holding, Message
 from taskd.brokers.doorbell import Doorbell
@@ -56,7 +54,7 @@ CREATE TABLE IF NOT EXISTS taskd_consumers (
 );
 """
 
-log = structlog.get_logger("taskd.sqlite")
+log = logs.get_logger("taskd.sqlite")
 IDLE_CHECK_S = 0.005  # how often a fetch looks for new commits (a cheap PRAGMA) when busy...
 IDLE_CHECK_MAX_S = 0.05  # ...backing off to this while the queue stays empty
 InTransaction = Callable[[sqlite3.Connection], None] | None  # more writes, in the same commit

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 import click
-import structlog
 
-from taskd import __version__
+from taskd import __version__, logs
 from taskd.cli.params import ConfigFailure, config_option, load
 from taskd.config import LOG_LEVELS, dump, embedded_url
 from taskd.errors import ConfigError, PluginError
@@ -37,7 +36,7 @@ def start(
 ) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     config = load(config_path, [queue] if queue else [], log_level=log_level)
-    log = structlog.get_logger("taskd")
+    log = logs.get_logger("taskd")
     for key, reason in config.ignored:  # machinery's keys that mean nothing to taskd
         log.info("config_key_ignored", key=key, reason=reason, config=config.source)
     try:

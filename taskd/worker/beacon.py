@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import structlog
-
-from taskd import __version__
+from taskd import __version__, logs
 from taskd.backends import ResultBackend, open_backend
 from taskd.backends.base import Entry
 from taskd.boards import REVOKED, WORKERS
@@ -42,7 +40,7 @@ from taskd.wire import GoTime
 if TYPE_CHECKING:
     from taskd.worker.supervisor import Supervisor
 
-log = structlog.get_logger("taskd.supervisor")
+log = logs.get_logger("taskd.supervisor")
 
 CLOSE_WAIT_S = 5.0  # longest wait for the thread's last round trip at exit
 

@@ -11,8 +11,7 @@ the child dies), ``limits`` (a task's time limits; the supervisor enforces the h
 
 Round trips: one fetch per batch; quick tasks share one state write and one ack; a task that
 takes longer gets STARTED before it runs and its final state and ack right after. Backends
-apply machinery's merge rule, so no state is read first (but for redelivered messages, to
-skip any that had finished).
+apply machinery's merge rule, so no state is read first (but a redelivered message's).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from functools import partial
 
 import structlog
 
+from taskd import logs
 from taskd.backends import ResultBackend
 from taskd.boards import REVOKED as REVOKED_BOARD
 from taskd.brokers import Broker, Delivery, open_broker
@@ -58,7 +58,7 @@ from taskd.worker.recycling import Recycling
 from taskd.worker.running import RunningTasks
 from taskd.worker.writes import WriteBuffer
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 
 class Child:

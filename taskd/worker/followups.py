@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from taskd import logs
 from taskd.backends import ResultBackend
 from taskd.brokers import Broker
 from taskd.errors import BackendError, BackendUnavailable, DriverError
@@ -27,7 +26,7 @@ from taskd.worker.jobs import Job
 if TYPE_CHECKING:
     from taskd.client import Client
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from taskd import logs
 from taskd.brokers import Delivery
 from taskd.registry import Task
 from taskd.wire import GoTime, Signature, State, TaskState
 from taskd.worker.execute import Kind, Outcome, attempt_of
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 
 @dataclass(slots=True)

@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
-import structlog
-
+from taskd import logs
 from taskd.backends import ResultBackend, open_backend
 from taskd.config import Config
 from taskd.revocations import REVOKED
@@ -45,7 +44,7 @@ from taskd.worker.running import Running, RunningTasks
 if TYPE_CHECKING:
     from taskd.worker.supervisor import ChildProcess
 
-log = structlog.get_logger("taskd.supervisor")
+log = logs.get_logger("taskd.supervisor")
 
 STOP_WAIT_S = 1.0  # longest wait for a child to be stopped (one in uninterruptible sleep)
 STOP_POLL_S = 0.001

@@ -40,9 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from taskd import __version__
+from taskd import __version__, logs
 from taskd.config import Config, split_host_port
 from taskd.errors import ConfigError
 from taskd.worker.execute import Kind, Outcome
@@ -53,7 +51,7 @@ if TYPE_CHECKING:
     from taskd.worker.jobs import Job
     from taskd.worker.supervisor import Supervisor
 
-log = structlog.get_logger("taskd.metrics")
+log = logs.get_logger("taskd.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUEUE_CACHE_S = 5.0  # queue depths are read from the broker at most this often...

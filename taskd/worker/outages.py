@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-import structlog
-
+from taskd import logs
 from taskd.errors import BackendUnavailable, BrokerFull, BrokerUnavailable, GiveUp
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 T = TypeVar("T")
 DriverKind = Literal["broker", "backend"]

@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from taskd import logs
 from taskd.backends import ResultBackend
 from taskd.backends.base import Entry
 from taskd.boards import WORKERS, listed
@@ -41,7 +40,7 @@ from taskd.worker.limits import killed_at_time_limit
 if TYPE_CHECKING:
     from taskd.client import Client
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 # On a copy ``postpone`` sent: looked up as a redelivery is (Go workers ignore the header).
 POSTPONED_HEADER = "taskd_postponed"  # how many times it was left to others

@@ -15,11 +15,10 @@ import os
 import resource
 import sys
 
-import structlog
-
+from taskd import logs
 from taskd.config import WorkerConfig
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 MIB = 1024 * 1024
 

@@ -18,9 +18,9 @@ import socket
 import time
 from collections.abc import MutableMapping
 
-import structlog
+from taskd import logs
 
-log = structlog.get_logger("taskd.systemd")
+log = logs.get_logger("taskd.systemd")
 
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"

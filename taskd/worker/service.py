@@ -44,16 +44,15 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING
 
-import structlog
-
+from taskd import logs
 from taskd.worker.liveness import BUSY_BEAT_S, ChildLiveness, SlotView
 from taskd.worker.sdnotify import Notifier, monotonic_usec
 
 if TYPE_CHECKING:
     from taskd.worker.supervisor import ChildProcess, Supervisor
 
-log = structlog.get_logger("taskd.systemd")
-pool_log = structlog.get_logger("taskd.supervisor")
+log = logs.get_logger("taskd.systemd")
+pool_log = logs.get_logger("taskd.supervisor")
 
 PING_FRACTION = 0.25  # a ping every quarter of WATCHDOG_USEC: well inside sd_notify's "half"
 STATUS_EVERY_S = 1.0  # STATUS= at most this often (READY, RELOADING, STOPPING: at once)

@@ -34,9 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
-from taskd import __version__
+from taskd import __version__, logs
 from taskd.backends import ResultBackend, open_backend
 from taskd.checks import check_drivers
 from taskd.config import Config, load_config, redact_url
@@ -55,7 +53,7 @@ from taskd.worker.running import RunningTasks
 from taskd.worker.sdnotify import Notifier
 from taskd.worker.service import Service
 
-log = structlog.get_logger("taskd.supervisor")
+log = logs.get_logger("taskd.supervisor")
 
 HANDLED = (
     signal.SIGTERM,

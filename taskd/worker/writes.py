@@ -19,13 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import structlog
-
+from taskd import logs
 from taskd.brokers import Delivery
 from taskd.errors import BackendError, BrokerError
 from taskd.wire import State, TaskState
 
-log = structlog.get_logger("taskd.worker")
+log = logs.get_logger("taskd.worker")
 
 COALESCE_S = 0.005  # longest a quick task's state and ack wait for others to share them with
 

@@ -458,3 +458,23 @@ def test_a_task_that_takes_fd_2_leaves_the_daemons_logs_where_they_were(
     )
     assert taken.read_text() == ""  # no log line of the daemon's in the task's own file
     client.close()
+
+
+def test_a_task_module_that_configures_structlog_leaves_the_daemons_logs_alone(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """Its structlog.configure() at import took every later line of the daemon's to its
+    stdout, in its form, without the running task's id: the journal and log shippers got
+    none of them."""
+    config, client = client_for(
+        "sqlite", namespace, tmp_path, imports=[TEST_TASKS, "tests.support.app_structlog"]
+    )
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    sent = client.send("app_double", 21)
+    assert sent.get(timeout=30) == 42
+    (done,) = wait_until(
+        lambda: [e for e in process.events("task_succeeded") if e["task_id"] == sent.task_id], 10
+    )
+    assert done["task"] == "app_double" and done["level"] == "info" and "timestamp" in done
+    client.close()

@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-import structlog
-
+from taskd import logs
 from taskd.amqp_frames import send_now
 from taskd.amqplink import DirectLink, Link, connection_parameters
 from taskd.brokers.amqp import delays
@@ -24,7 +23,7 @@ from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
 from taskd.wire import GoTime
 
 T = TypeVar("T")
-log = structlog.get_logger("taskd.amqp")
+log = logs.get_logger("taskd.amqp")
 
 
 @dataclass(frozen=True, slots=True)

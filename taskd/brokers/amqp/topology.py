@@ -6,14 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
+from taskd import logs
 from taskd.amqplink import PRECONDITION_FAILED, open_channel, refused_at_check
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
-log = structlog.get_logger("taskd.amqp")
+log = logs.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
 MAX_NAME_BYTES = 255  # AMQP's short strings: exchange, queue and routing key names
 _warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged

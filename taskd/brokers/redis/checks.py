@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
-
+from taskd import logs
 from taskd.brokers.base import queue_setting
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.errors import ConfigError
 
-log = structlog.get_logger("taskd.redis")
+log = logs.get_logger("taskd.redis")
 
 DELAYED_KEY = "redis.delayed_tasks_key"
 PREFIX_KEY = "redis.key_prefix"

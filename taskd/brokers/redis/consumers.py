@@ -13,16 +13,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-import structlog
-
-from taskd import redisdb
+from taskd import logs, redisdb
 from taskd.brokers.lease import BeatThread, SilenceJudge, gone_here, new_consumer_id
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.config import Lease
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.redis_scripts import Script
 
-log = structlog.get_logger("taskd.redis")
+log = logs.get_logger("taskd.redis")
 
 BEAT = Script.packaged("beat.lua")
 RECLAIM = Script.packaged("requeue.lua", "reclaim.lua")

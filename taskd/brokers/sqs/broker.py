@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
-import structlog
-
+from taskd import logs
 from taskd.brokers.base import Broker, Delivery, Message, queue_setting
 from taskd.brokers.sqs.bodies import body_of, send_batches, sendable
 from taskd.brokers.sqs.dead import SQSDeadLetters
@@ -49,7 +48,7 @@ from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError, DriverError
 from taskd.wire import GoTime
 
-log = structlog.get_logger("taskd.sqs")
+log = logs.get_logger("taskd.sqs")
 ETA_ATTRIBUTE = "taskd-eta"  # unix ns, on messages delayed past one hop (or on FIFO queues)
 EARLY_TOLERANCE_NS = 50_000_000  # a delayed message this close to its ETA runs, not waits
 MAX_HIDE_S = 43_000  # a FIFO message waits for its ETA hidden for at most ~12 h at a time

@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
+from taskd import logs
 from taskd.brokers.sqs.queues import Queue, translated
 from taskd.errors import DriverError
 
-log = structlog.get_logger("taskd.sqs")
+log = logs.get_logger("taskd.sqs")
 BATCH = 10  # SQS's largest batch: of messages to send, of receipt handles
 
 

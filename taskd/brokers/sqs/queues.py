@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import structlog
-
+from taskd import logs
 from taskd.config import Config, redact_url
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
-log = structlog.get_logger("taskd.sqs")
+log = logs.get_logger("taskd.sqs")
 T = TypeVar("T")
 DRIVER = "sqs"
 FIFO_SUFFIX = ".fifo"
