@@ -201,3 +201,10 @@ def take_stderr(path: str) -> int:
     kept = open(path, "w")  # noqa: SIM115 (kept open for the life of the process)
     _KEPT.append(kept)
     return kept.fileno()
+
+
+@task
+def own_sigterm_handler() -> str:
+    """Installs a SIGTERM handler of its own and leaves it (as some libraries' setup does)."""
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    return "installed"

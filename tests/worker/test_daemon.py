@@ -460,6 +460,24 @@ def test_a_task_that_takes_fd_2_leaves_the_daemons_logs_where_they_were(
     client.close()
 
 
+def test_a_task_that_leaves_its_own_sigterm_handler_does_not_stall_the_stop(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """The child's handler is put back after the task (logged): before, the child never
+    heard SIGTERM, and the daemon waited out its drain and killed it."""
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    assert client.send("own_sigterm_handler").get(timeout=30) == "installed"
+    (replaced,) = wait_until(lambda: process.events("task_signal_handler_replaced"), 10)
+    assert replaced["signal"] == "SIGTERM" and replaced["task"] == "own_sigterm_handler"
+    process.signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    assert process.events("children_killed") == []
+    assert [e.get("exit_code") for e in process.events("child_exited")] == [0]  # not killed
+    client.close()
+
+
 def test_a_task_module_that_configures_structlog_leaves_the_daemons_logs_alone(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
