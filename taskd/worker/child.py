@@ -17,7 +17,6 @@ apply machinery's merge rule, so no state is read first (but a redelivered messa
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -46,7 +45,7 @@ from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
 from taskd.wire import GoTime, State, TaskState, decode_signature
 from taskd.wire.signature import identity_of
-from taskd.worker import followups, peers
+from taskd.worker import followups, peers, signals
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
 from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
 from taskd.worker.limits import limits_of
@@ -93,7 +92,7 @@ class Child:
 
     def run(self) -> int:
         """The child's whole life as a forked process; returns its exit status."""
-        self._install_signals()
+        signals.install(self._on_term)
         structlog.contextvars.bind_contextvars(pid=os.getpid(), child=self.slot)
         return self.serve()
 
@@ -150,15 +149,6 @@ class Child:
             self._close()
         log.info("child_stopped")
         return EXIT_CHILD_RECYCLE if self.recycling.due else EXIT_OK
-
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGQUIT, _on_quit)
-        for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(ignored, signal.SIG_IGN)  # the supervisor decides what these mean
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.stopping = True  # finish the running task, hand the rest back, exit
@@ -394,7 +384,3 @@ class Child:
         if self.metrics is not None:
             self.metrics.record(job, outcome, duration_ms)
         log_outcome(job, outcome, duration_ms)
-
-
-def _on_quit(_signum: int, _frame: object) -> None:
-    os._exit(EXIT_OK)  # exit now; whatever this child held is delivered again

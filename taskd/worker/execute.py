@@ -11,14 +11,13 @@ import traceback
 from dataclasses import dataclass
 from enum import Enum
 from types import CoroutineType
-from typing import Any
 
-from taskd import logs
 from taskd.errors import ArgumentError, Retry
 from taskd.registry import Task, TaskContext
 from taskd.retry import fibonacci_next, with_jitter
 from taskd.wire import GoTime, Signature, State, TaskResult, TaskState
 from taskd.wire.state import results_from_return
+from taskd.worker import signals
 from taskd.worker.limits import (
     NO_LIMITS,
     NOTHING,
@@ -28,7 +27,6 @@ from taskd.worker.limits import (
     run_async,
 )
 
-log = logs.get_logger("taskd.worker")
 ATTEMPT_HEADER = "taskd_attempt"  # rides in Headers; Go workers ignore non-string headers
 
 
@@ -106,7 +104,7 @@ def execute(
             return retry_or_fail(sig, error_text(exc), None, policy, trace)
         return Outcome(Kind.FAILED, error=error_text(exc), traceback=trace)
     finally:
-        _keep(signal.SIGTERM, term)
+        signals.kept(term)
     try:
         results = results_from_return(value, task.returns)
     except ArgumentError as exc:
@@ -115,17 +113,6 @@ def execute(
         error = f"task {task.name!r}: its return value cannot be read: {error_text(exc)}"
         return Outcome(Kind.FAILED, error=error, traceback=traceback.format_exc())
     return Outcome(Kind.SUCCEEDED, results=results)
-
-
-def _keep(signum: signal.Signals, handler: Any) -> None:
-    """The child's handler back where a task left its own (a library's shutdown hook): the
-    daemon's stop would otherwise wait out its drain and kill the child."""
-    if signal.getsignal(signum) is not handler:
-        signal.signal(signum, handler)
-        log.warning("task_signal_handler_replaced", signal=signum.name, fix=_KEEP_FIX)
-
-
-_KEEP_FIX = "restore the handler before the task returns, or run such code in a subprocess"
 
 
 def outcome_of_stored(stored: TaskState, sig: Signature, policy: RetryPolicy) -> Outcome:

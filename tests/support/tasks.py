@@ -208,3 +208,16 @@ def own_sigterm_handler() -> str:
     """Installs a SIGTERM handler of its own and leaves it (as some libraries' setup does)."""
     signal.signal(signal.SIGTERM, lambda *_: None)
     return "installed"
+
+
+@task
+def pools_terminated(times: int) -> int:
+    """Multiprocessing pools of forked workers, each ended with terminate() while its workers
+    wait for work: multiprocessing ends them with SIGTERM."""
+    import multiprocessing
+
+    for _ in range(times):
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.terminate()
+        pool.join()
+    return times

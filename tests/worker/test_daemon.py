@@ -496,3 +496,16 @@ def test_a_task_module_that_configures_structlog_leaves_the_daemons_logs_alone(
     )
     assert done["task"] == "app_double" and done["level"] == "info" and "timestamp" in done
     client.close()
+
+
+def test_a_task_can_end_the_multiprocessing_pool_it_forked(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """Forked pool workers inherited the child's SIGTERM handler, lived on through the
+    pool's terminate(), and the task waited for them for ever (about one pool in three, when
+    a worker waited on the pool's lock by then)."""
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    assert client.send("pools_terminated", 10).get(timeout=30) == 10
+    client.close()
