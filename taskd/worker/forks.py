@@ -1,10 +1,13 @@
-"""What a freshly forked child does first: tie its life to its supervisor's."""
+"""A child's life as a process: what a freshly forked child does first (tie its life to its
+supervisor's), and how it is killed with the processes its task started."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+from pathlib import Path
 
 from taskd.exitcodes import EXIT_OK
 
@@ -21,3 +24,42 @@ def stop_with(supervisor_pid: int) -> None:
         pass
     if os.getppid() != supervisor_pid:
         os._exit(EXIT_OK)
+
+
+def kill_with_descendants(pid: int) -> None:
+    """SIGKILL ``pid`` and the processes it started, theirs included (a converter its task
+    runs, a multiprocessing pool), which lived on as orphans when the child alone was killed
+    at a time limit. The tree is stopped first, looked at again for what forked meanwhile,
+    then killed. A process that left the tree before (a daemon that double-forked) is not in
+    it."""
+    stopped: set[int] = set()
+    for _ in range(3):
+        found = _descendants(pid) - stopped
+        if not found:
+            break
+        for descendant in found:
+            _signal(descendant, signal.SIGSTOP)
+        stopped |= found
+    for process in (pid, *stopped):
+        _signal(process, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid``, read from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, pending = set(), [pid]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+        os.kill(pid, signum)

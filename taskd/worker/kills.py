@@ -11,9 +11,10 @@ Either way, for a child whose task in the ``RunningTasks`` table is due, the sup
    FAILURE with the error ``time limit exceeded``; revoked, FAILURE ``revoked``; while the
    child still holds its message: a stopped process is alive, so its message cannot come
    back to anyone before the record is there;
-4. kills the child (SIGKILL). The supervisor marks it as asked to stop, so it is replaced at
-   once and its death is no crash; the message comes back and the child that takes it
-   settles it from the record without running it.
+4. kills the child (SIGKILL), with the processes its task started (``forks``). The
+   supervisor marks it as asked to stop, so it is replaced at once and its death is no
+   crash; the message comes back and the child that takes it settles it from the record
+   without running it.
 
 The record is a driver call in the supervisor's loop; it blocks the loop as long as the
 backend takes (milliseconds; during an outage, up to the driver's timeouts). If it fails, the
@@ -38,6 +39,7 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.config import Config
 from taskd.revocations import REVOKED
 from taskd.wire import GoTime, State, TaskState
+from taskd.worker.forks import kill_with_descendants
 from taskd.worker.limits import TIME_LIMIT_EXCEEDED
 from taskd.worker.running import Running, RunningTasks
 
@@ -118,7 +120,7 @@ class Kills:
                 time_limit_s=running.limit_s or None,
             )
             recorded = self._record(running, record_of, config)
-            _signal(child.pid, signal.SIGKILL)
+            kill_with_descendants(child.pid)
             if not recorded and running.task_id is not None:
                 self._record(running, record_of, config)  # its death released what it held
             killed.append(child)

@@ -221,3 +221,17 @@ def pools_terminated(times: int) -> int:
         pool.terminate()
         pool.join()
     return times
+
+
+@task
+def spawns_and_sleeps(path: str, seconds: float) -> None:
+    """Starts two processes of its own (one in a session of its own), writes their pids to
+    ``path``, then sleeps: a task whose work runs in subprocesses."""
+    import subprocess
+
+    helpers = [
+        subprocess.Popen(["sleep", "300"]),
+        subprocess.Popen(["sleep", "300"], start_new_session=True),
+    ]
+    _append(path, " ".join(str(helper.pid) for helper in helpers))
+    time.sleep(seconds)

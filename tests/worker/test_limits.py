@@ -233,3 +233,31 @@ def test_bad_limits_in_the_config_exit_2(
     done = run_cli(tmp_path, "taskd", "check-config", "-c", str(path))
     assert (done.returncode, message in done.stderr) == (2, True), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_task_killed_at_its_hard_limit_takes_the_processes_it_started_with_it(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+) -> None:
+    """They lived on as orphans (a converter a task ran kept its CPU for good)."""
+    config, client = client_for("sqlite", namespace, tmp_path, worker=QUICK)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    pids_file = tmp_path / "pids"
+    (sent,) = client.publish(
+        [limited(signature("spawns_and_sleeps", str(pids_file), 60.0), time_limit=LIMIT_S)]
+    )
+    helpers = [int(pid) for pid in wait_until(lambda: runs(pids_file), 15, what="its processes")]
+    assert len(helpers) == 2
+    assert client.result(sent.uuid).wait(30).state is State.FAILURE
+    wait_until(lambda: not any(_alive(pid) for pid in helpers), 10, what="its processes gone")
+    client.close()
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
