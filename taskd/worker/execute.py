@@ -6,6 +6,7 @@ leaves recording and acknowledging to the caller.
 
 from __future__ import annotations
 
+import os
 import signal
 import traceback
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from taskd.registry import Task, TaskContext
 from taskd.retry import fibonacci_next, with_jitter
 from taskd.wire import GoTime, Signature, State, TaskResult, TaskState
 from taskd.wire.state import results_from_return
-from taskd.worker import signals
+from taskd.worker import forks, signals
 from taskd.worker.limits import (
     NO_LIMITS,
     NOTHING,
@@ -87,7 +88,7 @@ def execute(
         return Outcome(Kind.FAILED, error=str(exc))
     if task.wants_context:
         args.insert(0, TaskContext(sig, attempt_of(sig), queue))
-    term = signal.getsignal(signal.SIGTERM)  # how the child hears it must stop
+    pid, term = os.getpid(), signal.getsignal(signal.SIGTERM)  # term: how the child stops
     try:
         with SoftLimit(limits.soft_s) if limits.soft_s else NOTHING:
             value = task.fn(*args)
@@ -104,6 +105,7 @@ def execute(
             return retry_or_fail(sig, error_text(exc), None, policy, trace)
         return Outcome(Kind.FAILED, error=error_text(exc), traceback=trace)
     finally:
+        forks.exit_if_forked(pid)
         signals.kept(term)
     try:
         results = results_from_return(value, task.returns)

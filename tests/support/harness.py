@@ -30,6 +30,15 @@ TEST_RESULTS_EXPIRE_S = 300
 T = TypeVar("T")
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, waiting for its parent to read its end, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_until(
     predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = ""
 ) -> T:

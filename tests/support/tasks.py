@@ -235,3 +235,11 @@ def spawns_and_sleeps(path: str, seconds: float) -> None:
     ]
     _append(path, " ".join(str(helper.pid) for helper in helpers))
     time.sleep(seconds)
+
+
+@task
+def forks_and_returns(path: str) -> str:
+    """Forks, and the copy returns as the task too (a task's bug); it writes its pid first."""
+    if os.fork() == 0:
+        _append(path, str(os.getpid()))
+    return "done"

@@ -22,6 +22,7 @@ from tests.support.harness import (
     client_for,
     config_data,
     run_cli,
+    running,
     wait_until,
     write_config,
 )
@@ -508,4 +509,21 @@ def test_a_task_can_end_the_multiprocessing_pool_it_forked(
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     assert client.send("pools_terminated", 10).get(timeout=30) == 10
+    client.close()
+
+
+def test_a_copy_of_the_child_that_a_task_forked_leaves_when_the_task_returns(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """It went on as a second worker of the slot, unsupervised: it took tasks, and stayed
+    after the daemon stopped."""
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    forked = tmp_path / "forked"
+    assert client.send("forks_and_returns", str(forked)).get(timeout=30) == "done"
+    (copy,) = (int(pid) for pid in wait_until(lambda: runs(forked), 10, what="the copy's pid"))
+    wait_until(lambda: not running(copy), 10, what="the copy to leave")
+    (left,) = wait_until(lambda: process.events("task_fork_returned"), 10)
+    assert left["task"] == "forks_and_returns"
     client.close()

@@ -20,7 +20,14 @@ import pytest
 
 from taskd.client import Client, signature
 from taskd.wire import Signature, State
-from tests.support.harness import Daemon, client_for, run_cli, wait_until, write_config
+from tests.support.harness import (
+    Daemon,
+    client_for,
+    run_cli,
+    running,
+    wait_until,
+    write_config,
+)
 from tests.support.tasks import runs
 
 # Redelivery of a killed child's message within a beat of its death.
@@ -250,14 +257,5 @@ def test_a_task_killed_at_its_hard_limit_takes_the_processes_it_started_with_it(
     helpers = [int(pid) for pid in wait_until(lambda: runs(pids_file), 15, what="its processes")]
     assert len(helpers) == 2
     assert client.result(sent.uuid).wait(30).state is State.FAILURE
-    wait_until(lambda: not any(_alive(pid) for pid in helpers), 10, what="its processes gone")
+    wait_until(lambda: not any(running(pid) for pid in helpers), 10, what="its processes gone")
     client.close()
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
