@@ -13,6 +13,7 @@ import importlib
 import inspect
 import math
 import os
+import signal
 import sys
 import types
 import typing
@@ -21,10 +22,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from taskd import logs
 from taskd.errors import ArgumentError, PluginError, TaskNotFound
 from taskd.wire import Arg, Signature
 from taskd.wire import args as typed
 
+log = logs.get_logger("taskd")
 TASKS_GROUP = "taskd.tasks"
 _MARK = "__taskd_task__"
 _LIMITS = "__taskd_time_limits__"  # (time_limit, soft_time_limit) given to @task
@@ -345,7 +348,22 @@ def load_registry(imports: Iterable[str] = ()) -> Registry:
     registry.load_entry_points()
     for name in imports:
         registry.import_module(name)
+    pipe_errors_kept("imports")
     return registry
+
+
+def pipe_errors_kept(by: str, **context: Any) -> None:
+    """SIGPIPE ignored again where task code set it back to its default (a Unix tool's idiom:
+    end quietly when the reader of a pipe goes). taskd relies on Python's setting (and
+    systemd's IgnoreSIGPIPE): a write to a closed pipe or socket is an error it handles; with
+    the default, the first log line after a log shipper restarted killed the process."""
+    if signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    log.warning("sigpipe_ignored_again", by=by, fix=_PIPE_FIX, **context)
+
+
+_PIPE_FIX = "leave SIGPIPE as Python sets it in code that taskd runs"
 
 
 def _where(fn: Callable[..., Any]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from taskd import logs
 from taskd.exitcodes import EXIT_OK
+from taskd.registry import pipe_errors_kept
 
 log = logs.get_logger("taskd.worker")
 IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
@@ -43,10 +44,12 @@ def install(on_term: Callable[[int, Any], None]) -> None:
 
 
 def kept(term: Any) -> None:
-    """After a task: the child's SIGTERM handler ``term`` back where the task left its own."""
+    """After a task: the child's SIGTERM handler ``term`` back where the task left its own,
+    and SIGPIPE ignored again (``registry.pipe_errors_kept``)."""
     if signal.getsignal(signal.SIGTERM) is not term:
         signal.signal(signal.SIGTERM, term)
         log.warning("task_signal_handler_replaced", signal="SIGTERM", fix=_FIX)
+    pipe_errors_kept("task")
 
 
 _HELD = {signal.SIGTERM, signal.SIGQUIT}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,12 @@ from taskd.brokers import lease
 from taskd.client import Client, signature
 from taskd.wire import GoTime, State, decode_signature, decode_state, new_id
 from tests.support.harness import (
+    BIN,
     REPO,
     TEST_TASKS,
     client_for,
     config_data,
+    process_env,
     run_cli,
     running,
     wait_until,
@@ -527,3 +531,46 @@ def test_a_copy_of_the_child_that_a_task_forked_leaves_when_the_task_returns(
     (left,) = wait_until(lambda: process.events("task_fork_returned"), 10)
     assert left["task"] == "forks_and_returns"
     client.close()
+
+
+def test_a_closed_log_pipe_does_not_end_a_daemon_whose_tasks_want_sigpipe(
+    namespace: str, tmp_path: Path
+) -> None:
+    """A task module setting SIGPIPE back to its default (a Unix tool's idiom), at import or
+    while it runs: the first log line after the reader of stderr went (a log shipper
+    restarting) killed the child, then the supervisor, without a word."""
+    config, client = client_for(
+        "sqlite", namespace, tmp_path, imports=[TEST_TASKS, "tests.support.tasks_sigpipe"]
+    )
+    process = subprocess.Popen(
+        [str(BIN / "taskd"), "start", "-c", str(config), "--concurrency", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=process_env(tmp_path),
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    try:
+        seen = _events_until(process.stderr, "taskd_ready")
+        assert [e["by"] for e in seen if e["event"] == "sigpipe_ignored_again"] == ["imports"]
+        assert client.send("pipe_default_again").get(timeout=30) == "set"
+        again = _events_until(process.stderr, "sigpipe_ignored_again")
+        assert again[-1]["by"] == "task" and again[-1]["task"] == "pipe_default_again"
+        process.stderr.close()  # the log's reader is gone
+        for number in range(3):
+            assert client.send("add", number, 1).get(timeout=15) == number + 1
+        assert process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        client.close()
+
+
+def _events_until(stream: Any, name: str) -> list[dict[str, Any]]:
+    """The daemon's log events read from ``stream`` up to the first ``name``."""
+    events: list[dict[str, Any]] = []
+    for line in stream:
+        events.append(json.loads(line))
+        if events[-1]["event"] == name:
+            return events
+    raise AssertionError(f"the log ended before {name}: {events}")
