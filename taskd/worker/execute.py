@@ -6,8 +6,6 @@ leaves recording and acknowledging to the caller.
 
 from __future__ import annotations
 
-import os
-import signal
 import traceback
 from dataclasses import dataclass
 from enum import Enum
@@ -18,7 +16,7 @@ from taskd.registry import Task, TaskContext
 from taskd.retry import fibonacci_next, with_jitter
 from taskd.wire import GoTime, Signature, State, TaskResult, TaskState
 from taskd.wire.state import results_from_return
-from taskd.worker import forks, signals
+from taskd.worker import signals
 from taskd.worker.limits import (
     NO_LIMITS,
     NOTHING,
@@ -88,7 +86,7 @@ def execute(
         return Outcome(Kind.FAILED, error=str(exc))
     if task.wants_context:
         args.insert(0, TaskContext(sig, attempt_of(sig), queue))
-    pid, term = os.getpid(), signal.getsignal(signal.SIGTERM)  # term: how the child stops
+    term = signals.term_handler()  # how the child hears it must stop
     try:
         with SoftLimit(limits.soft_s) if limits.soft_s else NOTHING:
             value = task.fn(*args)
@@ -105,8 +103,7 @@ def execute(
             return retry_or_fail(sig, error_text(exc), None, policy, trace)
         return Outcome(Kind.FAILED, error=error_text(exc), traceback=trace)
     finally:
-        forks.exit_if_forked(pid)
-        signals.kept(term)
+        signals.after_task(term)
     try:
         results = results_from_return(value, task.returns)
     except ArgumentError as exc:

@@ -9,10 +9,8 @@ import os
 import signal
 from pathlib import Path
 
-from taskd import logs
-from taskd.exitcodes import EXIT_FAILURE, EXIT_OK
+from taskd.exitcodes import EXIT_OK
 
-log = logs.get_logger("taskd.worker")
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
@@ -26,18 +24,6 @@ def stop_with(supervisor_pid: int) -> None:
         pass
     if os.getppid() != supervisor_pid:
         os._exit(EXIT_OK)
-
-
-def exit_if_forked(pid: int) -> None:
-    """After a task: a copy of the child its task forked (``os.fork()`` without ``os._exit``
-    in the copy) must not go on as a second, unsupervised worker of the same slot, with the
-    task's message to settle twice and no supervisor to stop it."""
-    if os.getpid() != pid:
-        log.error("task_fork_returned", parent_pid=pid, fix=_FORK_FIX)
-        os._exit(EXIT_FAILURE)
-
-
-_FORK_FIX = "end a process the task forks with os._exit(), or use multiprocessing"
 
 
 def kill_with_descendants(pid: int) -> None:

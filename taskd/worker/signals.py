@@ -3,7 +3,7 @@ processes its tasks fork get back.
 
 The supervisor decides what SIGINT, SIGHUP, SIGTTIN and SIGTTOU mean, so a child ignores
 them; SIGTERM asks it to finish its task and stop, SIGQUIT to stop at once. A task that leaves
-a SIGTERM handler of its own behind gets the child's put back (``kept``): else the child never
+a SIGTERM handler of its own behind gets the child's put back (``after_task``): else the child never
 heard the drain, and every stop waited out its timeout and killed it. A process a task forks
 (multiprocessing's workers) gets the defaults back: multiprocessing ends its workers with
 SIGTERM, and with the child's handler they lived on and a pool's ``terminate()`` waited for
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskd import logs
-from taskd.exitcodes import EXIT_OK
+from taskd.exitcodes import EXIT_FAILURE, EXIT_OK
 from taskd.registry import pipe_errors_kept
 
 log = logs.get_logger("taskd.worker")
@@ -43,13 +43,32 @@ def install(on_term: Callable[[int, Any], None]) -> None:
         _forks_get_defaults = True
 
 
-def kept(term: Any) -> None:
-    """After a task: the child's SIGTERM handler ``term`` back where the task left its own,
-    and SIGPIPE ignored again (``registry.pipe_errors_kept``)."""
-    if signal.getsignal(signal.SIGTERM) is not term:
+def term_handler() -> Any:
+    """The SIGTERM handler now: the child's, before a task (for ``after_task``)."""
+    return _handler(signal.SIGTERM)
+
+
+def after_task(term: Any) -> None:
+    """After a task: a copy of the child that the task forked and let return (``os.fork()``
+    without ``os._exit`` in the copy) leaves, rather than go on as a second, unsupervised
+    worker of the slot; the child's SIGTERM handler ``term`` is put back where the task left
+    its own; SIGPIPE is ignored again (``registry.pipe_errors_kept``)."""
+    if _in_a_copy:
+        log.error("task_fork_returned", parent_pid=os.getppid(), fix=_COPY_FIX)
+        os._exit(EXIT_FAILURE)
+    if _handler(signal.SIGTERM) is not term:
         signal.signal(signal.SIGTERM, term)
         log.warning("task_signal_handler_replaced", signal="SIGTERM", fix=_FIX)
-    pipe_errors_kept("task")
+    if _handler(signal.SIGPIPE) != signal.SIG_IGN:
+        pipe_errors_kept("task")
+
+
+_COPY_FIX = "end a process the task forks with os._exit(), or use multiprocessing"
+try:  # CPython's own lookup, without signal.getsignal's Enum conversion (µs, twice a task)
+    from _signal import getsignal as _handler
+except ImportError:  # another Python
+    _handler = signal.getsignal
+_in_a_copy = False  # True in a process a task forked (``_defaults``)
 
 
 _HELD = {signal.SIGTERM, signal.SIGQUIT}
@@ -65,6 +84,8 @@ def _release() -> None:
 
 def _defaults() -> None:
     """In a process a task forked: Python's own dispositions, as its code expects."""
+    global _in_a_copy  # noqa: PLW0603 (this process's own, from the fork on)
+    _in_a_copy = True
     for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, *IGNORED):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
