@@ -91,8 +91,8 @@ class SoftLimit:
     have passed; does nothing for 0, or outside the main thread (no handler could run).
 
     The alarm fires once. The SIGALRM handler and timer found on entry are put back on exit
-    (the child has none; a test runner may), so nothing else of the child's signal handling
-    changes. An alarm that goes off as the block ends is dropped: the block's own outcome
+    (the child's ignores a stray alarm: ``signals``), so nothing else of the child's signal
+    handling changes. An alarm that goes off as the block ends is dropped: the block's own outcome
     stands.
     """
 

@@ -3,8 +3,9 @@ processes its tasks fork get back.
 
 The supervisor decides what SIGINT, SIGHUP, SIGTTIN and SIGTTOU mean, so a child ignores
 them; SIGTERM asks it to finish its task and stop, SIGQUIT to stop at once. A task that leaves
-a SIGTERM handler of its own behind gets the child's put back (``after_task``): else the child never
-heard the drain, and every stop waited out its timeout and killed it. A process a task forks
+a SIGTERM handler of its own behind gets the child's put back (``after_task``): else the
+child never heard the drain, and every stop waited out its timeout and killed it. An alarm a
+task leaves behind is ignored when it goes off (``_stray_alarm``). A process a task forks
 (multiprocessing's workers) gets the defaults back: multiprocessing ends its workers with
 SIGTERM, and with the child's handler they lived on and a pool's ``terminate()`` waited for
 ever. SIGTERM and SIGQUIT are held blocked across such a fork, so one sent before the new
@@ -37,6 +38,7 @@ def install(on_term: Callable[[int, Any], None]) -> None:
     for ignored in IGNORED:
         signal.signal(ignored, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, _stray_alarm)  # soft time limits set their own meanwhile
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if not _forks_get_defaults:
         os.register_at_fork(before=_hold, after_in_parent=_release, after_in_child=_defaults)
@@ -86,10 +88,16 @@ def _defaults() -> None:
     """In a process a task forked: Python's own dispositions, as its code expects."""
     global _in_a_copy  # noqa: PLW0603 (this process's own, from the fork on)
     _in_a_copy = True
-    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, *IGNORED):
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM, *IGNORED):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _release()
+
+
+def _stray_alarm(_signum: int, _frame: object) -> None:
+    """An alarm a task set and left behind (``signal.alarm``, an itimer) going off after it
+    returned: by default it ended the child in the midst of another task."""
+    log.warning("stray_alarm_ignored", fix="cancel the alarm (signal.alarm(0)) before returning")
 
 
 def _on_quit(_signum: int, _frame: object) -> None:

@@ -243,3 +243,10 @@ def forks_and_returns(path: str) -> str:
     if os.fork() == 0:
         _append(path, str(os.getpid()))
     return "done"
+
+
+@task
+def leaves_an_alarm(seconds: int) -> str:
+    """Sets an alarm and returns without cancelling it (a signal-based timeout's bug)."""
+    signal.alarm(seconds)
+    return "set"

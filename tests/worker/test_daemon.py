@@ -574,3 +574,19 @@ def _events_until(stream: Any, name: str) -> list[dict[str, Any]]:
         if events[-1]["event"] == name:
             return events
     raise AssertionError(f"the log ended before {name}: {events}")
+
+
+def test_an_alarm_a_task_left_behind_does_not_end_its_child_in_a_later_task(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """SIGALRM's default ended the child in the midst of the next task, which ran again."""
+    config, client = client_for("sqlite", namespace, tmp_path)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    assert client.send("leaves_an_alarm", 1).get(timeout=30) == "set"
+    trace = tmp_path / "trace"
+    assert client.send("slow_record", str(trace), "later", 2.0).get(timeout=30) == "later"
+    wait_until(lambda: process.events("stray_alarm_ignored"), 10)
+    assert process.events("child_exited") == []
+    assert runs(trace) == ["start:later", "end:later"]  # ran once
+    client.close()
