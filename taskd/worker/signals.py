@@ -23,10 +23,18 @@ from taskd import logs
 from taskd.exitcodes import EXIT_FAILURE, EXIT_OK
 from taskd.registry import pipe_errors_kept
 
+try:  # CPython's own lookup, without signal.getsignal's Enum conversion (µs, twice a task)
+    from _signal import getsignal as _handler
+except ImportError:  # another Python
+    _handler = signal.getsignal
+
 log = logs.get_logger("taskd.worker")
 IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+_HELD = {signal.SIGTERM, signal.SIGQUIT}  # blocked across a task's fork
 _FIX = "restore the handler before the task returns, or run such code in a subprocess"
-_forks_get_defaults = False
+_COPY_FIX = "end a process the task forks with os._exit(), or use multiprocessing"
+_forks_get_defaults = False  # the at-fork hooks are registered (once per process)
+_in_a_copy = False  # True in a process a task forked (``_defaults``)
 
 
 def install(on_term: Callable[[int, Any], None]) -> None:
@@ -63,17 +71,6 @@ def after_task(term: Any) -> None:
         log.warning("task_signal_handler_replaced", signal="SIGTERM", fix=_FIX)
     if _handler(signal.SIGPIPE) != signal.SIG_IGN:
         pipe_errors_kept("task")
-
-
-_COPY_FIX = "end a process the task forks with os._exit(), or use multiprocessing"
-try:  # CPython's own lookup, without signal.getsignal's Enum conversion (µs, twice a task)
-    from _signal import getsignal as _handler
-except ImportError:  # another Python
-    _handler = signal.getsignal
-_in_a_copy = False  # True in a process a task forked (``_defaults``)
-
-
-_HELD = {signal.SIGTERM, signal.SIGQUIT}
 
 
 def _hold() -> None:
