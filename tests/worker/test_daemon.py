@@ -448,9 +448,7 @@ def test_a_task_that_takes_fd_2_leaves_the_daemons_logs_where_they_were(
 ) -> None:
     """A task closing fd 2 and opening a file (which takes that number): its child's log
     lines went into the task's file from then on, or nowhere."""
-    config, client = client_for("sqlite", namespace, tmp_path)
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    process, client = one_child(daemon, namespace, tmp_path)
     taken = tmp_path / "task-file"
     assert client.send("take_stderr", str(taken)).get(timeout=30) == 2
     trace = tmp_path / "trace"
@@ -470,9 +468,7 @@ def test_a_task_that_leaves_its_own_sigterm_handler_does_not_stall_the_stop(
 ) -> None:
     """The child's handler is put back after the task (logged): before, the child never
     heard SIGTERM, and the daemon waited out its drain and killed it."""
-    config, client = client_for("sqlite", namespace, tmp_path)
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    process, client = one_child(daemon, namespace, tmp_path)
     assert client.send("own_sigterm_handler").get(timeout=30) == "installed"
     (replaced,) = wait_until(lambda: process.events("task_signal_handler_replaced"), 10)
     assert replaced["signal"] == "SIGTERM" and replaced["task"] == "own_sigterm_handler"
@@ -489,11 +485,8 @@ def test_a_task_module_that_configures_structlog_leaves_the_daemons_logs_alone(
     """Its structlog.configure() at import took every later line of the daemon's to its
     stdout, in its form, without the running task's id: the journal and log shippers got
     none of them."""
-    config, client = client_for(
-        "sqlite", namespace, tmp_path, imports=[TEST_TASKS, "tests.support.app_structlog"]
-    )
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    imports = [TEST_TASKS, "tests.support.app_structlog"]
+    process, client = one_child(daemon, namespace, tmp_path, imports=imports)
     sent = client.send("app_double", 21)
     assert sent.get(timeout=30) == 42
     (done,) = wait_until(
@@ -509,9 +502,7 @@ def test_a_task_can_end_the_multiprocessing_pool_it_forked(
     """Forked pool workers inherited the child's SIGTERM handler, lived on through the
     pool's terminate(), and the task waited for them for ever (about one pool in three, when
     a worker waited on the pool's lock by then)."""
-    config, client = client_for("sqlite", namespace, tmp_path)
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    _process, client = one_child(daemon, namespace, tmp_path)
     assert client.send("pools_terminated", 10).get(timeout=30) == 10
     client.close()
 
@@ -521,9 +512,7 @@ def test_a_copy_of_the_child_that_a_task_forked_leaves_when_the_task_returns(
 ) -> None:
     """It went on as a second worker of the slot, unsupervised: it took tasks, and stayed
     after the daemon stopped."""
-    config, client = client_for("sqlite", namespace, tmp_path)
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    process, client = one_child(daemon, namespace, tmp_path)
     forked = tmp_path / "forked"
     assert client.send("forks_and_returns", str(forked)).get(timeout=30) == "done"
     (copy,) = (int(pid) for pid in wait_until(lambda: runs(forked), 10, what="the copy's pid"))
@@ -580,9 +569,7 @@ def test_an_alarm_a_task_left_behind_does_not_end_its_child_in_a_later_task(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
     """SIGALRM's default ended the child in the midst of the next task, which ran again."""
-    config, client = client_for("sqlite", namespace, tmp_path)
-    process = daemon(config, "--concurrency", "1")
-    process.wait_ready(1)
+    process, client = one_child(daemon, namespace, tmp_path)
     assert client.send("leaves_an_alarm", 1).get(timeout=30) == "set"
     trace = tmp_path / "trace"
     assert client.send("slow_record", str(trace), "later", 2.0).get(timeout=30) == "later"
@@ -590,3 +577,13 @@ def test_an_alarm_a_task_left_behind_does_not_end_its_child_in_a_later_task(
     assert process.events("child_exited") == []
     assert runs(trace) == ["start:later", "end:later"]  # ran once
     client.close()
+
+
+def one_child(
+    daemon: Callable[..., Any], namespace: str, tmp_path: Path, **overrides: Any
+) -> tuple[Any, Any]:
+    """A daemon of one child on the embedded default, ready, and a client of it."""
+    config, client = client_for("sqlite", namespace, tmp_path, **overrides)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    return process, client
