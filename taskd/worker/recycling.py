@@ -1,6 +1,8 @@
 """Child recycling: a child that ran ``worker.max_tasks_per_child`` tasks, or whose resident
-memory reached ``worker.max_memory_per_child`` MiB (checked after each task), makes way for a
-fresh one.
+memory reached ``worker.max_memory_per_child`` MiB (checked after each task), or whose tasks
+left it nearly out of file descriptors (looked at after a task, once a second at most: a
+child that cannot open one cannot sync its database, nor connect again after an outage),
+makes way for a fresh one.
 
 The child finishes the task it runs, hands back what it prefetched (as on SIGTERM), and exits
 with EXIT_CHILD_RECYCLE; the supervisor logs it as recycled and forks a replacement at once,
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 
 from taskd import logs
 from taskd.config import WorkerConfig
@@ -21,6 +24,16 @@ from taskd.config import WorkerConfig
 log = logs.get_logger("taskd.worker")
 
 MIB = 1024 * 1024
+DESCRIPTORS_CHECK_S = 1.0  # how often a child counts its open file descriptors, at most
+DESCRIPTORS_HEADROOM = 32  # fewer free than this (an eighth of a small limit): make way
+
+
+def descriptors() -> tuple[int, int]:
+    """This process's open file descriptors and its limit on them (0, 0 where unknown)."""
+    try:
+        return len(os.listdir("/proc/self/fd")), resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except OSError:
+        return 0, 0
 
 
 def resident_mib() -> float:
@@ -42,6 +55,7 @@ class Recycling:
         self.max_memory_mib = worker.max_memory_per_child  # 0: no limit
         self.tasks_run = 0
         self.reason = ""  # why this child makes way for a fresh one; "" while it need not
+        self._descriptors_checked_at = -DESCRIPTORS_CHECK_S
 
     @property
     def due(self) -> bool:
@@ -63,6 +77,8 @@ class Recycling:
             self.reason = "max_tasks_per_child"
         elif self.max_memory_mib and (resident := resident_mib()) >= self.max_memory_mib:
             self.reason = "max_memory_per_child"
+        elif self._out_of_descriptors():
+            self.reason = "file_descriptors"
         else:
             return False
         log.info(
@@ -70,5 +86,21 @@ class Recycling:
             reason=self.reason,
             tasks_run=self.tasks_run,
             resident_mib=round(resident or resident_mib(), 1),
+        )
+        return True
+
+    def _out_of_descriptors(self) -> bool:
+        now = time.monotonic()
+        if now - self._descriptors_checked_at < DESCRIPTORS_CHECK_S:
+            return False
+        self._descriptors_checked_at = now
+        opened, limit = descriptors()
+        if limit <= 0 or limit - opened >= min(DESCRIPTORS_HEADROOM, limit // 8):
+            return False  # unknown, unlimited (RLIM_INFINITY is -1) or room enough
+        log.warning(
+            "child_out_of_descriptors",
+            open=opened,
+            limit=limit,
+            fix="a task leaves files or sockets open: close them (with ...)",
         )
         return True

@@ -250,3 +250,21 @@ def leaves_an_alarm(seconds: int) -> str:
     """Sets an alarm and returns without cancelling it (a signal-based timeout's bug)."""
     signal.alarm(seconds)
     return "set"
+
+
+_LEAKED: list[int] = []
+
+
+@task
+def leaks_descriptors(left_free: int) -> int:
+    """Leaves its process ``left_free`` file descriptors short of its limit (lowered first to
+    a little above what it has open, so the test stays small), as a task that never closes
+    what it opens would in time; how many it opened."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    opened_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (opened_now + 64, hard))
+    while len(os.listdir("/proc/self/fd")) < opened_now + 64 - left_free:
+        _LEAKED.append(os.open(os.devnull, os.O_RDONLY))
+    return len(_LEAKED)

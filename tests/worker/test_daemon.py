@@ -587,3 +587,20 @@ def one_child(
     process = daemon(config, "--concurrency", "1")
     process.wait_ready(1)
     return process, client
+
+
+def test_a_child_whose_tasks_leave_it_out_of_descriptors_makes_way_for_a_fresh_one(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any]
+) -> None:
+    """It went on without room to open its database's log for a sync, or a connection
+    after an outage, for as long as it lived."""
+    process, client = one_child(daemon, namespace, tmp_path)
+    (first,) = process.child_pids()
+    assert client.send("leaks_descriptors", 2).get(timeout=30) > 0
+    (short,) = wait_until(lambda: process.events("child_out_of_descriptors"), 10)
+    assert short["limit"] - short["open"] < 8
+    wait_until(lambda: process.events("child_exited"), 10, what="the child to leave")
+    assert process.events("child_exited")[0]["reason"] == "recycled"
+    assert client.send("add", 2, 3).get(timeout=30) == 5  # on the fresh child
+    assert first not in process.child_pids()
+    client.close()
