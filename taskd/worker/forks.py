@@ -38,10 +38,10 @@ def kill_with_descendants(pid: int) -> None:
         if not found:
             break
         for descendant in found:
-            _signal(descendant, signal.SIGSTOP)
+            send_signal(descendant, signal.SIGSTOP)
         stopped |= found
     for process in (pid, *stopped):
-        _signal(process, signal.SIGKILL)
+        send_signal(process, signal.SIGKILL)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -60,6 +60,10 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+def send_signal(pid: int, signum: int) -> bool:
+    """``signum`` to ``pid``; False where it is gone already (its pid not ours any more)."""
+    try:
         os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

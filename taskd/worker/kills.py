@@ -39,7 +39,7 @@ from taskd.backends import ResultBackend, open_backend
 from taskd.config import Config
 from taskd.revocations import REVOKED
 from taskd.wire import GoTime, State, TaskState
-from taskd.worker.forks import kill_with_descendants
+from taskd.worker.forks import kill_with_descendants, send_signal
 from taskd.worker.limits import TIME_LIMIT_EXCEEDED
 from taskd.worker.running import Running, RunningTasks
 
@@ -109,7 +109,7 @@ class Kills:
                 continue
             running = self.running(child)  # read again, with the child frozen
             if running is None or not due(running):
-                _signal(child.pid, signal.SIGCONT)  # it finished in time after all
+                send_signal(child.pid, signal.SIGCONT)  # it finished in time after all
                 continue
             log.error(
                 event,
@@ -173,7 +173,7 @@ def _failed(running: Running, state: State, error: str) -> TaskState:
 
 def _stopped(pid: int) -> bool:
     """SIGSTOP ``pid`` and wait until it is stopped; False if it exited instead."""
-    if not _signal(pid, signal.SIGSTOP):
+    if not send_signal(pid, signal.SIGSTOP):
         return False
     flags = os.WEXITED | os.WSTOPPED | os.WNOWAIT | os.WNOHANG  # WNOWAIT: the reaper's to reap
     give_up_at = time.monotonic() + STOP_WAIT_S
@@ -186,11 +186,3 @@ def _stopped(pid: int) -> bool:
             return status.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED)
         time.sleep(STOP_POLL_S)
     return True  # not stopped yet (uninterruptible sleep): it will be before it runs Python
-
-
-def _signal(pid: int, signum: int) -> bool:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        return False
-    return True

@@ -101,6 +101,6 @@ class Recycling:
             "child_out_of_descriptors",
             open=opened,
             limit=limit,
-            fix="a task leaves files or sockets open: close them (with ...)",
+            fix="a task leaves files or sockets open: close them (a with block)",
         )
         return True

@@ -69,7 +69,7 @@ def after_task(term: Any) -> None:
     if _handler(signal.SIGTERM) is not term:
         signal.signal(signal.SIGTERM, term)
         log.warning("task_signal_handler_replaced", signal="SIGTERM", fix=_FIX)
-    if _handler(signal.SIGPIPE) != signal.SIG_IGN:
+    if _handler(signal.SIGPIPE) != signal.SIG_IGN:  # the fast look; the registry's is once
         pipe_errors_kept("task")
 
 

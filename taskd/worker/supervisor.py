@@ -44,7 +44,7 @@ from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime
 from taskd.worker.beacon import Beacon, snapshot
 from taskd.worker.child import Child
-from taskd.worker.forks import kill_with_descendants, stop_with
+from taskd.worker.forks import kill_with_descendants, send_signal, stop_with
 from taskd.worker.kills import Kills
 from taskd.worker.liveness import MAX_CHILDREN, READY_SIGNAL, ChildLiveness
 from taskd.worker.metrics import Metrics
@@ -330,9 +330,8 @@ class Supervisor:
     def _kill(pid: int, signum: int) -> None:
         if signum == signal.SIGKILL:  # a child killed takes its task's processes with it
             kill_with_descendants(pid)
-            return
-        with contextlib.suppress(ProcessLookupError):  # already gone: the reaper hears of it
-            os.kill(pid, signum)
+        else:
+            send_signal(pid, signum)  # one gone already: the reaper hears of it
 
     # -- signal actions -------------------------------------------------------------------
 
