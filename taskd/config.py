@@ -97,7 +97,7 @@ class MongoDBConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    concurrency: int = _opt(0, "child processes; 0 means one per CPU", min=0)
+    concurrency: int = _opt(0, "child processes; 0 means one per CPU the daemon may use", min=0)
     prefetch: int = _opt(
         0, "messages a child takes per fetch; 0: up to 64 while its tasks are quick, else 1", min=0
     )

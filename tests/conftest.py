@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +252,8 @@ def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[
     """``daemon(config_path, "--concurrency", "2")`` starts taskd; teardown kills its group."""
     started = request.node.stash.setdefault(DAEMONS, [])
 
-    def start(config: Path | None, *args: str, **env: str) -> Daemon:
-        process = Daemon(config, tmp_path, list(args), process_env(tmp_path, **env))
+    def start(config: Path | None, *args: str, wrapper: Sequence[str] = (), **env: str) -> Daemon:
+        process = Daemon(config, tmp_path, list(args), process_env(tmp_path, **env), wrapper)
         started.append(process)
         return process
 

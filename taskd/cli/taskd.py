@@ -27,7 +27,7 @@ def main() -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(1, MAX_CHILDREN),
-    help="Worker processes (default: worker.concurrency, else one per CPU).",
+    help="Worker processes (default: worker.concurrency, else one per CPU it may use).",
 )
 @click.option("--queue", help="Queue to consume (default: default_queue).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Override log_level.")

@@ -42,6 +42,7 @@ from taskd.errors import TaskdError
 from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FAILURE, EXIT_OK
 from taskd.registry import Registry, load_registry
 from taskd.wire import GoTime
+from taskd.worker import cpus
 from taskd.worker.beacon import Beacon, snapshot
 from taskd.worker.child import Child
 from taskd.worker.forks import kill_with_descendants, send_signal, stop_with
@@ -134,8 +135,8 @@ class Supervisor:
         return self.queue_override or self.config.default_queue
 
     def _concurrency(self, config: Config) -> int:
-        wanted = self.concurrency_override or config.worker.concurrency or os.cpu_count() or 1
-        return min(wanted, MAX_CHILDREN)
+        wanted = self.concurrency_override or config.worker.concurrency
+        return min(wanted or cpus.default_concurrency(), MAX_CHILDREN)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -225,12 +225,23 @@ class Daemon:
     """A real ``taskd start`` in its own process group, its JSON log in a file."""
 
     def __init__(
-        self, config: Path | None, tmp_path: Path, args: list[str], env: dict[str, str]
+        self,
+        config: Path | None,
+        tmp_path: Path,
+        args: list[str],
+        env: dict[str, str],
+        wrapper: Sequence[str] = (),  # a command that execs taskd after it (taskset -c 0)
     ) -> None:
         self.log_path = tmp_path / f"taskd-{secrets.token_hex(3)}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [str(BIN / "taskd"), "start", *(["-c", str(config)] if config else []), *args],
+            [
+                *wrapper,
+                str(BIN / "taskd"),
+                "start",
+                *(["-c", str(config)] if config else []),
+                *args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=env,
