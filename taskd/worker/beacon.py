@@ -78,7 +78,9 @@ class Beacon:
     def __init__(
         self, config: Config, connect: Callable[[Config], ResultBackend] = open_backend
     ) -> None:
-        self.key = f"{socket.gethostname()}:{os.getpid()}"
+        # Not host:pid alone: daemons in containers sharing a hostname (host networking)
+        # are each pid 1, and one entry would hide the others (lease.MACHINE tells them apart).
+        self.key = f"{MACHINE}:{os.getpid()}"
         self._config, self._connect = config, connect
         self._snapshot: Entry | None = None
         self.terminate: frozenset[str] = frozenset()  # revoked with terminate (read by the loop)
