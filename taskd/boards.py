@@ -8,7 +8,7 @@ from typing import Any
 from taskd.backends import ResultBackend
 from taskd.backends.base import Entry
 
-WORKERS = "workers"  # live daemons, by host:pid (posted by ``taskd.worker.beacon``)
+WORKERS = "workers"  # live daemons, by machine and pid (posted by ``taskd.worker.beacon``)
 REVOKED = "revoked"  # revoked tasks, by id (``taskd.revocations``)
 
 
