@@ -91,7 +91,8 @@ class AMQPBackend(ResultBackend):
         # machinery's own queues (amqp_machinery): routed by id, so on a direct exchange only
         direct = config.amqp.exchange_type == "direct"
         self._machinery_exchange = config.amqp.exchange if direct else ""
-        self._machinery_arguments = {"x-message-ttl": expire_ms, "x-expires": expire_ms}
+        # Queues of many messages, each kept results_expire_in: machinery's own, chord counts.
+        self._expiring_arguments = {"x-message-ttl": expire_ms, "x-expires": expire_ms}
         self._machinery_watched: dict[str, None] = {}  # tasks machinery programs read, oldest first
         self._source = config.source
 
@@ -292,6 +293,9 @@ class AMQPBackend(ResultBackend):
 
     def chord_fired(self, group_id: str) -> None:
         amqp_chord.spend(self, group_id)
+
+    def count_chord_member(self, group_id: str, task_id: str) -> int | None:
+        return amqp_chord.count_member(self, group_id, task_id)
 
     def gather_group(
         self, group_id: str, task_count: int, finished: TaskState, claimant: str

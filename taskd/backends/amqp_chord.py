@@ -40,8 +40,34 @@ def gathered_queue(backend: AMQPBackend, group_id: str) -> str:
     return token_queue(backend, group_id) + ".gathered"
 
 
+def members_queue(backend: AMQPBackend, group_id: str) -> str:
+    """A message for each member counted, which nobody reads: its length is the count."""
+    return token_queue(backend, group_id) + ".members"
+
+
+def count_member(backend: AMQPBackend, group_id: str, task_id: str) -> int | None:
+    """``ResultBackend.count_chord_member``: the length of the group's members queue once
+    this member's message is confirmed in it (a member delivered again counts again). None
+    without that queue: a group ``init_group`` did not store (a machinery producer's, whose
+    members gather instead, ``amqp_machinery``), or one past its lifetime."""
+    import pika.exceptions
+
+    queue = members_queue(backend, group_id)
+
+    def count(session: RecordSession) -> int | None:
+        channel = session.writing()
+        try:
+            channel.basic_publish("", queue, task_id.encode(), backend._properties, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            return None
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+    return backend._call(count, group_id)
+
+
 def place_token(backend: AMQPBackend, session: RecordSession, group_id: str) -> None:
-    """The group's one token (a group sent again still has one)."""
+    """The group's one token (a group sent again still has one), and its members queue."""
+    backend._declare(session, members_queue(backend, group_id), backend._expiring_arguments)
     queue = token_queue(backend, group_id)
     backend._declare(session, queue, backend._token_arguments)
     session.writing().queue_purge(queue)

@@ -193,7 +193,7 @@ def _declared(backend: AMQPBackend, session: RecordSession, queue: str) -> Any:
         if exc.reply_code != NOT_FOUND:
             raise
     channel = _channel(backend, session)  # the 404 closed the last one
-    arguments = backend._machinery_arguments
+    arguments = backend._expiring_arguments
     channel.queue_declare(queue, durable=False, auto_delete=True, arguments=arguments)
     channel.queue_bind(queue, backend._machinery_exchange, routing_key=queue)
     return channel

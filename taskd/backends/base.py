@@ -107,6 +107,17 @@ class ResultBackend(ABC):
         chord fired (its ack lost) does not fire it twice. Drivers record ``SPENT_CLAIM``
         as the claimant, for the claim's remaining lifetime."""
 
+    def count_chord_member(self, group_id: str, task_id: str) -> int | None:
+        """Count ``task_id``, a member of the chord's group that succeeded; how many have.
+
+        So that only the last member reads every member's state (each reading all of them
+        made a chord of n members read n² states: 2,000 members took 32 s on Redis). The
+        count may run ahead where a member is counted twice, never behind: a member that
+        sees it short of the group's size leaves the chord to the others. None where the
+        driver keeps no count, or none for this group (one ``init_group`` did not store, or
+        whose count is lost): then each member reads the states, as machinery's do."""
+        return None
+
     def gather_group(
         self, group_id: str, task_count: int, finished: TaskState, claimant: str
     ) -> list[TaskState] | None:

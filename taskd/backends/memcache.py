@@ -13,7 +13,8 @@ Unlike machinery:
   Memcache backend skips), applied with gets/cas so that concurrent writers cannot lose one;
 - a chord is claimed with ``add`` of ``taskd:chord:<group id>`` (true for one claimant
   only; the same claimant again is told yes), not machinery's unlocked get-and-set, whose
-  races fired chord callbacks twice.
+  races fired chord callbacks twice; members count themselves with ``incr`` of
+  ``taskd:chord_count:<group id>`` (``count_chord_member``).
 
 Boards (taskd's own): ``taskd:board:<name>`` holds the whole board as JSON
 (``taskd.backends.board_json``), posted by gets/cas like a state, and kept by Memcache as
@@ -45,6 +46,7 @@ CAS_ATTEMPTS = 50  # concurrent writers of one key retry this often before givin
 CONNECT_TIMEOUT_S = 5.0
 TIMEOUT_S = 15.0  # longest wait for a reply
 CLAIMS_PREFIX = "taskd:chord:"  # + group id: the claimant of a group's chord
+COUNTS_PREFIX = "taskd:chord_count:"  # + group id: its members counted (count_chord_member)
 # + board name: the whole board. One item, so at most memcached's item size (-I, 1 MB by
 # default; a post past it fails with "object too large"): a few thousand entries.
 BOARDS_PREFIX = "taskd:board:"
@@ -168,6 +170,13 @@ class MemcacheBackend(ResultBackend):
     def init_group(self, group: GroupMeta) -> None:
         with self._translated(group.group_uuid):
             self._client.set(group.group_uuid, group.encode(), expire=self._expiry())
+            self._client.set(COUNTS_PREFIX + group.group_uuid, b"0", expire=self._expiry())
+
+    def count_chord_member(self, group_id: str, task_id: str) -> int | None:
+        """``incr`` of a count ``init_group`` set to 0, which a member delivered again counts
+        again. None once Memcache evicted it (never made anew: it would count from 0)."""
+        with self._translated(group_id):
+            return self._client.incr(COUNTS_PREFIX + group_id, 1, noreply=False)
 
     def get_group(self, group_id: str) -> GroupMeta | None:
         with self._translated(group_id):

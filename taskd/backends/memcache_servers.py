@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 # Calls on a single key, routed to the server that holds it.
-SINGLE_KEY_CALLS = frozenset({"add", "cas", "delete", "get", "gets", "replace", "set"})
+SINGLE_KEY_CALLS = frozenset({"add", "cas", "delete", "get", "gets", "incr", "replace", "set"})
 
 
 class Servers:

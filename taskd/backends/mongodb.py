@@ -14,8 +14,8 @@ Unlike machinery:
 - PENDING replaces the document; a later state is one pipeline update that keeps the stored
   ``task_name`` and ``created_at`` (machinery's merge rule); ``created_at_ns`` keeps the
   nanoseconds a BSON date drops;
-- a chord is claimed by one findAndModify recording ``chord_claimant``: true for one claimant
-  only, and for it again. machinery's UpdateOne says yes even when nothing matched;
+- a chord is claimed by one findAndModify recording ``chord_claimant`` (machinery's UpdateOne
+  says yes even when nothing matched); members count themselves in ``chord_counted``;
 - a string result holding JSON stays a string; machinery's ``{type: "json"}`` reads as one.
 
 Boards (taskd's own) are in ``taskd_boards``: see ``taskd.backends.mongodb_board``.
@@ -90,9 +90,8 @@ class MongoDBBackend(ResultBackend):
 
         transient = (ConnectionFailure, ExecutionTimeout, WTimeoutError)  # AutoReconnect too
         permanent = (PyMongoError, BSONError, OverflowError)
-        return drivers.translated(
-            transient, permanent, BackendUnavailable, BackendError, self.driver, task_id=about
-        )
+        errors = (BackendUnavailable, BackendError)
+        return drivers.translated(transient, permanent, *errors, self.driver, task_id=about)
 
     def _collection(self, name: str) -> Any:
         """A collection, connecting on first use; the TTL indexes come with the first write."""
@@ -198,6 +197,7 @@ class MongoDBBackend(ResultBackend):
             "lock": group.lock,
             **_created_fields(group.created_at),
             "delete_at": DatetimeMS(_now_ms() + self._expire_ms),
+            "chord_counted": 0,  # count_chord_member's (machinery's readers ignore it)
         }
         if group.ttl:
             document["ttl"] = Int64(group.ttl)
@@ -239,6 +239,15 @@ class MongoDBBackend(ResultBackend):
         with self._translated(group_id):
             spent = {"$set": {"chord_claimant": SPENT_CLAIM}}
             self._collection(GROUPS).update_one({"_id": group_id}, spent)
+
+    def count_chord_member(self, group_id: str, task_id: str) -> int | None:
+        """None for a group without ``chord_counted`` (a machinery producer's)."""
+        counted = {"_id": group_id, "chord_counted": {"$exists": True}}
+        with self._translated(group_id):
+            found = self._collection(GROUPS).find_one_and_update(
+                counted, {"$inc": {"chord_counted": 1}}, {"chord_counted": 1}, return_document=True
+            )
+        return None if found is None else int(found["chord_counted"])
 
     # -- boards -----------------------------------------------------------------------------
 

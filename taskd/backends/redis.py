@@ -160,6 +160,14 @@ class RedisBackend(ResultBackend):
         with self._translated(group_id):
             self._redis.set(f"{self._prefix}chord:{group_id}", SPENT_CLAIM, xx=True, keepttl=True)
 
+    def count_chord_member(self, group_id: str, task_id: str) -> int:
+        """A set of the members counted (``<key_prefix>chord_members:<group id>``), which
+        a member delivered again joins only once."""
+        key = f"{self._prefix}chord_members:{group_id}"
+        commands = [("SADD", key, task_id), ("EXPIRE", key, self._expire_s), ("SCARD", key)]
+        with self._translated(group_id):
+            return int(redisdb.execute(self._redis, [("MULTI",), *commands, ("EXEC",)])[-1][-1])
+
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         """A hash per board (``<key_prefix>board:<name>``); expiry by Redis's clock, so
         hosts whose clocks disagree still agree on what is live."""

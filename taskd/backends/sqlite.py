@@ -42,6 +42,17 @@ CREATE TABLE IF NOT EXISTS taskd_chord_claims (
     claimant TEXT NOT NULL,         -- the member task that triggered the chord
     expires_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS taskd_chord_members (
+    group_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,          -- a member that succeeded, counted once
+    expires_ns INTEGER NOT NULL,
+    PRIMARY KEY (group_id, task_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS taskd_chord_counts (
+    group_id TEXT PRIMARY KEY,
+    counted INTEGER NOT NULL,       -- rows of taskd_chord_members for the group
+    expires_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS taskd_boards (
     board TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -58,7 +69,14 @@ CREATE TABLE IF NOT EXISTS taskd_groups (
 
 UPSERT_STATES = "INSERT OR REPLACE INTO taskd_states (task_id, state, expires_ns) VALUES (?, ?, ?)"
 INSERT_FRESH = "INSERT OR IGNORE INTO taskd_states (task_id, state, expires_ns) VALUES (?, ?, ?)"
-SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records
+SWEEP_INTERVAL_S = 60.0  # how often a writer deletes expired records...
+EXPIRING_TABLES = (  # ...from these (boards prune their own on each post)
+    "taskd_states",
+    "taskd_groups",
+    "taskd_chord_claims",
+    "taskd_chord_members",
+    "taskd_chord_counts",
+)
 
 
 class SQLiteBackend(FollowsFile, ResultBackend):
@@ -215,6 +233,24 @@ class SQLiteBackend(FollowsFile, ResultBackend):
                 (SPENT_CLAIM, group_id),
             )
 
+    def count_chord_member(self, group_id: str, task_id: str) -> int:
+        expires_ns = time.time_ns() + self._expire_ns
+        with self._guard(group_id), self._lock, self._writer.transaction():
+            added = self._conn.execute(
+                "INSERT OR IGNORE INTO taskd_chord_members VALUES (?, ?, ?)",
+                (group_id, task_id, expires_ns),
+            ).rowcount
+            if added:  # a count kept beside the members: no member counts them all
+                self._conn.execute(
+                    "INSERT INTO taskd_chord_counts VALUES (?, 1, ?) ON CONFLICT (group_id)"
+                    " DO UPDATE SET counted = counted + 1, expires_ns = excluded.expires_ns",
+                    (group_id, expires_ns),
+                )
+            row = self._conn.execute(
+                "SELECT counted FROM taskd_chord_counts WHERE group_id = ?", (group_id,)
+            ).fetchone()
+        return row[0] if row else 0
+
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         now = time.time_ns()
         expires_ns = now + round(ttl_s * 1e9)
@@ -259,6 +295,5 @@ class SQLiteBackend(FollowsFile, ResultBackend):
             return
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         now = time.time_ns()
-        self._conn.execute("DELETE FROM taskd_states WHERE expires_ns <= ?", (now,))
-        self._conn.execute("DELETE FROM taskd_groups WHERE expires_ns <= ?", (now,))
-        self._conn.execute("DELETE FROM taskd_chord_claims WHERE expires_ns <= ?", (now,))
+        for table in EXPIRING_TABLES:
+            self._conn.execute(f"DELETE FROM {table} WHERE expires_ns <= ?", (now,))

@@ -236,6 +236,9 @@ def chord_after_success(
     callback = sig.chord_callback
     if callback is None or not sig.group_uuid:
         return FollowUp()
+    counted = backend.count_chord_member(sig.group_uuid, sig.uuid)
+    if counted is not None and counted < sig.group_task_count:
+        return FollowUp()  # others still run: the last one counted reads the states
     group = backend.get_group(sig.group_uuid)
     if group is None:  # expired, or a machinery producer's on a backend storing none
         finished = TaskState(sig.uuid, State.SUCCESS, task_name=sig.name, results=tuple(results))

@@ -87,6 +87,20 @@ def test_groups_and_chord_claims(backend: ResultBackend) -> None:
     assert backend.get_group(new_id("group")) is None
 
 
+def test_members_counted_each_once_count_up_and_again_never_count_short(
+    backend: ResultBackend,
+) -> None:
+    group_id = new_id("group")
+    members = tuple(new_id() for _ in range(3))
+    backend.init_group(GroupMeta(group_id, members, created_at=GoTime.now()))
+    assert [backend.count_chord_member(group_id, member) for member in members] == [1, 2, 3]
+    again = backend.count_chord_member(group_id, members[0])  # delivered again
+    assert again is not None and again >= 3
+    other = new_id("group")  # a machinery producer's group: no metadata here
+    counted = backend.count_chord_member(other, members[0])
+    assert counted is None or counted == 1
+
+
 def test_a_run_of_a_member_claims_for_itself_and_a_recovery_for_any_run(
     backend: ResultBackend,
 ) -> None:
