@@ -242,10 +242,10 @@ class MongoDBBackend(ResultBackend):
 
     def count_chord_member(self, group_id: str, task_id: str) -> int | None:
         """None for a group without ``chord_counted`` (a machinery producer's)."""
-        counted = {"_id": group_id, "chord_counted": {"$exists": True}}
+        counts = {"_id": group_id, "chord_counted": {"$exists": True}}
         with self._translated(group_id):
             found = self._collection(GROUPS).find_one_and_update(
-                counted, {"$inc": {"chord_counted": 1}}, {"chord_counted": 1}, return_document=True
+                counts, {"$inc": {"chord_counted": 1}}, {"chord_counted": 1}, return_document=True
             )
         return None if found is None else int(found["chord_counted"])
 

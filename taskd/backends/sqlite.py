@@ -233,7 +233,7 @@ class SQLiteBackend(FollowsFile, ResultBackend):
                 (SPENT_CLAIM, group_id),
             )
 
-    def count_chord_member(self, group_id: str, task_id: str) -> int:
+    def count_chord_member(self, group_id: str, task_id: str) -> int | None:
         expires_ns = time.time_ns() + self._expire_ns
         with self._guard(group_id), self._lock, self._writer.transaction():
             added = self._conn.execute(
@@ -249,7 +249,7 @@ class SQLiteBackend(FollowsFile, ResultBackend):
             row = self._conn.execute(
                 "SELECT counted FROM taskd_chord_counts WHERE group_id = ?", (group_id,)
             ).fetchone()
-        return row[0] if row else 0
+        return row[0] if row else None  # its count swept: read the states (never count short)
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         now = time.time_ns()

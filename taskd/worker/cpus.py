@@ -36,6 +36,7 @@ class CpuBudget:
 
 
 def usable_cpus(proc: Path = Path("/proc")) -> CpuBudget:
+    """The CPUs this process may use, from its affinity and ``proc``'s cgroup files."""
     online = os.cpu_count() or 1
     cpus, limited_by = online, ""
     pinned = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else online
