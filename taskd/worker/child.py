@@ -327,6 +327,18 @@ class Child:
         finally:
             structlog.contextvars.unbind_contextvars("task_id", "task", "queue")
 
+    def _died_after_finishing(self, job: Job) -> bool:
+        """Set aside a message that sets off more, finished (its state kept), whose workers
+        then died past worker.max_deliveries: in what it sets off, as this one would."""
+        limit, deliveries = self.config.worker.max_deliveries, job.delivery.deliveries
+        if job.finished is None or not limit or deliveries <= limit:
+            return False
+        reason = f"{job.finished.state.value} stored, then delivered {deliveries} times, its"
+        reason += " worker dying before the ack (in what it sets off?): worker.max_deliveries"
+        log.error("message_rejected", queue=job.delivery.queue, reason=reason)
+        self.outages.call("broker", self.broker.reject, job.delivery, reason)
+        return True
+
     def _outcome_without_running(self, job: Job) -> Outcome | None:
         """The outcome of a job that must not run: already finished before its worker died,
         revoked, unknown task, or one whose workers keep dying (worker.max_deliveries)."""
@@ -360,6 +372,8 @@ class Child:
             self.writes.ack_after_states(job.delivery, job.sig.uuid, wait=share)
             return
         self.writes.flush()  # the final state is stored before anything it sets off
+        if self._died_after_finishing(job):
+            return
         if self.writes.set_aside(job.delivery, job.sig.uuid):  # no state of it can be stored
             return
         if job.sig.uuid in self.writes.refused:  # stored as a FAILURE: it sets off what that does

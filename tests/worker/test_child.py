@@ -436,6 +436,32 @@ def test_a_message_whose_workers_keep_dying_is_set_aside(tmp_path: Path) -> None
     assert runs(tmp_path / "trace") == []
 
 
+class FollowUpsCrashBackend(MemoryBackend):
+    """A fault taskd did not foresee in what a finished task sets off (a driver library's
+    exception of a new kind): it ends the child each time."""
+
+    def get_group(self, group_id: str) -> Any:
+        raise RuntimeError("unforeseen")
+
+
+def test_a_finished_message_whose_follow_ups_keep_ending_its_workers_is_set_aside() -> None:
+    """Before, such a message was settled from its stored state at each delivery, before
+    worker.max_deliveries was looked at, and crashed every child that took it, for good."""
+    rig = Rig(backend_class=FollowUpsCrashBackend, max_deliveries=3)
+    sent = rig.client.send_chord(chord([signature("sum", [1])], signature("sum", [0])))
+    (member,) = sent.group.member_ids
+    body, _before = rig.broker.queues[QUEUE].popleft()
+    result = (TaskResult("int64", 1),)
+    done = TaskState(member, State.SUCCESS, task_name="sum", results=result)
+    rig.backend.set_states([done.with_changes(created_at=GoTime.now())])
+    rig.broker.queues[QUEUE].append((body, 3))  # three workers died holding it since
+    assert rig.serve() == EXIT_OK
+    (letter,) = rig.broker.dead
+    assert letter.body == body and "worker.max_deliveries" in letter.reason
+    stored = rig.backend.states[member]
+    assert (stored.state, stored.results) == (State.SUCCESS, result)  # kept as it finished
+
+
 def test_follow_ups_drop_a_priority_the_broker_cannot_honour() -> None:
     rig = Rig()
     callback = rig.client.prepare(decode_signature(b'{"UUID":"cb_1","Name":"count","Priority":3}'))
