@@ -25,7 +25,7 @@ log = logs.get_logger("taskd.supervisor")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space in a path as \040
 
 Quota = tuple[float, str]  # CPUs, and the file that sets them
-QuotaReader = Callable[[Path], "Quota | None"]
+Reader = Callable[[Path], "Quota | None"]  # of one cgroup directory's quota files
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,30 +57,24 @@ def cgroup_quota(process: Path) -> Quota | None:
     except OSError:
         return None
     lowest: Quota | None = None
-    for directory, reader in _cpu_cgroups(memberships, mounts):
-        for level in _up_to_mount(directory):
+    for directory, mount, reader in _cpu_cgroups(memberships, mounts):
+        for level in _up_to_mount(directory, mount):
             quota = reader(level)
             if quota is not None and (lowest is None or quota[0] < lowest[0]):
                 lowest = quota
     return lowest
 
 
-def _cpu_cgroups(
-    memberships: list[str], mounts: list[str]
-) -> Iterator[tuple[tuple[Path, Path], QuotaReader]]:
-    """(its directory, the mount's directory) of each cgroup holding the process's CPU
-    controller, with the reader of that hierarchy's quota files."""
+def _cpu_cgroups(memberships: list[str], mounts: list[str]) -> Iterator[tuple[Path, Path, Reader]]:
+    """The directory of each cgroup holding the process's CPU controller, the mount point of
+    its hierarchy, and the reader of that hierarchy's quota files."""
     for line in memberships:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:
-            mount = _mount(mounts, lambda fstype, _options: fstype == "cgroup2")
-            reader: QuotaReader = _v2_quota
+            mount, reader = _mount(mounts, "cgroup2", ""), _v2_quota
         elif "cpu" in controllers.split(","):
-            mount = _mount(
-                mounts, lambda fstype, options: fstype == "cgroup" and "cpu" in options.split(",")
-            )
-            reader = _v1_quota
+            mount, reader = _mount(mounts, "cgroup", "cpu"), _v1_quota
         else:
             continue
         if mount is not None:
@@ -88,16 +82,19 @@ def _cpu_cgroups(
             # The path is from the hierarchy's root; the mount may show a subtree of it
             # (a container's own cgroup mounted as its root), or not reach the path at all.
             inside = path[len(root) :] if path.startswith(root) else "/"
-            yield (point / inside.lstrip("/"), point), reader
+            yield point / inside.lstrip("/"), point, reader
 
 
-def _mount(mounts: list[str], wanted: Callable[[str, str], bool]) -> tuple[str, Path] | None:
-    """(root within the hierarchy, mount point) of the first mount ``wanted`` takes."""
+def _mount(mounts: list[str], fstype: str, controller: str) -> tuple[str, Path] | None:
+    """(root within the hierarchy, mount point) of the first mount of ``fstype`` (with
+    ``controller`` among its options, where one is named)."""
     for line in mounts:
         fields, _, after = line.partition(" - ")
-        fields_list, after_list = fields.split(), after.split()
-        if len(fields_list) >= 5 and len(after_list) >= 3 and wanted(after_list[0], after_list[2]):
-            return _unescaped(fields_list[3]), Path(_unescaped(fields_list[4]))
+        mount, source = fields.split(), after.split()
+        if len(mount) < 5 or len(source) < 3 or source[0] != fstype:
+            continue
+        if not controller or controller in source[2].split(","):
+            return _unescaped(mount[3]), Path(_unescaped(mount[4]))
     return None
 
 
@@ -105,8 +102,8 @@ def _unescaped(text: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), text)
 
 
-def _up_to_mount(directories: tuple[Path, Path]) -> Iterator[Path]:
-    directory, mount = directories
+def _up_to_mount(directory: Path, mount: Path) -> Iterator[Path]:
+    """``directory``, then its parents up to ``mount``."""
     while True:
         yield directory
         if directory == mount or mount not in directory.parents:
