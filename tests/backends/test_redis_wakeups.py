@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from taskd import redis_scripts
-from taskd.backends import ResultBackend, open_backend
+from taskd.backends import ResultBackend, base, open_backend
 from taskd.backends import redis as redis_backend
 from taskd.wire import GoTime, State, TaskState, new_id
+from tests.support.harness import wait_until
 
 
 @pytest.fixture
@@ -36,12 +37,12 @@ def test_a_final_state_is_pushed_to_each_registered_waiter(
     task_id, other = new_id(), new_id()
     waiters = [f"{namespace}:waiter:{n}" for n in range(2)]
     for waiter in waiters:
-        assert backend._register(waiter, [task_id], 0.01) == ([None], None)
+        assert backend._register(waiter, [task_id], 0.01) == ([None], [])
     backend.set_states([_state(task_id, State.STARTED), _state(other, State.SUCCESS)])
     assert [redis_server.llen(waiter) for waiter in waiters] == [0, 0]  # not final; not theirs
     backend.set_states([_state(task_id, State.SUCCESS)])
     for waiter in waiters:
-        pushed = backend._pushed(waiter, 1.0)
+        (pushed,) = backend._pushed(waiter, 1.0, several=False)
         assert (pushed.task_uuid, pushed.state) == (task_id, State.SUCCESS)
         assert redis_server.ttl(waiter) > 0 or not redis_server.exists(waiter)
     assert not redis_server.exists(f"{namespace}:waiting:{task_id}")  # told: registrations go
@@ -70,6 +71,43 @@ def test_a_waiter_is_woken_by_the_push_not_by_reading_again(
     writer.join()  # its reply may still be on its way when the push has woken the waiter
     assert got.state is State.SUCCESS
     assert reads == [1]  # registered once, then woken
+
+
+def test_a_group_s_states_are_taken_in_batches_and_each_checked_once(
+    backend: Any,
+    drivers: Callable[..., Any],
+    namespace: str,
+    redis_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waiting on 2,000 members, stored by a worker 500 at a time: each state pushed is
+    checked once (not all of them again for each one: minutes of CPU for 10,000), and those
+    pushed together come off the list together (not one round trip each)."""
+    monkeypatch.setattr(redis_backend, "WAKE_FIRST_CHECK_S", 60.0)  # woken, never reading again
+    checks: list[int] = []
+    is_final = base.is_final
+    monkeypatch.setattr(base, "is_final", lambda state: checks.append(1) or is_final(state))
+    pushes: list[int] = []
+    pushed = backend._pushed
+    monkeypatch.setattr(backend, "_pushed", lambda *a, **kw: pushes.append(1) or pushed(*a, **kw))
+    ids = [new_id() for _ in range(2000)]
+    backend.set_states([_state(task_id, State.PENDING) for task_id in ids])
+    worker = drivers(open_backend)
+
+    def finish() -> None:
+        registered = f"{namespace}:waiting:{ids[-1]}"
+        wait_until(lambda: redis_server.exists(registered), 30, 0.01, "the waiter to register")
+        for start in range(0, len(ids), 500):
+            worker.set_states([_state(task_id, State.SUCCESS) for task_id in ids[start:][:500]])
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    got = backend.wait_states(ids, 60)
+    writer.join()
+    assert [state.task_uuid for state in got] == ids
+    assert {state.state for state in got} == {State.SUCCESS}
+    assert len(checks) <= 3 * len(ids)
+    assert len(pushes) <= 4 * 2  # one per batch; two where a batch landed before a pop
 
 
 def test_a_state_written_without_a_push_is_still_found(backend: Any, redis_server: Any) -> None:
