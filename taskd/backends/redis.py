@@ -267,11 +267,13 @@ class RedisBackend(ResultBackend):
             replies = redisdb.send_packed(self._redis, _popping(waiter, wait_s, several))()
         return self._popped(*replies, waiter=waiter)
 
-    def _popped(self, popped: Any, more: Any = None, *, waiter: str) -> list[TaskState]:
-        for reply in (popped, more):
+    def _popped(self, popped: Any, *taken: Any, waiter: str) -> list[TaskState]:
+        """The states in the replies to ``_popping``'s commands."""
+        for reply in (popped, *taken):
             if isinstance(reply, Exception):
                 raise reply
-        raws = ([] if popped is None else [popped[1]]) + (more or [])
+        more = taken[-1][0] if taken else []  # EXEC's reply: LRANGE's, then LTRIM's
+        raws = ([] if popped is None else [popped[1]]) + more
         # An empty one ends a block on states that were final already (register.lua)
         return [self._load_state(raw, waiter) for raw in raws if raw]
 
@@ -286,6 +288,10 @@ class RedisBackend(ResultBackend):
 def _popping(waiter: str, wait_s: float, several: bool) -> list[tuple]:
     """Block up to ``wait_s`` for a state pushed to ``waiter``; waiting on ``several``, take
     those pushed behind it in the same write: a group's members finish faster than one
-    round trip each."""
+    round trip each. In a transaction, so no push lands between the read and the trim
+    (not LPOP with a count: Redis results work on Redis older than 6.2)."""
     blocking = ("BLPOP", waiter, wait_s)
-    return [blocking, ("LPOP", waiter, POPPED_MAX)] if several else [blocking]
+    if not several:
+        return [blocking]
+    read = ("LRANGE", waiter, 0, POPPED_MAX - 1)
+    return [blocking, ("MULTI",), read, ("LTRIM", waiter, POPPED_MAX, -1), ("EXEC",)]
