@@ -219,6 +219,33 @@ def test_a_redis_cluster_is_refused_naming_the_key(redis_namespace: str, tmp_pat
             assert f"{config}: {key}: the Redis server runs in cluster mode" in done.stderr
 
 
+def test_a_redis_without_blmove_is_refused_naming_the_broker(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """Redis older than 6.2 (Debian 11's 6.0, Ubuntu 20.04's 5.0), or one with BLMOVE and
+    LMOVE renamed away: the daemon said taskd_ready, then every fetch failed for good and
+    every send stayed PENDING. Its results backend needs neither: that still passes."""
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--rename-command", "BLMOVE", "",
+                "--rename-command", "LMOVE", ""]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server without BLMOVE") as port:
+        old = f"redis://127.0.0.1:{port}/0"
+        data = config_data("redis", redis_namespace, tmp_path, broker=old, result_backend=old)
+        config = str(write_config(tmp_path, data))
+        for args in (("check-config",), ("start", "--concurrency", "1")):
+            done = run_cli(tmp_path, "taskd", *args, "-c", config)
+            assert done.returncode == 2, done.stderr
+            assert f"{config}: broker: this Redis (version " in done.stderr
+            assert "has no BLMOVE, LMOVE" in done.stderr and "Redis 6.2 or later" in done.stderr
+        data = config_data("redis", redis_namespace, tmp_path, result_backend=old,
+                           broker=f"sqlite://{tmp_path}/q.db")  # fmt: skip
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", str(write_config(tmp_path, data)))
+        assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture
 def acl_user(redis_server: Any, namespace: str) -> Iterator[Callable[[str], str]]:
     """``acl_user(keys)``: a Redis URL of a user of this test's, allowed every command on

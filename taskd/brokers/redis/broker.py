@@ -65,11 +65,13 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
 
     def check(self, queues: Sequence[str]) -> None:
         """Names that collide (a queue named like the delayed set or one of taskd's own
-        keys), then a Redis Cluster, or keys already in Redis of another type: ConfigError
-        naming the setting; a warning if Redis may evict taskd's keys."""
+        keys), then a Redis Cluster, one without the commands taskd needs (older than 6.2),
+        or keys already in Redis of another type: ConfigError naming the setting; a warning
+        if Redis may evict taskd's keys."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
             redisdb.refuse_unusable(self._redis, "broker", self._source)
+            checks.refuse_missing_commands(self._redis, self._source)
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
 
