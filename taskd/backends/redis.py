@@ -40,6 +40,7 @@ MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would blo
 POST = Script.packaged("post.lua")
 READ_BOARD = Script.packaged("read_board.lua")
 REGISTER = Script.packaged("register.lua")
+TAKE = Script.packaged("take.lua")
 
 
 def unconfirmed(states: Sequence[TaskState], answers: Sequence[Any]) -> None:
@@ -269,10 +270,14 @@ class RedisBackend(ResultBackend):
 
     def _popped(self, popped: Any, *taken: Any, waiter: str) -> list[TaskState]:
         """The states in the replies to ``_popping``'s commands."""
+        import redis
+
+        if taken and isinstance(taken[0], redis.exceptions.NoScriptError):  # Redis restarted
+            taken = (TAKE.load_and_run(self._redis, [waiter], [POPPED_MAX]),)  # takes them now
         for reply in (popped, *taken):
             if isinstance(reply, Exception):
                 raise reply
-        more = taken[-1][0] if taken else []  # EXEC's reply: LRANGE's, then LTRIM's
+        more = taken[0] if taken else []
         raws = ([] if popped is None else [popped[1]]) + more
         # An empty one ends a block on states that were final already (register.lua)
         return [self._load_state(raw, waiter) for raw in raws if raw]
@@ -287,11 +292,9 @@ class RedisBackend(ResultBackend):
 
 def _popping(waiter: str, wait_s: float, several: bool) -> list[tuple]:
     """Block up to ``wait_s`` for a state pushed to ``waiter``; waiting on ``several``, take
-    those pushed behind it in the same write: a group's members finish faster than one
-    round trip each. In a transaction, so no push lands between the read and the trim
-    (not LPOP with a count: Redis results work on Redis older than 6.2)."""
+    those pushed behind it in the same write (take.lua): a group's members finish faster than
+    one round trip each. Not LPOP with a count: Redis results work on Redis older than 6.2."""
     blocking = ("BLPOP", waiter, wait_s)
     if not several:
         return [blocking]
-    read = ("LRANGE", waiter, 0, POPPED_MAX - 1)
-    return [blocking, ("MULTI",), read, ("LTRIM", waiter, POPPED_MAX, -1), ("EXEC",)]
+    return [blocking, ("EVALSHA", TAKE.sha, 1, waiter, POPPED_MAX)]

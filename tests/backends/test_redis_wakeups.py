@@ -192,3 +192,19 @@ def test_after_a_redis_restart_the_script_is_loaded_and_the_block_still_ends(
     assert got.state is State.SUCCESS
     assert releases == []
     assert time.monotonic() - started < 30
+
+
+def test_after_a_redis_restart_a_group_s_waiter_still_takes_the_states_pushed_together(
+    backend: Any, namespace: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOSCRIPT for take.lua, sent behind the BLPOP: it is loaded and run then, and the
+    states pushed behind the first still come off the list, none lost or left."""
+    fresh = f"{redis_backend.TAKE.source}\n-- {new_id()}"  # a SHA-1 Redis has not seen
+    monkeypatch.setattr(redis_backend, "TAKE", redis_scripts.Script(fresh))
+    ids = [new_id() for _ in range(3)]
+    waiter = f"{namespace}:waiter:group"
+    assert backend._register(waiter, ids, 0.01) == ([None] * 3, [])
+    backend.set_states([_state(task_id, State.SUCCESS) for task_id in ids])
+    pushed = backend._pushed(waiter, 1.0, several=True)
+    assert [state.task_uuid for state in pushed] == ids
+    assert not redis_server.exists(waiter)
