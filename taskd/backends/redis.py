@@ -65,7 +65,7 @@ class RedisBackend(ResultBackend):
         import redis
 
         with self._translated():
-            redisdb.refuse_unusable(self._redis, "result_backend", self._source)
+            redisdb.refuse_unusable(self._redis, "result_backend", self._source, redisdb.SCRIPTING)
             try:  # a state is kept under its task's id (machinery's layout), not the prefix
                 self._redis.execute_command("MGET", ACL_CHECK_ID)
             except redis.exceptions.NoPermissionError as exc:

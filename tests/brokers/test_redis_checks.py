@@ -219,19 +219,25 @@ def test_a_redis_cluster_is_refused_naming_the_key(redis_namespace: str, tmp_pat
             assert f"{config}: {key}: the Redis server runs in cluster mode" in done.stderr
 
 
+def _without(*commands: str) -> Any:
+    """A private Redis on a free port with ``commands`` renamed away (as managed services
+    do, and as a Redis older than a command lacks it); yields its URL."""
+
+    def command(port: int) -> list[str]:
+        renames = [word for name in commands for word in ("--rename-command", name, "")]
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", *renames]  # fmt: skip
+
+    return server_on_free_port(command, f"redis-server without {', '.join(commands)}")
+
+
 def test_a_redis_without_blmove_is_refused_naming_the_broker(
     redis_namespace: str, tmp_path: Path
 ) -> None:
     """Redis older than 6.2 (Debian 11's 6.0, Ubuntu 20.04's 5.0), or one with BLMOVE and
     LMOVE renamed away: the daemon said taskd_ready, then every fetch failed for good and
     every send stayed PENDING. Its results backend needs neither: that still passes."""
-
-    def command(port: int) -> list[str]:
-        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                "--appendonly", "no", "--rename-command", "BLMOVE", "",
-                "--rename-command", "LMOVE", ""]  # fmt: skip
-
-    with server_on_free_port(command, "redis-server without BLMOVE") as port:
+    with _without("BLMOVE", "LMOVE") as port:
         old = f"redis://127.0.0.1:{port}/0"
         data = config_data("redis", redis_namespace, tmp_path, broker=old, result_backend=old)
         config = str(write_config(tmp_path, data))
@@ -244,6 +250,27 @@ def test_a_redis_without_blmove_is_refused_naming_the_broker(
                            broker=f"sqlite://{tmp_path}/q.db")  # fmt: skip
         done = run_cli(tmp_path, "taskd", "check-config", "-c", str(write_config(tmp_path, data)))
         assert done.returncode == 0, done.stderr
+
+
+def test_a_redis_without_lua_scripts_is_refused_in_either_role(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """EVAL and EVALSHA disabled (some managed services allow that): check-config passed,
+    then each child crashed on its first script, again and again, and sends failed."""
+    with _without("EVAL", "EVALSHA") as port:
+        scriptless = f"redis://127.0.0.1:{port}/0"
+        queue = f"sqlite://{tmp_path}/q.db"
+        for key, urls in (
+            ("broker", {"broker": scriptless, "result_backend": f"sqlite://{tmp_path}/r.db"}),
+            ("result_backend", {"broker": queue, "result_backend": scriptless}),
+        ):
+            data = config_data("redis", redis_namespace, tmp_path, **urls)
+            config = str(write_config(tmp_path, data))
+            for args in (("check-config",), ("start", "--concurrency", "1")):
+                done = run_cli(tmp_path, "taskd", *args, "-c", config)
+                assert done.returncode == 2, done.stderr
+                assert f"{config}: {key}: this Redis (version " in done.stderr
+                assert "has no EVALSHA, EVAL" in done.stderr and "Lua scripts" in done.stderr
 
 
 @pytest.fixture

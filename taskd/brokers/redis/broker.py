@@ -19,6 +19,8 @@ from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.redis_scripts import Script
 
+# Taking a message moves it to a processing list in one step (Redis 6.2+), and scripts.
+BROKER_COMMANDS = ("BLMOVE", "LMOVE", *redisdb.SCRIPTING)
 FETCH = Script.packaged("fetch.lua")
 ACK = Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
 RELEASE = Script.packaged("release.lua")
@@ -70,8 +72,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         if Redis may evict taskd's keys."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
-            redisdb.refuse_unusable(self._redis, "broker", self._source)
-            checks.refuse_missing_commands(self._redis, self._source)
+            redisdb.refuse_unusable(self._redis, "broker", self._source, BROKER_COMMANDS)
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
 

@@ -1,7 +1,7 @@
-"""What the Redis broker verifies before it serves queues (``Broker.check``): that Redis has
-the commands it takes messages with, that no two roles share a key, that the keys already in
-Redis hold what taskd will write there, and whether Redis may evict what taskd keeps there (a
-warning: Redis's configuration is the operator's).
+"""What the Redis broker verifies before it serves queues (``Broker.check``), besides what
+every Redis driver does (``redisdb.refuse_unusable``): that no two roles share a key, that
+the keys already in Redis hold what taskd will write there, and whether Redis may evict what
+taskd keeps there (a warning: Redis's configuration is the operator's).
 
 machinery keeps a queue (a list), its ETA tasks (one sorted set) and task states (strings)
 side by side, named by the user; a queue named like the delayed set turns into a sorted set
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskd import logs, redisdb
+from taskd import logs
 from taskd.brokers.base import queue_setting
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.errors import ConfigError
@@ -22,8 +22,6 @@ from taskd.errors import ConfigError
 log = logs.get_logger("taskd.redis")
 
 DELAYED_KEY = "redis.delayed_tasks_key"
-# Taking a message moves it to a processing list in one step (at-least-once): Redis 6.2+.
-NEEDED_COMMANDS = ("BLMOVE", "LMOVE")
 PREFIX_KEY = "redis.key_prefix"
 
 
@@ -83,34 +81,6 @@ def check_types(client: Any, keys: RedisKeys, queues: Sequence[str], source: str
                 " or rename that key, or configure another name",
                 where,
             )
-
-
-def refuse_missing_commands(client: Any, source: str | None) -> None:
-    """ConfigError naming ``broker`` where Redis lacks a command taskd takes messages with:
-    older than 6.2 (Debian 11 and Ubuntu 20.04 ship 6.0 and 5.0, as some managed services
-    still do), or a command renamed or disabled. Else every fetch fails, for good, while
-    the daemon looks ready. Nothing where COMMAND is not allowed."""
-    import redis
-
-    try:
-        found = redisdb.command(client, ("COMMAND", "INFO", *NEEDED_COMMANDS))
-    except redis.ResponseError:  # COMMAND itself refused (an ACL, a rename)
-        return
-    missing = [name for name, info in zip(NEEDED_COMMANDS, found, strict=True) if not info]
-    if not missing:
-        return
-    try:
-        version = _text(client.info("server").get("redis_version", "unknown"))
-    except redis.ResponseError:
-        version = "unknown"
-    raise ConfigError(
-        "broker",
-        f"this Redis (version {version}) has no {', '.join(missing)}: taskd's Redis broker"
-        " needs Redis 6.2 or later, with those commands neither renamed nor disabled (it"
-        " moves each message it takes to a processing list in one step, so none is lost"
-        " with a worker); upgrade Redis, or use another broker",
-        source,
-    )
 
 
 def warn_of_eviction(client: Any) -> None:
