@@ -39,7 +39,8 @@ def confirmed() -> None:
 
 class Window:
     """At most ``limit`` sends awaiting their confirms, oldest first; 0: none (every send
-    is confirmed before it returns). ``patiently(call)`` makes ``call`` again while it
+    is confirmed before it returns). A send that finds the window full first takes in its
+    older half. ``patiently(call)`` makes ``call`` again while it
     raises an error that says nothing was sent, for as long as the sender's patience lasts
     (by default, it does not). Safe to share between threads."""
 
@@ -57,7 +58,9 @@ class Window:
         window has room; SendError, and nothing written, when an earlier send failed."""
         with self._lock:
             if len(self._waiting) >= max(self.limit, 1):
-                self._take_in(len(self._waiting) - self.limit + 1)
+                # The older half at once: their replies are in by now, and a send that took
+                # in one confirm each time would pay a read before every write.
+                self._take_in(len(self._waiting) - self.limit // 2)
             confirm, signatures = write()
             if self.limit == 0:
                 confirm()

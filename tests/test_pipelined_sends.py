@@ -48,6 +48,15 @@ def test_a_full_window_takes_in_the_oldest_confirm_before_writing() -> None:
     assert len(window) == 0
 
 
+def test_a_full_window_takes_in_its_older_half_at_once_before_writing() -> None:
+    window, log = Window(6), []
+    _sends(window, log, 10)
+    writes = [f"write t{n}" for n in range(10)]
+    halves = [f"confirm t{n}" for n in range(3)], [f"confirm t{n}" for n in range(3, 6)]
+    assert log == [*writes[:6], *halves[0], *writes[6:9], *halves[1], writes[9]]
+    assert len(window) == 4  # never more than 6 awaiting
+
+
 def test_without_a_window_each_send_is_confirmed_before_it_returns() -> None:
     window, log = Window(0), []
     _sends(window, log, 2)
