@@ -16,7 +16,10 @@ from taskd import redisdb
 # drains (a fetch moves messages, a settle stores states and acks, consumers beat): were they
 # refused, a Redis filled by a backlog would stay full for good, its workers unable to take
 # anything. So each begins with a write that takes none. Sends stay refused (plain commands).
-RUNS_WHEN_FULL = "redis.call('DEL', 'taskd:never-written')\n"
+# Its key has a task id's form: a user whose ACL keeps it to redis.key_prefix must be allowed
+# the task ids anyway (states live under them), and any other fixed name would be refused.
+NEVER_WRITTEN = "task_taskd-never-written"  # never a task's id (task_<uuid4>)
+RUNS_WHEN_FULL = f"redis.call('DEL', '{NEVER_WRITTEN}')\n"
 
 
 class Script:

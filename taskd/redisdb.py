@@ -149,49 +149,6 @@ def refused(reply: Any) -> bool:
     return isinstance(reply, _refusals()) or _not_now(reply)
 
 
-SCRIPTING = ("EVALSHA", "EVAL")  # every Redis driver of taskd's runs Lua scripts
-
-
-def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[str]) -> None:
-    """ConfigError naming ``key`` for a server taskd cannot use as configured, which its
-    workers would otherwise retry for good while the daemon looks ready: one that refuses the
-    URL's credentials (a wrong or missing password, an unknown user); one in cluster mode
-    (taskd's scripts touch keys of many hash slots at once: CROSSSLOT); one without a command
-    ``needed`` (older than 6.2 for a broker, or one renamed or disabled, as some managed
-    services do). What INFO or COMMAND is not allowed to tell is not checked."""
-    import redis
-
-    try:
-        enabled = client.info("cluster").get("cluster_enabled")
-    except redis.exceptions.AuthenticationError as exc:
-        raise ConfigError(key, f"Redis refused the connection: {exc}", source) from None
-    except redis.ResponseError:
-        enabled = False
-    if enabled:
-        raise ConfigError(
-            key,
-            "the Redis server runs in cluster mode, which taskd does not support (its"
-            " scripts touch keys of many hash slots at once): use a standalone Redis, or"
-            " Sentinel for failover (redis.master_name)",
-            source,
-        )
-    try:
-        found = command(client, ("COMMAND", "INFO", *needed))
-        missing = [name for name, info in zip(needed, found, strict=True) if not info]
-        version = client.info("server").get("redis_version", "unknown") if missing else ""
-    except redis.ResponseError:
-        return
-    if missing:
-        raise ConfigError(
-            key,
-            f"this Redis (version {version}) has no {', '.join(missing)}: taskd needs Redis"
-            " 6.2 or later for a broker (BLMOVE and LMOVE take a message into a processing"
-            " list in one step) and Lua scripts (EVAL, EVALSHA) for both roles, none of them"
-            " renamed or disabled; upgrade or reconfigure Redis, or use another driver",
-            source,
-        )
-
-
 def same_server(one: Any, other: Any) -> bool:
     """Whether two redis-py clients talk to the same server (or Sentinels' master) and
     database as the same user."""

@@ -14,12 +14,12 @@ from typing import Any, Self
 
 import orjson
 
-from taskd import logs, redisdb
+from taskd import logs, redis_checks, redisdb
 from taskd.backends import board_json
 from taskd.backends.base import SPENT_CLAIM, Awaited, Entry, Progress, ResultBackend, is_final
 from taskd.config import Config
 from taskd.confirms import Confirm, confirmed
-from taskd.errors import BackendError, BackendUnavailable, ConfigError
+from taskd.errors import BackendError, BackendUnavailable
 from taskd.redis_scripts import Script
 from taskd.wire import GroupMeta, State, TaskState
 
@@ -34,7 +34,6 @@ WAITER_TTL_S = 60  # a waiter's registration (and list) outlives this client by 
 WAKE_FIRST_CHECK_S = 0.05  # with nothing pushed, the states are read again after this...
 WAKE_GROWTH = 1.5
 WAKE_CHECK_S = 1.0  # ...growing to this
-ACL_CHECK_ID = "task_taskd-acl-check"  # read by check(): never a task's id
 POPPED_MAX = 500  # states taken off a waiter's list at once, behind the BLPOP for the first
 MIN_WAIT_S = 0.001  # a shorter block is not worth a round trip (and 0 would block for ever)
 POST = Script.packaged("post.lua")
@@ -62,19 +61,10 @@ class RedisBackend(ResultBackend):
         self._source = config.source
 
     def check(self) -> None:
-        import redis
-
         with self._translated():
-            redisdb.refuse_unusable(self._redis, "result_backend", self._source, redisdb.SCRIPTING)
-            try:  # a state is kept under its task's id (machinery's layout), not the prefix
-                self._redis.execute_command("MGET", ACL_CHECK_ID)
-            except redis.exceptions.NoPermissionError as exc:
-                raise ConfigError(
-                    "result_backend",
-                    f"{exc}: taskd keeps each task's state under the task's id, as machinery"
-                    " does, not under redis.key_prefix; this user's ACL must allow such keys",
-                    self._source,
-                ) from None
+            redis_checks.refuse_unusable(
+                self._redis, "result_backend", self._source, redis_checks.SCRIPTING
+            )
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:

@@ -44,7 +44,9 @@ _COLUMNS = {
     "bounded": COUNT,  # a task that kills the child is set aside after worker.max_deliveries
 }
 OUTAGE_KINDS = ("", "broker", "backend")
-PROBE_TASK_ID = "taskd-readiness-probe"  # looked up once per child; never a task's id
+# Looked up once per child. A task id's form, never a task's (task_<uuid4>): a Redis user
+# whose ACL allows task ids and redis.key_prefix alone may read it.
+PROBE_TASK_ID = "task_taskd-readiness-probe"
 
 
 def reached_backend(config: Config) -> ResultBackend:

@@ -274,22 +274,22 @@ def test_a_redis_without_lua_scripts_is_refused_in_either_role(
 
 
 @pytest.fixture
-def acl_user(redis_server: Any, namespace: str) -> Iterator[Callable[[str], str]]:
-    """``acl_user(keys)``: a Redis URL of a user of this test's, allowed every command on
-    the keys of the ACL pattern ``keys``; deleted afterwards."""
+def acl_user(redis_server: Any, namespace: str) -> Iterator[Callable[..., str]]:
+    """``acl_user(*keys, commands="+@all")``: a Redis URL of a user of this test's, allowed
+    the keys of the ACL patterns ``keys`` and the ``commands`` (ACL rules); deleted
+    afterwards."""
 
-    def user(keys: str) -> str:
-        redis_server.execute_command(
-            "ACL", "SETUSER", namespace, "reset", "on", ">pw", keys, "+@all"
-        )
+    def user(*keys: str, commands: str = "+@all") -> str:
+        rules = [*keys, *commands.split()]
+        redis_server.execute_command("ACL", "SETUSER", namespace, "reset", "on", ">pw", *rules)
         return f"redis://{namespace}:pw@127.0.0.1:6379/0"
 
     yield user
     redis_server.execute_command("ACL", "DELUSER", namespace)
 
 
-def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_backend(
-    redis_namespace: str, acl_user: Callable[[str], str], tmp_path: Path
+def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_setting(
+    redis_namespace: str, acl_user: Callable[..., str], tmp_path: Path
 ) -> None:
     """Allowed only the keys under redis.key_prefix, a user could send (PENDING unstored,
     a warning), and every worker failed to start; task states live under their task's
@@ -303,8 +303,8 @@ def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_backend(
     ):
         done = run_cli(tmp_path, *command)
         assert done.returncode == 2, done.stderr
-        assert f"{config}: result_backend: this user has no permissions" in done.stderr
-        assert "under the task's id" in done.stderr
+        assert f"{config}: broker: this user has no permissions" in done.stderr
+        assert "under the task's id" in done.stderr and "(task_*)" in done.stderr
     url = acl_user("~*")  # every key: it passes
     config, client = client_for("redis", redis_namespace, tmp_path, broker=url)
     client.close()
@@ -312,8 +312,51 @@ def test_an_acl_that_keeps_taskd_to_its_prefix_is_refused_naming_the_backend(
     assert done.returncode == 0, done.stderr
 
 
+def test_a_user_kept_to_the_prefix_and_the_task_ids_runs_tasks(
+    redis_namespace: str,
+    acl_user: Callable[..., str],
+    tmp_path: Path,
+    daemon: Callable[..., Daemon],
+) -> None:
+    """The keys the README asks an ACL to allow are all taskd needs. check-config passed,
+    but children could not start (their readiness probe read "taskd-readiness-probe") and
+    every script failed (each deleted "taskd:never-written" first), keys outside both."""
+    url = acl_user(f"~{redis_namespace}*", "~task_*")
+    config, client = client_for("redis", redis_namespace, tmp_path, broker=url)
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    assert client.send("add", 2, 3).get(timeout=20) == 5
+    assert client.send("add", 4, 5, countdown=0.5).get(timeout=20) == 9  # through the ETA set
+    client.close()
+    assert not process.events("beacon_failed")
+
+
+def test_a_user_denied_scripts_or_blocking_commands_is_refused_naming_them(
+    redis_namespace: str, acl_user: Callable[..., str], tmp_path: Path
+) -> None:
+    """COMMAND INFO shows what the server has, not what this user may run: with scripts
+    denied (-@scripting, a common policy) taskd said taskd_ready, then each fetch failed for
+    good; with BLMOVE denied (-@blocking), likewise."""
+    for denied, named in (("-@scripting", "EVALSHA, EVAL"), ("-@blocking", "BLMOVE")):
+        url = acl_user("~*", commands=f"+@all {denied}")
+        config, client = client_for("redis", redis_namespace, tmp_path, broker=url)
+        client.close()
+        for args in (("check-config",), ("start", "--concurrency", "1")):
+            done = run_cli(tmp_path, "taskd", *args, "-c", str(config))
+            assert done.returncode == 2, done.stderr
+            assert f"{config}: broker: this Redis user may not run {named} (" in done.stderr
+    url = acl_user("~*", commands="+@all -@scripting")
+    data = config_data("redis", redis_namespace, tmp_path, result_backend=url,
+                       broker=f"sqlite://{tmp_path}/q.db")  # fmt: skip
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(write_config(tmp_path, data)))
+    assert done.returncode == 2, done.stderr
+    assert "result_backend: this Redis user may not run EVALSHA, EVAL (" in done.stderr
+
+
 def test_credentials_redis_refuses_are_a_config_error_naming_the_key(
-    redis_namespace: str, acl_user: Callable[[str], str], tmp_path: Path
+    redis_namespace: str, acl_user: Callable[..., str], tmp_path: Path
 ) -> None:
     """A wrong password passed check-config (an outage, to the check), and the children
     waited for Redis for good, as for one that was down."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
-from taskd import drivers, redisdb
+from taskd import drivers, redis_checks, redisdb
 from taskd.brokers.base import Broker, DeadLetterCap, Delivery, Message
 from taskd.brokers.redis import checks
 from taskd.brokers.redis.admin import RedisQueueAdmin
@@ -20,7 +20,7 @@ from taskd.errors import BrokerError, BrokerUnavailable
 from taskd.redis_scripts import Script
 
 # Taking a message moves it to a processing list in one step (Redis 6.2+), and scripts.
-BROKER_COMMANDS = ("BLMOVE", "LMOVE", *redisdb.SCRIPTING)
+BROKER_COMMANDS = ("BLMOVE", "LMOVE", *redis_checks.SCRIPTING)
 FETCH = Script.packaged("fetch.lua")
 ACK = Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
 RELEASE = Script.packaged("release.lua")
@@ -72,7 +72,7 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
         if Redis may evict taskd's keys."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
-            redisdb.refuse_unusable(self._redis, "broker", self._source, BROKER_COMMANDS)
+            redis_checks.refuse_unusable(self._redis, "broker", self._source, BROKER_COMMANDS)
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
 

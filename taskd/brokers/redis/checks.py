@@ -1,5 +1,5 @@
 """What the Redis broker verifies before it serves queues (``Broker.check``), besides what
-every Redis driver does (``redisdb.refuse_unusable``): that no two roles share a key, that
+every Redis driver does (``redis_checks.refuse_unusable``): that no two roles share a key, that
 the keys already in Redis hold what taskd will write there, and whether Redis may evict what
 taskd keeps there (a warning: Redis's configuration is the operator's).
 

@@ -1,0 +1,97 @@
+"""What a Redis server, and the user taskd connects as, must offer taskd's Redis drivers:
+checked before they serve (``Broker.check``, ``ResultBackend.check``), so that a server they
+cannot use is a config error naming the setting, not workers that retry for good while the
+daemon looks ready."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from taskd import redisdb
+from taskd.errors import ConfigError
+from taskd.redis_scripts import NEVER_WRITTEN
+
+SCRIPTING = ("EVALSHA", "EVAL")  # every Redis driver of taskd's runs Lua scripts
+
+# Forms of the commands refuse_unusable looks for that change nothing (no script has a SHA-1
+# of zeros, NEVER_WRITTEN holds nothing): a NOPERM reply is the only one that tells anything.
+_HARMLESS = {
+    "EVALSHA": ("EVALSHA", "0" * 40, 0),
+    "EVAL": ("EVAL", "return 0", 0),
+    "LMOVE": ("LMOVE", NEVER_WRITTEN, NEVER_WRITTEN, "LEFT", "RIGHT"),
+    "BLMOVE": ("BLMOVE", NEVER_WRITTEN, NEVER_WRITTEN, "LEFT", "RIGHT", 0.001),
+}
+
+
+def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[str]) -> None:
+    """ConfigError naming ``key`` for a server taskd cannot use as configured, which its
+    workers would otherwise retry for good while the daemon looks ready: one that refuses the
+    URL's credentials (a wrong or missing password, an unknown user); one in cluster mode
+    (taskd's scripts touch keys of many hash slots at once: CROSSSLOT); one without a command
+    ``needed`` (older than 6.2 for a broker, or one renamed or disabled, as some managed
+    services do); a user whose ACL denies one of them, or the key each script deletes first
+    (NEVER_WRITTEN). What INFO or COMMAND is not allowed to tell is not checked."""
+    import redis
+
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis.exceptions.AuthenticationError as exc:
+        raise ConfigError(key, f"Redis refused the connection: {exc}", source) from None
+    except redis.ResponseError:
+        enabled = False
+    if enabled:
+        raise ConfigError(
+            key,
+            "the Redis server runs in cluster mode, which taskd does not support (its"
+            " scripts touch keys of many hash slots at once): use a standalone Redis, or"
+            " Sentinel for failover (redis.master_name)",
+            source,
+        )
+    try:
+        found = redisdb.command(client, ("COMMAND", "INFO", *needed))
+        missing = [name for name, info in zip(needed, found, strict=True) if not info]
+        version = client.info("server").get("redis_version", "unknown") if missing else ""
+    except redis.ResponseError:
+        missing = []
+    if missing:
+        raise ConfigError(
+            key,
+            f"this Redis (version {version}) has no {', '.join(missing)}: taskd needs Redis"
+            " 6.2 or later for a broker (BLMOVE and LMOVE take a message into a processing"
+            " list in one step) and Lua scripts (EVAL, EVALSHA) for both roles, none of them"
+            " renamed or disabled; upgrade or reconfigure Redis, or use another driver",
+            source,
+        )
+    _refuse_denied(client, key, source, needed)
+
+
+def _refuse_denied(client: Any, key: str, source: str | None, needed: Sequence[str]) -> None:
+    """ConfigError naming ``key`` where this user's ACL denies a command ``needed`` or the
+    deletion of NEVER_WRITTEN, found by running their harmless forms."""
+    import redis
+
+    probes = [("DEL", NEVER_WRITTEN), *(_HARMLESS[name] for name in needed)]
+    replies = redisdb.send_packed(client, probes)()
+    denied = {
+        probe[0]: reply
+        for probe, reply in zip(probes, replies, strict=True)
+        if isinstance(reply, redis.exceptions.NoPermissionError)
+    }
+    commands = [name for name, reply in denied.items() if "keys" not in str(reply)]
+    if commands:
+        raise ConfigError(
+            key,
+            f"this Redis user may not run {', '.join(commands)} ({denied[commands[0]]}):"
+            " taskd needs Lua scripts (EVAL, EVALSHA) for both roles, and BLMOVE and LMOVE"
+            " for a broker; allow them in the user's ACL, or use another user",
+            source,
+        )
+    if "DEL" in denied:
+        raise ConfigError(
+            key,
+            f"{denied['DEL']}: taskd keeps each task's state under the task's id, as machinery"
+            f" does, not under redis.key_prefix, and each of its scripts first deletes"
+            f" {NEVER_WRITTEN}; this user's ACL must allow such keys (task_*)",
+            source,
+        )
