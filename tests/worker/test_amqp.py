@@ -470,7 +470,8 @@ def test_delayed_tasks_run_after_their_eta_through_a_fixed_ladder(
     assert len(ladder) == delays.LEVELS == 28
     ladder.add(delays.Ladder(namespace).final(f"{namespace}.task"))  # the way out
     # One queue per level and one out, whatever the delays: not one per delay as machinery's.
-    assert queues_named_after(namespace) == {namespace} | ladder
+    # Besides them: the queue, and its dead letters' (declared at start, as a check).
+    assert queues_named_after(namespace) == {namespace, DEAD_PREFIX + namespace} | ladder
     wait_until(lambda: len(runs(trace)) >= 100, 30, 0.05, "100 delayed tasks to run")
     # A task's trace line is written while it runs, its state after: the last ones may lag.
     wait_until(lambda: all_succeeded(client, [sig.uuid for sig in sent]), 10, 0.05, "states")
@@ -479,7 +480,7 @@ def test_delayed_tasks_run_after_their_eta_through_a_fixed_ladder(
     for i, sig in enumerate(sent):
         assert sig.eta is not None
         assert float(stamps[f"d{i}"]) >= sig.eta.to_unix() - 1e-6, f"d{i} ran before its ETA"
-    assert queues_named_after(namespace) == {namespace} | ladder
+    assert queues_named_after(namespace) == {namespace, DEAD_PREFIX + namespace} | ladder
     assert process.process.poll() is None
     client.close()
 
@@ -586,14 +587,25 @@ def test_names_too_long_for_rabbitmq_are_config_errors_naming_the_key(
 
 
 @pytest.fixture
-def amqp_user_who_cannot_declare(namespace: str) -> Iterator[str]:
-    """A RabbitMQ user who may read and write but not configure (declare): an AMQP URL."""
+def amqp_user(namespace: str) -> Iterator[Callable[[str, str, str], str]]:
+    """``amqp_user(configure, write, read)``: the AMQP URL of a RabbitMQ user of this test's
+    with these permissions (regular expressions) on vhost /; deleted afterwards."""
     rabbitmqctl("add_user", namespace, namespace)
+
+    def user(configure: str, write: str, read: str) -> str:
+        rabbitmqctl("set_permissions", "-p", "/", namespace, configure, write, read)
+        return f"amqp://{namespace}:{namespace}@127.0.0.1:5672/%2F"
+
     try:
-        rabbitmqctl("set_permissions", "-p", "/", namespace, "^$", ".*", ".*")
-        yield f"amqp://{namespace}:{namespace}@127.0.0.1:5672/%2F"
+        yield user
     finally:
         rabbitmqctl("delete_user", namespace)
+
+
+@pytest.fixture
+def amqp_user_who_cannot_declare(amqp_user: Callable[[str, str, str], str]) -> str:
+    """A RabbitMQ user who may read and write but not configure (declare): an AMQP URL."""
+    return amqp_user("^$", ".*", ".*")
 
 
 @pytest.mark.parametrize("key", ["broker", "result_backend"])
@@ -617,6 +629,60 @@ def test_a_user_who_may_not_declare_is_a_config_error_at_start(
         assert done.returncode == 2, (command, done.stderr)
         assert f"{config}: {key}: RabbitMQ refused to declare" in done.stderr
         assert "ACCESS_REFUSED" in done.stderr
+
+
+def test_a_user_kept_to_names_of_its_own_is_refused_until_it_may_set_messages_aside(
+    amqp_namespace: str,
+    amqp_user: Callable[[str, str, str], str],
+    tmp_path: Path,
+    daemon: Callable[..., Daemon],
+) -> None:
+    """A user allowed its own exchange and queue alone (``^<name>``): check-config passed,
+    and every child given a message to set aside (an unknown task) crashed, again and
+    again: RabbitMQ refused taskd.dead.<queue>, then the publish through amq.default. Now
+    refused at start; with both allowed, the message is set aside and no child crashes."""
+    own = f"^{re.escape(amqp_namespace)}"
+    config, client = amqp_client(amqp_namespace, tmp_path, broker=amqp_user(own, own, own))
+    client.close()
+    for args in (("check-config",), ("start", "--concurrency", "1")):
+        done = run_cli(tmp_path, "taskd", *args, "-c", str(config), timeout_s=30)
+        assert done.returncode == 2, done.stderr
+        assert f"{config}: broker: RabbitMQ refused to let undeliverable messages" in done.stderr
+        assert f"ACCESS_REFUSED - access to queue '{DEAD_PREFIX}{amqp_namespace}'" in done.stderr
+    dead = rf"|^{re.escape(DEAD_PREFIX)}"
+    amqp_user(own + dead, own, own + dead)  # the dead letters, not yet amq.default
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config), timeout_s=30)
+    assert done.returncode == 2, done.stderr
+    assert "access to exchange 'amq.default'" in done.stderr
+    amqp_user(own + dead, own + dead + r"|^amq\.default$", own + dead)
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config), timeout_s=30)
+    assert done.returncode == 0, done.stderr
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    with Client(load_config(config, env={"TASKD_STATE_DIR": str(tmp_path / "state")})) as client:
+        client.send("no_such_task")
+
+    def set_aside() -> bool:
+        listed = run_cli(tmp_path, "taskctl", "-c", str(config), "queue", "dead")
+        return "'no_such_task' is not registered" in listed.stdout
+
+    wait_until(set_aside, 20, what="the unknown task set aside")
+    assert not process.events("child_crashed")
+
+
+def test_a_result_user_who_may_not_publish_to_the_default_exchange_is_refused(
+    amqp_namespace: str, amqp_user: Callable[[str, str, str], str], tmp_path: Path
+) -> None:
+    """AMQP results are published through the default exchange: a user who may declare but
+    not write to amq.default passed check-config, then failed every task's state."""
+    url = amqp_user(".*", r"^(?!amq\.default$).*", ".*")
+    sqlite = f"sqlite://{tmp_path}/{amqp_namespace}.db"
+    config, client = client_for("amqp", amqp_namespace, tmp_path, broker=sqlite, result_backend=url)
+    client.close()
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config), timeout_s=30)
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: result_backend: RabbitMQ refused to" in done.stderr
+    assert "access to exchange 'amq.default'" in done.stderr
 
 
 @pytest.mark.parametrize(

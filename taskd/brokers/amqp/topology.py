@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskd import logs
-from taskd.amqplink import PRECONDITION_FAILED, open_channel, refused_at_check
+from taskd.amqplink import PRECONDITION_FAILED, open_channel, publish_unrouted, refused_at_check
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -131,15 +131,26 @@ class Topology:
         source: str | None,
     ) -> None:
         """Declare the exchange, ``queues`` and their bindings through ``call`` (the broker's
-        own): what RabbitMQ refuses there (a user without the permission to declare, an
-        exchange or queue declared before with other arguments) is a ConfigError naming the
-        setting, at start, instead of a failure of every fetch of every child for good. An
-        unreachable RabbitMQ passes (BrokerUnavailable: the daemon rides it out)."""
+        own), then what setting a message aside takes (``reject``: its dead-letter queue, and
+        a publish through the default exchange): what RabbitMQ refuses there (a user without
+        the permission to declare, or kept to names that leave out taskd's own, an exchange
+        or queue declared before with other arguments) is a ConfigError naming the setting,
+        at start, instead of a failure of every fetch of every child for good, or a crash of
+        every child given a message to set aside. An unreachable RabbitMQ passes
+        (BrokerUnavailable: the daemon rides it out)."""
+        doing = ["declare"]
 
         def declare(session: Session) -> None:
             channel = session.publishing()
             for queue in queues:
                 self.declare_queue(session, channel, queue)
+            doing[0] = (
+                f"let undeliverable messages be set aside (declare {DEAD_PREFIX}<queue>,"
+                " publish through the default exchange, amq.default)"
+            )
+            for queue in queues:
+                self.declare_dead(session, queue)
+            publish_unrouted(session.publishing())
 
         try:
             call(declare)
@@ -152,7 +163,7 @@ class Topology:
                 key = "amqp.exchange_type"
             else:
                 key = "amqp.queue_declare_args"
-            raise refused_at_check(exc, "broker", key, source) from None
+            raise refused_at_check(exc, "broker", key, source, doing[0]) from None
 
     def warn_of_bounds(self) -> None:
         """A queue bounded in ``amqp.queue_declare_args`` loses tasks where RabbitMQ keeps it
