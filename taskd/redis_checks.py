@@ -30,8 +30,9 @@ def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[
     URL's credentials (a wrong or missing password, an unknown user); one in cluster mode
     (taskd's scripts touch keys of many hash slots at once: CROSSSLOT); one without a command
     ``needed`` (older than 6.2 for a broker, or one renamed or disabled, as some managed
-    services do); a user whose ACL denies one of them, or the key each script deletes first
-    (NEVER_WRITTEN). What INFO or COMMAND is not allowed to tell is not checked."""
+    services do, or a proxy in front of Redis that does not serve them); a user whose ACL
+    denies one of them, or the key each script deletes first (NEVER_WRITTEN). Harmless forms
+    of the commands are run to tell; cluster mode is not checked where INFO is denied."""
     import redis
 
     try:
@@ -48,13 +49,15 @@ def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[
             " Sentinel for failover (redis.master_name)",
             source,
         )
-    try:
-        found = redisdb.command(client, ("COMMAND", "INFO", *needed))
-        missing = [name for name, info in zip(needed, found, strict=True) if not info]
-        version = client.info("server").get("redis_version", "unknown") if missing else ""
-    except redis.ResponseError:
-        missing = []
+    probed = _probed(client, needed)
+    missing = _missing(client, needed) or [
+        name for name in needed if "unknown command" in str(probed.get(name, ""))
+    ]  # COMMAND itself renamed, denied, or not served (a proxy): the probes tell
     if missing:
+        try:
+            version = client.info("server").get("redis_version", "unknown")
+        except redis.ResponseError:
+            version = "unknown"
         raise ConfigError(
             key,
             f"this Redis (version {version}) has no {', '.join(missing)}: taskd needs Redis"
@@ -63,19 +66,9 @@ def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[
             " renamed or disabled; upgrade or reconfigure Redis, or use another driver",
             source,
         )
-    _refuse_denied(client, key, source, needed)
-
-
-def _refuse_denied(client: Any, key: str, source: str | None, needed: Sequence[str]) -> None:
-    """ConfigError naming ``key`` where this user's ACL denies a command ``needed`` or the
-    deletion of NEVER_WRITTEN, found by running their harmless forms."""
-    import redis
-
-    probes = [("DEL", NEVER_WRITTEN), *(_HARMLESS[name] for name in needed)]
-    replies = redisdb.send_packed(client, probes)()
     denied = {
-        probe[0]: reply
-        for probe, reply in zip(probes, replies, strict=True)
+        name: reply
+        for name, reply in probed.items()
         if isinstance(reply, redis.exceptions.NoPermissionError)
     }
     commands = [name for name, reply in denied.items() if "keys" not in str(reply)]
@@ -95,3 +88,26 @@ def _refuse_denied(client: Any, key: str, source: str | None, needed: Sequence[s
             f" {NEVER_WRITTEN}; this user's ACL must allow such keys (task_*)",
             source,
         )
+
+
+def _missing(client: Any, needed: Sequence[str]) -> list[str]:
+    """The commands ``needed`` that COMMAND INFO does not know; none where it cannot tell."""
+    import redis
+
+    try:
+        found = redisdb.command(client, ("COMMAND", "INFO", *needed))
+    except redis.ResponseError:
+        return []
+    return [name for name, info in zip(needed, found, strict=True) if not info]
+
+
+def _probed(client: Any, needed: Sequence[str]) -> dict[str, Exception]:
+    """The error replies to the harmless forms of the commands ``needed`` and of the DEL each
+    script begins with (by command); those that ran are left out."""
+    probes = [("DEL", NEVER_WRITTEN), *(_HARMLESS[name] for name in needed)]
+    replies = redisdb.send_packed(client, probes)()
+    return {
+        str(probe[0]): reply
+        for probe, reply in zip(probes, replies, strict=True)
+        if isinstance(reply, Exception)
+    }

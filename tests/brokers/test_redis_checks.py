@@ -273,6 +273,21 @@ def test_a_redis_without_lua_scripts_is_refused_in_either_role(
                 assert "has no EVALSHA, EVAL" in done.stderr and "Lua scripts" in done.stderr
 
 
+def test_a_redis_that_hides_what_it_lacks_from_command_is_refused_all_the_same(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """COMMAND renamed too (or a proxy that serves neither it nor scripts): the check could
+    not tell what was missing, passed, and each child then failed on its first script."""
+    with _without("COMMAND", "EVAL", "EVALSHA") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
+        config = str(write_config(tmp_path, data))
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+        assert done.returncode == 2, done.stderr
+        assert f"{config}: broker: this Redis (version " in done.stderr
+        assert "has no EVALSHA, EVAL" in done.stderr
+
+
 @pytest.fixture
 def acl_user(redis_server: Any, namespace: str) -> Iterator[Callable[..., str]]:
     """``acl_user(*keys, commands="+@all")``: a Redis URL of a user of this test's, allowed
