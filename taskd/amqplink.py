@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -115,14 +114,6 @@ def refused_at_check(
     if isinstance(exc.__cause__, refusals()):
         return ConfigError(url_key, exc.reason, source)
     return ConfigError(key, f"RabbitMQ refused to {doing}: {exc.reason}", source)
-
-
-def publish_unrouted(channel: Any) -> None:
-    """Publish through the default exchange a message no queue takes (a routing key no
-    queue has, not mandatory: RabbitMQ drops it). Publishing there needs the write
-    permission on ``amq.default``, as setting messages aside and storing AMQP results do:
-    a refusal closes ``channel`` (ChannelClosedByBroker), on a confirm channel at once."""
-    channel.basic_publish("", f"taskd.unrouted.{secrets.token_hex(8)}", b"")
 
 
 def transient_errors() -> tuple[type[Exception], ...]:

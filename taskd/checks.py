@@ -12,23 +12,25 @@ from taskd.config import Config
 from taskd.errors import BackendUnavailable, BrokerUnavailable, ConfigError, DriverError
 
 
-def check_drivers(config: Config, queues: Sequence[str] = ()) -> None:
+def check_drivers(config: Config, queues: Sequence[str] = (), *, writes: bool = True) -> None:
     """Build the configured broker and backend and close them again: a URL that names a
     driver but cannot be used (bad host or port, a file that cannot be created) fails here,
     naming its key, before anything depends on it; so does what the broker's ``check``
     refuses for the default queue and ``queues`` (a Redis queue named like the delayed set,
     a key of the wrong type), and what the backend's refuses (a Redis Cluster). Unreachable
-    servers are not an error: drivers connect lazily, and the daemon rides out an outage."""
+    servers are not an error: drivers connect lazily, and the daemon rides out an outage.
+    ``writes``: the caller writes (a daemon, a sender); without, what only writes need (a
+    user's permission to write) is not asked."""
     with _named("broker", config):
         broker = open_broker(config)
         try:
-            broker.check(list(dict.fromkeys([config.default_queue, *queues])))
+            broker.check(list(dict.fromkeys([config.default_queue, *queues])), writes=writes)
         finally:
             broker.close()
     with _named("result_backend", config):
         backend = open_backend(config)
         try:
-            backend.check()
+            backend.check(writes=writes)
         finally:
             backend.close()
 

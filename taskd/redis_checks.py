@@ -24,15 +24,18 @@ _HARMLESS = {
 }
 
 
-def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[str]) -> None:
+def refuse_unusable(
+    client: Any, key: str, source: str | None, needed: Sequence[str], *, writes: bool = True
+) -> None:
     """ConfigError naming ``key`` for a server taskd cannot use as configured, which its
     workers would otherwise retry for good while the daemon looks ready: one that refuses the
     URL's credentials (a wrong or missing password, an unknown user); one in cluster mode
     (taskd's scripts touch keys of many hash slots at once: CROSSSLOT); one without a command
     ``needed`` (older than 6.2 for a broker, or one renamed or disabled, as some managed
     services do, or a proxy in front of Redis that does not serve them); a user whose ACL
-    denies one of them, or the key each script deletes first (NEVER_WRITTEN). Harmless forms
-    of the commands are run to tell; cluster mode is not checked where INFO is denied."""
+    denies one of them, or the key each script deletes first (NEVER_WRITTEN), unless the
+    caller only reads (not ``writes``). Harmless forms of the commands are run to tell;
+    cluster mode is not checked where INFO is denied."""
     import redis
 
     try:
@@ -66,6 +69,8 @@ def refuse_unusable(client: Any, key: str, source: str | None, needed: Sequence[
             " renamed or disabled; upgrade or reconfigure Redis, or use another driver",
             source,
         )
+    if not writes:  # a reader (taskctl result...) may be a user that may not write
+        return
     denied = {
         name: reply
         for name, reply in probed.items()

@@ -39,7 +39,6 @@ from taskd.amqplink import (
     PRECONDITION_FAILED,
     Link,
     connection_parameters,
-    publish_unrouted,
     refused_at_check,
 )
 from taskd.backends import amqp_board, amqp_chord, amqp_machinery
@@ -101,27 +100,24 @@ class AMQPBackend(ResultBackend):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
 
-    def check(self) -> None:
-        """Declare and delete a record's queue, and publish through the default exchange, as
-        each task's result needs: RabbitMQ's refusal (a user without the permission to
-        configure queues, or to write to amq.default) is a ConfigError naming result_backend
-        at start, not an error at every task. Unreachable: no error."""
+    def check(self, *, writes: bool = True) -> None:
+        """Declare and delete a record's queue, as each task's result needs: RabbitMQ's
+        refusal (a user without the permission to configure queues) is a ConfigError naming
+        result_backend at start, not an error at every task. Unreachable: no error. (Its
+        writes, through the default exchange, are not tried: a publish waits out a resource
+        alarm, and would hold the start.)"""
         name = self._name("state", f"taskd-check-{secrets.token_hex(4)}")
-        doing = "declare and delete a queue, and publish through the default exchange"
 
         def declare_and_delete(session: RecordSession) -> None:
             self._declare(session, name, self._record_arguments)
             session.writing().queue_delete(name)
-            publish_unrouted(session.writing())
 
         try:
             self._call(declare_and_delete, name)
         except BackendError as exc:
             if isinstance(exc, BackendUnavailable):
                 raise
-            raise refused_at_check(
-                exc, "result_backend", "result_backend", self._source, doing
-            ) from None
+            raise refused_at_check(exc, "result_backend", "result_backend", self._source) from None
 
     def _name(self, kind: str, record_id: str) -> str:
         return f"{self._prefix}.{kind}.{record_id}"

@@ -158,10 +158,12 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def check(self) -> None:
+    def check(self, *, writes: bool = True) -> None:
         """Refuse, before anything depends on it, a server taskd cannot use as configured
         (``taskd start``, ``check-config`` and a reload call this): ConfigError naming the
-        key. May ask the server; BackendUnavailable then is no error. Nothing by default."""
+        key. May ask the server; BackendUnavailable then is no error. Without ``writes``
+        (a caller that only reads), what only writes need is not asked of the user.
+        Nothing by default."""
         return
 
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:

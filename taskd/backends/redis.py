@@ -60,10 +60,10 @@ class RedisBackend(ResultBackend):
         self._pending = redisdb.Pipe(self._redis)  # begin_pending's writes, replies read later
         self._source = config.source
 
-    def check(self) -> None:
+    def check(self, *, writes: bool = True) -> None:
         with self._translated():
             redis_checks.refuse_unusable(
-                self._redis, "result_backend", self._source, redis_checks.SCRIPTING
+                self._redis, "result_backend", self._source, redis_checks.SCRIPTING, writes=writes
             )
 
     @classmethod

@@ -60,14 +60,26 @@ class Session:
 
     @property
     def config(self) -> Config:
-        return self.client.config
+        return (self._client or self.reader).config
 
     @property
     def client(self) -> Client:
+        """The client of a command that writes (sends, purges, revokes...)."""
+        return self._open(writes=True)
+
+    @property
+    def reader(self) -> Client:
+        """The client of a command that only reads (a result not waited for, queue stats,
+        peeks, dead letters listed): its checks do not ask the user's permission to
+        write."""
+        return self._open(writes=False)
+
+    def _open(self, *, writes: bool) -> Client:
         if self._client is None:
+            config = load(self.config_path, log_level="warning", writes=writes)
             # Each send confirmed before taskctl goes on: a failure is its exit status, and
             # an id it prints is of a task that is queued.
-            self._client = Client(load(self.config_path, log_level="warning"), pipeline=0)
+            self._client = Client(config, pipeline=0)
         return self._client
 
     def close(self) -> None:

@@ -176,10 +176,12 @@ def result(session: Session, task_id: str, wait_s: float | None, as_json: bool) 
     """
     if not task_id.strip():
         raise click.UsageError("TASK_ID must not be empty")
-    group = session.client.group_result(task_id) if task_id.startswith("group_") else None
+    # A wait registers with the backend (a write, on Redis); a look only reads.
+    client = session.reader if wait_s is None else session.client
+    group = client.group_result(task_id) if task_id.startswith("group_") else None
     if group is not None:
         finish_group(member_states(group, wait_s), group.member_ids, as_json)
-    single = session.client.result(task_id)
+    single = client.result(task_id)
     if wait_s is None:
         finish(single.state(), task_id, as_json)
     finish(waited(lambda: single.wait(wait_s)), task_id, as_json)

@@ -30,7 +30,7 @@ def stats(session: Session, name: str | None, as_json: bool) -> None:
     live consumers) and orphaned (held by consumers that died, until they are given back);
     "unknown" where the broker cannot tell."""
     name = name or session.config.default_queue
-    broker = session.client.broker
+    broker = session.reader.broker
     held = broker.holding(name)
     figures = {
         "queue": name,
@@ -55,7 +55,7 @@ def stats(session: Session, name: str | None, as_json: bool) -> None:
 @pass_session
 def peek(session: Session, name: str | None, limit: int) -> None:
     """Print the next messages of a queue (one JSON body per line) without taking them."""
-    for body in session.client.broker.peek(name or session.config.default_queue, limit):
+    for body in session.reader.broker.peek(name or session.config.default_queue, limit):
         click.echo(shown(body))
 
 
@@ -109,12 +109,13 @@ def dead(
 ) -> None:
     """Messages set aside as undeliverable, newest first, with their id and the reason; with
     --requeue or --drop, put them back on their queue or delete them."""
-    name = name or session.config.default_queue
     verb, ids = _dead_action(requeue, drop, every)
+    client = session.client if verb else session.reader  # opened before the config is read
+    name = name or client.config.default_queue
     if verb:
         _act_on_dead(session, name, verb, ids, as_json)
         return
-    letters = session.client.broker.dead_letters(name, limit)
+    letters = client.broker.dead_letters(name, limit)
     if not letters:
         click.echo(f"no dead letters in {name}", err=True)
     for letter in letters:

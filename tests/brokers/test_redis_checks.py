@@ -14,6 +14,7 @@ from taskd.checks import check_drivers
 from taskd.client import Client
 from taskd.config import load_config
 from taskd.errors import ConfigError
+from taskd.wire import State, TaskResult, TaskState
 from tests.support.harness import (
     Daemon,
     client_for,
@@ -368,6 +369,40 @@ def test_a_user_denied_scripts_or_blocking_commands_is_refused_naming_them(
     done = run_cli(tmp_path, "taskd", "check-config", "-c", str(write_config(tmp_path, data)))
     assert done.returncode == 2, done.stderr
     assert "result_backend: this Redis user may not run EVALSHA, EVAL (" in done.stderr
+
+
+def test_a_read_only_user_may_look_with_taskctl_but_not_serve_or_send(
+    redis_namespace: str, acl_user: Callable[..., str], tmp_path: Path
+) -> None:
+    """The checks ask a user's permission to write only of those that write: a monitoring
+    user (+@read +@fast -@write) reads results and queues with taskctl, while the daemon,
+    a send and a wait for a result (which registers the waiter: a write) are refused up
+    front."""
+    _, admin = client_for("redis", redis_namespace, tmp_path)
+    sent = admin.send("add", 1, 2)
+    admin.backend.set_states([TaskState(sent.task_id, State.SUCCESS, task_name="add",
+                                        results=(TaskResult("int64", 3),))])  # fmt: skip
+    admin.close()
+    url = acl_user("~*", commands="+@read +@fast +@connection -@write")
+    config = write_config(tmp_path, config_data("redis", redis_namespace, tmp_path, broker=url,
+                                                result_backend=url))  # fmt: skip
+    for args, shows in (
+        (["result", sent.task_id], "3"),
+        (["queue", "stats"], f"{redis_namespace}: 1 ready"),
+        (["queue", "peek"], sent.task_id),
+        (["queue", "dead"], ""),
+    ):
+        done = run_cli(tmp_path, "taskctl", "-c", str(config), *args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert shows in done.stdout, (args, done.stdout)
+    for command in (
+        ["taskd", "check-config", "-c", str(config)],
+        ["taskctl", "-c", str(config), "send", "noop"],
+        ["taskctl", "-c", str(config), "result", sent.task_id, "--wait", "1"],
+    ):
+        done = run_cli(tmp_path, *command)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "broker: this Redis user may not run DEL" in done.stderr, done.stderr
 
 
 def test_credentials_redis_refuses_are_a_config_error_naming_the_key(

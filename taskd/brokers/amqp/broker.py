@@ -16,7 +16,7 @@ from taskd.brokers.amqp import delays
 from taskd.brokers.amqp.dead import AMQPDeadLetters, new_dead_letter_id
 from taskd.brokers.amqp.pipeline import NACKED, Unroutable, confirm_timeout_s, unroutable
 from taskd.brokers.amqp.publishing import AMQPPublishing
-from taskd.brokers.amqp.topology import Session, Topology
+from taskd.brokers.amqp.topology import DEAD_EXCHANGE, Session, Topology
 from taskd.brokers.base import Broker, Delivery, Message
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerFull, BrokerUnavailable
@@ -93,11 +93,11 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
         except pika.exceptions.AMQPChannelError as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
-    def check(self, queues: Sequence[str]) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
         self._topology.check_names(queues, "--queue")
         self._topology.warn_of_bounds()
         self._topology.check_declarable(
-            lambda declare: self._call(declare, queues[0]), queues, self._source
+            lambda declare: self._call(declare, queues[0]), queues, self._source, writes=writes
         )
 
     def routing_key(self, queue: str) -> str:
@@ -275,8 +275,8 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
         return tags
 
     def reject(self, delivery: Delivery, reason: str) -> None:
-        """Into ``taskd.dead.<queue>`` with the reason in headers and an id as its
-        message_id (confirmed), then acked."""
+        """Into ``taskd.dead.<queue>`` (through DEAD_EXCHANGE) with the reason in headers and
+        an id as its message_id (confirmed), then acked."""
         import pika
 
         done = [False]  # a retry on a new connection does not set it aside twice
@@ -294,7 +294,7 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
             properties = pika.BasicProperties(
                 delivery_mode=2, headers=headers, message_id=new_dead_letter_id()
             )
-            channel.basic_publish("", dead, delivery.body, properties, mandatory=True)
+            channel.basic_publish(DEAD_EXCHANGE, dead, delivery.body, properties, mandatory=True)
             done[0] = True
 
         self._call(set_aside, delivery.queue, sending=True)

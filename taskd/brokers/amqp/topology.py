@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskd import logs
-from taskd.amqplink import PRECONDITION_FAILED, open_channel, publish_unrouted, refused_at_check
+from taskd.amqplink import PRECONDITION_FAILED, open_channel, refused_at_check
 from taskd.brokers.amqp import delays
 from taskd.config import Config
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 
 log = logs.get_logger("taskd.amqp")
 DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
+# Where they are published (direct, bound to each by its name): not the default exchange,
+# whose publishes RabbitMQ checks as writes to amq.default, which users kept to names of
+# their own lack; and a declaration, unlike a publish, is checked at start even under a
+# resource alarm. The one set of names (^taskd\.dead) covers both.
+DEAD_EXCHANGE = "taskd.dead"
 MAX_NAME_BYTES = 255  # AMQP's short strings: exchange, queue and routing key names
 _warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged
 
@@ -129,28 +134,32 @@ class Topology:
         call: Callable[[Callable[[Session], None]], None],
         queues: Sequence[str],
         source: str | None,
+        *,
+        writes: bool = True,
     ) -> None:
         """Declare the exchange, ``queues`` and their bindings through ``call`` (the broker's
-        own), then what setting a message aside takes (``reject``: its dead-letter queue, and
-        a publish through the default exchange): what RabbitMQ refuses there (a user without
+        own), then what setting a message aside takes (``reject``: the dead-letter exchange
+        and queue, bound): what RabbitMQ refuses there (a user without
         the permission to declare, or kept to names that leave out taskd's own, an exchange
         or queue declared before with other arguments) is a ConfigError naming the setting,
         at start, instead of a failure of every fetch of every child for good, or a crash of
-        every child given a message to set aside. An unreachable RabbitMQ passes
-        (BrokerUnavailable: the daemon rides it out)."""
+        every child given a message to set aside (not asked of a caller that only reads:
+        not ``writes``). An unreachable RabbitMQ passes (BrokerUnavailable: the daemon rides
+        it out)."""
         doing = ["declare"]
 
         def declare(session: Session) -> None:
             channel = session.publishing()
             for queue in queues:
                 self.declare_queue(session, channel, queue)
+            if not writes:
+                return
             doing[0] = (
-                f"let undeliverable messages be set aside (declare {DEAD_PREFIX}<queue>,"
-                " publish through the default exchange, amq.default)"
+                f"let undeliverable messages be set aside (declare {DEAD_EXCHANGE} and"
+                f" {DEAD_PREFIX}<queue>, bind them)"
             )
             for queue in queues:
                 self.declare_dead(session, queue)
-            publish_unrouted(session.publishing())
 
         try:
             call(declare)
@@ -236,14 +245,16 @@ class Topology:
             session.declared.add(marker)
 
     def declare_dead(self, session: Session, queue: str) -> str:
-        """``taskd.dead.<queue>``, capped by ``dead_arguments``, on the publishing channel
-        (taken again from the session afterwards: a refusal closes it). RabbitMQ refuses to
-        redeclare a queue with other arguments than it has (one declared by an older taskd,
-        or under another cap): that is logged once and the queue used as it is."""
+        """``taskd.dead.<queue>``, capped by ``dead_arguments`` and bound by its name to
+        DEAD_EXCHANGE, on the publishing channel (taken again from the session afterwards: a
+        refusal closes it). RabbitMQ refuses to redeclare a queue with other arguments than
+        it has (one declared by an older taskd, or under another cap): that is logged once
+        and the queue used as it is."""
         import pika.exceptions
 
         name = DEAD_PREFIX + queue
         if name not in session.declared:
+            session.publishing().exchange_declare(DEAD_EXCHANGE, "direct", durable=True)
             try:
                 session.publishing().queue_declare(
                     name, durable=True, arguments=self.dead_arguments or None
@@ -261,6 +272,7 @@ class Topology:
                         fix="delete the queue once empty, or cap it with a RabbitMQ policy"
                         " (max-length, message-ttl)",
                     )
+            session.publishing().queue_bind(name, DEAD_EXCHANGE, routing_key=name)
             session.declared.add(name)
         return name
 

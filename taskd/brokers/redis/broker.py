@@ -65,14 +65,16 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
     def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
         return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
 
-    def check(self, queues: Sequence[str]) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
         """Names that collide (a queue named like the delayed set or one of taskd's own
         keys), then a Redis Cluster, one without the commands taskd needs (older than 6.2),
         or keys already in Redis of another type: ConfigError naming the setting; a warning
         if Redis may evict taskd's keys."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
-            redis_checks.refuse_unusable(self._redis, "broker", self._source, BROKER_COMMANDS)
+            redis_checks.refuse_unusable(
+                self._redis, "broker", self._source, BROKER_COMMANDS, writes=writes
+            )
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
 

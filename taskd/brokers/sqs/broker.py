@@ -109,7 +109,7 @@ class SQSBroker(SQSDeadLetters, Broker):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(endpoint_of(url, config), config)
 
-    def check(self, queues: Sequence[str]) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
         """Queue names SQS would refuse, for the queue or for its dead letters (unless the
         queue has a redrive policy to take them instead)."""
         for name in queues:
