@@ -667,6 +667,31 @@ def test_a_user_kept_to_names_of_its_own_is_refused_until_it_may_set_messages_as
     assert not process.events("child_crashed")
 
 
+def test_a_dead_letter_exchange_of_another_type_is_refused_naming_the_broker(
+    namespace: str, tmp_path: Path
+) -> None:
+    """taskd.dead declared before as another type (in a vhost of the test's own, as the
+    exchange is shared by every queue of a vhost): refused naming the broker, not
+    amqp.exchange_type, which is about the exchange tasks go through."""
+    import pika
+
+    rabbitmqctl("add_vhost", namespace)
+    try:
+        rabbitmqctl("set_permissions", "-p", namespace, "guest", ".*", ".*", ".*")
+        url = f"amqp://guest:guest@127.0.0.1:5672/{namespace}"
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection.channel().exchange_declare(DEAD_EXCHANGE, "fanout", durable=True)
+        connection.close()
+        config, client = amqp_client(namespace, tmp_path, broker=url)
+        client.close()
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", str(config), timeout_s=30)
+        assert done.returncode == 2, done.stderr
+        assert f"{config}: broker: RabbitMQ refused to let undeliverable messages" in done.stderr
+        assert f"inequivalent arg 'type' for exchange '{DEAD_EXCHANGE}'" in done.stderr
+    finally:
+        rabbitmqctl("delete_vhost", namespace)
+
+
 @pytest.mark.parametrize(
     ("key", "url", "reason"),
     [

@@ -168,6 +168,8 @@ class Topology:
                 raise
             if getattr(exc.__cause__, "reply_code", 0) != PRECONDITION_FAILED:
                 key = "broker"  # the URL's user may not: ACCESS_REFUSED
+            elif doing[0] != "declare":  # taskd.dead declared otherwise: no setting names it
+                key = "broker"
             elif "for exchange" in str(exc.__cause__):
                 key = "amqp.exchange_type"
             else:
