@@ -40,9 +40,9 @@ def confirmed() -> None:
 class Window:
     """At most ``limit`` sends awaiting their confirms, oldest first; 0: none (every send
     is confirmed before it returns). A send that finds the window full first takes in its
-    older half. ``patiently(call)`` makes ``call`` again while it
-    raises an error that says nothing was sent, for as long as the sender's patience lasts
-    (by default, it does not). Safe to share between threads."""
+    older half. ``patiently(call)`` makes ``call`` again while it raises an error that says
+    nothing was sent, for as long as the sender's patience lasts (by default, it does not).
+    Safe to share between threads."""
 
     def __init__(
         self, limit: int, patiently: Callable[[Callable[[], Any]], Any] = lambda call: call()

@@ -15,7 +15,8 @@ from taskd.redis_scripts import NEVER_WRITTEN
 SCRIPTING = ("EVALSHA", "EVAL")  # every Redis driver of taskd's runs Lua scripts
 
 # Forms of the commands refuse_unusable looks for that change nothing (no script has a SHA-1
-# of zeros, NEVER_WRITTEN holds nothing): a NOPERM reply is the only one that tells anything.
+# of zeros, NEVER_WRITTEN holds nothing): only two replies tell anything, an unknown command
+# (renamed, or not served by a proxy) and NOPERM (the user's ACL denies it).
 _HARMLESS = {
     "EVALSHA": ("EVALSHA", "0" * 40, 0),
     "EVAL": ("EVAL", "return 0", 0),

@@ -19,6 +19,10 @@ DEAD_PREFIX = "taskd.dead."  # + queue: messages set aside by reject
 # their own lack; and a declaration, unlike a publish, is checked at start even under a
 # resource alarm. The one set of names (^taskd\.dead) covers both.
 DEAD_EXCHANGE = "taskd.dead"
+SETTING_ASIDE = (
+    f"let undeliverable messages be set aside (declare {DEAD_EXCHANGE} and {DEAD_PREFIX}<queue>,"
+    " bind them)"
+)
 MAX_NAME_BYTES = 255  # AMQP's short strings: exchange, queue and routing key names
 _warned_dead_queues: set[str] = set()  # dead queues whose other arguments were logged
 
@@ -138,15 +142,14 @@ class Topology:
         writes: bool = True,
     ) -> None:
         """Declare the exchange, ``queues`` and their bindings through ``call`` (the broker's
-        own), then what setting a message aside takes (``reject``: the dead-letter exchange
-        and queue, bound): what RabbitMQ refuses there (a user without
-        the permission to declare, or kept to names that leave out taskd's own, an exchange
+        own), then, for a caller that ``writes``, what setting a message aside takes (the
+        dead-letter exchange and queues, bound). What RabbitMQ refuses there (a user without
+        the permission to declare, or kept to names that leave out taskd's own; an exchange
         or queue declared before with other arguments) is a ConfigError naming the setting,
         at start, instead of a failure of every fetch of every child for good, or a crash of
-        every child given a message to set aside (not asked of a caller that only reads:
-        not ``writes``). An unreachable RabbitMQ passes (BrokerUnavailable: the daemon rides
-        it out)."""
-        doing = ["declare"]
+        every child given a message to set aside. An unreachable RabbitMQ passes
+        (BrokerUnavailable: the daemon rides it out)."""
+        doing = ["declare"]  # what the refusal was of
 
         def declare(session: Session) -> None:
             channel = session.publishing()
@@ -154,10 +157,7 @@ class Topology:
                 self.declare_queue(session, channel, queue)
             if not writes:
                 return
-            doing[0] = (
-                f"let undeliverable messages be set aside (declare {DEAD_EXCHANGE} and"
-                f" {DEAD_PREFIX}<queue>, bind them)"
-            )
+            doing[0] = SETTING_ASIDE
             for queue in queues:
                 self.declare_dead(session, queue)
 
@@ -168,7 +168,7 @@ class Topology:
                 raise
             if getattr(exc.__cause__, "reply_code", 0) != PRECONDITION_FAILED:
                 key = "broker"  # the URL's user may not: ACCESS_REFUSED
-            elif doing[0] != "declare":  # taskd.dead declared otherwise: no setting names it
+            elif doing[0] == SETTING_ASIDE:  # taskd.dead declared otherwise: no setting names it
                 key = "broker"
             elif "for exchange" in str(exc.__cause__):
                 key = "amqp.exchange_type"
