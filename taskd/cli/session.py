@@ -70,8 +70,8 @@ class Session:
     @property
     def reader(self) -> Client:
         """The client of a command that only reads (a result not waited for, queue stats,
-        peeks, dead letters listed): its checks do not ask the user's permission to
-        write."""
+        peeks, dead letters listed, live workers): its checks do not ask the user's
+        permission to write."""
         return self._open(writes=False)
 
     def _open(self, *, writes: bool) -> Client:

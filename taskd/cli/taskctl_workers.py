@@ -24,7 +24,7 @@ def workers(session: Session, as_json: bool) -> None:
 
     Every daemon sharing this result backend; one drops out within worker.consumer_timeout
     of its last beat."""
-    live = session.client.workers()  # the board is read by a script, which writes
+    live = session.reader.workers()
     if as_json:
         click.echo(gojson.encode_value(live))
         return

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from taskd.boards import WORKERS
 from taskd.checks import check_drivers
 from taskd.client import Client
 from taskd.config import load_config
@@ -375,13 +376,14 @@ def test_a_read_only_user_may_look_with_taskctl_but_not_serve_or_send(
     redis_namespace: str, acl_user: Callable[..., str], tmp_path: Path
 ) -> None:
     """The checks ask a user's permission to write only of those that write: a monitoring
-    user (+@read +@fast -@write) reads results and queues with taskctl, while the daemon,
-    a send and a wait for a result (which registers the waiter: a write) are refused up
-    front."""
+    user (+@read +@fast -@write) reads results, queues and live workers with taskctl, while
+    the daemon, a send and a wait for a result (which registers the waiter: a write) are
+    refused up front. Live workers were read by a script, which such a user may not run."""
     _, admin = client_for("redis", redis_namespace, tmp_path)
     sent = admin.send("add", 1, 2)
     admin.backend.set_states([TaskState(sent.task_id, State.SUCCESS, task_name="add",
                                         results=(TaskResult("int64", 3),))])  # fmt: skip
+    admin.backend.post(WORKERS, {"host-a:41": {"host": "host-a", "pid": 41}}, 30)
     admin.close()
     url = acl_user("~*", commands="+@read +@fast +@connection -@write")
     config = write_config(tmp_path, config_data("redis", redis_namespace, tmp_path, broker=url,
@@ -391,6 +393,7 @@ def test_a_read_only_user_may_look_with_taskctl_but_not_serve_or_send(
         (["queue", "stats"], f"{redis_namespace}: 1 ready"),
         (["queue", "peek"], sent.task_id),
         (["queue", "dead"], f"no dead letters in {redis_namespace}"),  # said on stderr
+        (["workers", "--json"], '"host":"host-a"'),
     ):
         done = run_cli(tmp_path, "taskctl", "-c", str(config), *args)
         assert done.returncode == 0, (args, done.stderr)
