@@ -9,6 +9,7 @@ local function count(value)
   if n and n >= 0 and n < 1e9 and n == math.floor(n) then return n end
   return 0
 end
+must_be_list(KEYS[2])
 if ARGV[2] == '1' then
   while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do end
 end

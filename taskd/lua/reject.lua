@@ -5,6 +5,7 @@
 -- leading "rejected_unix_ms" (taskd/brokers/redis/dead.py); one without it (written by an
 -- older taskd) ends the age trim, and only the count cap reaches it.
 -- Returns {1 if it was set aside (0: not held), how many the count cap dropped}.
+must_be_list(KEYS[2])
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], redis.sha1hex(ARGV[1]))

@@ -259,3 +259,38 @@ def test_a_message_handed_back_over_a_count_that_is_no_number_is_counted_anew(
         taker.close()
     finally:
         redis_server.delete(counts)
+
+
+def test_a_move_onto_a_key_that_is_not_a_list_is_refused_before_the_message_leaves(
+    redis_namespace: str, make_config: Callable[..., Any], redis_server: Any
+) -> None:
+    """Setting aside, handing back and fetching take a message off one list, then push it
+    onto another; a script's writes stay when a later command fails, so a target that is not
+    a list (WRONGTYPE) took the message off and lost it: now the move is refused first, the
+    error names the queue, and the message stays where it was."""
+    namespace = redis_namespace
+    broker = open_broker(make_config("redis"))
+    assert isinstance(broker, RedisBroker)
+    dead = broker._keys.dead(namespace)
+    try:
+        broker.publish_many([Message(namespace, b"m1"), Message(namespace, b"m2")])
+        (held,) = broker.fetch(namespace, max_messages=1, wait_s=0)
+        redis_server.set(dead, "not a list")
+        with pytest.raises(BrokerError, match="WRONGTYPE") as caught:
+            broker.reject(held, "no such task")
+        assert caught.value.queue == namespace
+        assert redis_server.lrange(held.handle, 0, -1) == [b"m1"]  # still held, not lost
+        redis_server.rename(namespace, f"{namespace}-kept")
+        redis_server.set(namespace, "not a list")
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            broker.release_many([held])
+        assert redis_server.lrange(held.handle, 0, -1) == [b"m1"]
+        redis_server.set(held.handle, "not a list")  # the processing list itself
+        redis_server.delete(namespace)
+        redis_server.rename(f"{namespace}-kept", namespace)
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            broker.fetch(namespace, max_messages=5, wait_s=0)
+        assert redis_server.lrange(namespace, 0, -1) == [b"m2"]
+    finally:
+        redis_server.delete(dead, held.handle)
+        broker.close()

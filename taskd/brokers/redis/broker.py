@@ -21,10 +21,10 @@ from taskd.redis_scripts import Script
 
 # Taking a message moves it to a processing list in one step (Redis 6.2+), and scripts.
 BROKER_COMMANDS = ("BLMOVE", "LMOVE", *redis_checks.SCRIPTING)
-FETCH = Script.packaged("fetch.lua")
+FETCH = Script.packaged("lists.lua", "fetch.lua")
 ACK = Script.packaged("ack.lua", call="return ack(KEYS[1], KEYS[2], ARGV, 1)")
-RELEASE = Script.packaged("release.lua")
-REJECT = Script.packaged("reject.lua")
+RELEASE = Script.packaged("lists.lua", "release.lua")
+REJECT = Script.packaged("lists.lua", "reject.lua")
 PROMOTE = Script.packaged("promote.lua")
 
 MOVE_BATCH = 1000  # due ETA messages moved per script call
