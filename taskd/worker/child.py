@@ -31,6 +31,7 @@ from taskd.brokers import Broker, Delivery, open_broker
 from taskd.client import Client
 from taskd.config import Config
 from taskd.errors import (
+    BrokerError,
     BrokerUnavailable,
     ConfigError,
     DecodeError,
@@ -128,7 +129,7 @@ class Child:
             None
             if settle is None
             else lambda states, acks: self.outages.call("broker", settle, states, acks),
-            lambda delivery, why: self.outages.call("broker", self.broker.reject, delivery, why),
+            self._reject,
         )
         try:
             while not self.stopping:
@@ -258,7 +259,23 @@ class Child:
             failed = TaskState(task_id, State.FAILURE, task_name=name, created_at=received_at)
             self.writes.add_state(failed.with_changes(error=reason))
             self.writes.flush()  # a refusal for good is logged: the letter keeps the reason
-        self.outages.call("broker", self.broker.reject, delivery, reason)
+        self._reject(delivery, reason)
+
+    def _reject(self, delivery: Delivery, reason: str) -> None:
+        """Set a message aside. One the broker refuses to take for good (a dead-letter list
+        that is not a list, a permission taken away at run time) stays leased to this child,
+        logged, and goes back to its queue when the child stops: a crash would hand it back
+        at once to the next child, to crash on it in turn, the whole queue stalled behind."""
+        try:
+            self.outages.call("broker", self.broker.reject, delivery, reason)
+        except BrokerError as exc:  # not BrokerUnavailable: ridden out by outages.call
+            log.error(
+                "message_reject_failed",
+                queue=delivery.queue,
+                reason=reason,
+                error=str(exc),
+                kept="leased to this child until it stops",
+            )
 
     def _would_hold_back(self, job: Job) -> bool:
         """Whether running this job first would keep the rest of its batch from idle children
@@ -336,7 +353,7 @@ class Child:
         reason = f"{job.finished.state.value} stored, then delivered {deliveries} times, its"
         reason += " worker dying before the ack (in what it sets off?): worker.max_deliveries"
         log.error("message_rejected", queue=job.delivery.queue, reason=reason)
-        self.outages.call("broker", self.broker.reject, job.delivery, reason)
+        self._reject(job.delivery, reason)
         return True
 
     def _outcome_without_running(self, job: Job) -> Outcome | None:
@@ -389,7 +406,7 @@ class Child:
         if dead_letter:
             # Kept where an operator can replay it once the task exists (or, as on SQS,
             # for a dead-letter queue to take) instead of being lost.
-            self.outages.call("broker", self.broker.reject, job.delivery, outcome.error)
+            self._reject(job.delivery, outcome.error)
         else:
             self.outages.call("broker", self.broker.ack, job.delivery)
 

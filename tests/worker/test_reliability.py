@@ -295,6 +295,38 @@ def test_follow_ups_the_broker_refuses_for_good_set_the_message_aside(
     client.close()
 
 
+def test_a_message_the_broker_refuses_to_set_aside_stays_leased_and_the_child_goes_on(
+    namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
+) -> None:
+    """Setting aside an unknown task whose dead-letter list became another type of key (the
+    same holds for a permission taken away at run time): the script took the message off
+    its processing list, then failed to push it (WRONGTYPE), and it was lost; the child
+    crashed. Now nothing moves, the child logs the refusal once, keeps the message and
+    serves the rest, and the message is back in its queue once the daemon stops."""
+    import redis
+
+    from tests.support.harness import REDIS_URL
+
+    config, client = client_for("redis", namespace, tmp_path, worker=QUICK_RECOVERY)
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    server = redis.Redis.from_url(REDIS_URL)
+    dead = client.broker._keys.dead(namespace)
+    server.set(dead, "something else's")
+    try:
+        unknown = client.send("no_such_task")
+        assert client.send("add", 2, 3).get(timeout=20) == 5  # served after it
+        (refused,) = wait_until(lambda: process.events("message_reject_failed"), 20)
+        assert refused["task_id"] == unknown.task_id and "WRONGTYPE" in refused["error"]
+        assert not process.events("child_crashed")
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0
+        assert [m for m in server.lrange(namespace, 0, -1) if unknown.task_id.encode() in m]
+    finally:
+        server.delete(dead)
+        client.close()
+
+
 def test_ten_thousand_eta_tasks_run_after_their_eta(
     namespace: str, tmp_path: Path, daemon: Callable[..., Any], redis_namespace: str
 ) -> None:
