@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -665,6 +666,38 @@ def test_a_user_kept_to_names_of_its_own_is_refused_until_it_may_set_messages_as
 
     wait_until(set_aside, 20, what="the unknown task set aside")
     assert not process.events("child_crashed")
+
+
+def test_a_permission_to_set_aside_taken_away_at_run_time_keeps_the_message_leased(
+    amqp_namespace: str,
+    amqp_user: Callable[[str, str, str], str],
+    tmp_path: Path,
+    daemon: Callable[..., Daemon],
+) -> None:
+    """The user's permissions on taskd.dead taken away while the daemon runs: the child that
+    set an unknown task aside crashed (ACCESS_REFUSED), and so did each next one given it
+    back. Now the child logs the refusal, keeps the message unacked and serves the rest; the
+    message is back in its queue once the daemon stops."""
+    own = f"^{re.escape(amqp_namespace)}"
+    allowed = own + rf"|^{re.escape(DEAD_EXCHANGE)}"
+    config, client = amqp_client(
+        amqp_namespace, tmp_path, broker=amqp_user(allowed, allowed, allowed)
+    )
+    client.close()
+    process = daemon(config, "--concurrency", "1")
+    process.wait_ready(1)
+    amqp_user(own, own, own)
+    with Client(load_config(config, env={"TASKD_STATE_DIR": str(tmp_path / "state")})) as client:
+        unknown = client.send("no_such_task")
+        assert client.send("add", 2, 3).get(timeout=20) == 5  # served after it
+    (refused,) = wait_until(lambda: process.events("message_reject_failed"), 20)
+    assert refused["task_id"] == unknown.task_id and "ACCESS_REFUSED" in refused["error"]
+    assert not process.events("child_crashed")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    with amqp_connection() as connection:
+        channel = connection.channel()
+        assert channel.queue_declare(amqp_namespace, passive=True).method.message_count == 1
 
 
 def test_a_dead_letter_exchange_of_another_type_is_refused_naming_the_broker(
