@@ -6,9 +6,9 @@ What happens to a revoked task:
 
 - not started yet (PENDING, RECEIVED, or RETRY between attempts): its state becomes FAILURE
   with the error ``revoked`` at once, and it never runs: the child that takes its message,
-  now or at its ETA, settles it as revoked instead of running it (``RevokedIds``; a child
-  reads the board again when its copy is a second old, so a message taken within a second
-  of the revocation may still run);
+  now or at its ETA, settles it as revoked instead of running it (``RevokedIds``: the
+  copy its supervisor publishes, or its own where that one is not fresh, each at most a
+  second old, so a message taken within a second of the revocation may still run);
 - running: with ``terminate`` its child is stopped, the task recorded FAILURE ``revoked``
   and the child killed and replaced (``taskd.worker.kills``); without, it finishes, but any
   retry it asks for does not run;
@@ -32,7 +32,7 @@ from taskd.boards import REVOKED as BOARD
 from taskd.wire import GoTime, State, TaskState
 
 REVOKED = "revoked"  # the error of a revoked task
-REFRESH_S = 1.0  # how old a child's copy of the board may get before it reads it again
+REFRESH_S = 1.0  # how old a child's copy of the board may get before it is read again
 
 
 class Revoke(StrEnum):
@@ -94,15 +94,24 @@ def to_terminate(board: Mapping[str, Entry]) -> set[str]:
 
 
 class RevokedIds:
-    """A child's copy of the revoked board, read again when asked once it is REFRESH_S old
-    (one round trip a second at most, and none while the child waits for messages)."""
+    """A child's view of the revoked board: the copy its supervisor keeps in shared memory
+    (``shared(max_age_s)``, None when it has none that fresh), else its own, read again when
+    asked once it is REFRESH_S old (one round trip a second at most, and none while the
+    child waits for messages)."""
 
-    def __init__(self, read: Callable[[], Mapping[str, Entry]]) -> None:
-        self._read = read
+    def __init__(
+        self,
+        read: Callable[[], Mapping[str, Entry]],
+        shared: Callable[[float], frozenset[str] | None] | None = None,
+    ) -> None:
+        self._read, self._shared = read, shared
         self._ids: frozenset[str] = frozenset()
         self._read_at = -REFRESH_S
 
     def __contains__(self, task_id: str) -> bool:
+        shared = None if self._shared is None else self._shared(REFRESH_S)
+        if shared is not None:
+            return task_id in shared
         now = time.monotonic()
         if now - self._read_at >= REFRESH_S:
             self._ids = frozenset(self._read())

@@ -6,9 +6,10 @@ The loop hands it a snapshot of the pool each turn (``snapshot``); every
 ``worker.heartbeat_interval`` the thread posts the latest one, kept ``worker.consumer_timeout``
 seconds, so a daemon that dies (kill -9, a lost host) drops off the board within that, and one
 that stops cleanly takes its entry down. That is one small write per beat whatever the pool
-does. While a child runs a task the thread also reads the ``revoked`` board every
-``taskd.revocations.REFRESH_S``; the ids revoked with ``terminate`` are what the loop then
-stops (``Kills.terminate``).
+does. The thread also reads the ``revoked`` board twice every ``taskd.revocations.REFRESH_S``
+and publishes its ids to the children (``revoked``, in shared memory), so a child that takes a
+message after a quiet spell need not read the board before it runs the task; while a child
+runs a task, the ids revoked with ``terminate`` are what the loop stops (``Kills.terminate``).
 
 ``taskctl workers`` reads the board (``taskd.boards.live_workers``). An entry is a JSON
 object: host, machine (host, boot and pid namespace), pid, version, queues, tasks (the names
@@ -36,6 +37,7 @@ from taskd.brokers.lease import MACHINE
 from taskd.config import Config
 from taskd.revocations import REFRESH_S, to_terminate
 from taskd.wire import GoTime
+from taskd.worker.shared_ids import SharedIds
 
 if TYPE_CHECKING:
     from taskd.worker.supervisor import Supervisor
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 log = logs.get_logger("taskd.supervisor")
 
 CLOSE_WAIT_S = 5.0  # longest wait for the thread's last round trip at exit
+# The children take the published ids for REFRESH_S; read twice as often, so they never have
+# to read the board themselves while the beacon keeps up.
+READ_EVERY_S = REFRESH_S / 2
 
 
 def snapshot(pool: Supervisor) -> Entry:
@@ -84,6 +89,7 @@ class Beacon:
         self._config, self._connect = config, connect
         self._snapshot: Entry | None = None
         self.terminate: frozenset[str] = frozenset()  # revoked with terminate (read by the loop)
+        self.revoked = SharedIds()  # the revoked ids, for the children (made before they fork)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskd-beacon", daemon=True)
         self._backend: ResultBackend | None = None
@@ -135,7 +141,7 @@ class Beacon:
                 if stopping:
                     self._drop()
                     return
-            self._stopped.wait(min(REFRESH_S, self._config.worker.heartbeat_interval))
+            self._stopped.wait(min(READ_EVERY_S, self._config.worker.heartbeat_interval))
 
     def _opened(self) -> tuple[ResultBackend, Config]:
         """The backend of the latest config, opened (again) if need be (under the lock)."""
@@ -148,8 +154,8 @@ class Beacon:
     def _round(
         self, backend: ResultBackend, config: Config, next_beat: float, next_read: float
     ) -> tuple[float, float]:
-        """Post the pool when a beat is due, read the revocations when due while a child
-        runs a task; when each is due next."""
+        """Post the pool when a beat is due, read the revocations when due; when each is
+        due next."""
         now, pool = time.monotonic(), self._snapshot
         if pool is None:
             return next_beat, next_read
@@ -158,9 +164,11 @@ class Beacon:
             backend.post(WORKERS, {self.key: entry}, config.worker.consumer_timeout)
             next_beat = now + config.worker.heartbeat_interval
         if now >= next_read:
+            board = backend.read_board(REVOKED)
+            self.revoked.publish(board)
             busy = any(child["task"] for child in pool["children"])
-            self.terminate = frozenset(to_terminate(backend.read_board(REVOKED) if busy else {}))
-            next_read = now + REFRESH_S
+            self.terminate = frozenset(to_terminate(board if busy else {}))
+            next_read = now + READ_EVERY_S
         return next_beat, next_read
 
     def _drop(self) -> None:

@@ -56,6 +56,7 @@ from taskd.worker.outages import Outages
 from taskd.worker.pacing import FAST_TASK_S, Pacing
 from taskd.worker.recycling import Recycling
 from taskd.worker.running import RunningTasks
+from taskd.worker.shared_ids import SharedIds
 from taskd.worker.writes import WriteBuffer
 
 log = logs.get_logger("taskd.worker")
@@ -81,6 +82,7 @@ class Child:
         self.pacing = Pacing(config.worker.prefetch)
         self.recycling = Recycling(config.worker)  # max_tasks_per_child, max_memory_per_child
         self.tasks: RunningTasks | None = None  # what it runs, for its supervisor (if any)
+        self.shared_revoked: SharedIds | None = None  # its supervisor's copy of the board
         self.metrics = task_metrics()  # None unless the supervisor serves metrics.listen
         beat, report = partial(liveness.stamp, slot, busy=True), partial(liveness.outage, slot)
         self.outages = Outages(lambda: self.stopping, beat, report)
@@ -120,7 +122,8 @@ class Child:
             follow_ups=True,
         )
         self.revoked = RevokedIds(
-            lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD)
+            lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD),
+            None if self.shared_revoked is None else self.shared_revoked.read,
         )
         settle = settler_for(self.broker, self.backend)  # states and acks in one call, or None
         self.writes = WriteBuffer(

@@ -249,6 +249,7 @@ class Supervisor:
             os.close(self._wake_w)
             child = self.make_child(self.config, self.registry, self.queue, slot, self.liveness)
             child.tasks = self.kills.tasks  # where it writes what it runs
+            child.shared_revoked = self.beacon.revoked  # where it reads what is revoked
             code = child.run()
         except BaseException:  # never return into the supervisor's stack
             log.exception("child_crashed", child=slot)

@@ -16,6 +16,7 @@ from taskd.client import signature
 from taskd.exitcodes import EXIT_NO_SUCH_TASK, EXIT_OK
 from taskd.revocations import REFRESH_S, REVOKED, Revoke, RevokedIds, revoke
 from taskd.wire import GoTime, State, TaskState, decode_signature, new_id
+from taskd.worker.shared_ids import SharedIds
 from taskd.workflows import chain, chord
 from tests.support.fakes import MemoryBackend
 from tests.support.harness import Daemon, client_for, taskctl, wait_until
@@ -87,6 +88,22 @@ def test_a_childs_copy_of_the_board_is_read_at_most_once_a_second(
     assert "a" in revoked and len(reads) == 2
 
 
+def test_the_supervisors_copy_is_taken_while_fresh_else_the_child_reads_its_own() -> None:
+    reads: list[int] = []
+    shared: list[frozenset[str] | None] = [frozenset({"a"})]
+    ages: list[float] = []
+
+    def from_supervisor(max_age_s: float) -> frozenset[str] | None:
+        ages.append(max_age_s)
+        return shared[0]
+
+    revoked = RevokedIds(lambda: reads.append(1) or {"b": {}}, from_supervisor)
+    assert "a" in revoked and "b" not in revoked and reads == []
+    assert ages == [REFRESH_S, REFRESH_S]  # as fresh as a child's own copy would be
+    shared[0] = None  # none that fresh (the beacon cannot reach the backend, say)
+    assert "b" in revoked and "a" not in revoked and reads == [1]
+
+
 # -- the child's side -------------------------------------------------------------------------
 
 
@@ -109,6 +126,26 @@ def test_a_revoked_message_is_settled_without_running(tmp_path: Path) -> None:
     callback = decode_signature(published[0])
     assert (callback.name, callback.args[0].value) == ("collect_error", REVOKED)
     assert [json.loads(line) for line in errors.read_text().splitlines()] == [REVOKED]  # ran
+
+
+def test_a_child_takes_the_revoked_ids_its_supervisor_published_without_a_round_trip(
+    tmp_path: Path,
+) -> None:
+    """A child read the board itself before a task whenever its copy was a second old: one
+    round trip before the task ran, for every task of a quiet queue."""
+    rig = Rig()
+    trace = tmp_path / "trace"
+    revoked = rig.client.send("record", str(trace), "revoked")
+    kept = rig.client.send("record", str(trace), "kept")
+    rig.client.revoke([revoked.task_id])
+    rig.child.shared_revoked = SharedIds()
+    rig.child.shared_revoked.publish(rig.backend.read_board(REVOKED_BOARD))
+    rig.journal.clear()
+    assert rig.serve() == EXIT_OK
+    assert runs(trace) == ["kept"]
+    assert rig.backend.states[revoked.task_id].error == REVOKED
+    assert rig.state(kept.task_id) is State.SUCCESS
+    assert [call for call in rig.journal if call[0] == "read_board"] == []
 
 
 # -- real daemons -----------------------------------------------------------------------------
