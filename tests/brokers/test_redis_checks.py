@@ -162,6 +162,36 @@ def test_a_redis_that_may_evict_taskds_keys_is_warned_of(
             assert f'"loses":"{loses}"' in line and "noeviction" in line, line
 
 
+@pytest.mark.parametrize(
+    ("persistence", "warned"),
+    [
+        (["--save", "", "--appendonly", "no"], True),
+        (["--save", "", "--appendonly", "yes"], False),
+        (["--save", "3600 1", "--appendonly", "no"], False),
+    ],
+    ids=["nothing-on-disk", "append-only-file", "snapshots"],
+)
+def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
+    persistence: list[str], warned: bool, redis_namespace: str, tmp_path: Path
+) -> None:
+    """At-least-once holds only as far as Redis keeps what it holds: one that keeps nothing on
+    disk loses every queued message on a restart, and nothing said so."""
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                "--dir", str(tmp_path), *persistence]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", str(write_config(tmp_path, data)))
+    assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
+    lines = [line for line in done.stderr.splitlines() if "redis_not_persistent" in line]
+    assert len(lines) == (1 if warned else 0), done.stderr
+    if warned:
+        assert "appendonly yes" in lines[0] and "every queued message" in lines[0]
+
+
 @pytest.mark.timeout(90)
 def test_connections_the_server_closed_while_idle_are_connected_anew(
     redis_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]

@@ -109,5 +109,26 @@ def warn_of_eviction(client: Any) -> None:
     )
 
 
+def warn_of_no_persistence(client: Any) -> None:
+    """A warning when Redis keeps nothing on disk (no append-only file, no snapshots): a
+    restart of Redis then loses every queued message, whatever taskd's acks promise.
+    Nothing where CONFIG is not allowed (managed services persist as they are set up)."""
+    import redis
+
+    try:
+        found = client.config_get("appendonly") | client.config_get("save")
+    except redis.ResponseError:  # CONFIG disabled or renamed
+        return
+    config = {_text(key): _text(value) for key, value in found.items()}
+    if config.get("appendonly") != "no" or config.get("save", "").strip():
+        return
+    log.warning(
+        "redis_not_persistent",
+        loses="every queued message, ETA task and result it holds, on a restart of Redis",
+        fix="CONFIG SET appendonly yes (and in redis.conf; appendfsync everysec loses at most"
+        " the last second of them), or save points (what came after the last snapshot)",
+    )
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
