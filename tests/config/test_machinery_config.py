@@ -286,7 +286,9 @@ def test_the_walkthrough_with_its_delayed_key_renamed_passes_check_config(
     path = _write(tmp_path, text)
     done = run_cli(tmp_path, "taskd", "check-config", "-c", path)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [
+    # (The test Redis keeps nothing on disk: a warning about the server, not about a key.)
+    about_keys = [line for line in done.stderr.splitlines() if "redis_not_persistent" not in line]
+    assert about_keys == [
         f"{path}: redis.max_idle: accepted and ignored: redis-py's pool does not limit idle"
         " connections; redis.max_active bounds the pool"
     ]
