@@ -4,8 +4,10 @@ hop, FIFO queues, redrive policies, machinery's plain bodies, an unreachable end
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,17 @@ from taskd.brokers.sqs.queues import endpoint_of
 from taskd.config import Config, SQSConfig
 from taskd.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskd.wire import GoTime
-from tests.support.harness import create_queue_with_redrive, wait_until
+from tests.support.harness import (
+    BIN,
+    REPO,
+    SQS_ACCOUNT,
+    config_data,
+    create_queue_with_redrive,
+    process_env,
+    server_on_free_port,
+    wait_until,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -72,6 +84,44 @@ def test_an_unreachable_endpoint_is_an_outage_not_a_crash(
             broker.fetch("q", max_messages=1, wait_s=5)
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("credentials", ["unknown", "none"])
+def test_credentials_sqs_refuses_are_a_config_error_naming_the_broker(
+    credentials: str, sqs_namespace: str, tmp_path: Path
+) -> None:
+    """No AWS credentials, or ones SQS does not know, passed check-config; the daemon then
+    started, never got ready, and its children logged fetch_failed for good. moto checks
+    credentials here as AWS does (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    import os
+    import sys
+
+    moto = [sys.executable, "-m", "tests.support.sqs_server", "-H", "127.0.0.1", "-p"]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    with server_on_free_port(
+        lambda port: [*moto, str(port)], "moto checking credentials", cwd=REPO, env=env
+    ) as port:
+        url = f"sqs://127.0.0.1:{port}/{SQS_ACCOUNT}"
+        data = config_data("sqs", sqs_namespace, tmp_path, broker=url)
+        config = str(write_config(tmp_path, data))
+        if credentials == "unknown":
+            aws = {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN", "AWS_SECRET_ACCESS_KEY": "not-known"}
+        else:  # nowhere in boto3's chain
+            aws = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "HOME": str(tmp_path),
+                   "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                   "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                   "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+        for args in (("check-config",), ("start", "--concurrency", "1")):
+            done = subprocess.run(
+                [str(BIN / "taskd"), *args, "-c", config],
+                capture_output=True, text=True, timeout=60, check=False,
+                env=process_env(tmp_path, **aws),
+            )  # fmt: skip
+            assert done.returncode == 2, (args, done.stderr)
+            queue_url = f"http://127.0.0.1:{port}/{SQS_ACCOUNT}/{sqs_namespace}"
+            assert f"{config}: broker: SQS refused to read the queue {queue_url}:" in done.stderr
+            assert "Check the AWS credentials" in done.stderr
+            assert "not-known" not in done.stderr
 
 
 def test_a_missing_queue_is_created_or_named(

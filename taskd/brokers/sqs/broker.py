@@ -111,19 +111,32 @@ class SQSBroker(SQSDeadLetters, Broker):
 
     def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
         """Queue names SQS would refuse, for the queue or for its dead letters (unless the
-        queue has a redrive policy to take them instead)."""
+        queue has a redrive policy to take them instead); and SQS refusing to read a queue's
+        attributes, as every process of taskd's does first (no AWS credentials, ones SQS
+        does not know, an IAM policy that denies it): ConfigError naming the broker, where
+        the workers would otherwise retry for good while the daemon never got ready."""
         for name in queues:
             key = queue_setting(name, self._default_queue)
             source = self._source if key == "default_queue" else None
             if (reason := name_error(name)) is not None:
                 raise ConfigError(key, reason, source)
-            if (reason := dead_name_error(name)) is not None:
-                try:
-                    queue = self._queues.get(name, create=False)
-                except BrokerUnavailable:  # checked once it answers: at the first reject
-                    continue
-                if queue is None or queue.redrive_target is None:
-                    raise ConfigError(key, reason, source)
+            try:
+                queue = self._queues.get(name, create=False)
+            except BrokerUnavailable:  # checked once it answers
+                continue
+            except BrokerError as exc:
+                raise ConfigError(
+                    "broker",
+                    f"SQS refused to read the queue {self._queues.url_of(name)}:"
+                    f" {exc.__cause__ or exc.reason}."
+                    " Check the AWS credentials (boto3's chain: environment, ~/.aws, role) and"
+                    " that their IAM policy allows taskd's SQS actions (README, AWS SQS)",
+                    self._source,
+                ) from None
+            if (reason := dead_name_error(name)) is not None and (
+                queue is None or queue.redrive_target is None
+            ):
+                raise ConfigError(key, reason, source)
 
     def _client(self) -> Any:
         with self._client_lock:
