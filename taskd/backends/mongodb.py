@@ -76,6 +76,7 @@ class MongoDBBackend(ResultBackend):
             name: value for name, value in CLIENT_DEFAULTS.items() if name.lower() not in options
         }
         self._expire_ms = config.results_expire_in_s * 1000
+        self._source = config.source
         self._client: Any = None
         self._indexed = False
         self._lock = threading.Lock()
@@ -83,6 +84,28 @@ class MongoDBBackend(ResultBackend):
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
+
+    def check(self, *, writes: bool = True) -> None:
+        """MongoDB refusing what every worker does first: ConfigError naming the key, where
+        each child would fail at boot and the daemon exit 1 (credentials it refuses, a user
+        that may not read the database). Writers make the TTL indexes, as the first write
+        would, so a user that may only read is refused too; a reader reads a missing id."""
+        try:
+            with self._translated(None):
+                if writes:
+                    self._writable(TASKS)
+                else:
+                    self._collection(TASKS).find_one({"_id": ""})
+        except BackendUnavailable:  # checked once it answers
+            return
+        except BackendError as exc:
+            raise ConfigError(
+                "result_backend",
+                f"MongoDB refused taskd's {'index' if writes else 'read'} in database"
+                f" {self._database!r}: {exc.reason}. Check the credentials in the URL and that"
+                " the user's role allows readWrite on that database",
+                self._source,
+            ) from None
 
     def _translated(self, about: str | None) -> AbstractContextManager[None]:
         from bson.errors import BSONError

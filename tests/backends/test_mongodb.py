@@ -246,3 +246,42 @@ def test_no_server_is_unavailable_not_an_error() -> None:
             backend.set_state(TaskState(new_id(), State.PENDING, created_at=GoTime.now()))
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(
+    ("deny", "refused", "writes"),
+    [
+        ("auth", "Authentication failed", True),
+        ("auth", "Authentication failed", False),
+        ("writes", "not authorized", True),
+        ("writes", None, False),  # a user that may read looks with taskctl
+    ],
+    ids=["credentials-start", "credentials-taskctl", "read-only-start", "read-only-taskctl"],
+)
+def test_a_mongodb_that_refuses_the_user_is_a_config_error_naming_the_key(
+    deny: str, refused: str | None, writes: bool, tmp_path: Path, mongodb_namespace: str
+) -> None:
+    """Credentials MongoDB refuses, or a role that may only read, passed check-config; each
+    child then failed at boot and the daemon exited 1 (taskd_cannot_start_children). Here
+    the test server refuses as MongoDB does (AuthenticationFailed, Unauthorized)."""
+    import sys
+
+    server = [sys.executable, "-m", "tests.support.mongo_server", "--deny", deny, "--port"]
+    with harness.server_on_free_port(
+        lambda port: [*server, str(port)], "a MongoDB test server that refuses", cwd=harness.REPO
+    ) as port:
+        user = "taskd:not-the-password@" if deny == "auth" else ""  # the server has no users
+        url = f"mongodb://{user}127.0.0.1:{port}/?serverSelectionTimeoutMS=5000"
+        data = config_data("mongodb", mongodb_namespace, tmp_path, result_backend=url)
+        config = write_config(tmp_path, data)
+        if writes:
+            done = harness.run_cli(tmp_path, "taskd", "check-config", "-c", str(config))
+        else:
+            done = harness.run_cli(tmp_path, "taskctl", "-c", str(config), "result", "task_x")
+    if refused is None:  # read as no such task, not refused
+        assert done.returncode != 2 and "no state" in done.stderr.lower(), done.stderr
+        return
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: result_backend: MongoDB refused taskd's" in done.stderr
+    assert refused in done.stderr and "readWrite" in done.stderr
+    assert "not-the-password" not in done.stderr

@@ -32,6 +32,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 MAX_WIRE_VERSION = 17  # MongoDB 6.0; pymongo 4.20 needs at least 9 (4.4)
 COMMAND_NOT_FOUND, UNKNOWN_ERROR, DUPLICATE_KEY = 59, 8, 11000
+UNAUTHORIZED, AUTHENTICATION_FAILED = 13, 18
+WRITES = frozenset({"createindexes", "insert", "update", "delete", "findandmodify", "drop"})
 
 Reply = dict[str, Any]
 
@@ -39,7 +41,10 @@ Reply = dict[str, Any]
 class MongoServer:
     """One mongomock database behind a mockupdb listener on ``127.0.0.1:port``."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, deny: str = "") -> None:
+        """``deny``: "auth" fails every authentication (wrong credentials), "writes" refuses
+        writes as to a user whose role only reads."""
+        self._deny = deny
         self._mock = MockupDB(port=port, request_timeout=int(1e6))
         self._data: Any = mongomock.MongoClient()
         self._lock = threading.Lock()
@@ -86,8 +91,12 @@ class MongoServer:
         name = str(request.command_name or "")
         database = str(command.get("$db") or request.namespace.partition(".")[0] or "admin")
         handler = self._commands.get(name.lower())
-        if handler is None:
-            reply: Reply = _error(COMMAND_NOT_FOUND, f"no such command: '{name}'")
+        if self._deny == "auth" and name.lower() in ("saslstart", "saslcontinue", "authenticate"):
+            reply: Reply = _error(AUTHENTICATION_FAILED, "Authentication failed.")
+        elif self._deny == "writes" and name.lower() in WRITES:
+            reply = _error(UNAUTHORIZED, f"not authorized on {database} to execute command")
+        elif handler is None:
+            reply = _error(COMMAND_NOT_FOUND, f"no such command: '{name}'")
             print(f"mongo_server: {reply['errmsg']}", file=sys.stderr, flush=True)
         else:
             try:
@@ -286,8 +295,9 @@ def _written(reply: Reply, errors: list[dict[str, Any]]) -> Reply:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0, help="loopback port; 0 picks a free one")
+    parser.add_argument("--deny", choices=["auth", "writes"], default="", help="refuse these")
     options = parser.parse_args(argv)
-    server = MongoServer(options.port or None)
+    server = MongoServer(options.port or None, options.deny)
     print(server.start(), flush=True)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
