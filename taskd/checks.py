@@ -12,7 +12,9 @@ from taskd.config import Config
 from taskd.errors import BackendUnavailable, BrokerUnavailable, ConfigError, DriverError
 
 
-def check_drivers(config: Config, queues: Sequence[str] = (), *, writes: bool = True) -> None:
+def check_drivers(
+    config: Config, queues: Sequence[str] = (), *, writes: bool = True, serves: bool = False
+) -> None:
     """Build the configured broker and backend and close them again: a URL that names a
     driver but cannot be used (bad host or port, a file that cannot be created) fails here,
     naming its key, before anything depends on it; so does what the broker's ``check``
@@ -20,11 +22,12 @@ def check_drivers(config: Config, queues: Sequence[str] = (), *, writes: bool = 
     a key of the wrong type), and what the backend's refuses (a Redis Cluster). Unreachable
     servers are not an error: drivers connect lazily, and the daemon rides out an outage.
     ``writes``: the caller writes (a daemon, a sender); without, what only writes need (a
-    user's permission to write) is not asked."""
+    user's permission to write) is not asked. ``serves``: the daemon's check (``Broker.check``)."""
     with _named("broker", config):
         broker = open_broker(config)
         try:
-            broker.check(list(dict.fromkeys([config.default_queue, *queues])), writes=writes)
+            queues = list(dict.fromkeys([config.default_queue, *queues]))
+            broker.check(queues, writes=writes, serves=serves)
         finally:
             broker.close()
     with _named("result_backend", config):

@@ -225,14 +225,16 @@ class Broker(ABC):
     def close(self) -> None:
         """Release connections and stop background work; deliveries not settled come back."""
 
-    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True, serves: bool = False) -> None:
         """Refuse, before anything depends on it, a configuration that would fail later
         (``taskd start``, ``check-config`` and a reload call this with the queues to serve):
         ConfigError naming the key, say for a queue whose name the broker keeps something
         else under. May ask the server; BrokerUnavailable then is no error (the caller goes
         on, as the daemon rides out an outage). Without ``writes`` (a caller that only
         reads: ``taskctl result``, ``queue stats``...) what only writes need is not asked
-        of the user. Nothing to check by default."""
+        of the user. ``serves``: the caller is the daemon (or its check-config), told of
+        what the server may lose of what it keeps, once, where taskctl is not, each call.
+        Nothing to check by default."""
         return
 
     def routing_key(self, queue: str) -> str:

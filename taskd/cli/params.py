@@ -57,15 +57,17 @@ def load(
     *,
     log_level: str | None = None,
     writes: bool = True,
+    serves: bool = False,
 ) -> Config:
     """The effective config with its drivers resolvable and the broker able to serve the
     default queue and ``queues``, or exit 2 naming file and key. From the checks on, logs go
     to stderr at ``log_level`` (default: the config's), never to stdout, which carries a
-    command's output (structlog's own default). ``writes``: see ``check_drivers``."""
+    command's output (structlog's own default). ``writes``, ``serves``: see
+    ``check_drivers``."""
     try:
         config = load_config(config_path)
         logs.configure(log_level or config.log_level)
-        check_drivers(config, queues, writes=writes)
+        check_drivers(config, queues, writes=writes, serves=serves)
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from None
     return config

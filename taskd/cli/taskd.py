@@ -35,7 +35,7 @@ def start(
     config_path: str | None, concurrency: int | None, queue: str | None, log_level: str | None
 ) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
-    config = load(config_path, [queue] if queue else [], log_level=log_level)
+    config = load(config_path, [queue] if queue else [], log_level=log_level, serves=True)
     log = logs.get_logger("taskd")
     for key, reason in config.ignored:  # machinery's keys that mean nothing to taskd
         log.info("config_key_ignored", key=key, reason=reason, config=config.source)
@@ -66,7 +66,7 @@ def start(
 def check_config(config_path: str | None) -> None:
     """Validate the configuration (and that its imports load) and print it, with secrets
     redacted."""
-    config = load(config_path)
+    config = load(config_path, serves=True)
     try:
         load_registry(config.imports)
     except PluginError as exc:

@@ -365,7 +365,7 @@ class Supervisor:
         self.service.reloading()
         try:
             config = load_config(self.config_path)
-            check_drivers(config, [self.queue_override] if self.queue_override else [])
+            check_drivers(config, [self.queue_override] if self.queue_override else [], serves=True)
             registry = load_registry(config.imports)
         except TaskdError as exc:
             log.error("reload_failed", error=str(exc))

@@ -93,7 +93,7 @@ class AMQPBroker(AMQPPublishing, AMQPDeadLetters, Broker):
         except pika.exceptions.AMQPChannelError as exc:
             raise BrokerError(self.driver, f"{type(exc).__name__}: {exc}", queue) from exc
 
-    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True, serves: bool = False) -> None:
         self._topology.check_names(queues, "--queue")
         self._topology.warn_of_bounds()
         self._topology.check_declarable(

@@ -65,11 +65,11 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
     def _translated(self, queue: str | None = None) -> AbstractContextManager[None]:
         return redisdb.translated(BrokerUnavailable, BrokerError, self.driver, queue=queue)
 
-    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True, serves: bool = False) -> None:
         """Names that collide (a queue named like the delayed set or one of taskd's own
         keys), then a Redis Cluster, one without the commands taskd needs (older than 6.2),
         or keys already in Redis of another type: ConfigError naming the setting; a warning
-        if Redis may evict taskd's keys, or keeps nothing on disk."""
+        if Redis may evict taskd's keys, or (to a daemon) keeps nothing on disk."""
         checks.check_names(self._keys, queues, self._source)
         with self._translated():
             redis_checks.refuse_unusable(
@@ -77,7 +77,8 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
             )
             checks.check_types(self._redis, self._keys, queues, self._source)
             checks.warn_of_eviction(self._redis)
-            checks.warn_of_no_persistence(self._redis)
+            if serves:
+                checks.warn_of_no_persistence(self._redis)
 
     # -- producing ------------------------------------------------------------------------
 

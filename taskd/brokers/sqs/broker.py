@@ -109,7 +109,7 @@ class SQSBroker(SQSDeadLetters, Broker):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(endpoint_of(url, config), config)
 
-    def check(self, queues: Sequence[str], *, writes: bool = True) -> None:
+    def check(self, queues: Sequence[str], *, writes: bool = True, serves: bool = False) -> None:
         """Queue names SQS would refuse, for the queue or for its dead letters (unless the
         queue has a redrive policy to take them instead); and SQS refusing to read a queue's
         attributes, as every process of taskd's does first (no AWS credentials, ones SQS
