@@ -279,6 +279,7 @@ def test_a_full_metrics_directory_costs_metrics_not_the_daemon(
         fill(small_tmpfs)
         sent = client.send_many([signature("count", i) for i in range(20)])
         assert [result.get(timeout=30) for result in sent] == [1] * 20
+        scrape_counted(port, 20)  # a task is counted after its state is stored: all, first
         before = taskd.child_pids()
         os.kill(next(iter(before)), signal.SIGKILL)
 
