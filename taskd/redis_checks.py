@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskd import redisdb
+from taskd import logs, redisdb
 from taskd.errors import ConfigError
 from taskd.redis_scripts import NEVER_WRITTEN
+
+log = logs.get_logger("taskd.redis")
 
 SCRIPTING = ("EVALSHA", "EVAL")  # every Redis driver of taskd's runs Lua scripts
 
@@ -36,7 +38,9 @@ def refuse_unusable(
     services do, or a proxy in front of Redis that does not serve them); a user whose ACL
     denies one of them, or the key each script deletes first (NEVER_WRITTEN), unless the
     caller only reads (not ``writes``). Harmless forms of the commands are run to tell;
-    cluster mode is not checked where INFO is denied."""
+    cluster mode is not checked where INFO is denied. A replica (the URL names one, or a
+    failover is under way) is warned of, not refused: every write fails (READONLY), which
+    the workers ride out as an outage, until it is promoted."""
     import redis
 
     try:
@@ -85,6 +89,14 @@ def refuse_unusable(
             " taskd needs Lua scripts (EVAL, EVALSHA) for both roles, and BLMOVE and LMOVE"
             " for a broker; allow them in the user's ACL, or use another user",
             source,
+        )
+    if isinstance(probed.get("DEL"), redis.exceptions.ReadOnlyError):
+        log.warning(
+            "redis_is_a_replica",
+            key=key,
+            error=str(probed["DEL"]),
+            fix="point the URL at the master (or name it through Sentinel:"
+            " redis.master_name); taskd waits until this server is promoted",
         )
     if "DEL" in denied:
         raise ConfigError(

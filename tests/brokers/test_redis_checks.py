@@ -4,6 +4,7 @@ colliding names and keys of the wrong type are config errors naming the setting 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,39 @@ def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
     assert len(lines) == (1 if warned else 0), done.stderr
     if warned:
         assert "appendonly yes" in lines[0] and "every queued message" in lines[0]
+
+
+def test_a_url_naming_a_replica_is_warned_of_for_each_role(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """A URL naming a replica passed check-config in silence; the daemon said taskd_ready
+    while every fetch and write was refused (READONLY), an outage that never ended."""
+
+    def server(*extra: str) -> Callable[[int], list[str]]:
+        return lambda port: ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                             "--save", "", "--appendonly", "no", *extra]  # fmt: skip
+
+    with (
+        server_on_free_port(server(), "the master") as master,
+        server_on_free_port(
+            server("--replicaof", "127.0.0.1", str(master)), "its replica"
+        ) as replica,
+    ):
+        warned = {}
+        for name, port in (("master", master), ("replica", replica)):
+            url = f"redis://127.0.0.1:{port}/0"
+            data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
+            config = str(write_config(tmp_path, data))
+            done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+            assert done.returncode == 0, done.stderr  # a failover may be under way: not refused
+            warned[name] = [
+                json.loads(line)["key"]
+                for line in done.stderr.splitlines()
+                if "redis_is_a_replica" in line
+            ]
+        looked = run_cli(tmp_path, "taskctl", "-c", config, "result", "task_x")  # reads only
+    assert warned == {"master": [], "replica": ["broker", "result_backend"]}
+    assert "redis_is_a_replica" not in looked.stderr, looked.stderr
 
 
 @pytest.mark.timeout(90)
