@@ -23,27 +23,21 @@ Boards (taskd's own) are in ``taskd_boards``: see ``taskd.backends.mongodb_board
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
 from taskd import drivers
 from taskd.backends import mongodb_board as boards
+from taskd.backends import mongodb_documents as docs
 from taskd.backends.base import SPENT_CLAIM, Entry, ResultBackend
 from taskd.backends.mongodb_url import check_database, parse_url
 from taskd.config import Config
 from taskd.errors import ArgumentError, BackendError, BackendUnavailable, ConfigError, DecodeError
-from taskd.wire import GoTime, GroupMeta, State, TaskResult, TaskState
-from taskd.wire import args as typed
-from taskd.wire.fields import want_bool, want_int, want_str
-from taskd.wire.gojson import encode_value
+from taskd.wire import GroupMeta, State, TaskState
 from taskd.wire.gotime import ZERO_TIME
-from taskd.wire.state import want_state
 
 DRIVER = "mongodb"
 DEFAULT_DATABASE = "machinery"  # machinery's, when its config has no MongoDB section
@@ -151,7 +145,7 @@ class MongoDBBackend(ResultBackend):
     def set_states(self, states: Sequence[TaskState]) -> None:
         if not states:
             return
-        now_ms = _now_ms()
+        now_ms = docs.now_ms()
         writes = [self._write_of(state, now_ms) for state in states]
         with self._translated(states[0].task_uuid):
             # Ordered: a task's states in one batch (STARTED, then SUCCESS) land in turn.
@@ -161,15 +155,16 @@ class MongoDBBackend(ResultBackend):
         from bson import DatetimeMS, Int64
         from pymongo import ReplaceOne, UpdateOne
 
+        results = state.results
         fields = {
             "state": state.state.value,
             "results": None
-            if state.results is None
-            else [{"type": r.type, "value": bson_value(r.type, r.value)} for r in state.results],
+            if results is None
+            else [{"type": r.type, "value": docs.bson_value(r.type, r.value)} for r in results],
             "error": state.error,
             "delete_at": DatetimeMS(now_ms + self._expire_ms),
         }
-        created = _created_fields(state.created_at)
+        created = docs.created_fields(state.created_at)
         if state.ttl:
             fields["ttl"] = Int64(state.ttl)
         if state.state is State.PENDING:  # a sender's record replaces whatever was there
@@ -196,10 +191,10 @@ class MongoDBBackend(ResultBackend):
                 doc["_id"]: doc
                 for doc in self._collection(TASKS).find({"_id": {"$in": list(set(task_ids))}})
             }
-        now_ms = _now_ms()
+        now_ms = docs.now_ms()
         return [
-            _decoded(_state_of, found[task_id], task_id, "state")
-            if task_id in found and _live(found[task_id], now_ms)
+            _decoded(docs.state_of, found[task_id], task_id, "state")
+            if task_id in found and docs.live(found[task_id], now_ms)
             else None
             for task_id in task_ids
         ]
@@ -218,8 +213,8 @@ class MongoDBBackend(ResultBackend):
             "task_uuids": list(group.task_uuids),
             "chord_triggered": group.chord_triggered,
             "lock": group.lock,
-            **_created_fields(group.created_at),
-            "delete_at": DatetimeMS(_now_ms() + self._expire_ms),
+            **docs.created_fields(group.created_at),
+            "delete_at": DatetimeMS(docs.now_ms() + self._expire_ms),
             "chord_counted": 0,  # count_chord_member's (machinery's readers ignore it)
         }
         if group.ttl:
@@ -230,14 +225,14 @@ class MongoDBBackend(ResultBackend):
     def get_group(self, group_id: str) -> GroupMeta | None:
         with self._translated(group_id):
             doc = self._collection(GROUPS).find_one({"_id": group_id})
-        if doc is None or not _live(doc, _now_ms()):
+        if doc is None or not docs.live(doc, docs.now_ms()):
             return None
-        return _decoded(_group_of, doc, group_id, "group")
+        return _decoded(docs.group_of, doc, group_id, "group")
 
     def claim_chord(self, group_id: str, claimant: str) -> bool:
         from bson import DatetimeMS
 
-        live = {"$or": [{"delete_at": None}, {"delete_at": {"$gt": DatetimeMS(_now_ms())}}]}
+        live = {"$or": [{"delete_at": None}, {"delete_at": {"$gt": DatetimeMS(docs.now_ms())}}]}
         covered = {"$regex": f"^{re.escape(claimant)}/"}  # a bare task id: its runs (claim_covers)
         claimable = {
             "$or": [
@@ -276,11 +271,11 @@ class MongoDBBackend(ResultBackend):
 
     def post(self, board: str, entries: Mapping[str, Entry | None], ttl_s: float) -> None:
         with self._translated(f"board {board}"):
-            boards.post(self._writable(boards.BOARDS), board, entries, ttl_s, _now_ms())
+            boards.post(self._writable(boards.BOARDS), board, entries, ttl_s, docs.now_ms())
 
     def read_board(self, board: str) -> dict[str, Entry]:
         with self._translated(f"board {board}"):
-            return boards.read(self._collection(boards.BOARDS), board, _now_ms())
+            return boards.read(self._collection(boards.BOARDS), board, docs.now_ms())
 
     def close(self) -> None:
         with self._lock:
@@ -289,135 +284,8 @@ class MongoDBBackend(ResultBackend):
             client.close()
 
 
-# -- documents ----------------------------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _live(doc: dict[str, Any], now_ms: int) -> bool:
-    """False once a record is past its ``delete_at``, whether or not MongoDB has removed it."""
-    from bson import DatetimeMS
-
-    delete_at = doc.get("delete_at")
-    return not isinstance(delete_at, DatetimeMS) or int(delete_at) > now_ms
-
-
-def _created_fields(created_at: GoTime) -> dict[str, Any]:
-    from bson import DatetimeMS, Int64
-
-    ns = created_at.unix_ns  # past int64 (before 1678, as Go's zero time) a date says it all
-    exact = Int64(ns) if typed.INT64_MIN <= ns <= typed.INT64_MAX else None
-    return {"created_at": DatetimeMS(ns // 1_000_000), "created_at_ns": exact}
-
-
-def _created_of(doc: dict[str, Any]) -> GoTime:
-    """CreatedAt from a BSON date (as Go writes it), to the nanosecond when taskd wrote it."""
-    from bson import DatetimeMS
-
-    created = doc.get("created_at")
-    if created is None:
-        return ZERO_TIME
-    if not isinstance(created, DatetimeMS):
-        raise DecodeError(f"created_at must be a date, got {type(created).__name__}")
-    nanos = doc.get("created_at_ns")
-    if isinstance(nanos, int) and nanos // 1_000_000 == int(created):
-        return GoTime(int(nanos))
-    return GoTime(int(created) * 1_000_000)  # written by Go, or by a Go PENDING since
-
-
 def _decoded(decode: Any, doc: dict[str, Any], about: str, what: str) -> Any:
     try:
         return decode(doc)
     except (DecodeError, ArgumentError, ValueError, TypeError) as exc:
         raise BackendError(DRIVER, f"stored {what} is not valid: {exc}", about) from exc
-
-
-def _state_of(doc: dict[str, Any]) -> TaskState:
-    state = want_state(doc.get("state"), "state")
-    results = doc.get("results")
-    if results is not None and not isinstance(results, list):
-        raise DecodeError(f"results must be an array, got {type(results).__name__}")
-    return TaskState(
-        task_uuid=want_str(doc.get("_id"), "_id"),
-        state=state,
-        task_name=want_str(doc.get("task_name"), "task_name"),
-        results=None if results is None else tuple(_results_of(results)),
-        error=want_str(doc.get("error"), "error"),
-        created_at=_created_of(doc),
-        ttl=want_int(wire_value(doc.get("ttl")), "ttl"),
-    )
-
-
-def _results_of(items: list[Any]) -> Iterator[TaskResult]:
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise DecodeError(f"results[{index}] must be a document")
-        type_name = want_str(item.get("type"), f"results[{index}].type")
-        value = wire_value(item.get("value"))
-        if type_name == "json":  # machinery's form of a string holding a JSON object
-            yield TaskResult("string", encode_value(value))
-        else:
-            yield TaskResult(type_name, value)
-
-
-def _group_of(doc: dict[str, Any]) -> GroupMeta:
-    task_ids = doc.get("task_uuids") or []
-    if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
-        raise DecodeError("task_uuids must be an array of strings")
-    return GroupMeta(
-        group_uuid=want_str(doc.get("_id"), "_id"),
-        task_uuids=tuple(task_ids),
-        chord_triggered=want_bool(doc.get("chord_triggered"), "chord_triggered"),
-        lock=want_bool(doc.get("lock"), "lock"),
-        created_at=_created_of(doc),
-        ttl=want_int(wire_value(doc.get("ttl")), "ttl"),
-    )
-
-
-def bson_value(type_name: str, value: Any) -> Any:
-    """A result's wire value as Go's driver stores the Go value: ints as int64, floats as
-    doubles, ``[]byte`` as binary (taskd's wire form is base64 text)."""
-    from bson import Decimal128, Int64
-
-    if type_name not in typed.TYPE_NAMES:
-        return value
-    if type_name in typed.BYTES_TYPES and isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error:
-            return value  # not valid, and kept as it came: a reader sees the same fault
-    is_float = typed.kind_of(type_name) == "float"
-
-    def scalar(item: Any) -> Any:
-        if isinstance(item, bool) or not isinstance(item, int):
-            return item
-        if is_float:
-            return float(item)
-        in_range = typed.INT64_MIN <= item <= typed.INT64_MAX
-        return Int64(item) if in_range else Decimal128(str(item))  # uint64 past int64
-
-    return [scalar(item) for item in value] if isinstance(value, list) else scalar(value)
-
-
-def wire_value(value: Any) -> Any:
-    """A BSON value as taskd's wire form: binary as base64, Int64 and Decimal128 as int."""
-    from bson import DatetimeMS, Decimal128
-
-    if isinstance(value, bool | float | str) or value is None:
-        return value
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, int):
-        return int(value)  # Int64 too
-    if isinstance(value, DatetimeMS):  # Go writes a time.Time result as a date
-        return GoTime(int(value) * 1_000_000).format()
-    if isinstance(value, Decimal128):
-        number = value.to_decimal()
-        return int(number) if number == number.to_integral_value() else float(number)
-    if isinstance(value, list):
-        return [wire_value(item) for item in value]
-    if isinstance(value, dict):
-        return {key: wire_value(item) for key, item in value.items()}
-    raise DecodeError(f"a stored {type(value).__name__} is not a machinery value")

@@ -14,7 +14,7 @@ import pytest
 from bson import Decimal128, Int64
 
 from taskd.backends import ResultBackend, open_backend
-from taskd.backends.mongodb import bson_value, wire_value
+from taskd.backends.mongodb_documents import bson_value, wire_value
 from taskd.config import Config
 from taskd.errors import BackendUnavailable, ConfigError
 from taskd.wire import ZERO_TIME, GoTime, GroupMeta, State, TaskResult, TaskState, new_id
