@@ -6,8 +6,9 @@ Following one message: ``serve`` fetches a batch; ``_handle_batch`` accepts each
 it. Helpers hold the rest: ``Pacing`` (batch sizes, quick tasks), ``WriteBuffer`` (states
 and acks shared between quick tasks, a state always written before its ack) and ``Outages``
 (transient driver errors ridden out; the message stays leased meanwhile, and comes back if
-the child dies), ``limits`` (a task's time limits; the supervisor enforces the hard one) and
-``Recycling`` (leaving for a fresh child after max_tasks_per_child or max_memory_per_child).
+the child dies), ``SetAside`` (dead letters; one the broker refuses stays leased), ``limits``
+(a task's time limits; the supervisor enforces the hard one) and ``Recycling`` (leaving for a
+fresh child after max_tasks_per_child or max_memory_per_child).
 
 Round trips: one fetch per batch; quick tasks share one state write and one ack; a task that
 takes longer gets STARTED before it runs and its final state and ack right after. Backends
@@ -31,7 +32,6 @@ from taskd.brokers import Broker, Delivery, open_broker
 from taskd.client import Client
 from taskd.config import Config
 from taskd.errors import (
-    BrokerError,
     BrokerUnavailable,
     ConfigError,
     DecodeError,
@@ -44,11 +44,10 @@ from taskd.exitcodes import EXIT_CHILD_BOOT_FAILURE, EXIT_CHILD_RECYCLE, EXIT_FA
 from taskd.pairs import settler_for
 from taskd.registry import Registry, Task
 from taskd.revocations import REVOKED, RevokedIds
-from taskd.wire import GoTime, State, TaskState, decode_signature
-from taskd.wire.signature import identity_of
+from taskd.wire import GoTime, State, decode_signature
 from taskd.worker import followups, peers, signals
 from taskd.worker.execute import Kind, Outcome, RetryPolicy, attempt_of, execute, outcome_of_stored
-from taskd.worker.jobs import Job, final_state, log_outcome, pending_again, preview
+from taskd.worker.jobs import Job, final_state, log_outcome, pending_again
 from taskd.worker.limits import limits_of
 from taskd.worker.liveness import ChildLiveness, reached_backend
 from taskd.worker.metrics import task_metrics
@@ -56,6 +55,7 @@ from taskd.worker.outages import Outages
 from taskd.worker.pacing import FAST_TASK_S, Pacing
 from taskd.worker.recycling import Recycling
 from taskd.worker.running import RunningTasks
+from taskd.worker.setaside import SetAside
 from taskd.worker.shared_ids import SharedIds
 from taskd.worker.writes import WriteBuffer
 
@@ -90,6 +90,7 @@ class Child:
         self.backend: ResultBackend
         self.sender: Client
         self.writes: WriteBuffer
+        self.set_aside: SetAside
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class Child:
             lambda: self.outages.call("backend", self.backend.read_board, REVOKED_BOARD),
             None if self.shared_revoked is None else self.shared_revoked.read,
         )
+        self.set_aside = SetAside(self.broker, self.outages.call)
         settle = settler_for(self.broker, self.backend)  # states and acks in one call, or None
         self.writes = WriteBuffer(
             lambda states: self.outages.call("backend", self.backend.set_states, states),
@@ -132,7 +134,7 @@ class Child:
             None
             if settle is None
             else lambda states, acks: self.outages.call("broker", settle, states, acks),
-            self._reject,
+            self.set_aside.reject,
         )
         try:
             while not self.stopping:
@@ -234,11 +236,12 @@ class Child:
             if not sig.uuid or not sig.name:
                 raise DecodeError("UUID and Name must not be empty")
         except DecodeError as exc:
-            self._set_aside_malformed(delivery, f"malformed message: {exc.reason}", received_at)
+            reason = f"malformed message: {exc.reason}"
+            self.set_aside.malformed(delivery, reason, received_at, self.writes)
             return None
         except Exception as exc:  # unforeseen: still the message's, and must not stop the worker
             reason = f"malformed message: it could not be read: {type(exc).__name__}: {exc}"
-            self._set_aside_malformed(delivery, reason, received_at)
+            self.set_aside.malformed(delivery, reason, received_at, self.writes)
             return None
         try:
             task: Task | None = self.registry.get(sig.name, delivery.queue)
@@ -251,34 +254,6 @@ class Child:
                 self.outages.call("broker", self.broker.ack, delivery)
                 return None
         return Job(delivery, sig, task, received_at)
-
-    def _set_aside_malformed(self, delivery: Delivery, reason: str, received_at: GoTime) -> None:
-        """Into the dead letters; where its UUID can be read, its sender sees FAILURE with
-        the reason instead of waiting on PENDING for ever."""
-        task_id, name = identity_of(delivery.body)
-        body = preview(delivery)
-        log.error("message_rejected", queue=delivery.queue, reason=reason, body=body)
-        if task_id:
-            failed = TaskState(task_id, State.FAILURE, task_name=name, created_at=received_at)
-            self.writes.add_state(failed.with_changes(error=reason))
-            self.writes.flush()  # a refusal for good is logged: the letter keeps the reason
-        self._reject(delivery, reason)
-
-    def _reject(self, delivery: Delivery, reason: str) -> None:
-        """Set a message aside. One the broker refuses to take for good (a dead-letter list
-        that is not a list, a permission taken away at run time) stays leased to this child,
-        logged, and goes back to its queue when the child stops: a crash would hand it back
-        at once to the next child, to crash on it in turn, the whole queue stalled behind."""
-        try:
-            self.outages.call("broker", self.broker.reject, delivery, reason)
-        except BrokerError as exc:  # not BrokerUnavailable: ridden out by outages.call
-            log.error(
-                "message_reject_failed",
-                queue=delivery.queue,
-                reason=reason,
-                error=str(exc),
-                kept="leased to this child until it stops",
-            )
 
     def _would_hold_back(self, job: Job) -> bool:
         """Whether running this job first would keep the rest of its batch from idle children
@@ -356,7 +331,7 @@ class Child:
         reason = f"{job.finished.state.value} stored, then delivered {deliveries} times, its"
         reason += " worker dying before the ack (in what it sets off?): worker.max_deliveries"
         log.error("message_rejected", queue=job.delivery.queue, reason=reason)
-        self._reject(job.delivery, reason)
+        self.set_aside.reject(job.delivery, reason)
         return True
 
     def _outcome_without_running(self, job: Job) -> Outcome | None:
@@ -409,7 +384,7 @@ class Child:
         if dead_letter:
             # Kept where an operator can replay it once the task exists (or, as on SQS,
             # for a dead-letter queue to take) instead of being lost.
-            self._reject(job.delivery, outcome.error)
+            self.set_aside.reject(job.delivery, outcome.error)
         else:
             self.outages.call("broker", self.broker.ack, job.delivery)
 
