@@ -26,8 +26,8 @@ def check_drivers(
     with _named("broker", config):
         broker = open_broker(config)
         try:
-            queues = list(dict.fromkeys([config.default_queue, *queues]))
-            broker.check(queues, writes=writes, serves=serves)
+            served = list(dict.fromkeys([config.default_queue, *queues]))
+            broker.check(served, writes=writes, serves=serves)
         finally:
             broker.close()
     with _named("result_backend", config):
