@@ -5,6 +5,7 @@ colliding names and keys of the wrong type are config errors naming the setting 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,19 @@ def test_the_command_line_exits_2_naming_the_setting(
     assert "Traceback" not in done.stderr
 
 
+def checked_and_sent(
+    port: int, namespace: str, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``taskd check-config``, then a ``taskctl send``, with the Redis on ``port`` in both
+    roles."""
+    url = f"redis://127.0.0.1:{port}/0"
+    data = config_data("redis", namespace, tmp_path, broker=url, result_backend=url)
+    config = str(write_config(tmp_path, data))
+    done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+    sent = run_cli(tmp_path, "taskctl", "-c", config, "send", "sum", "--arg", "[]int64:[1]")
+    return done, sent
+
+
 @pytest.mark.parametrize(
     ("limit", "policy", "loses"),
     [
@@ -146,11 +160,7 @@ def test_a_redis_that_may_evict_taskds_keys_is_warned_of(
                 "--maxmemory-policy", policy]  # fmt: skip
 
     with server_on_free_port(command, "redis-server with maxmemory") as port:
-        url = f"redis://127.0.0.1:{port}/0"
-        data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
-        config = str(write_config(tmp_path, data))
-        done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
-        sent = run_cli(tmp_path, "taskctl", "-c", config, "send", "sum", "--arg", "[]int64:[1]")
+        done, sent = checked_and_sent(port, redis_namespace, tmp_path)
     assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("task_") and len(sent.stdout.splitlines()) == 1, sent.stdout
@@ -184,11 +194,7 @@ def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
                 "--dir", str(tmp_path), *persistence]  # fmt: skip
 
     with server_on_free_port(command, "redis-server") as port:
-        url = f"redis://127.0.0.1:{port}/0"
-        data = config_data("redis", redis_namespace, tmp_path, broker=url, result_backend=url)
-        config = str(write_config(tmp_path, data))
-        done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
-        sent = run_cli(tmp_path, "taskctl", "-c", config, "send", "sum", "--arg", "[]int64:[1]")
+        done, sent = checked_and_sent(port, redis_namespace, tmp_path)
     assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
     assert sent.returncode == 0 and "redis_not_persistent" not in sent.stderr, sent.stderr
     lines = [line for line in done.stderr.splitlines() if "redis_not_persistent" in line]

@@ -296,6 +296,17 @@ class Daemon:
         self._log.close()
 
 
+def assert_kept_leased(process: Daemon, task_id: str, said: str) -> None:
+    """The broker refused to set ``task_id``'s message aside (the refusal ``said`` so): its
+    child logged it once and went on, and the daemon then stops cleanly, the message going
+    back to its queue."""
+    (refused,) = wait_until(lambda: process.events("message_reject_failed"), 20)
+    assert refused["task_id"] == task_id and said in refused["error"], refused
+    assert not process.events("child_crashed")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
 def run_cli(
     tmp_path: Path, command: str, *args: str, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:

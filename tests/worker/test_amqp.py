@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from tests.support.harness import (
     GO_FIELDS,
     Daemon,
     amqp_connection,
+    assert_kept_leased,
     assert_poison_set_aside,
     client_for,
     consumer_count,
@@ -690,11 +690,7 @@ def test_a_permission_to_set_aside_taken_away_at_run_time_keeps_the_message_leas
     with Client(load_config(config, env={"TASKD_STATE_DIR": str(tmp_path / "state")})) as client:
         unknown = client.send("no_such_task")
         assert client.send("add", 2, 3).get(timeout=20) == 5  # served after it
-    (refused,) = wait_until(lambda: process.events("message_reject_failed"), 20)
-    assert refused["task_id"] == unknown.task_id and "ACCESS_REFUSED" in refused["error"]
-    assert not process.events("child_crashed")
-    process.signal(signal.SIGTERM)
-    assert process.wait() == 0
+    assert_kept_leased(process, unknown.task_id, "ACCESS_REFUSED")
     with amqp_connection() as connection:
         channel = connection.channel()
         assert channel.queue_declare(amqp_namespace, passive=True).method.message_count == 1

@@ -14,7 +14,13 @@ import pytest
 
 from taskd.client import signature
 from taskd.wire import GoTime, State, new_id
-from tests.support.harness import PrivateRedis, client_for, server_on_free_port, wait_until
+from tests.support.harness import (
+    PrivateRedis,
+    assert_kept_leased,
+    client_for,
+    server_on_free_port,
+    wait_until,
+)
 from tests.support.tasks import lines, runs
 from tests.support.traces import (
     assert_each_ran_once_except,
@@ -316,11 +322,7 @@ def test_a_message_the_broker_refuses_to_set_aside_stays_leased_and_the_child_go
     try:
         unknown = client.send("no_such_task")
         assert client.send("add", 2, 3).get(timeout=20) == 5  # served after it
-        (refused,) = wait_until(lambda: process.events("message_reject_failed"), 20)
-        assert refused["task_id"] == unknown.task_id and "WRONGTYPE" in refused["error"]
-        assert not process.events("child_crashed")
-        process.signal(signal.SIGTERM)
-        assert process.wait() == 0
+        assert_kept_leased(process, unknown.task_id, "WRONGTYPE")
         assert [m for m in server.lrange(namespace, 0, -1) if unknown.task_id.encode() in m]
     finally:
         server.delete(dead)
