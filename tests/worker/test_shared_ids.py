@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from taskd.worker.shared_ids import SharedIds
 
 
@@ -37,14 +39,17 @@ def test_a_child_reads_what_its_parent_published_after_the_fork() -> None:
     assert in_a_fork(shared) == {'odd "id"\n with a newline'}
 
 
-def test_a_copy_older_than_the_reader_allows_is_none() -> None:
+def test_a_copy_older_than_the_reader_allows_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     shared = SharedIds()
     shared.publish({"task_a"})
-    assert shared.read(5.0) == {"task_a"}
-    time.sleep(0.06)  # the copy's age itself is what is tested
-    assert shared.read(0.05) is None
+    now[0] += 1.0
+    assert shared.read(1.0) == {"task_a"}
+    now[0] += 0.01
+    assert shared.read(1.0) is None
     shared.publish({"task_a"})  # unchanged ids: only the time is written
-    assert shared.read(0.05) == {"task_a"}
+    assert shared.read(1.0) == {"task_a"}
 
 
 def test_ids_that_do_not_fit_are_none_so_the_child_reads_the_board_itself() -> None:
