@@ -87,7 +87,9 @@ def _pika(config: Config, key: str) -> Any:
         import pika
     except ImportError as exc:
         raise ConfigError(
-            key, f"the AMQP driver needs pika: pip install 'taskd[amqp]' ({exc})", config.source
+            key,
+            f"the AMQP driver needs pika (a dependency of taskd): {exc}",
+            config.source,
         ) from None
     return pika
 

@@ -55,7 +55,7 @@ def driver_class(group: str, url: str, key: str, source: str | None = None) -> A
         return point.load()
     except ImportError as exc:
         raise ConfigError(
-            key, f"the {scheme} driver cannot load: {exc} (install taskd[{scheme}]?)", source
+            key, f"the {scheme} driver cannot load: {exc} (reinstall taskd?)", source
         ) from None
 
 

@@ -41,7 +41,7 @@ def connect(url: str, config: Config, key: str, *, longest_block_s: float = 0.0)
     except ImportError as exc:
         raise ConfigError(
             key,
-            f"the Redis driver needs redis-py: pip install 'taskd[redis]' ({exc})",
+            f"the Redis driver needs redis-py (a dependency of taskd): {exc}",
             config.source,
         ) from None
     settings = config.redis
@@ -336,7 +336,7 @@ def _packed(connection: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
 
 @functools.cache  # looked up once
 def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
-    """hiredis's ``pack_command`` (``taskd[redis]`` installs hiredis); None without it."""
+    """hiredis's ``pack_command`` (a dependency of taskd); None without it."""
     try:
         from hiredis import pack_command
     except ImportError:

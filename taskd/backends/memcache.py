@@ -94,7 +94,7 @@ class MemcacheBackend(ResultBackend):
         except ImportError as exc:
             raise ConfigError(
                 "result_backend",
-                f"the Memcache driver needs pymemcache: pip install 'taskd[memcache]' ({exc})",
+                f"the Memcache driver needs pymemcache (a dependency of taskd): {exc}",
                 config.source,
             ) from None
         self._client = Servers(

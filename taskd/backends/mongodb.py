@@ -59,7 +59,7 @@ class MongoDBBackend(ResultBackend):
         except ImportError as exc:
             raise ConfigError(
                 "result_backend",
-                f"the MongoDB driver needs pymongo: pip install 'taskd[mongodb]' ({exc})",
+                f"the MongoDB driver needs pymongo (a dependency of taskd): {exc}",
                 config.source,
             ) from None
         url_database, options = parse_url(url, "result_backend", config.source)
