@@ -22,7 +22,8 @@ def check_drivers(
     a key of the wrong type), and what the backend's refuses (a Redis Cluster). Unreachable
     servers are not an error: drivers connect lazily, and the daemon rides out an outage.
     ``writes``: the caller writes (a daemon, a sender); without, what only writes need (a
-    user's permission to write) is not asked. ``serves``: the daemon's check (``Broker.check``)."""
+    user's permission to write) is not asked. ``serves``: the daemon's check (``Broker.check``,
+    ``ResultBackend.check``)."""
     with _named("broker", config):
         broker = open_broker(config)
         try:
@@ -33,7 +34,7 @@ def check_drivers(
     with _named("result_backend", config):
         backend = open_backend(config)
         try:
-            backend.check(writes=writes)
+            backend.check(writes=writes, serves=serves)
         finally:
             backend.close()
 

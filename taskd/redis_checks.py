@@ -1,7 +1,8 @@
 """What a Redis server, and the user taskd connects as, must offer taskd's Redis drivers:
 checked before they serve (``Broker.check``, ``ResultBackend.check``), so that a server they
 cannot use is a config error naming the setting, not workers that retry for good while the
-daemon looks ready."""
+daemon looks ready. And what such a server may lose of what each role keeps there (evicted
+keys, nothing on disk): warnings naming the role, as Redis's configuration is the operator's."""
 
 from __future__ import annotations
 
@@ -129,3 +130,77 @@ def _probed(client: Any, needed: Sequence[str]) -> dict[str, Exception]:
         for probe, reply in zip(probes, replies, strict=True)
         if isinstance(reply, Exception)
     }
+
+
+# What each role keeps in Redis, and so loses when Redis drops keys (redis_may_evict: any key
+# under an allkeys-* policy, those with an expiry under volatile-*) or forgets them on a
+# restart (redis_not_persistent). A result backend's group and chord records expire as its
+# results do, and a chord whose record is gone does not fire its callback.
+_BACKEND_KEEPS = (
+    "results and the records of groups and chords (a chord whose record is gone does not fire"
+    " its callback)"
+)
+_KEPT = {  # role: what it loses under an allkeys-* policy, and under a volatile-* one
+    "broker": ("queued messages and results", "results"),
+    "result_backend": (_BACKEND_KEEPS, _BACKEND_KEEPS),
+}
+_RESTART_LOSES = {
+    "broker": "every queued message, ETA task and result it holds, on a restart of Redis",
+    "result_backend": "every result and record of a group or chord it holds, on a restart of"
+    " Redis (a chord whose record is gone does not fire its callback)",
+}
+
+
+def warn_of_eviction(client: Any, key: str) -> None:
+    """A warning when Redis, once at ``maxmemory``, may evict what the role ``key`` keeps
+    there: with an ``allkeys-*`` policy any key (queued messages lost without a trace), with
+    a ``volatile-*`` one those with an expiry (results, before ``results_expire_in``).
+    Nothing where CONFIG is not allowed (managed services often rename it)."""
+    import redis
+
+    try:
+        found = client.config_get("maxmemory*")
+    except redis.ResponseError:  # CONFIG disabled or renamed
+        return
+    config = {as_text(name): as_text(value) for name, value in found.items()}
+    policy, limit = config.get("maxmemory-policy", "noeviction"), config.get("maxmemory", "0")
+    if policy == "noeviction" or limit == "0":
+        return
+    any_key, expiring = _KEPT[key]
+    log.warning(
+        "redis_may_evict",
+        key=key,
+        maxmemory_policy=policy,
+        maxmemory=int(limit),
+        loses=any_key if policy.startswith("allkeys") else expiring,
+        fix="CONFIG SET maxmemory-policy noeviction (and in redis.conf): a full Redis then"
+        " refuses writes, which taskd reports and retries, instead of dropping keys",
+    )
+
+
+def warn_of_no_persistence(client: Any, key: str) -> None:
+    """A warning when Redis keeps nothing on disk (no append-only file, no snapshots): a
+    restart of Redis then loses all that the role ``key`` keeps there, whatever taskd's
+    acks promise. Nothing where CONFIG is not allowed (managed services persist as they are
+    set up)."""
+    import redis
+
+    try:
+        found = client.config_get("appendonly") | client.config_get("save")
+    except redis.ResponseError:  # CONFIG disabled or renamed
+        return
+    config = {as_text(name): as_text(value) for name, value in found.items()}
+    if config.get("appendonly") != "no" or config.get("save", "").strip():
+        return
+    log.warning(
+        "redis_not_persistent",
+        key=key,
+        loses=_RESTART_LOSES[key],
+        fix="CONFIG SET appendonly yes (and in redis.conf; appendfsync everysec loses at most"
+        " the last second of them), or save points (what came after the last snapshot)",
+    )
+
+
+def as_text(value: Any) -> str:
+    """A reply's bytes (or any value) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -100,7 +100,7 @@ class AMQPBackend(ResultBackend):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
 
-    def check(self, *, writes: bool = True) -> None:
+    def check(self, *, writes: bool = True, serves: bool = False) -> None:
         """Declare and delete a record's queue, as each task's result needs: RabbitMQ's
         refusal (a user without the permission to configure queues) is a ConfigError naming
         result_backend at start, not an error at every task. Unreachable: no error. (Its

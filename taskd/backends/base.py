@@ -158,12 +158,13 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def check(self, *, writes: bool = True) -> None:
+    def check(self, *, writes: bool = True, serves: bool = False) -> None:
         """Refuse, before anything depends on it, a server taskd cannot use as configured
         (``taskd start``, ``check-config`` and a reload call this): ConfigError naming the
         key. May ask the server; BackendUnavailable then is no error. Without ``writes``
         (a caller that only reads), what only writes need is not asked of the user.
-        Nothing by default."""
+        ``serves``: the caller is the daemon (or its check-config), told of what the server
+        may lose on a restart. Nothing by default."""
         return
 
     def begin_pending(self, states: Sequence[TaskState], *, fresh: bool) -> Confirm:

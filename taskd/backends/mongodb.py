@@ -79,7 +79,7 @@ class MongoDBBackend(ResultBackend):
     def from_config(cls, url: str, config: Config) -> Self:
         return cls(url, config)
 
-    def check(self, *, writes: bool = True) -> None:
+    def check(self, *, writes: bool = True, serves: bool = False) -> None:
         """MongoDB refusing what every worker does first: ConfigError naming the key, where
         each child would fail at boot and the daemon exit 1 (credentials it refuses, a user
         that may not read the database). Writers make the TTL indexes, as the first write

@@ -59,11 +59,14 @@ class RedisBackend(ResultBackend):
         self._pending = redisdb.Pipe(self._redis)  # begin_pending's writes, replies read later
         self._source = config.source
 
-    def check(self, *, writes: bool = True) -> None:
+    def check(self, *, writes: bool = True, serves: bool = False) -> None:
         with self._translated():
             redis_checks.refuse_unusable(
                 self._redis, "result_backend", self._source, redis_checks.SCRIPTING, writes=writes
             )
+            redis_checks.warn_of_eviction(self._redis, "result_backend")
+            if serves:
+                redis_checks.warn_of_no_persistence(self._redis, "result_backend")
 
     @classmethod
     def from_config(cls, url: str, config: Config) -> Self:

@@ -165,12 +165,14 @@ def test_a_redis_that_may_evict_taskds_keys_is_warned_of(
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("task_") and len(sent.stdout.splitlines()) == 1, sent.stdout
     for run in (done, sent):  # on stderr: stdout is the commands' output
-        warned = [line for line in run.stderr.splitlines() if "redis_may_evict" in line]
+        warned = [json.loads(line) for line in run.stderr.splitlines() if "redis_may_evict" in line]
         if loses is None:
             assert not warned, run.stderr
-        else:
-            (line,) = warned
-            assert f'"loses":"{loses}"' in line and "noeviction" in line, line
+        else:  # one line for each role, saying what that role loses
+            by_key = {line["key"]: line["loses"] for line in warned}
+            assert sorted(by_key) == ["broker", "result_backend"], run.stderr
+            assert by_key["broker"] == loses and "chord" in by_key["result_backend"], by_key
+            assert all("noeviction" in line["fix"] for line in warned), run.stderr
 
 
 @pytest.mark.parametrize(
@@ -197,10 +199,46 @@ def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
         done, sent = checked_and_sent(port, redis_namespace, tmp_path)
     assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
     assert sent.returncode == 0 and "redis_not_persistent" not in sent.stderr, sent.stderr
-    lines = [line for line in done.stderr.splitlines() if "redis_not_persistent" in line]
-    assert len(lines) == (1 if warned else 0), done.stderr
-    if warned:
-        assert "appendonly yes" in lines[0] and "every queued message" in lines[0]
+    lines = [
+        json.loads(line) for line in done.stderr.splitlines() if "redis_not_persistent" in line
+    ]
+    assert sorted(line["key"] for line in lines) == (
+        ["broker", "result_backend"] if warned else []
+    ), done.stderr
+    for line in lines:
+        assert "appendonly yes" in line["fix"], line
+        assert ("every queued message" if line["key"] == "broker" else "chord") in line["loses"]
+
+
+def test_a_redis_that_holds_only_results_is_warned_of_too(
+    redis_namespace: str, tmp_path: Path
+) -> None:
+    """Results, groups and chords in a Redis that keeps nothing on disk and evicts keys,
+    messages elsewhere: a restart or a full Redis loses the record a chord fires from, and
+    its callback never runs. Only the broker's Redis was looked at: not a word was said."""
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--maxmemory", "64mb",
+                "--maxmemory-policy", "volatile-lru"]  # fmt: skip
+
+    with server_on_free_port(command, "redis-server for results only") as port:
+        data = config_data("sqlite", redis_namespace, tmp_path)
+        data["result_backend"] = f"redis://127.0.0.1:{port}/0"
+        config = str(write_config(tmp_path, data))
+        done = run_cli(tmp_path, "taskd", "check-config", "-c", config)
+        sent = run_cli(tmp_path, "taskctl", "-c", config, "send", "sum", "--arg", "[]int64:[1]")
+    assert done.returncode == 0, done.stderr  # Redis's configuration is the operator's
+    assert sent.returncode == 0, sent.stderr
+
+    def warned(run: subprocess.CompletedProcess[str]) -> dict[str, str]:
+        lines = [json.loads(line) for line in run.stderr.splitlines() if "redis_" in line]
+        return {line["event"]: f"{line['key']}: {line['loses']}" for line in lines}
+
+    said = warned(done)
+    assert sorted(said) == ["redis_may_evict", "redis_not_persistent"], done.stderr
+    assert all(text.startswith("result_backend: ") and "chord" in text for text in said.values())
+    assert sorted(warned(sent)) == ["redis_may_evict"], sent.stderr  # taskctl: the first only
 
 
 def test_a_url_naming_a_replica_is_warned_of_for_each_role(

@@ -76,9 +76,9 @@ class RedisBroker(RedisQueueAdmin, RedisDeadLetters, Broker):
                 self._redis, "broker", self._source, BROKER_COMMANDS, writes=writes
             )
             checks.check_types(self._redis, self._keys, queues, self._source)
-            checks.warn_of_eviction(self._redis)
+            redis_checks.warn_of_eviction(self._redis, "broker")
             if serves:
-                checks.warn_of_no_persistence(self._redis)
+                redis_checks.warn_of_no_persistence(self._redis, "broker")
 
     # -- producing ------------------------------------------------------------------------
 

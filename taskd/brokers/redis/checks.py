@@ -1,7 +1,6 @@
 """What the Redis broker verifies before it serves queues (``Broker.check``), besides what
-every Redis driver does (``redis_checks.refuse_unusable``): that no two roles share a key, that
-the keys already in Redis hold what taskd will write there, and whether Redis may evict what
-taskd keeps there (a warning: Redis's configuration is the operator's).
+every Redis driver does (``taskd.redis_checks``): that no two roles share a key, and that the
+keys already in Redis hold what taskd will write there.
 
 machinery keeps a queue (a list), its ETA tasks (one sorted set) and task states (strings)
 side by side, named by the user; a queue named like the delayed set turns into a sorted set
@@ -14,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskd import logs
 from taskd.brokers.base import queue_setting
 from taskd.brokers.redis.keys import RedisKeys
 from taskd.errors import ConfigError
-
-log = logs.get_logger("taskd.redis")
+from taskd.redis_checks import as_text
 
 DELAYED_KEY = "redis.delayed_tasks_key"
 PREFIX_KEY = "redis.key_prefix"
@@ -72,7 +69,7 @@ def check_types(client: Any, keys: RedisKeys, queues: Sequence[str], source: str
     for name in wanted:
         pipe.type(name)
     for (name, (kind, setting)), reply in zip(wanted.items(), pipe.execute(), strict=True):
-        found = _text(reply)
+        found = as_text(reply)
         if found not in ("none", kind):
             where = None if setting == "--queue" else source
             raise ConfigError(
@@ -81,54 +78,3 @@ def check_types(client: Any, keys: RedisKeys, queues: Sequence[str], source: str
                 " or rename that key, or configure another name",
                 where,
             )
-
-
-def warn_of_eviction(client: Any) -> None:
-    """A warning when Redis, once at ``maxmemory``, may evict taskd's keys: with an
-    ``allkeys-*`` policy any key (queued messages lost without a trace), with a
-    ``volatile-*`` one those with an expiry (results, before ``results_expire_in``).
-    Nothing where CONFIG is not allowed (managed services often rename it)."""
-    import redis
-
-    try:
-        found = client.config_get("maxmemory*")
-    except redis.ResponseError:  # CONFIG disabled or renamed
-        return
-    config = {_text(key): _text(value) for key, value in found.items()}
-    policy, limit = config.get("maxmemory-policy", "noeviction"), config.get("maxmemory", "0")
-    if policy == "noeviction" or limit == "0":
-        return
-    loses = "queued messages and results" if policy.startswith("allkeys") else "results"
-    log.warning(
-        "redis_may_evict",
-        maxmemory_policy=policy,
-        maxmemory=int(limit),
-        loses=loses,
-        fix="CONFIG SET maxmemory-policy noeviction (and in redis.conf): a full Redis then"
-        " refuses writes, which taskd reports and retries, instead of dropping keys",
-    )
-
-
-def warn_of_no_persistence(client: Any) -> None:
-    """A warning when Redis keeps nothing on disk (no append-only file, no snapshots): a
-    restart of Redis then loses every queued message, whatever taskd's acks promise.
-    Nothing where CONFIG is not allowed (managed services persist as they are set up)."""
-    import redis
-
-    try:
-        found = client.config_get("appendonly") | client.config_get("save")
-    except redis.ResponseError:  # CONFIG disabled or renamed
-        return
-    config = {_text(key): _text(value) for key, value in found.items()}
-    if config.get("appendonly") != "no" or config.get("save", "").strip():
-        return
-    log.warning(
-        "redis_not_persistent",
-        loses="every queued message, ETA task and result it holds, on a restart of Redis",
-        fix="CONFIG SET appendonly yes (and in redis.conf; appendfsync everysec loses at most"
-        " the last second of them), or save points (what came after the last snapshot)",
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
