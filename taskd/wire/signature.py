@@ -18,6 +18,7 @@ from taskd.wire import args as typed
 from taskd.wire import gojson
 from taskd.wire.fields import want_bool, want_int, want_str, want_time
 from taskd.wire.gotime import GoTime
+from taskd.wire.records import builder
 
 
 def new_id(prefix: str = "task") -> str:
@@ -165,13 +166,21 @@ def _bool(value: bool) -> str:
 ARG_FIELDS = {"name": "Name", "type": "Type", "value": "Value"}
 
 
-def _decode_arg(obj: Any, key: str) -> Arg:
-    fields = gojson.fold_keys(obj, ARG_FIELDS, key)
-    return Arg(
-        want_str(fields.get("Type"), f"{key}.Type"),
-        fields.get("Value"),
-        want_str(fields.get("Name"), f"{key}.Name"),
-    )
+_new_arg = builder(Arg)  # (type, value, name)
+_new_signature = builder(Signature)  # every field, in the order Signature declares them
+
+
+def _decode_arg(obj: Any, index: int) -> Arg:
+    try:  # the field's path is joined on error only: arguments are read on every task
+        fields = gojson.fold_keys(obj, ARG_FIELDS, "")
+        return _new_arg(
+            want_str(fields.get("Type"), "Type"),
+            fields.get("Value"),
+            want_str(fields.get("Name"), "Name"),
+        )
+    except DecodeError as exc:
+        separator = "" if exc.reason.startswith(" ") else "."
+        raise DecodeError(f"Args[{index}]{separator}{exc.reason}", exc.raw) from None
 
 
 SIGNATURE_FIELDS = {
@@ -262,35 +271,32 @@ def _signature_of(f: dict[str, Any], decoded: Mapping[int, Signature]) -> Signat
     if raw_args is not None:
         if not isinstance(raw_args, list):
             raise DecodeError(f"Args must be an array, got {gojson.json_type(raw_args)}")
-        args = tuple(_decode_arg(item, f"Args[{i}]") for i, item in enumerate(raw_args))
+        args = tuple([_decode_arg(item, i) for i, item in enumerate(raw_args)])
     headers = f.get("Headers")
     if headers is not None and not isinstance(headers, dict):
         raise DecodeError(f"Headers must be an object, got {gojson.json_type(headers)}")
     chord = f.get("ChordCallback")
-    return Signature(
-        uuid=want_str(f.get("UUID"), "UUID"),
-        name=want_str(f.get("Name"), "Name"),
-        routing_key=want_str(f.get("RoutingKey"), "RoutingKey"),
-        eta=want_time(f.get("ETA"), "ETA"),
-        group_uuid=want_str(f.get("GroupUUID"), "GroupUUID"),
-        group_task_count=want_int(f.get("GroupTaskCount"), "GroupTaskCount"),
-        args=args,
-        headers=headers,
-        priority=want_int(f.get("Priority"), "Priority", 0, 255),
-        immutable=want_bool(f.get("Immutable"), "Immutable"),
-        retry_count=want_int(f.get("RetryCount"), "RetryCount"),
-        retry_timeout=want_int(f.get("RetryTimeout"), "RetryTimeout"),
-        on_success=_decoded_list(f.get("OnSuccess"), "OnSuccess", decoded),
-        on_error=_decoded_list(f.get("OnError"), "OnError", decoded),
-        chord_callback=None if chord is None else decoded[id(chord)],
-        broker_message_group_id=want_str(f.get("BrokerMessageGroupId"), "BrokerMessageGroupId"),
-        sqs_receipt_handle=want_str(f.get("SQSReceiptHandle"), "SQSReceiptHandle"),
-        stop_task_deletion_on_error=want_bool(
-            f.get("StopTaskDeletionOnError"), "StopTaskDeletionOnError"
-        ),
-        ignore_when_task_not_registered=want_bool(
-            f.get("IgnoreWhenTaskNotRegistered"), "IgnoreWhenTaskNotRegistered"
-        ),
+    uuid = want_str(f.get("UUID"), "UUID")  # named first where both it and Name are wrong
+    return _new_signature(  # Signature's fields, in order
+        want_str(f.get("Name"), "Name"),
+        uuid,
+        want_str(f.get("RoutingKey"), "RoutingKey"),
+        want_time(f.get("ETA"), "ETA"),
+        want_str(f.get("GroupUUID"), "GroupUUID"),
+        want_int(f.get("GroupTaskCount"), "GroupTaskCount"),
+        args,
+        headers,
+        want_int(f.get("Priority"), "Priority", 0, 255),
+        want_bool(f.get("Immutable"), "Immutable"),
+        want_int(f.get("RetryCount"), "RetryCount"),
+        want_int(f.get("RetryTimeout"), "RetryTimeout"),
+        _decoded_list(f.get("OnSuccess"), "OnSuccess", decoded),
+        _decoded_list(f.get("OnError"), "OnError", decoded),
+        None if chord is None else decoded[id(chord)],
+        want_str(f.get("BrokerMessageGroupId"), "BrokerMessageGroupId"),
+        want_str(f.get("SQSReceiptHandle"), "SQSReceiptHandle"),
+        want_bool(f.get("StopTaskDeletionOnError"), "StopTaskDeletionOnError"),
+        want_bool(f.get("IgnoreWhenTaskNotRegistered"), "IgnoreWhenTaskNotRegistered"),
     )
 
 

@@ -12,6 +12,7 @@ from taskd.wire import args as typed
 from taskd.wire import gojson
 from taskd.wire.fields import want_int, want_str, want_time
 from taskd.wire.gotime import ZERO_TIME, GoTime
+from taskd.wire.records import builder
 
 
 class State(StrEnum):
@@ -122,18 +123,23 @@ _STATE_FIELDS = {
 _RESULT_FIELDS = {"type": "Type", "value": "Value"}
 
 
+_new_result = builder(TaskResult)  # (type, value)
+_new_state = builder(TaskState)  # every field, in the order TaskState declares them
+_STATES: dict[str, State] = {state.value: state for state in State}
+
+
 def _decode_result(obj: Any, index: int) -> TaskResult:
     fields = gojson.fold_keys(obj, _RESULT_FIELDS, f"Results[{index}]")
-    return TaskResult(want_str(fields.get("Type"), f"Results[{index}].Type"), fields.get("Value"))
+    return _new_result(want_str(fields.get("Type"), f"Results[{index}].Type"), fields.get("Value"))
 
 
 def want_state(value: object, key: str) -> State:
     """A stored state's name as a State; DecodeError naming ``key`` for anything else."""
     name = want_str(value, key)
-    try:
-        return State(name)
-    except ValueError:
-        raise DecodeError(f"{key} {name!r} is not a machinery task state") from None
+    state = _STATES.get(name)
+    if state is None:
+        raise DecodeError(f"{key} {name!r} is not a machinery task state")
+    return state
 
 
 def decode_state(raw: bytes | str) -> TaskState:
@@ -142,16 +148,17 @@ def decode_state(raw: bytes | str) -> TaskState:
     raw_results = f.get("Results")
     if raw_results is not None and not isinstance(raw_results, list):
         raise DecodeError(f"Results must be an array, got {gojson.json_type(raw_results)}")
-    return TaskState(
-        task_uuid=want_str(f.get("TaskUUID"), "TaskUUID"),
-        task_name=want_str(f.get("TaskName"), "TaskName"),
-        state=state,
-        results=None
+    task_uuid = want_str(f.get("TaskUUID"), "TaskUUID")  # named first where it is wrong too
+    return _new_state(  # TaskState's fields, in order
+        task_uuid,
+        state,
+        want_str(f.get("TaskName"), "TaskName"),
+        None
         if raw_results is None
-        else tuple(_decode_result(item, i) for i, item in enumerate(raw_results)),
-        error=want_str(f.get("Error"), "Error"),
-        created_at=want_time(f.get("CreatedAt"), "CreatedAt") or ZERO_TIME,
-        ttl=want_int(f.get("TTL"), "TTL"),
+        else tuple([_decode_result(item, i) for i, item in enumerate(raw_results)]),
+        want_str(f.get("Error"), "Error"),
+        want_time(f.get("CreatedAt"), "CreatedAt") or ZERO_TIME,
+        want_int(f.get("TTL"), "TTL"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -302,6 +303,17 @@ def test_full_signature_decodes_to_its_fields() -> None:
         headers=None, args=(*(FULL.args or ())[:5], Arg("float64", 2))
     )
     assert sig.headers == {"a": "b", "f": 2, "m": {"x": True, "y": [1, "&"]}, "n": None, "z": 1}
+
+
+@pytest.mark.parametrize("field", [field.name for field in dataclasses.fields(Signature)])
+def test_each_field_decodes_into_its_own_place(field: str) -> None:
+    """Decoding builds a Signature from its fields in order (not through its __init__): each
+    field set alone, to a value unlike every other's zero, comes back where it was."""
+    value = getattr(FULL, field)
+    if field == "name":
+        value = "only_name"
+    sig = Signature(name="n", **{field: value}) if field != "name" else Signature(name=value)
+    assert decode_signature(sig.encode()) == sig
 
 
 def test_escaped_input_is_re_encoded_the_go_way() -> None:
