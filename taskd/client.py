@@ -28,7 +28,8 @@ from taskd.results import AsyncResult, ChainResult, ChordResult, GroupResult
 from taskd.revocations import Revocation, revoke
 from taskd.wire import Arg, GoTime, GroupMeta, Signature, State, TaskState, new_id
 from taskd.wire.gotime import LATEST_ETA
-from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER
+from taskd.wire.signature import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER, build_signature
+from taskd.wire.state import build_state
 from taskd.workflows import Chain, Chord, Group
 
 T = TypeVar("T")
@@ -84,19 +85,26 @@ def signature(
     Pass ``Arg`` objects (``Arg.of("uint8", 5)``, ``Arg.parse("[]int64:[1,2]")``) for any
     other machinery type.
     """
-    return Signature(
-        name=name,
-        uuid=task_id,  # empty: given when sent (or when a workflow is built)
-        routing_key=queue,
-        eta=when(eta, countdown),
-        args=tuple(Arg.infer(arg) for arg in args),
-        retry_count=retry_count,
-        retry_timeout=retry_timeout,
-        immutable=immutable,
-        priority=priority,
-        on_success=tuple(on_success) if on_success else None,
-        on_error=tuple(on_error) if on_error else None,
-        headers=_with_limits(headers, time_limit, soft_time_limit),
+    return build_signature(  # Signature's fields, in order: one is built for every send
+        name,
+        task_id,  # empty: given when sent (or when a workflow is built)
+        queue,
+        when(eta, countdown),
+        "",
+        0,
+        tuple([Arg.infer(arg) for arg in args]),
+        _with_limits(headers, time_limit, soft_time_limit),
+        priority,
+        immutable,
+        retry_count,
+        retry_timeout,
+        tuple(on_success) if on_success else None,
+        tuple(on_error) if on_error else None,
+        None,
+        "",
+        "",
+        False,
+        False,
     )
 
 
@@ -389,4 +397,4 @@ class Client:
 
 def pending_state(sig: Signature, created_at: GoTime) -> TaskState:
     """machinery's NewPendingTaskState."""
-    return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=created_at)
+    return build_state(sig.uuid, State.PENDING, sig.name, None, "", created_at, 0)

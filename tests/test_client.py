@@ -7,6 +7,7 @@ import pytest
 from taskd.client import Client
 from taskd.config import Config
 from taskd.errors import NotSupported
+from taskd.wire import Arg, GoTime, Signature
 from tests.support.fakes import MemoryBackend, MemoryBroker
 
 
@@ -44,6 +45,35 @@ def test_signature_time_limits_travel_as_headers() -> None:
     }
     with pytest.raises(ValueError, match="time_limit must be a number of seconds"):
         signature("t", time_limit=-1)
+
+
+CALLBACKS = (Signature(name="cb"),)
+
+
+@pytest.mark.parametrize(
+    ("option", "field", "value"),
+    [
+        ("task_id", "uuid", "task_given"),
+        ("queue", "routing_key", "reports"),
+        ("eta", "eta", GoTime.parse("2030-01-02T03:04:05Z")),
+        ("headers", "headers", {"h": 1}),
+        ("priority", "priority", 7),
+        ("immutable", "immutable", True),
+        ("retry_count", "retry_count", 3),
+        ("retry_timeout", "retry_timeout", 5),
+        ("on_success", "on_success", CALLBACKS),
+        ("on_error", "on_error", CALLBACKS),
+    ],
+)
+def test_each_option_of_signature_lands_in_its_own_field(
+    option: str, field: str, value: object
+) -> None:
+    """signature() builds a Signature from its fields in order (not through its __init__):
+    each option given alone is where Signature's own constructor puts it, nowhere else."""
+    from taskd.client import signature
+
+    built = signature("t", 1, **{option: value})
+    assert built == Signature(name="t", args=(Arg("int64", 1),), **{field: value})
 
 
 def test_a_pending_state_may_keep_a_later_one_only_for_an_id_made_here() -> None:

@@ -167,7 +167,7 @@ ARG_FIELDS = {"name": "Name", "type": "Type", "value": "Value"}
 
 
 _new_arg = builder(Arg)  # (type, value, name)
-_new_signature = builder(Signature)  # every field, in the order Signature declares them
+build_signature = builder(Signature)  # every field, in the order Signature declares them
 
 
 def _decode_arg(obj: Any, index: int) -> Arg:
@@ -277,7 +277,7 @@ def _signature_of(f: dict[str, Any], decoded: Mapping[int, Signature]) -> Signat
         raise DecodeError(f"Headers must be an object, got {gojson.json_type(headers)}")
     chord = f.get("ChordCallback")
     uuid = want_str(f.get("UUID"), "UUID")  # named first where both it and Name are wrong
-    return _new_signature(  # Signature's fields, in order
+    return build_signature(  # Signature's fields, in order
         want_str(f.get("Name"), "Name"),
         uuid,
         want_str(f.get("RoutingKey"), "RoutingKey"),

@@ -124,7 +124,7 @@ _RESULT_FIELDS = {"type": "Type", "value": "Value"}
 
 
 _new_result = builder(TaskResult)  # (type, value)
-_new_state = builder(TaskState)  # every field, in the order TaskState declares them
+build_state = builder(TaskState)  # every field, in the order TaskState declares them
 _STATES: dict[str, State] = {state.value: state for state in State}
 
 
@@ -149,7 +149,7 @@ def decode_state(raw: bytes | str) -> TaskState:
     if raw_results is not None and not isinstance(raw_results, list):
         raise DecodeError(f"Results must be an array, got {gojson.json_type(raw_results)}")
     task_uuid = want_str(f.get("TaskUUID"), "TaskUUID")  # named first where it is wrong too
-    return _new_state(  # TaskState's fields, in order
+    return build_state(  # TaskState's fields, in order
         task_uuid,
         state,
         want_str(f.get("TaskName"), "TaskName"),
