@@ -33,10 +33,10 @@ def own_pid_namespace() -> list[str]:
 
 @pytest.mark.timeout(60)
 def test_two_daemons_each_pid_1_of_its_namespace_are_both_listed(
-    namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
+    redis_namespace: str, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
     wrapper = own_pid_namespace()
-    config, client = client_for("redis", namespace, tmp_path)
+    config, client = client_for("redis", redis_namespace, tmp_path)
     first = daemon(config, "--concurrency", "1", wrapper=wrapper)
     second = daemon(config, "--concurrency", "1", wrapper=wrapper)
     for process in (first, second):
