@@ -14,6 +14,7 @@ from taskd.wire.gotime import GoTime
 
 _GO_INT_MAX = 2**63 - 1
 
+
 # Each reader tests for the usual case first: a message's fields are read on every task.
 
 

@@ -11,9 +11,10 @@ Record = TypeVar("Record")
 
 def builder(cls: type[Record]) -> Callable[..., Record]:
     """A function that makes a ``cls`` (a frozen dataclass with slots) from every one of its
-    fields, in order: for decoders, which make one for each message. A frozen dataclass's own
-    ``__init__`` stores each field through ``object.__setattr__``, half the cost of reading a
-    message's fields; this stores through the slots themselves, as a copy would."""
+    fields, in order: for decoders and sends, which make one for each message (each call
+    site has a test that fails if it gives the fields out of order). A frozen dataclass's
+    own ``__init__`` stores each field through ``object.__setattr__``, half the cost of
+    reading a message's fields; this stores through the slots themselves, as a copy would."""
     setters = tuple(getattr(cls, field.name).__set__ for field in fields(cls))
     new = object.__new__
 

@@ -309,10 +309,8 @@ def test_full_signature_decodes_to_its_fields() -> None:
 def test_each_field_decodes_into_its_own_place(field: str) -> None:
     """Decoding builds a Signature from its fields in order (not through its __init__): each
     field set alone, to a value unlike every other's zero, comes back where it was."""
-    value = getattr(FULL, field)
-    if field == "name":
-        value = "only_name"
-    sig = Signature(name="n", **{field: value}) if field != "name" else Signature(name=value)
+    value = "only_name" if field == "name" else getattr(FULL, field)
+    sig = Signature(**{"name": "n", field: value})
     assert decode_signature(sig.encode()) == sig
 
 
